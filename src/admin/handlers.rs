@@ -1,0 +1,188 @@
+//! What each admin call does: validate, write to the store, drop stale cache entries.
+
+use super::views::{AppView, CreateApp, CreateKey, KeyView, ScopeView, UpdateApp};
+use super::Admin;
+use crate::auth::key;
+use crate::error::AdminError;
+use crate::model::{now_unix, App, KeyRecord, RateLimit};
+use crate::store::Invalidation;
+
+/// Longest app or key name accepted.
+const MAX_NAME_LEN: usize = 200;
+/// Ten years: anything longer is almost certainly a typo.
+const MAX_EXPIRY_DAYS: u32 = 3650;
+const DAY_SECONDS: u64 = 86_400;
+
+fn invalid(field: &'static str, message: impl Into<String>) -> AdminError {
+    AdminError::Invalid { field, message: message.into() }
+}
+
+fn valid_name(name: &str) -> Result<String, AdminError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(invalid("name", "must not be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid("name", format!("must be at most {MAX_NAME_LEN} bytes")));
+    }
+    Ok(name.to_owned())
+}
+
+fn valid_rate_limit(limit: Option<RateLimit>) -> Result<Option<RateLimit>, AdminError> {
+    match limit {
+        Some(l) if l.per_second == 0 || l.burst == 0 => {
+            Err(invalid("rate_limit", "per_second and burst must be at least 1"))
+        }
+        other => Ok(other),
+    }
+}
+
+fn matches(name: &str, search: Option<&str>) -> bool {
+    search.is_none_or(|s| name.to_lowercase().contains(&s.to_lowercase()))
+}
+
+impl Admin {
+    fn valid_scopes(&self, scopes: Vec<String>) -> Result<Vec<String>, AdminError> {
+        let known = self.scopes.load();
+        let mut out: Vec<String> = Vec::with_capacity(scopes.len());
+        for scope in scopes {
+            if !known.iter().any(|(name, _)| *name == scope) {
+                return Err(invalid("scopes", format!("unknown scope {scope:?}")));
+            }
+            if !out.contains(&scope) {
+                out.push(scope);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn list_scopes(&self) -> serde_json::Value {
+        let scopes = self.scopes.load();
+        let views: Vec<ScopeView<'_>> = scopes
+            .iter()
+            .map(|(name, description)| ScopeView { name, description })
+            .collect();
+        serde_json::json!(views)
+    }
+
+    pub(super) async fn create_app(&self, req: CreateApp, by: &str) -> Result<AppView, AdminError> {
+        let app = App {
+            id: key::random_id(),
+            name: valid_name(&req.name)?,
+            scopes: self.valid_scopes(req.scopes)?,
+            rate_limit: valid_rate_limit(req.rate_limit)?,
+            created_at: now_unix(),
+            created_by: by.to_owned(),
+        };
+        self.store.create_app(&app).await?;
+        tracing::info!(app = %app.id, by, "app created");
+        Ok(app.into())
+    }
+
+    pub(super) async fn list_apps(&self, search: Option<&str>) -> Result<Vec<AppView>, AdminError> {
+        let apps = self.store.list_apps().await?;
+        Ok(apps.into_iter().filter(|a| matches(&a.name, search)).map(AppView::from).collect())
+    }
+
+    pub(super) async fn get_app(&self, id: &str) -> Result<AppView, AdminError> {
+        let app = self.store.get_app(id).await?.ok_or(AdminError::NotFound)?;
+        Ok(app.into())
+    }
+
+    pub(super) async fn update_app(&self, id: &str, req: UpdateApp) -> Result<AppView, AdminError> {
+        let mut app = self.store.get_app(id).await?.ok_or(AdminError::NotFound)?;
+        if let Some(name) = req.name {
+            app.name = valid_name(&name)?;
+        }
+        if let Some(scopes) = req.scopes {
+            app.scopes = self.valid_scopes(scopes)?;
+        }
+        if req.rate_limit.is_some() {
+            app.rate_limit = valid_rate_limit(req.rate_limit)?;
+        }
+        self.store.update_app(&app).await?;
+        self.cache.invalidate(&Invalidation::App(app.id.clone())).await;
+        tracing::info!(app = %app.id, "app updated");
+        Ok(app.into())
+    }
+
+    pub(super) async fn delete_app(&self, id: &str) -> Result<(), AdminError> {
+        let keys = self.store.list_keys(Some(id)).await?;
+        if !self.store.delete_app(id).await? {
+            return Err(AdminError::NotFound);
+        }
+        self.cache.invalidate(&Invalidation::App(id.to_owned())).await;
+        for k in keys {
+            self.cache.invalidate(&Invalidation::Key(k.id)).await;
+        }
+        tracing::info!(app = %id, "app deleted");
+        Ok(())
+    }
+
+    pub(super) async fn create_key(
+        &self,
+        app_id: &str,
+        req: CreateKey,
+        by: &str,
+    ) -> Result<KeyView, AdminError> {
+        let name = valid_name(&req.name)?;
+        let expires_at = match req.expires_in_days {
+            Some(0) => return Err(invalid("expires_in_days", "must be at least 1")),
+            Some(d) if d > MAX_EXPIRY_DAYS => {
+                return Err(invalid("expires_in_days", format!("must be at most {MAX_EXPIRY_DAYS}")))
+            }
+            Some(d) => Some(now_unix() + u64::from(d) * DAY_SECONDS),
+            None => None,
+        };
+        let new = key::generate();
+        let record = KeyRecord {
+            id: new.id,
+            app_id: app_id.to_owned(),
+            name,
+            masked: new.masked,
+            secret_hash: new.digest_hex,
+            created_at: now_unix(),
+            created_by: by.to_owned(),
+            expires_at,
+            last_used_at: None,
+        };
+        self.store.create_key(&record).await?;
+        // A miss cached before this key existed must not hide it.
+        self.cache.invalidate(&Invalidation::Key(record.id.clone())).await;
+        tracing::info!(key = %record.id, app = %app_id, by, "key created");
+        let mut view = KeyView::new(record, now_unix());
+        view.key = Some(new.full);
+        Ok(view)
+    }
+
+    pub(super) async fn list_keys(
+        &self,
+        app_id: Option<&str>,
+        search: Option<&str>,
+    ) -> Result<Vec<KeyView>, AdminError> {
+        if let Some(id) = app_id {
+            self.store.get_app(id).await?.ok_or(AdminError::NotFound)?;
+        }
+        let now = now_unix();
+        let keys = self.store.list_keys(app_id).await?;
+        Ok(keys
+            .into_iter()
+            .filter(|k| matches(&k.name, search))
+            .map(|k| KeyView::new(k, now))
+            .collect())
+    }
+
+    pub(super) async fn get_key(&self, id: &str) -> Result<KeyView, AdminError> {
+        let k = self.store.get_key(id).await?.ok_or(AdminError::NotFound)?;
+        Ok(KeyView::new(k, now_unix()))
+    }
+
+    pub(super) async fn delete_key(&self, id: &str) -> Result<(), AdminError> {
+        if !self.store.delete_key(id).await? {
+            return Err(AdminError::NotFound);
+        }
+        self.cache.invalidate(&Invalidation::Key(id.to_owned())).await;
+        tracing::info!(key = %id, "key revoked");
+        Ok(())
+    }
+}

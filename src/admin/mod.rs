@@ -1,0 +1,183 @@
+//! The admin API: apps, keys and scopes over JSON, behind bearer tokens of named operators.
+//!
+//! Every write goes to the store and drops the matching cache entries here; other instances
+//! learn of it through the store's change feed. The full key appears only in the create answer.
+
+mod handlers;
+pub mod views;
+
+use crate::cache::KeyCache;
+use crate::error::AdminError;
+use crate::store::KeyStore;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Admin request bodies are small JSON documents.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// An operator allowed to call the admin API.
+pub struct AdminIdentity {
+    pub name: String,
+    /// SHA-256 of the token, so comparisons are constant-time whatever the lengths.
+    token_digest: [u8; 32],
+}
+
+impl AdminIdentity {
+    pub fn new(name: impl Into<String>, token: &str) -> AdminIdentity {
+        AdminIdentity { name: name.into(), token_digest: Sha256::digest(token.as_bytes()).into() }
+    }
+}
+
+/// The admin API's shared state.
+pub struct Admin {
+    pub store: Arc<dyn KeyStore>,
+    pub cache: KeyCache,
+    /// The config's scopes (name, description); swapped on reload.
+    pub scopes: ArcSwap<Vec<(String, String)>>,
+    pub identities: Vec<AdminIdentity>,
+}
+
+enum Call<'a> {
+    Scopes,
+    Apps,
+    App(&'a str),
+    AppKeys(&'a str),
+    Keys,
+    Key(&'a str),
+}
+
+fn parse_path(path: &str) -> Option<Call<'_>> {
+    let rest = path.strip_prefix("/v1/")?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["scopes"] => Some(Call::Scopes),
+        ["apps"] => Some(Call::Apps),
+        ["apps", id] if !id.is_empty() => Some(Call::App(id)),
+        ["apps", id, "keys"] if !id.is_empty() => Some(Call::AppKeys(id)),
+        ["keys"] => Some(Call::Keys),
+        ["keys", id] if !id.is_empty() => Some(Call::Key(id)),
+        _ => None,
+    }
+}
+
+impl Admin {
+    /// Serves one admin request; errors become their JSON answer.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        match self.run(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::debug!(%method, %path, error = %e, "admin call refused");
+                e.into_response()
+            }
+        }
+    }
+
+    fn identify(&self, request: &Request<Incoming>) -> Result<&str, AdminError> {
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or(AdminError::Unauthorized)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Check every identity so timing does not say which one matched.
+        let mut found = None;
+        for identity in &self.identities {
+            if bool::from(identity.token_digest.ct_eq(&digest)) {
+                found = Some(identity.name.as_str());
+            }
+        }
+        found.ok_or(AdminError::Unauthorized)
+    }
+
+    async fn run(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, AdminError> {
+        let by = self.identify(&request)?.to_owned();
+        let path = request.uri().path().to_owned();
+        let search = query_param(request.uri().query(), "search");
+        let call = parse_path(&path).ok_or(AdminError::NotFound)?;
+        let method = request.method().clone();
+        match (call, method) {
+            (Call::Scopes, Method::GET) => Ok(json(StatusCode::OK, &self.list_scopes())),
+            (Call::Apps, Method::GET) => {
+                Ok(json(StatusCode::OK, &self.list_apps(search.as_deref()).await?))
+            }
+            (Call::Apps, Method::POST) => {
+                let body = read_json(request).await?;
+                Ok(json(StatusCode::CREATED, &self.create_app(body, &by).await?))
+            }
+            (Call::App(id), Method::GET) => Ok(json(StatusCode::OK, &self.get_app(id).await?)),
+            (Call::App(id), Method::PATCH) => {
+                let body = read_json(request).await?;
+                Ok(json(StatusCode::OK, &self.update_app(id, body).await?))
+            }
+            (Call::App(id), Method::DELETE) => {
+                self.delete_app(id).await?;
+                Ok(no_content())
+            }
+            (Call::AppKeys(id), Method::GET) => {
+                Ok(json(StatusCode::OK, &self.list_keys(Some(id), search.as_deref()).await?))
+            }
+            (Call::AppKeys(id), Method::POST) => {
+                let body = read_json(request).await?;
+                Ok(json(StatusCode::CREATED, &self.create_key(id, body, &by).await?))
+            }
+            (Call::Keys, Method::GET) => {
+                Ok(json(StatusCode::OK, &self.list_keys(None, search.as_deref()).await?))
+            }
+            (Call::Key(id), Method::GET) => Ok(json(StatusCode::OK, &self.get_key(id).await?)),
+            (Call::Key(id), Method::DELETE) => {
+                self.delete_key(id).await?;
+                Ok(no_content())
+            }
+            _ => Err(AdminError::MethodNotAllowed),
+        }
+    }
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn read_json<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T, AdminError> {
+    let bytes = Limited::new(request.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|e| AdminError::BadJson(e.to_string()))?
+        .to_bytes();
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| AdminError::BadJson(e.to_string()))?;
+    serde_json::from_value(value).map_err(|e| AdminError::Invalid {
+        field: "body",
+        message: e.to_string(),
+    })
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn no_content() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}

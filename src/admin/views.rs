@@ -1,0 +1,111 @@
+//! The admin API's JSON shapes: what callers send and what they get back.
+
+use crate::model::{App, KeyRecord, RateLimit, UnixSeconds};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// RFC 3339 UTC, seconds precision.
+pub fn rfc3339(at: UnixSeconds) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(at)).to_string()
+}
+
+fn rfc3339_opt(at: Option<UnixSeconds>) -> Option<String> {
+    at.map(rfc3339)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApp {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateApp {
+    pub name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub name: String,
+    pub expires_in_days: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScopeView<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AppView {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// The app's own limit; `null` means the config's default applies.
+    pub rate_limit: Option<RateLimit>,
+    pub created_at: String,
+    pub created_by: String,
+}
+
+impl From<App> for AppView {
+    fn from(a: App) -> AppView {
+        AppView {
+            id: a.id,
+            name: a.name,
+            scopes: a.scopes,
+            rate_limit: a.rate_limit,
+            created_at: rfc3339(a.created_at),
+            created_by: a.created_by,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyView {
+    pub id: String,
+    pub app_id: String,
+    pub name: String,
+    pub masked: String,
+    pub status: &'static str,
+    pub created_at: String,
+    pub created_by: String,
+    pub expires_at: Option<String>,
+    pub last_used_at: Option<String>,
+    /// The full key: only in the answer to the create call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl KeyView {
+    pub fn new(k: KeyRecord, now: UnixSeconds) -> KeyView {
+        KeyView {
+            status: if k.is_expired(now) { "expired" } else { "active" },
+            id: k.id,
+            app_id: k.app_id,
+            name: k.name,
+            masked: k.masked,
+            created_at: rfc3339(k.created_at),
+            created_by: k.created_by,
+            expires_at: rfc3339_opt(k.expires_at),
+            last_used_at: rfc3339_opt(k.last_used_at),
+            key: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T08:26:40Z");
+    }
+}

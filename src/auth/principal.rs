@@ -1,0 +1,76 @@
+//! From a presented key to a [`Principal`]: look the key id up (cache, then store), verify the
+//! secret in constant time, then load the app and its scopes.
+
+use super::key;
+use crate::cache::{CachedApp, KeyCache};
+use crate::model::now_unix;
+use crate::routing::Access;
+use crate::store::StoreError;
+use std::sync::Arc;
+
+/// The caller, once its key checks out.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key_id: Arc<str>,
+    pub app: Arc<CachedApp>,
+}
+
+/// Why a caller may not proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("an API key is required")]
+    Missing,
+    /// Unknown id, wrong secret, malformed key, or a key whose app is gone: one answer for all.
+    #[error("the API key is not valid")]
+    Invalid,
+    #[error("the API key has expired")]
+    Expired,
+    #[error("the API key lacks the scope {0}")]
+    ScopeDenied(Arc<str>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Resolves keys to principals.
+#[derive(Clone)]
+pub struct Authenticator {
+    cache: KeyCache,
+}
+
+/// Compared against when the key id is unknown, so that case costs what a wrong secret costs.
+const NO_DIGEST: [u8; 32] = [0u8; 32];
+
+impl Authenticator {
+    pub fn new(cache: KeyCache) -> Authenticator {
+        Authenticator { cache }
+    }
+
+    /// Checks a presented key. The boolean says whether the key came from the cache.
+    pub async fn authenticate(&self, presented: &str) -> Result<(Principal, bool), AuthError> {
+        let parsed = key::parse(presented).ok_or(AuthError::Invalid)?;
+        let (entry, cached) = self.cache.key(parsed.id).await?;
+        let offered = key::digest(parsed.secret);
+        let stored = entry.as_ref().and_then(|k| k.digest).unwrap_or(NO_DIGEST);
+        let matches = key::digests_match(&offered, &stored);
+        let Some(found) = entry.filter(|k| matches && k.digest.is_some()) else {
+            return Err(AuthError::Invalid);
+        };
+        let app = self.cache.app(&found.app_id).await?.ok_or(AuthError::Invalid)?;
+        if found.expires_at.is_some_and(|at| now_unix() >= at) {
+            return Err(AuthError::Expired);
+        }
+        let principal = Principal { key_id: found.id.clone(), app };
+        Ok((principal, cached))
+    }
+}
+
+impl Principal {
+    /// Whether this caller may use a route with the given access rule.
+    pub fn authorize(&self, access: &Access) -> Result<(), AuthError> {
+        match access {
+            Access::Public => Ok(()),
+            Access::Scope(scope) if self.app.scopes.iter().any(|s| s == scope) => Ok(()),
+            Access::Scope(scope) => Err(AuthError::ScopeDenied(scope.clone())),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The key and app cache in front of the store (moka).
+//!
+//! A cached key or app is served without touching the store. Concurrent misses for one id cost
+//! one store read; unknown ids are remembered briefly so a flood of random keys cannot hammer the
+//! store. Invalidations from other instances (via the store's change feed) drop entries at once.
+
+use crate::model::{App, KeyRecord, RateLimit, UnixSeconds};
+use crate::store::{Invalidation, KeyStore, StoreError};
+use moka::future::Cache;
+use moka::Expiry;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long "no such key/app" is remembered: long enough to blunt a flood of random ids,
+/// short enough that nothing legitimate waits on it.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+/// What the request path needs of a key.
+#[derive(Debug)]
+pub struct CachedKey {
+    pub id: Arc<str>,
+    pub app_id: Arc<str>,
+    /// `None` when the stored digest is corrupt: such a key never verifies.
+    pub digest: Option<[u8; 32]>,
+    pub expires_at: Option<UnixSeconds>,
+}
+
+/// What the request path needs of an app.
+#[derive(Debug)]
+pub struct CachedApp {
+    pub id: Arc<str>,
+    pub scopes: Box<[Arc<str>]>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+type Entry<T> = Option<Arc<T>>;
+
+/// Keys and apps by id, positive and negative.
+#[derive(Clone)]
+pub struct KeyCache {
+    keys: Cache<String, Entry<CachedKey>>,
+    apps: Cache<String, Entry<CachedApp>>,
+    store: Arc<dyn KeyStore>,
+}
+
+struct EntryExpiry {
+    ttl: Duration,
+}
+
+impl<T> Expiry<String, Entry<T>> for EntryExpiry {
+    fn expire_after_create(&self, _: &String, value: &Entry<T>, _: Instant) -> Option<Duration> {
+        Some(match value {
+            Some(_) => self.ttl,
+            None => self.ttl.min(NEGATIVE_TTL),
+        })
+    }
+}
+
+impl KeyCache {
+    pub fn new(store: Arc<dyn KeyStore>, ttl: Duration, max_entries: u64) -> KeyCache {
+        KeyCache {
+            keys: Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(EntryExpiry { ttl })
+                .build(),
+            apps: Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(EntryExpiry { ttl })
+                .build(),
+            store,
+        }
+    }
+
+    /// The key with this id, from the cache or (once, however many ask) the store.
+    /// The flag says whether it was a cache hit.
+    pub async fn key(&self, id: &str) -> Result<(Entry<CachedKey>, bool), StoreError> {
+        if let Some(hit) = self.keys.get(id).await {
+            return Ok((hit, true));
+        }
+        let store = &self.store;
+        let entry = self
+            .keys
+            .try_get_with(id.to_owned(), async move {
+                Ok::<_, StoreError>(store.get_key(id).await?.map(|k| Arc::new(cached_key(k))))
+            })
+            .await
+            .map_err(unshare)?;
+        Ok((entry, false))
+    }
+
+    /// The app with this id, from the cache or the store.
+    pub async fn app(&self, id: &str) -> Result<Entry<CachedApp>, StoreError> {
+        if let Some(hit) = self.apps.get(id).await {
+            return Ok(hit);
+        }
+        let store = &self.store;
+        self.apps
+            .try_get_with(id.to_owned(), async move {
+                Ok::<_, StoreError>(store.get_app(id).await?.map(|a| Arc::new(cached_app(a))))
+            })
+            .await
+            .map_err(unshare)
+    }
+
+    /// Drops what an invalidation names.
+    pub async fn invalidate(&self, what: &Invalidation) {
+        match what {
+            Invalidation::Key(id) => self.keys.invalidate(id.as_str()).await,
+            Invalidation::App(id) => self.apps.invalidate(id.as_str()).await,
+            Invalidation::All => {
+                self.keys.invalidate_all();
+                self.apps.invalidate_all();
+            }
+        }
+    }
+
+    /// Applies the store's change feed until it ends. Runs as a background task.
+    pub fn spawn_invalidation_listener(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let mut feed = self.store.invalidations()?;
+        let cache = self.clone();
+        Some(tokio::spawn(async move {
+            while let Some(event) = feed.recv().await {
+                tracing::debug!(?event, "cache invalidation");
+                cache.invalidate(&event).await;
+            }
+        }))
+    }
+
+    /// Entries currently held (approximate; for tests and diagnostics).
+    pub fn entry_count(&self) -> u64 {
+        self.keys.entry_count() + self.apps.entry_count()
+    }
+}
+
+fn unshare(e: Arc<StoreError>) -> StoreError {
+    match &*e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        StoreError::Conflict => StoreError::Conflict,
+        StoreError::NotFound => StoreError::NotFound,
+    }
+}
+
+fn cached_key(k: KeyRecord) -> CachedKey {
+    CachedKey {
+        digest: decode_digest(&k.secret_hash),
+        id: Arc::from(k.id),
+        app_id: Arc::from(k.app_id),
+        expires_at: k.expires_at,
+    }
+}
+
+fn decode_digest(hex_digest: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_digest, &mut out).ok()?;
+    Some(out)
+}
+
+fn cached_app(a: App) -> CachedApp {
+    CachedApp {
+        id: Arc::from(a.id),
+        scopes: a.scopes.into_iter().map(Arc::from).collect(),
+        rate_limit: a.rate_limit,
+    }
+}

@@ -1,0 +1,141 @@
+//! The config file as written: serde structs that mirror the YAML, before any validation.
+//!
+//! Everything is strings or plain numbers here; [`super::validate`] turns it into [`super::Config`].
+//! Unknown keys are refused everywhere (they are usually typos).
+
+use crate::model::RateLimit;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+use std::marker::PhantomData;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "config")]
+pub struct RawConfig {
+    pub listen: String,
+    pub tls: Option<RawTls>,
+    pub admin: Option<RawAdmin>,
+    pub metrics: Option<RawMetrics>,
+    pub store: Option<RawStore>,
+    pub cache: Option<RawCache>,
+    pub rate_limit: Option<RateLimit>,
+    pub scopes: Option<Entries<String>>,
+    pub upstreams: Entries<RawUpstream>,
+    pub routes: Vec<RawRoute>,
+    pub limits: Option<RawLimits>,
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "tls")]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "admin")]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token_env: Option<String>,
+    /// Operator name -> environment variable holding that operator's token.
+    pub tokens: Option<Entries<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "metrics")]
+pub struct RawMetrics {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "store")]
+pub struct RawStore {
+    pub redis: Option<String>,
+    pub path: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "cache")]
+pub struct RawCache {
+    pub ttl: Option<String>,
+    pub max_entries: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "upstream")]
+pub struct RawUpstream {
+    pub url: String,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "route")]
+pub struct RawRoute {
+    /// One method, a list of methods, or `*`; checked by validation.
+    pub method: serde_yaml::Value,
+    pub path: String,
+    pub scope: String,
+    pub upstream: String,
+    /// A size such as `512KiB` or a number of bytes.
+    pub max_body: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "limits")]
+pub struct RawLimits {
+    pub max_connections: Option<u64>,
+    pub max_uri_bytes: Option<u64>,
+    pub max_header_bytes: Option<u64>,
+    pub max_body: Option<serde_yaml::Value>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+}
+
+/// A mapping read in file order. A repeated key keeps its first value and is listed in `repeated`
+/// (validation reports it at the second occurrence, which serde_yaml cannot position).
+#[derive(Debug)]
+pub struct Entries<V> {
+    pub entries: Vec<(String, V)>,
+    pub repeated: Vec<String>,
+}
+
+impl<V> Default for Entries<V> {
+    fn default() -> Self {
+        Entries {
+            entries: Vec::new(),
+            repeated: Vec::new(),
+        }
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(EntriesVisitor(PhantomData))
+    }
+}
+
+struct EntriesVisitor<V>(PhantomData<V>);
+
+impl<'de, V: Deserialize<'de>> Visitor<'de> for EntriesVisitor<V> {
+    type Value = Entries<V>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping of names")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<V>, A::Error> {
+        let mut out = Entries::default();
+        while let Some(key) = map.next_key::<String>()? {
+            let value: V = map.next_value()?;
+            if out.entries.iter().any(|(k, _)| *k == key) {
+                out.repeated.push(key);
+            } else {
+                out.entries.push((key, value));
+            }
+        }
+        Ok(out)
+    }
+}

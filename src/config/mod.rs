@@ -1,0 +1,181 @@
+//! The gateway's configuration: the YAML file, read, checked and turned into [`Config`].
+//!
+//! [`load`] and [`parse`] either return a fully validated [`Config`] or every problem found, each with
+//! `FILE:LINE:COLUMN` where a position applies. A YAML syntax or type error stops at that error;
+//! semantic checks (addresses, URLs, names, references, routes) are all run and all reported.
+
+mod error;
+mod file;
+mod position;
+mod routes;
+mod validate;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+pub use self::error::{ConfigErrors, Problem};
+pub use self::values::cidr_contains;
+
+use crate::model::RateLimit;
+use crate::routing::{RouteSpec, RouteTable, Upstream};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Loopback only: the admin API must be exposed on purpose, never by default.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// The environment variable the contract's example uses for the `admin` identity's token.
+pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "SCOPEGATE_ADMIN_TOKEN";
+/// The name of the identity whose token comes from `admin.token_env` (shown as `created_by`).
+pub const ADMIN_IDENTITY: &str = "admin";
+/// Loopback, next to the admin port, as in the contract's example.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9091";
+/// Embedded store beside the config file, as in the contract's example.
+pub const DEFAULT_STORE_PATH: &str = "./data";
+/// A store call slower than this counts as unavailable: the request path must not hang on it.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a cached key or app is trusted without the store; bounds revocation lag in an outage.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Enough keys for a large deployment at a few hundred bytes each.
+pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 100_000;
+/// Default per-key sustained rate: generous for agents, still a brake on a runaway loop.
+pub const DEFAULT_RATE_PER_SECOND: u32 = 50;
+/// Default per-key burst: two seconds' worth of the sustained rate.
+pub const DEFAULT_RATE_BURST: u32 = 100;
+/// Upstream whole-response deadline when an upstream sets no `timeout` (the contract's example value).
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time given to in-flight requests after SIGTERM before the process exits anyway.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Contract default: connections held at once before new ones wait.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Contract default: longer request targets get 414.
+pub const DEFAULT_MAX_URI_BYTES: usize = 8_192;
+/// Contract default: larger header blocks get 431.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32_768;
+/// Contract default (10MiB): larger bodies get 413 unless the route sets its own `max_body`.
+pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
+/// Contract default: a client that has not sent its headers by then is closed (slowloris).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Contract default: an idle keep-alive connection is closed after this.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The validated configuration the rest of the gateway runs on.
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The proxy listener.
+    pub listen: SocketAddr,
+    /// When present the proxy listener speaks TLS.
+    pub tls: Option<TlsConfig>,
+    pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
+    pub store: StoreConfig,
+    pub cache: CacheConfig,
+    /// Default budget for every key; an app may override it.
+    pub rate_limit: RateLimit,
+    /// `(name, description)` in file order.
+    pub scopes: Vec<(String, String)>,
+    /// In file order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub routes: RouteTable,
+    /// The routes as configured, in file order (for listing and debugging).
+    pub route_specs: Vec<RouteSpec>,
+    pub limits: Limits,
+    /// Time given to in-flight requests on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Certificate chain and private key (PEM), resolved relative to the config file's directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// `admin` (from `token_env`) first, then `admin.tokens` in file order.
+    pub tokens: Vec<AdminIdentity>,
+}
+
+/// A named operator and the environment variable holding its bearer token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminIdentity {
+    pub name: String,
+    pub env: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Shared store URL (`redis://`, `rediss://`, `unix://`); the embedded store is used when absent.
+    pub redis: Option<String>,
+    /// Embedded store directory, resolved relative to the config file's directory.
+    pub path: PathBuf,
+    /// Deadline for one store call.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    pub max_entries: u64,
+}
+
+/// The contract's `limits:` block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_uri_bytes: usize,
+    pub max_header_bytes: usize,
+    /// Bytes; a route's own `max_body` overrides it.
+    pub max_body: u64,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is kept: `(network address, prefix length)`; see [`cidr_contains`].
+    pub trusted_proxies: Vec<(IpAddr, u8)>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_body: DEFAULT_MAX_BODY,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::one(Problem::new(path, None, format!("cannot read: {e}"))))?;
+    parse(path, &text)
+}
+
+/// Validates `text` as the contents of the config file at `path` (relative paths in it are resolved
+/// against `path`'s directory).
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    if text.trim().is_empty() {
+        return Err(ConfigErrors::one(Problem::new(
+            path,
+            None,
+            "the file is empty",
+        )));
+    }
+    let raw: file::RawConfig =
+        serde_yaml::from_str(text).map_err(|e| ConfigErrors::one(Problem::from_yaml(path, &e)))?;
+    let index = position::PositionIndex::build(text);
+    validate::validate(path, raw, &index)
+}

@@ -1,0 +1,653 @@
+//! Tests of `load`/`parse`: the example file, defaults, and one broken snippet per validation rule,
+//! each checked for its line, column and field name.
+
+#![allow(clippy::unwrap_used)]
+
+use super::position::PositionIndex;
+use super::validate::{route_problems, Check};
+use super::*;
+use crate::routing::{Access, MethodSet, RouteProblem};
+use http::Method;
+
+const FILE: &str = "/etc/scopegate/gateway.yaml";
+
+/// The smallest valid config: one upstream, one public route.
+const MIN: &str = "\
+listen: 127.0.0.1:8080
+upstreams:
+  tools:
+    url: http://127.0.0.1:7001
+routes:
+  - method: GET
+    path: /health
+    scope: public
+    upstream: tools
+";
+
+fn ok(yaml: &str) -> Config {
+    match parse(Path::new(FILE), yaml) {
+        Ok(config) => config,
+        Err(e) => panic!("refused:\n{e}\n--- yaml:\n{yaml}"),
+    }
+}
+
+fn problems(yaml: &str) -> Vec<Problem> {
+    match parse(Path::new(FILE), yaml) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(e) => e.problems,
+    }
+}
+
+/// Exactly one problem, at `line`:`column`, whose message contains each of `parts`.
+fn one(yaml: &str, line: usize, column: usize, parts: &[&str]) {
+    let all = problems(yaml);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_at(&all[0], line, column, parts);
+}
+
+fn assert_at(p: &Problem, line: usize, column: usize, parts: &[&str]) {
+    assert_eq!(p.file, Path::new(FILE));
+    assert_eq!((p.line, p.column), (Some(line), Some(column)), "{p}");
+    for part in parts {
+        assert!(p.message.contains(part), "{p:?} lacks {part:?}");
+    }
+}
+
+/// MIN with `extra` appended (top-level sections).
+fn min_plus(extra: &str) -> String {
+    format!("{MIN}{extra}")
+}
+
+/// MIN's route replaced by `route` (lines of one `- ...` item, indented two spaces), plus a scope.
+fn with_route(route: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:8080\n\
+         scopes:\n  deploy_tool: Deploy a tool\n\
+         upstreams:\n  tools:\n    url: http://127.0.0.1:7001\n\
+         routes:\n{route}"
+    )
+}
+// with_route puts the route's first line on line 8.
+
+#[test]
+fn example_file_parses() {
+    let c = ok(include_str!("../../gateway.yaml"));
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9091");
+    assert_eq!(c.scopes.len(), 14);
+    assert_eq!(c.scopes[0].0, "deploy_tool");
+    assert_eq!(c.scopes[13].0, "view_job_status");
+    let names: Vec<&str> = c.upstreams.iter().map(|u| &*u.name).collect();
+    assert_eq!(names, ["tools", "models", "guardrails"]);
+    assert_eq!(c.upstreams[1].timeout, Duration::from_secs(120));
+    assert_eq!(c.route_specs.len(), 17);
+    let files = c
+        .route_specs
+        .iter()
+        .find(|r| r.path == "/api/v1/files")
+        .unwrap();
+    assert_eq!(files.max_body, Some(512 << 20));
+    let health = c.route_specs.last().unwrap();
+    assert_eq!(health.access, Access::Public);
+    assert_eq!(health.methods, MethodSet::Only(vec![Method::GET]));
+    assert_eq!(
+        c.route_specs[10].methods,
+        MethodSet::Only(vec![Method::GET, Method::HEAD])
+    );
+    assert_eq!(c.route_specs[0].access, Access::Scope("deploy_tool".into()));
+    assert_eq!(c.store.path, Path::new("/etc/scopegate/./data"));
+    assert_eq!(c.store.redis, None);
+    assert_eq!(c.limits, Limits::default());
+}
+
+#[test]
+fn defaults_apply_when_sections_are_absent() {
+    let c = ok(MIN);
+    assert_eq!(c.path, Path::new(FILE));
+    assert!(c.tls.is_none());
+    assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    assert_eq!(
+        c.admin.tokens,
+        [AdminIdentity {
+            name: "admin".into(),
+            env: DEFAULT_ADMIN_TOKEN_ENV.into()
+        }]
+    );
+    assert_eq!(c.metrics.listen.to_string(), DEFAULT_METRICS_LISTEN);
+    assert_eq!(c.store.path, Path::new("/etc/scopegate/data"));
+    assert_eq!(c.store.timeout, Duration::from_millis(250));
+    assert_eq!(c.cache.ttl, Duration::from_secs(30));
+    assert_eq!(c.cache.max_entries, 100_000);
+    assert_eq!((c.rate_limit.per_second, c.rate_limit.burst), (50, 100));
+    assert!(c.scopes.is_empty());
+    assert_eq!(c.upstreams[0].timeout, Duration::from_secs(30));
+    assert_eq!(c.upstreams[0].path_prefix, "");
+    assert_eq!(c.limits.max_body, 10 << 20);
+    assert_eq!(c.limits.max_connections, 10_000);
+    assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+}
+
+#[test]
+fn every_optional_key_is_read() {
+    let c = ok(&min_plus(
+        "\
+tls:
+  cert: certs/gw.pem
+  key: /abs/gw.key
+admin:
+  tokens:
+    zoe: ZOE_TOKEN
+    alice: ALICE_TOKEN
+store:
+  redis: redis://10.1.2.3:6379
+  path: /var/lib/scopegate
+  timeout: 1s
+cache: {ttl: 5s}
+rate_limit: {per_second: 5, burst: 7}
+limits:
+  max_connections: 10
+  max_uri_bytes: 100
+  max_header_bytes: 200
+  max_body: 1000
+  header_read_timeout: 2s
+  idle_timeout: 3m
+  trusted_proxies: [10.0.0.0/8, 192.0.2.7, 'fd00::/8']
+shutdown_grace: 0s
+",
+    ));
+    let tls = c.tls.unwrap();
+    assert_eq!(tls.cert, Path::new("/etc/scopegate/certs/gw.pem"));
+    assert_eq!(tls.key, Path::new("/abs/gw.key"));
+    let names: Vec<(&str, &str)> = c
+        .admin
+        .tokens
+        .iter()
+        .map(|t| (t.name.as_str(), t.env.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("admin", "SCOPEGATE_ADMIN_TOKEN"),
+            ("zoe", "ZOE_TOKEN"),
+            ("alice", "ALICE_TOKEN")
+        ]
+    );
+    assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    assert_eq!(c.store.redis.as_deref(), Some("redis://10.1.2.3:6379"));
+    assert_eq!(c.store.path, Path::new("/var/lib/scopegate"));
+    assert_eq!(c.store.timeout, Duration::from_secs(1));
+    assert_eq!(c.cache.ttl, Duration::from_secs(5));
+    assert_eq!(c.cache.max_entries, DEFAULT_CACHE_MAX_ENTRIES);
+    assert_eq!((c.rate_limit.per_second, c.rate_limit.burst), (5, 7));
+    let l = c.limits;
+    assert_eq!(
+        (l.max_connections, l.max_uri_bytes, l.max_header_bytes),
+        (10, 100, 200)
+    );
+    assert_eq!(l.max_body, 1000);
+    assert_eq!(l.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(l.idle_timeout, Duration::from_secs(180));
+    let nets: Vec<String> = l
+        .trusted_proxies
+        .iter()
+        .map(|(a, n)| format!("{a}/{n}"))
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
+    assert_eq!(c.shutdown_grace, Duration::ZERO);
+}
+
+#[test]
+fn listen_addresses_must_parse() {
+    one(
+        &MIN.replace("127.0.0.1:8080", "localhost:8080"),
+        1,
+        9,
+        &["listen: \"localhost:8080\" is not an IP:PORT address"],
+    );
+    one(
+        &min_plus("admin:\n  listen: 9090\n"),
+        11,
+        11,
+        &["admin.listen:"],
+    );
+    one(
+        &min_plus("metrics:\n  listen: 127.0.0.1\n"),
+        11,
+        11,
+        &["metrics.listen:"],
+    );
+    one(
+        &min_plus("metrics:\n  listen: 127.0.0.1:8080\n"),
+        11,
+        11,
+        &["metrics.listen: 127.0.0.1:8080 is already used by `listen`"],
+    );
+}
+
+#[test]
+fn upstream_url_must_be_absolute_http() {
+    for (url, why) in [
+        ("127.0.0.1:7001", "http:// or https://"),
+        ("ftp://files.internal", "http:// or https://"),
+        ("http://127.0.0.1:7001/x?debug=1", "query"),
+        ("http:///nohost", ""),
+    ] {
+        one(
+            &MIN.replace("http://127.0.0.1:7001", url),
+            4,
+            10,
+            &["upstreams.tools.url:", why],
+        );
+    }
+    let c = ok(&MIN.replace("http://127.0.0.1:7001", "https://tools.internal/base/"));
+    assert_eq!(c.upstreams[0].path_prefix, "/base");
+    assert_eq!(c.upstreams[0].scheme, http::uri::Scheme::HTTPS);
+    one(
+        &MIN.replace("7001\n", "7001\n    timeout: 0s\n"),
+        5,
+        14,
+        &["upstreams.tools.timeout: must be longer than zero"],
+    );
+}
+
+#[test]
+fn scope_names_are_checked_and_public_is_reserved() {
+    one(
+        &min_plus("scopes:\n  Deploy Tool: Deploy a tool\n"),
+        11,
+        3,
+        &["scopes.Deploy Tool:", "a-z"],
+    );
+    one(
+        &min_plus("scopes:\n  ok_scope: fine\n  public: Everyone\n"),
+        12,
+        3,
+        &["scopes.public:", "reserved"],
+    );
+    one(
+        &min_plus("scopes:\n  deploy_tool: ''\n"),
+        11,
+        16,
+        &["scopes.deploy_tool: needs a description"],
+    );
+}
+
+#[test]
+fn route_methods() {
+    let route = |method: &str| {
+        with_route(&format!(
+            "  - method: {method}\n    path: /x\n    scope: deploy_tool\n    upstream: tools\n"
+        ))
+    };
+    one(
+        &route("get"),
+        8,
+        13,
+        &["routes[0].method:", "upper-case (GET)"],
+    );
+    one(&route("CONNECT"), 8, 13, &["routes[0].method:", "CONNECT"]);
+    one(
+        &route("[GET, TRACE]"),
+        8,
+        19,
+        &["routes[0].method[1]:", "TRACE"],
+    );
+    one(
+        &route("[GET, '*']"),
+        8,
+        19,
+        &["routes[0].method[1]:", "`*` stands alone"],
+    );
+    one(
+        &route("[GET, GET]"),
+        8,
+        19,
+        &["routes[0].method[1]: GET is listed twice"],
+    );
+    one(
+        &route("[]"),
+        8,
+        13,
+        &["routes[0].method: the list of methods is empty"],
+    );
+    one(
+        &route("{a: b}"),
+        8,
+        13,
+        &["routes[0].method: must be a method"],
+    );
+    let c = ok(&route("'*'"));
+    assert_eq!(c.route_specs[0].methods, MethodSet::Any);
+    let c = ok(&route("\n      - PUT\n      - PATCH"));
+    assert_eq!(
+        c.route_specs[0].methods,
+        MethodSet::Only(vec![Method::PUT, Method::PATCH])
+    );
+}
+
+#[test]
+fn route_paths() {
+    let route = |path: &str| {
+        with_route(&format!(
+            "  - method: GET\n    path: {path}\n    scope: deploy_tool\n    upstream: tools\n"
+        ))
+    };
+    for (path, why) in [
+        ("api/v1/x", "must start with `/`"),
+        ("/x?a=1", "`?`"),
+        ("/x%2Fy", "`%`"),
+        ("'/x#y'", "`#`"),
+        ("/tools/v{id}", "whole segment"),
+        ("/tools/{1d}", "identifier"),
+        ("/a/{id}/b/{id}", "{id} appears twice"),
+    ] {
+        one(&route(path), 9, 11, &["routes[0].path:", why]);
+    }
+}
+
+#[test]
+fn route_references_must_be_defined() {
+    let yaml = with_route(
+        "  - method: GET
+    path: /a
+    scope: deploy_tool
+    upstream: tools
+  - method: GET
+    path: /b
+    scope: public
+    upstream: tools
+  - method: POST
+    path: /c
+    scope: deploy_tol
+    upstream: toolz
+",
+    );
+    let all = problems(&yaml);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_at(
+        &all[0],
+        18,
+        12,
+        &["routes[2].scope: scope \"deploy_tol\" is not defined"],
+    );
+    assert_at(
+        &all[1],
+        19,
+        15,
+        &["routes[2].upstream: upstream \"toolz\" is not defined"],
+    );
+}
+
+#[test]
+fn route_max_body_and_sizes() {
+    let route = |size: &str| {
+        with_route(&format!(
+            "  - method: POST\n    path: /f\n    scope: deploy_tool\n    upstream: tools\n    max_body: {size}\n"
+        ))
+    };
+    one(
+        &route("lots"),
+        12,
+        15,
+        &["routes[0].max_body:", "not a size"],
+    );
+    one(&route("-1"), 12, 15, &["routes[0].max_body:"]);
+    one(&route("[1]"), 12, 15, &["routes[0].max_body:"]);
+    assert_eq!(
+        ok(&route("512KiB")).route_specs[0].max_body,
+        Some(512 << 10)
+    );
+    assert_eq!(ok(&route("1000")).route_specs[0].max_body, Some(1000));
+    assert_eq!(ok(&route("1MB")).route_specs[0].max_body, Some(1_000_000));
+    one(
+        &min_plus("limits:\n  max_body: 10 MegaBytes\n"),
+        11,
+        13,
+        &["limits.max_body:"],
+    );
+}
+
+#[test]
+fn numeric_limits() {
+    one(
+        &min_plus("rate_limit:\n  per_second: 0\n  burst: 10\n"),
+        11,
+        15,
+        &["rate_limit.per_second: must be at least 1"],
+    );
+    one(
+        &min_plus("rate_limit: {per_second: 1, burst: 0}\n"),
+        10,
+        36,
+        &["rate_limit.burst: must be at least 1"],
+    );
+    one(
+        &min_plus("cache:\n  max_entries: 0\n"),
+        11,
+        16,
+        &["cache.max_entries: must be at least 1"],
+    );
+    one(
+        &min_plus("cache:\n  ttl: 0s\n"),
+        11,
+        8,
+        &["cache.ttl: must be longer than zero"],
+    );
+    one(
+        &min_plus("store:\n  timeout: soon\n"),
+        11,
+        12,
+        &["store.timeout:", "\"soon\" is not a duration"],
+    );
+    one(
+        &min_plus("limits:\n  max_connections: 0\n"),
+        11,
+        20,
+        &["limits.max_connections: must be at least 1"],
+    );
+    one(
+        &min_plus("limits:\n  idle_timeout: 5\n"),
+        11,
+        17,
+        &["limits.idle_timeout:"],
+    );
+    one(
+        &min_plus("limits:\n  trusted_proxies:\n    - 10.0.0.0/8\n    - 10.0.0.0/99\n"),
+        13,
+        7,
+        &["limits.trusted_proxies[1]:", "prefix length"],
+    );
+    one(
+        &min_plus("shutdown_grace: forever\n"),
+        10,
+        17,
+        &["shutdown_grace:"],
+    );
+}
+
+#[test]
+fn admin_tokens_and_store_url() {
+    one(
+        &min_plus("admin:\n  tokens:\n    admin: OTHER_TOKEN\n"),
+        12,
+        5,
+        &["admin.tokens.admin:"],
+    );
+    one(
+        &min_plus("admin:\n  tokens:\n    alice: ALICE-TOKEN\n"),
+        12,
+        12,
+        &["admin.tokens.alice:", "environment variable"],
+    );
+    one(
+        &min_plus("admin:\n  tokens:\n    alice: SCOPEGATE_ADMIN_TOKEN\n"),
+        12,
+        12,
+        &["admin.tokens.alice: SCOPEGATE_ADMIN_TOKEN is already the token of `admin`"],
+    );
+    one(
+        &min_plus("admin:\n  token_env: 'bad var'\n"),
+        11,
+        14,
+        &["admin.token_env:"],
+    );
+    one(
+        &min_plus("store:\n  redis: http://127.0.0.1:6379\n"),
+        11,
+        10,
+        &["store.redis:"],
+    );
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let yaml = "\
+listen: 127.0.0.1:80800
+scopes:
+  public: Everyone
+upstreams:
+  tools:
+    url: tools:7001
+routes:
+  - method: get
+    path: x
+    scope: nope
+    upstream: tools
+";
+    let all = problems(yaml);
+    let got: Vec<(Option<usize>, Option<usize>)> = all.iter().map(|p| (p.line, p.column)).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(1), Some(9)),
+            (Some(3), Some(3)),
+            (Some(6), Some(10)),
+            (Some(8), Some(13)),
+            (Some(9), Some(11)),
+            (Some(10), Some(12)),
+        ],
+        "{all:#?}"
+    );
+    // The route naming the broken (but declared) upstream gets no second problem.
+    let text = ConfigErrors { problems: all }.to_string();
+    assert!(text.starts_with(&format!("{FILE}:1:9: listen: ")), "{text}");
+    assert_eq!(text.lines().count(), 6);
+}
+
+#[test]
+fn unknown_keys_use_serde_positions() {
+    one(
+        &MIN.replace("listen:", "liste:"),
+        1,
+        1,
+        &["unknown field `liste`", "expected one of", "`listen`"],
+    );
+    one(
+        &MIN.replace("    upstream: tools", "    upstreem: tools"),
+        9,
+        5,
+        &["routes[0]: unknown field `upstreem`"],
+    );
+    one(
+        &MIN.replace("    url:", "    uri:"),
+        4,
+        5,
+        &["upstreams.tools: unknown field `uri`"],
+    );
+}
+
+#[test]
+fn yaml_errors_stop_with_one_problem() {
+    // Syntax: a tab-less but mis-indented mapping.
+    let all = problems("listen: 127.0.0.1:8080\n  upstreams: x\n");
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(all[0].line.is_some() && all[0].column.is_some(), "{all:#?}");
+    assert!(!all[0].message.contains(" at line "), "{all:#?}");
+    // Type.
+    one(
+        &min_plus("cache:\n  max_entries: lots\n"),
+        11,
+        16,
+        &["cache.max_entries: invalid type"],
+    );
+    // Missing required key.
+    let all = problems("listen: 127.0.0.1:8080\nupstreams: {}\n");
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0].message.contains("missing field `routes`"),
+        "{all:#?}"
+    );
+    // Empty file.
+    let all = problems("  \n");
+    assert_eq!(all[0].to_string(), format!("{FILE}: the file is empty"));
+}
+
+#[test]
+fn repeated_names_are_reported_at_the_second_one() {
+    one(
+        &min_plus("scopes:\n  a: A\n  b: B\n  a: again\n"),
+        13,
+        3,
+        &["scopes.a: \"a\" is defined twice"],
+    );
+    one(
+        &MIN.replace(
+            "routes:",
+            "  tools:\n    url: http://127.0.0.1:7009\nroutes:",
+        ),
+        5,
+        3,
+        &["upstreams.tools: \"tools\" is defined twice"],
+    );
+    // A repeated field of a fixed section is serde_yaml's error.
+    let all = problems(&MIN.replace("routes:", "listen: 127.0.0.1:1\nroutes:"));
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0].message.contains("duplicate field `listen`"),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn required_sections_must_not_be_empty() {
+    let all = problems("listen: 127.0.0.1:8080\nupstreams: {}\nroutes: []\n");
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_at(&all[0], 2, 12, &["upstreams: at least one upstream"]);
+    assert_at(&all[1], 3, 9, &["routes: at least one route"]);
+}
+
+#[test]
+fn route_table_problems_point_at_the_route_path() {
+    let index = PositionIndex::build(MIN);
+    let mut c = Check::new(Path::new(FILE), &index);
+    let problems = vec![RouteProblem {
+        index: 0,
+        message: "duplicate route: GET /health is already defined".into(),
+    }];
+    route_problems(&mut c, problems, &[0]);
+    assert_eq!(c.problems.len(), 1);
+    assert_at(
+        &c.problems[0],
+        7,
+        11,
+        &["routes[0].path: duplicate route: GET /health is already defined"],
+    );
+}
+
+#[test]
+fn load_reads_files_and_reports_unreadable_ones() {
+    let missing = Path::new("/nonexistent/scopegate/gateway.yaml");
+    let err = match load(missing) {
+        Ok(_) => panic!("loaded a missing file"),
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    assert!(
+        text.starts_with("/nonexistent/scopegate/gateway.yaml: cannot read: "),
+        "{text}"
+    );
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml");
+    let c = load(&example).unwrap();
+    assert_eq!(c.path, example);
+}

@@ -1,0 +1,357 @@
+//! Turns the file as written ([`RawConfig`]) into a [`Config`], collecting every problem on the way.
+
+use super::error::{ConfigErrors, Problem};
+use super::file::{Entries, RawAdmin, RawCache, RawConfig, RawLimits, RawStore, RawUpstream};
+use super::position::{at, PositionIndex, YamlPath};
+use super::*;
+use crate::routing::{RouteProblem, RouteTable};
+use std::fmt::Display;
+use std::net::Ipv4Addr;
+
+/// Problems found so far, positioned through the index.
+pub(super) struct Check<'a> {
+    file: &'a Path,
+    index: &'a PositionIndex,
+    pub(super) problems: Vec<Problem>,
+}
+
+impl<'a> Check<'a> {
+    pub(super) fn new(file: &'a Path, index: &'a PositionIndex) -> Check<'a> {
+        Check {
+            file,
+            index,
+            problems: Vec::new(),
+        }
+    }
+
+    /// A problem with the value at `path` (message prefixed with the path).
+    pub(super) fn at(&mut self, path: &YamlPath, msg: impl Display) {
+        let pos = self.index.value(path);
+        self.problems
+            .push(Problem::new(self.file, pos, format!("{path}: {msg}")));
+    }
+
+    /// A problem with the key of the entry at `path`.
+    pub(super) fn at_key(&mut self, path: &YamlPath, msg: impl Display) {
+        let pos = self.index.key(path);
+        self.problems
+            .push(Problem::new(self.file, pos, format!("{path}: {msg}")));
+    }
+
+    /// The entries of a name mapping at `path`, after reporting each repeated name.
+    pub(super) fn entries<V>(
+        &mut self,
+        path: &YamlPath,
+        raw: Option<Entries<V>>,
+    ) -> Vec<(String, V)> {
+        let raw = raw.unwrap_or_default();
+        for name in raw.repeated {
+            let entry = path.key(&name);
+            let pos = self.index.repeated_key(&entry);
+            let msg = format!("{entry}: {name:?} is defined twice");
+            self.problems.push(Problem::new(self.file, pos, msg));
+        }
+        raw.entries
+    }
+
+    /// The value, or `None` after recording the problem at `path`.
+    pub(super) fn ok<T>(&mut self, path: &YamlPath, r: Result<T, String>) -> Option<T> {
+        r.map_err(|msg| self.at(path, msg)).ok()
+    }
+}
+
+/// Placeholder for a value that failed to validate (never returned: the config is refused).
+const NO_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+pub(super) fn validate(
+    file: &Path,
+    raw: RawConfig,
+    index: &PositionIndex,
+) -> Result<Config, ConfigErrors> {
+    let mut c = Check::new(file, index);
+    let dir = file.parent().unwrap_or(Path::new(""));
+
+    let listen = socket_addr(&mut c, &at(&["listen"]), &raw.listen);
+    let tls = raw.tls.map(|t| {
+        for (key, value) in [("cert", &t.cert), ("key", &t.key)] {
+            if value.trim().is_empty() {
+                c.at(&at(&["tls", key]), "must name a PEM file");
+            }
+        }
+        TlsConfig {
+            cert: dir.join(t.cert),
+            key: dir.join(t.key),
+        }
+    });
+    let admin = admin(&mut c, raw.admin.unwrap_or_default());
+    let metrics_listen = raw.metrics.and_then(|m| m.listen);
+    let metrics = MetricsConfig {
+        listen: socket_addr(
+            &mut c,
+            &at(&["metrics", "listen"]),
+            metrics_listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN),
+        ),
+    };
+    distinct_listeners(&mut c, listen, admin.listen, metrics.listen);
+    let store = store(&mut c, dir, raw.store.unwrap_or_default());
+    let cache = cache(&mut c, raw.cache.unwrap_or_default());
+    let rate_limit = raw.rate_limit.unwrap_or(RateLimit {
+        per_second: DEFAULT_RATE_PER_SECOND,
+        burst: DEFAULT_RATE_BURST,
+    });
+    for (key, value) in [
+        ("per_second", rate_limit.per_second),
+        ("burst", rate_limit.burst),
+    ] {
+        if value < 1 {
+            c.at(&at(&["rate_limit", key]), "must be at least 1");
+        }
+    }
+    let scopes = c.entries(&at(&["scopes"]), raw.scopes);
+    let scopes = self::scopes(&mut c, scopes);
+    let raw_upstreams = c.entries(&at(&["upstreams"]), Some(raw.upstreams));
+    // Routes naming an upstream that is declared but broken get no second, misleading problem.
+    let declared: Vec<String> = raw_upstreams.iter().map(|(n, _)| n.clone()).collect();
+    let upstreams = upstreams(&mut c, raw_upstreams);
+    let (route_specs, origin) = routes::routes(&mut c, raw.routes, &scopes, &upstreams, &declared);
+    let limits = limits(&mut c, raw.limits.unwrap_or_default());
+    let shutdown_grace = match raw.shutdown_grace {
+        Some(text) => c
+            .ok(&at(&["shutdown_grace"]), values::duration(&text, true))
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        None => DEFAULT_SHUTDOWN_GRACE,
+    };
+
+    let table = RouteTable::build(route_specs.clone())
+        .map_err(|problems| route_problems(&mut c, problems, &origin));
+    match table {
+        Ok(routes) if c.problems.is_empty() => Ok(Config {
+            path: file.to_path_buf(),
+            listen,
+            tls,
+            admin,
+            metrics,
+            store,
+            cache,
+            rate_limit,
+            scopes,
+            upstreams,
+            routes,
+            route_specs,
+            limits,
+            shutdown_grace,
+        }),
+        _ => Err(ConfigErrors {
+            problems: c.problems,
+        }),
+    }
+}
+
+/// Reports the route table's problems at the `path` of the route each is about.
+pub(super) fn route_problems(c: &mut Check, problems: Vec<RouteProblem>, origin: &[usize]) {
+    for p in problems {
+        // `index` is into the specs given to the table; map it back to the route's place in the file.
+        let route = origin.get(p.index).copied().unwrap_or(p.index);
+        c.at(&at(&["routes"]).index(route).key("path"), p.message);
+    }
+}
+
+fn socket_addr(c: &mut Check, path: &YamlPath, text: &str) -> SocketAddr {
+    let parsed = text.trim().parse::<SocketAddr>().map_err(|_| {
+        format!("{text:?} is not an IP:PORT address (e.g. 127.0.0.1:8080 or [::1]:8080)")
+    });
+    c.ok(path, parsed).unwrap_or(NO_ADDR)
+}
+
+/// Two listeners on one address would fail at bind time; say so now.
+fn distinct_listeners(c: &mut Check, listen: SocketAddr, admin: SocketAddr, metrics: SocketAddr) {
+    let named = [
+        ("listen", listen, at(&["listen"])),
+        ("admin.listen", admin, at(&["admin", "listen"])),
+        ("metrics.listen", metrics, at(&["metrics", "listen"])),
+    ];
+    for (i, (_, addr, path)) in named.iter().enumerate() {
+        let clash = named[..i]
+            .iter()
+            .find(|(_, other, _)| other == addr && addr.port() != 0);
+        if let Some((name, _, _)) = clash {
+            c.at(path, format!("{addr} is already used by `{name}`"));
+        }
+    }
+}
+
+fn admin(c: &mut Check, raw: RawAdmin) -> AdminConfig {
+    let listen = socket_addr(
+        c,
+        &at(&["admin", "listen"]),
+        raw.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+    );
+    let token_env = raw
+        .token_env
+        .unwrap_or_else(|| DEFAULT_ADMIN_TOKEN_ENV.to_owned());
+    c.ok(&at(&["admin", "token_env"]), values::env_name(&token_env));
+    let mut tokens = vec![AdminIdentity {
+        name: ADMIN_IDENTITY.to_owned(),
+        env: token_env,
+    }];
+    for (name, env) in c.entries(&at(&["admin", "tokens"]), raw.tokens) {
+        let path = at(&["admin", "tokens"]).key(&name);
+        if name == ADMIN_IDENTITY {
+            c.at_key(
+                &path,
+                "`admin` is the identity of `admin.token_env`; pick another name",
+            );
+        } else if let Err(msg) = values::plain_name("operator", &name) {
+            c.at_key(&path, msg);
+        }
+        if let Err(msg) = values::env_name(&env) {
+            c.at(&path, msg);
+        } else if let Some(other) = tokens.iter().find(|t| t.env == env) {
+            c.at(
+                &path,
+                format!("{env} is already the token of `{}`", other.name),
+            );
+        }
+        tokens.push(AdminIdentity { name, env });
+    }
+    AdminConfig { listen, tokens }
+}
+
+fn store(c: &mut Check, dir: &Path, raw: RawStore) -> StoreConfig {
+    if let Some(url) = &raw.redis {
+        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        if !schemes
+            .iter()
+            .any(|s| url.starts_with(s) && url.len() > s.len())
+        {
+            c.at(
+                &at(&["store", "redis"]),
+                format!("{url:?} must be a redis://, rediss:// or unix:// URL"),
+            );
+        }
+    }
+    let path = raw.path.unwrap_or_else(|| DEFAULT_STORE_PATH.to_owned());
+    if path.trim().is_empty() {
+        c.at(&at(&["store", "path"]), "must name a directory");
+    }
+    let timeout = match raw.timeout {
+        Some(text) => c
+            .ok(&at(&["store", "timeout"]), values::duration(&text, false))
+            .unwrap_or(DEFAULT_STORE_TIMEOUT),
+        None => DEFAULT_STORE_TIMEOUT,
+    };
+    StoreConfig {
+        redis: raw.redis,
+        path: dir.join(path),
+        timeout,
+    }
+}
+
+fn cache(c: &mut Check, raw: RawCache) -> CacheConfig {
+    let ttl = match raw.ttl {
+        Some(text) => c
+            .ok(&at(&["cache", "ttl"]), values::duration(&text, false))
+            .unwrap_or(DEFAULT_CACHE_TTL),
+        None => DEFAULT_CACHE_TTL,
+    };
+    let max_entries = raw.max_entries.unwrap_or(DEFAULT_CACHE_MAX_ENTRIES);
+    if max_entries < 1 {
+        c.at(&at(&["cache", "max_entries"]), "must be at least 1");
+    }
+    CacheConfig { ttl, max_entries }
+}
+
+fn scopes(c: &mut Check, raw: Vec<(String, String)>) -> Vec<(String, String)> {
+    for (name, description) in &raw {
+        let path = at(&["scopes"]).key(name);
+        if name == "public" {
+            c.at_key(
+                &path,
+                "`public` is reserved (routes use `scope: public` to need no key); it cannot be defined",
+            );
+        } else if let Err(msg) = values::scope_name(name) {
+            c.at_key(&path, msg);
+        }
+        if description.trim().is_empty() {
+            c.at(&path, "needs a description");
+        }
+    }
+    raw
+}
+
+fn upstreams(c: &mut Check, raw: Vec<(String, RawUpstream)>) -> Vec<Arc<Upstream>> {
+    if raw.is_empty() {
+        c.at(&at(&["upstreams"]), "at least one upstream is needed");
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (name, up) in raw {
+        let path = at(&["upstreams"]).key(&name);
+        if let Err(msg) = values::plain_name("upstream", &name) {
+            c.at_key(&path, msg);
+        }
+        let url = c.ok(&path.key("url"), routes::upstream_url(&up.url));
+        let timeout = match up.timeout {
+            Some(text) => c.ok(&path.key("timeout"), values::duration(&text, false)),
+            None => Some(DEFAULT_UPSTREAM_TIMEOUT),
+        };
+        if let (Some((scheme, authority, path_prefix)), Some(timeout)) = (url, timeout) {
+            out.push(Arc::new(Upstream {
+                name: Arc::from(name.as_str()),
+                scheme,
+                authority,
+                path_prefix,
+                timeout,
+            }));
+        }
+    }
+    out
+}
+
+fn limits(c: &mut Check, raw: RawLimits) -> Limits {
+    let d = Limits::default();
+    let mut count = |key: &str, value: Option<u64>, default: usize| -> usize {
+        match value.map(usize::try_from) {
+            None => default,
+            Some(Ok(n)) if n >= 1 => n,
+            Some(_) => {
+                c.at(&at(&["limits", key]), "must be at least 1");
+                default
+            }
+        }
+    };
+    let max_connections = count("max_connections", raw.max_connections, d.max_connections);
+    let max_uri_bytes = count("max_uri_bytes", raw.max_uri_bytes, d.max_uri_bytes);
+    let max_header_bytes = count("max_header_bytes", raw.max_header_bytes, d.max_header_bytes);
+    let max_body = match &raw.max_body {
+        Some(v) => c
+            .ok(&at(&["limits", "max_body"]), routes::size_value(v))
+            .unwrap_or(d.max_body),
+        None => d.max_body,
+    };
+    let mut timeout = |key: &str, value: Option<String>, default: Duration| match value {
+        Some(text) => c
+            .ok(&at(&["limits", key]), values::duration(&text, false))
+            .unwrap_or(default),
+        None => default,
+    };
+    let header_read_timeout = timeout(
+        "header_read_timeout",
+        raw.header_read_timeout,
+        d.header_read_timeout,
+    );
+    let idle_timeout = timeout("idle_timeout", raw.idle_timeout, d.idle_timeout);
+    let mut trusted_proxies = Vec::new();
+    for (i, text) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
+        let path = at(&["limits", "trusted_proxies"]).index(i);
+        trusted_proxies.extend(c.ok(&path, values::cidr(text)));
+    }
+    Limits {
+        max_connections,
+        max_uri_bytes,
+        max_header_bytes,
+        max_body,
+        header_read_timeout,
+        idle_timeout,
+        trusted_proxies,
+    }
+}

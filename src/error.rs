@@ -1,0 +1,220 @@
+//! Every way a request can fail, and the one place each becomes an HTTP response
+//! (`{"error": {"code", "message"}}`).
+
+use crate::auth::credential::CredentialError;
+use crate::auth::AuthError;
+use crate::routing::normalize::PathError;
+use crate::store::StoreError;
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+/// A proxied request that ends at the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("malformed path: {0}")]
+    BadPath(#[from] PathError),
+    #[error("{0}")]
+    Credential(#[from] CredentialError),
+    #[error("no route for this path")]
+    RouteNotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: String },
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("the request body exceeds {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the upstream could not be reached")]
+    UpstreamUnavailable,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+}
+
+/// An admin API call that fails.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("a valid admin token is required")]
+    Unauthorized,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("the request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("an app with this name already exists")]
+    Conflict,
+    #[error("store unavailable")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> AdminError {
+        match e {
+            StoreError::Conflict => AdminError::Conflict,
+            StoreError::NotFound => AdminError::NotFound,
+            other => AdminError::Store(other),
+        }
+    }
+}
+
+/// The status, code and message of an error answer.
+pub struct ErrorAnswer {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ProxyError {
+    pub fn answer(&self) -> ErrorAnswer {
+        use StatusCode as S;
+        let (status, code) = match self {
+            ProxyError::BadRequest(_) | ProxyError::BadPath(_) | ProxyError::Credential(_) => {
+                (S::BAD_REQUEST, "bad_request")
+            }
+            ProxyError::RouteNotFound => (S::NOT_FOUND, "route_not_found"),
+            ProxyError::MethodNotAllowed { .. } => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ProxyError::Auth(AuthError::Missing) => (S::UNAUTHORIZED, "missing_key"),
+            ProxyError::Auth(AuthError::Invalid) => (S::UNAUTHORIZED, "invalid_key"),
+            ProxyError::Auth(AuthError::Expired) => (S::UNAUTHORIZED, "expired_key"),
+            ProxyError::Auth(AuthError::ScopeDenied(_)) => (S::FORBIDDEN, "scope_denied"),
+            ProxyError::Auth(AuthError::Store(_)) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ProxyError::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ProxyError::UpstreamUnavailable => (S::BAD_GATEWAY, "upstream_unavailable"),
+            ProxyError::UpstreamTimeout => (S::GATEWAY_TIMEOUT, "upstream_timeout"),
+        };
+        let message = match self {
+            // Never echo store internals to a client.
+            ProxyError::Auth(AuthError::Store(_)) => "the key store is unavailable".to_owned(),
+            other => other.to_string(),
+        };
+        ErrorAnswer { status, code, message }
+    }
+
+    /// The response sent to the client.
+    pub fn into_response<B: From<Full<Bytes>>>(self) -> Response<B> {
+        let mut response = self.answer().into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ProxyError::Auth(AuthError::Missing) => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ProxyError::Auth(AuthError::Store(_)) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::MethodNotAllowed { allow } => {
+                if let Ok(v) = HeaderValue::from_str(allow) {
+                    headers.insert(ALLOW, v);
+                }
+            }
+            _ => {}
+        }
+        response.map(B::from)
+    }
+}
+
+impl AdminError {
+    pub fn answer(&self) -> ErrorAnswer {
+        use StatusCode as S;
+        let (status, code) = match self {
+            AdminError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
+            AdminError::NotFound => (S::NOT_FOUND, "not_found"),
+            AdminError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            AdminError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "invalid_request"),
+            AdminError::BadJson(_) => (S::BAD_REQUEST, "bad_request"),
+            AdminError::Conflict => (S::CONFLICT, "conflict"),
+            AdminError::Store(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+        };
+        ErrorAnswer { status, code, message: self.to_string() }
+    }
+
+    pub fn into_response<B: From<Full<Bytes>>>(self) -> Response<B> {
+        let mut response = self.answer().into_response();
+        match self {
+            AdminError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            AdminError::Store(_) => {
+                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response.map(B::from)
+    }
+}
+
+impl ErrorAnswer {
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_errors_map_to_the_contract() {
+        let cases: Vec<(ProxyError, u16, &str)> = vec![
+            (ProxyError::BadRequest("x"), 400, "bad_request"),
+            (ProxyError::BadPath(PathError::AboveRoot), 400, "bad_request"),
+            (ProxyError::Credential(CredentialError::Conflicting), 400, "bad_request"),
+            (ProxyError::RouteNotFound, 404, "route_not_found"),
+            (ProxyError::MethodNotAllowed { allow: "GET".into() }, 405, "method_not_allowed"),
+            (AuthError::Missing.into(), 401, "missing_key"),
+            (AuthError::Invalid.into(), 401, "invalid_key"),
+            (AuthError::Expired.into(), 401, "expired_key"),
+            (AuthError::ScopeDenied("deploy_tool".into()).into(), 403, "scope_denied"),
+            (
+                AuthError::Store(StoreError::Unavailable("down".into())).into(),
+                503,
+                "store_unavailable",
+            ),
+            (ProxyError::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
+            (ProxyError::UpstreamUnavailable, 502, "upstream_unavailable"),
+            (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+        ];
+        for (error, status, code) in cases {
+            let answer = error.answer();
+            assert_eq!((answer.status.as_u16(), answer.code), (status, code), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn scope_denied_names_the_scope_and_headers_are_set() {
+        let e: ProxyError = AuthError::ScopeDenied("deploy_model".into()).into();
+        assert!(e.answer().message.contains("deploy_model"));
+        let r: Response<Full<Bytes>> = ProxyError::Auth(AuthError::Missing).into_response();
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
+        let r: Response<Full<Bytes>> =
+            ProxyError::MethodNotAllowed { allow: "GET, POST".into() }.into_response();
+        assert_eq!(r.headers()[ALLOW], "GET, POST");
+    }
+
+    #[test]
+    fn admin_errors_map_to_the_contract() {
+        let cases: Vec<(AdminError, u16, &str)> = vec![
+            (AdminError::Unauthorized, 401, "unauthorized"),
+            (AdminError::NotFound, 404, "not_found"),
+            (AdminError::Invalid { field: "name", message: "empty".into() }, 422, "invalid_request"),
+            (AdminError::Conflict, 409, "conflict"),
+            (StoreError::Unavailable("x".into()).into(), 503, "store_unavailable"),
+        ];
+        for (error, status, code) in cases {
+            let answer = error.answer();
+            assert_eq!((answer.status.as_u16(), answer.code), (status, code), "{error:?}");
+        }
+    }
+}

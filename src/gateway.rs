@@ -1,0 +1,171 @@
+//! Starting and stopping a whole gateway: store, cache, background tasks and the three
+//! listeners (proxy, admin, metrics), wired from a validated [`Config`].
+
+use crate::admin::{Admin, AdminIdentity};
+use crate::auth::Authenticator;
+use crate::cache::KeyCache;
+use crate::config::{Config, StoreConfig};
+use crate::metrics::MetricsEndpoint;
+use crate::pipeline::{LiveConfig, Pipeline};
+use crate::proxy::Forwarder;
+use crate::server::{serve, ConnectionSettings};
+use crate::store::{EmbeddedStore, KeyStore, RedisStore, StoreError};
+use crate::usage;
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A gateway serving on its listeners until [`RunningGateway::shutdown`].
+pub struct RunningGateway {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub store: Arc<dyn KeyStore>,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    usage_stop: watch::Sender<bool>,
+    usage_task: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Opens the configured store: Redis when a URL is given, the embedded file store otherwise.
+pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn KeyStore>, StoreError> {
+    Ok(match &config.redis {
+        Some(url) => Arc::new(RedisStore::connect(url, config.timeout).await?),
+        None => Arc::new(EmbeddedStore::open(&config.path)?),
+    })
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(fallback)
+}
+
+/// Starts a gateway. `admin_tokens` are (identity name, token) pairs, already read from the
+/// environment by the caller.
+pub async fn start(
+    config: Config,
+    admin_tokens: Vec<(String, String)>,
+) -> Result<RunningGateway, StartError> {
+    let store = open_store(&config.store).await?;
+    start_with_store(config, admin_tokens, store).await
+}
+
+/// Like [`start`], with a store opened by the caller.
+pub async fn start_with_store(
+    config: Config,
+    admin_tokens: Vec<(String, String)>,
+    store: Arc<dyn KeyStore>,
+) -> Result<RunningGateway, StartError> {
+    let proxy_listener = bind("proxy", config.listen).await?;
+    let admin_listener = bind("admin", config.admin.listen).await?;
+    let metrics_listener = bind("metrics", config.metrics.listen).await?;
+
+    let cache = KeyCache::new(store.clone(), config.cache.ttl, config.cache.max_entries);
+    let mut background = Vec::new();
+    background.extend(cache.spawn_invalidation_listener());
+    let (stop, stop_rx) = watch::channel(false);
+    let (usage_stop, usage_stop_rx) = watch::channel(false);
+    let (usage, usage_task) = usage::spawn(store.clone(), usage_stop_rx);
+
+    let settings = ConnectionSettings {
+        max_connections: config.limits.max_connections,
+        header_read_timeout: config.limits.header_read_timeout,
+        grace: config.shutdown_grace,
+    };
+    let pipeline = Arc::new(Pipeline {
+        live: ArcSwap::from_pointee(LiveConfig { routes: config.routes, limits: config.limits }),
+        auth: Authenticator::new(cache.clone()),
+        forwarder: Forwarder::new(),
+        usage,
+        proto: if config.tls.is_some() { "https" } else { "http" },
+    });
+    let admin = Arc::new(Admin {
+        store: store.clone(),
+        cache,
+        scopes: ArcSwap::from_pointee(config.scopes),
+        identities: admin_tokens
+            .iter()
+            .map(|(name, token)| AdminIdentity::new(name.clone(), token))
+            .collect(),
+    });
+    let metrics = Arc::new(MetricsEndpoint { store: store.clone() });
+
+    let addrs = (
+        local_addr(&proxy_listener, config.listen),
+        local_addr(&admin_listener, config.admin.listen),
+        local_addr(&metrics_listener, config.metrics.listen),
+    );
+    let servers = vec![
+        tokio::spawn(serve(
+            proxy_listener,
+            settings.clone(),
+            move |request, peer| {
+                let pipeline = pipeline.clone();
+                async move { pipeline.handle(request, peer).await }
+            },
+            stop_rx.clone(),
+        )),
+        tokio::spawn(serve(
+            admin_listener,
+            settings.clone(),
+            move |request, _peer| {
+                let admin = admin.clone();
+                async move { admin.handle(request).await }
+            },
+            stop_rx.clone(),
+        )),
+        tokio::spawn(serve(
+            metrics_listener,
+            settings,
+            move |request, _peer| {
+                let metrics = metrics.clone();
+                async move { metrics.handle(request).await }
+            },
+            stop_rx,
+        )),
+    ];
+    tracing::info!(proxy = %addrs.0, admin = %addrs.1, metrics = %addrs.2, "scopegate listening");
+    Ok(RunningGateway {
+        proxy_addr: addrs.0,
+        admin_addr: addrs.1,
+        metrics_addr: addrs.2,
+        store,
+        stop,
+        servers,
+        usage_stop,
+        usage_task,
+        background,
+    })
+}
+
+impl RunningGateway {
+    /// Stops accepting, drains in-flight requests, then flushes bookkeeping to the store.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for server in self.servers {
+            let _ = server.await;
+        }
+        let _ = self.usage_stop.send(true);
+        let _ = self.usage_task.await;
+        for task in self.background {
+            task.abort();
+        }
+        tracing::info!("scopegate stopped");
+    }
+}

@@ -1,0 +1,32 @@
+//! scopegate: a reverse-proxy API gateway that lets each API key call only the routes its
+//! app's scopes allow.
+//!
+//! # Layout
+//! A request walks these modules in order, and no module reaches back up:
+//! - [`server`] accepts connections (HTTP/1.1 and HTTP/2) and hands each request to
+//! - [`pipeline`], which runs the stages below and turns any [`error`] into its response:
+//! - [`routing`] normalises the path and finds the route (method + pattern → scope, upstream);
+//! - [`auth`] reads the credential, resolves the key through [`cache`] (backed by [`store`])
+//!   into a principal, and checks the route's scope;
+//! - [`usage`] notes the key's use for a background task (the request never waits on it);
+//! - [`proxy`] forwards to the upstream over a pooled client and streams the answer back.
+//!
+//! Beside the request path: [`admin`] (apps and keys API), [`metrics`] (health and readiness),
+//! [`config`] (the YAML file, validated), [`gateway`] (wiring and shutdown), [`cli`] and [`demo`].
+
+pub mod admin;
+pub mod auth;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod model;
+pub mod pipeline;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod store;
+pub mod usage;

@@ -1,0 +1,165 @@
+//! Header rules toward the upstream and back: credentials and hop-by-hop headers out,
+//! `X-Forwarded-*` and the caller's identity in.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+pub static X_SCOPEGATE_APP: HeaderName = HeaderName::from_static("x-scopegate-app");
+pub static X_SCOPEGATE_KEY: HeaderName = HeaderName::from_static("x-scopegate-key");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// RFC 9110 §7.6.1 connection-specific headers, plus the legacy ones proxies still see.
+fn hop_by_hop() -> [&'static HeaderName; 9] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ]
+}
+
+/// What the gateway tells the upstream about the caller.
+pub struct Forwarded<'a> {
+    pub client_ip: IpAddr,
+    /// Whether the peer may speak for earlier hops (its `X-Forwarded-For` is kept).
+    pub trusted_peer: bool,
+    pub proto: &'static str,
+    pub host: Option<HeaderValue>,
+    pub app_id: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+}
+
+/// Removes `Connection`-named and hop-by-hop headers. Runs before anything is added, so a
+/// client cannot use `Connection` to strip what the gateway sets.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let nominated: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in nominated {
+        headers.remove(name);
+    }
+    for name in hop_by_hop() {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a request's headers for the upstream.
+pub fn prepare_request(headers: &mut HeaderMap, strip_bearer: bool, fwd: &Forwarded<'_>) {
+    strip_hop_by_hop(headers);
+    headers.remove(&crate::auth::credential::X_API_KEY);
+    if strip_bearer {
+        headers.remove(header::AUTHORIZATION);
+    }
+    headers.remove(&X_SCOPEGATE_APP);
+    headers.remove(&X_SCOPEGATE_KEY);
+    // The upstream is addressed by its own authority; the client's goes in X-Forwarded-Host.
+    headers.remove(header::HOST);
+    headers.remove(&X_FORWARDED_HOST);
+    if let Some(host) = &fwd.host {
+        headers.insert(&X_FORWARDED_HOST, host.clone());
+    }
+    set_forwarded_for(headers, fwd);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
+    if let Some(v) = fwd.app_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        headers.insert(&X_SCOPEGATE_APP, v);
+    }
+    if let Some(v) = fwd.key_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        headers.insert(&X_SCOPEGATE_KEY, v);
+    }
+}
+
+fn set_forwarded_for(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
+    let ip = fwd.client_ip.to_string();
+    let earlier: Vec<String> = if fwd.trusted_peer {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    headers.remove(&X_FORWARDED_FOR);
+    let value = if earlier.is_empty() { ip } else { format!("{}, {ip}", earlier.join(", ")) };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(trusted: bool) -> Forwarded<'static> {
+        Forwarded {
+            client_ip: "10.1.2.3".parse().expect("ip"),
+            trusted_peer: trusted,
+            proto: "http",
+            host: Some(HeaderValue::from_static("api.example.com")),
+            app_id: Some("app1"),
+            key_id: Some("key1"),
+        }
+    }
+
+    fn request_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("sg_a_b"));
+        h.insert("authorization", HeaderValue::from_static("Bearer sg_a_b"));
+        h.insert("connection", HeaderValue::from_static("keep-alive, X-Scopegate-App, x-custom"));
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("x-scopegate-app", HeaderValue::from_static("forged"));
+        h.append("x-scopegate-key", HeaderValue::from_static("forged"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("host", HeaderValue::from_static("api.example.com"));
+        h.insert("accept", HeaderValue::from_static("application/json"));
+        h
+    }
+
+    #[test]
+    fn strips_credentials_and_hop_by_hop_and_sets_identity() {
+        let mut h = request_headers();
+        prepare_request(&mut h, true, &forwarded(false));
+        for gone in ["x-api-key", "authorization", "connection", "x-custom", "te", "upgrade", "host"]
+        {
+            assert!(!h.contains_key(gone), "{gone} should be removed");
+        }
+        assert_eq!(h["x-scopegate-app"], "app1");
+        assert_eq!(h.get_all("x-scopegate-key").iter().count(), 1);
+        assert_eq!(h["x-scopegate-key"], "key1");
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn trusted_peers_extend_forwarded_for() {
+        let mut h = request_headers();
+        prepare_request(&mut h, true, &forwarded(true));
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
+    }
+
+    #[test]
+    fn non_bearer_authorization_is_left_for_the_upstream() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Basic dXNlcg=="));
+        prepare_request(&mut h, false, &forwarded(false));
+        assert_eq!(h["authorization"], "Basic dXNlcg==");
+    }
+}

@@ -1,0 +1,54 @@
+//! Which route a request is for: path normalisation, then a method + path lookup.
+//!
+//! Owns the [`RouteTable`] (compiled once per config) and nothing else; it never looks at
+//! credentials or talks to upstreams.
+
+pub mod normalize;
+mod table;
+
+pub use self::table::{RouteMatch, RouteProblem, RouteTable};
+
+use http::Method;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The methods a route accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MethodSet {
+    /// `*`: every method (except CONNECT and TRACE, which the gateway never forwards).
+    Any,
+    Only(Vec<Method>),
+}
+
+/// What a caller needs to use a route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `scope: public`: no key needed.
+    Public,
+    /// A key whose app holds this scope.
+    Scope(Arc<str>),
+}
+
+/// Where matched requests go.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub name: Arc<str>,
+    /// Scheme and authority (`http://host:port`); a path prefix, if any, is prepended (without a trailing `/`).
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    pub path_prefix: String,
+    /// Whole-response deadline.
+    pub timeout: Duration,
+}
+
+/// One route as configured, before compilation.
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    pub methods: MethodSet,
+    /// Pattern such as `/api/v1/tools/{tool_id}/deploy`.
+    pub path: String,
+    pub access: Access,
+    pub upstream: Arc<Upstream>,
+    /// Per-route request body limit in bytes, overriding the global one.
+    pub max_body: Option<u64>,
+}

@@ -1,0 +1,366 @@
+//! The embedded store: apps and keys in one redb file (`scopegate.redb`) for a single gateway
+//! process with no server to run.
+//!
+//! redb is blocking, so every operation runs on tokio's blocking pool, in exactly one
+//! transaction. redb allows one write transaction at a time, which is what makes the
+//! check-then-write operations (name claims, "app must exist") atomic.
+
+use super::{Invalidation, KeyStore, StoreError};
+use crate::model::{App, KeyRecord, UnixSeconds};
+use async_trait::async_trait;
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+const FILE_NAME: &str = "scopegate.redb";
+
+/// App id -> app JSON.
+const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+/// Lowercased app name -> app id: the unique-name claims.
+const APP_NAMES: TableDefinition<&str, &str> = TableDefinition::new("app_names");
+/// Key id -> key JSON (without its last-use time).
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+/// Key id -> last use, unix seconds. Apart from the record because it is written in batches.
+const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
+
+/// Apps and keys in a local redb database.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `dir/scopegate.redb`, creating `dir` if needed.
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        let db = Database::create(dir.join(FILE_NAME)).map_err(db_error)?;
+        // Create every table up front so read transactions never meet a missing one.
+        write(&db, |tx| {
+            tx.open_table(APPS).map_err(db_error)?;
+            tx.open_table(APP_NAMES).map_err(db_error)?;
+            tx.open_table(KEYS).map_err(db_error)?;
+            tx.open_table(LAST_USED).map_err(db_error)?;
+            Ok(())
+        })?;
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    /// Runs `op` on the blocking pool.
+    async fn blocking<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || op(&db))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl KeyStore for EmbeddedStore {
+    async fn create_app(&self, app: &App) -> Result<(), StoreError> {
+        let app = app.clone();
+        self.blocking(move |db| write(db, |tx| insert_app(tx, &app)))
+            .await
+    }
+
+    async fn get_app(&self, id: &str) -> Result<Option<App>, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| read(db, |tx| read_app(tx, &id)))
+            .await
+    }
+
+    async fn list_apps(&self) -> Result<Vec<App>, StoreError> {
+        self.blocking(|db| read(db, all_apps)).await
+    }
+
+    async fn update_app(&self, app: &App) -> Result<(), StoreError> {
+        let app = app.clone();
+        self.blocking(move |db| write(db, |tx| replace_app(tx, &app)))
+            .await
+    }
+
+    async fn delete_app(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| write(db, |tx| remove_app(tx, &id)))
+            .await
+    }
+
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.blocking(move |db| write(db, |tx| insert_key(tx, &key)))
+            .await
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| read(db, |tx| read_key(tx, &id)))
+            .await
+    }
+
+    async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        let app_id = app_id.map(str::to_owned);
+        self.blocking(move |db| read(db, |tx| all_keys(tx, app_id.as_deref())))
+            .await
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| write(db, |tx| remove_key(tx, &id)))
+            .await
+    }
+
+    async fn touch_keys(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let uses = uses.to_vec();
+        self.blocking(move |db| write(db, |tx| record_uses(tx, &uses)))
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|db| read(db, |_| Ok(()))).await
+    }
+
+    /// One process owns the file, so nobody else can change it behind our back.
+    fn invalidations(&self) -> Option<mpsc::Receiver<Invalidation>> {
+        None
+    }
+}
+
+/// Runs `op` in one write transaction, committed only if `op` succeeds (dropping it aborts).
+fn write<T>(
+    db: &Database,
+    op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let tx = db.begin_write().map_err(db_error)?;
+    let value = op(&tx)?;
+    tx.commit().map_err(db_error)?;
+    Ok(value)
+}
+
+fn read<T>(
+    db: &Database,
+    op: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let tx = db.begin_read().map_err(db_error)?;
+    op(&tx)
+}
+
+fn insert_app(tx: &WriteTransaction, app: &App) -> Result<(), StoreError> {
+    let mut apps = tx.open_table(APPS).map_err(db_error)?;
+    let mut names = tx.open_table(APP_NAMES).map_err(db_error)?;
+    let name = app.name.to_lowercase();
+    // An existing id is a conflict too: overwriting would orphan the old name claim.
+    if apps.get(app.id.as_str()).map_err(db_error)?.is_some()
+        || names.get(name.as_str()).map_err(db_error)?.is_some()
+    {
+        return Err(StoreError::Conflict);
+    }
+    apps.insert(app.id.as_str(), encode(app)?.as_slice())
+        .map_err(db_error)?;
+    names
+        .insert(name.as_str(), app.id.as_str())
+        .map_err(db_error)?;
+    Ok(())
+}
+
+fn read_app(tx: &ReadTransaction, id: &str) -> Result<Option<App>, StoreError> {
+    let apps = tx.open_table(APPS).map_err(db_error)?;
+    let found = apps.get(id).map_err(db_error)?;
+    found.map(|json| decode(json.value())).transpose()
+}
+
+fn all_apps(tx: &ReadTransaction) -> Result<Vec<App>, StoreError> {
+    let apps = tx.open_table(APPS).map_err(db_error)?;
+    let mut list = Vec::new();
+    for entry in apps.iter().map_err(db_error)? {
+        let (_, json) = entry.map_err(db_error)?;
+        list.push(decode::<App>(json.value())?);
+    }
+    list.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(list)
+}
+
+fn replace_app(tx: &WriteTransaction, app: &App) -> Result<(), StoreError> {
+    let mut apps = tx.open_table(APPS).map_err(db_error)?;
+    let old: App = match apps.get(app.id.as_str()).map_err(db_error)? {
+        Some(json) => decode(json.value())?,
+        None => return Err(StoreError::NotFound),
+    };
+    let (old_name, new_name) = (old.name.to_lowercase(), app.name.to_lowercase());
+    if old_name != new_name {
+        move_name_claim(tx, &app.id, &old_name, &new_name)?;
+    }
+    apps.insert(app.id.as_str(), encode(app)?.as_slice())
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Claims `new` for `id` and releases `old`; `Conflict` if another app holds `new`.
+fn move_name_claim(
+    tx: &WriteTransaction,
+    id: &str,
+    old: &str,
+    new: &str,
+) -> Result<(), StoreError> {
+    let mut names = tx.open_table(APP_NAMES).map_err(db_error)?;
+    let owner = names
+        .get(new)
+        .map_err(db_error)?
+        .map(|v| v.value().to_owned());
+    if owner.is_some_and(|owner| owner != id) {
+        return Err(StoreError::Conflict);
+    }
+    names.insert(new, id).map_err(db_error)?;
+    release_name(&mut names, id, old)
+}
+
+/// Removes the claim on `name` if `id` holds it.
+fn release_name(
+    names: &mut redb::Table<&str, &str>,
+    id: &str,
+    name: &str,
+) -> Result<(), StoreError> {
+    let held = names.get(name).map_err(db_error)?.map(|v| v.value() == id);
+    if held == Some(true) {
+        names.remove(name).map_err(db_error)?;
+    }
+    Ok(())
+}
+
+fn remove_app(tx: &WriteTransaction, id: &str) -> Result<bool, StoreError> {
+    let mut apps = tx.open_table(APPS).map_err(db_error)?;
+    let old: App = match apps.remove(id).map_err(db_error)? {
+        Some(json) => decode(json.value())?,
+        None => return Ok(false),
+    };
+    let mut names = tx.open_table(APP_NAMES).map_err(db_error)?;
+    release_name(&mut names, id, &old.name.to_lowercase())?;
+    for key_id in key_ids_of(tx, id)? {
+        remove_key(tx, &key_id)?;
+    }
+    Ok(true)
+}
+
+/// Ids of `app_id`'s keys. A scan: there is no per-app index, and this only runs on app deletion.
+fn key_ids_of(tx: &WriteTransaction, app_id: &str) -> Result<Vec<String>, StoreError> {
+    let keys = tx.open_table(KEYS).map_err(db_error)?;
+    let mut ids = Vec::new();
+    for entry in keys.iter().map_err(db_error)? {
+        let (id, json) = entry.map_err(db_error)?;
+        let key: KeyRecord = decode(json.value())?;
+        if key.app_id == app_id {
+            ids.push(id.value().to_owned());
+        }
+    }
+    Ok(ids)
+}
+
+fn insert_key(tx: &WriteTransaction, key: &KeyRecord) -> Result<(), StoreError> {
+    let apps = tx.open_table(APPS).map_err(db_error)?;
+    if apps.get(key.app_id.as_str()).map_err(db_error)?.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    let mut keys = tx.open_table(KEYS).map_err(db_error)?;
+    if keys.get(key.id.as_str()).map_err(db_error)?.is_some() {
+        return Err(StoreError::Conflict);
+    }
+    keys.insert(key.id.as_str(), encode_key(key)?.as_slice())
+        .map_err(db_error)?;
+    if let Some(at) = key.last_used_at {
+        let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
+        last_used.insert(key.id.as_str(), at).map_err(db_error)?;
+    }
+    Ok(())
+}
+
+fn read_key(tx: &ReadTransaction, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+    let keys = tx.open_table(KEYS).map_err(db_error)?;
+    let last_used = tx.open_table(LAST_USED).map_err(db_error)?;
+    let Some(json) = keys.get(id).map_err(db_error)? else {
+        return Ok(None);
+    };
+    let mut key: KeyRecord = decode(json.value())?;
+    key.last_used_at = last_used.get(id).map_err(db_error)?.map(|at| at.value());
+    Ok(Some(key))
+}
+
+fn all_keys(tx: &ReadTransaction, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+    let keys = tx.open_table(KEYS).map_err(db_error)?;
+    let last_used = tx.open_table(LAST_USED).map_err(db_error)?;
+    let mut list = Vec::new();
+    for entry in keys.iter().map_err(db_error)? {
+        let (id, json) = entry.map_err(db_error)?;
+        let mut key: KeyRecord = decode(json.value())?;
+        if app_id.is_some_and(|app_id| key.app_id != app_id) {
+            continue;
+        }
+        key.last_used_at = last_used
+            .get(id.value())
+            .map_err(db_error)?
+            .map(|at| at.value());
+        list.push(key);
+    }
+    list.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(list)
+}
+
+fn remove_key(tx: &WriteTransaction, id: &str) -> Result<bool, StoreError> {
+    let mut keys = tx.open_table(KEYS).map_err(db_error)?;
+    let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
+    let existed = keys.remove(id).map_err(db_error)?.is_some();
+    last_used.remove(id).map_err(db_error)?;
+    Ok(existed)
+}
+
+fn record_uses(tx: &WriteTransaction, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError> {
+    let keys = tx.open_table(KEYS).map_err(db_error)?;
+    let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
+    for (id, at) in uses {
+        if keys.get(id.as_str()).map_err(db_error)?.is_none() {
+            continue;
+        }
+        let current = last_used
+            .get(id.as_str())
+            .map_err(db_error)?
+            .map(|v| v.value());
+        if current.is_none_or(|current| current < *at) {
+            last_used.insert(id.as_str(), *at).map_err(db_error)?;
+        }
+    }
+    Ok(())
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(json: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The record without its last-use time, which lives in the `last_used` table.
+fn encode_key(key: &KeyRecord) -> Result<Vec<u8>, StoreError> {
+    encode(&KeyRecord {
+        last_used_at: None,
+        ..key.clone()
+    })
+}
+
+/// A damaged file is `Corrupt`; everything else (I/O, locks, a poisoned transaction) means the
+/// store cannot serve right now.
+fn db_error(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Corrupted(msg) => StoreError::Corrupt(msg),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}

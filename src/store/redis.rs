@@ -1,0 +1,607 @@
+//! The Redis store: apps and keys shared by many gateway instances, plus the `sg:invalidate`
+//! pub/sub feed that tells the other instances what changed.
+//!
+//! Layout (all under `sg:`): `app:{id}` app JSON, `apps` set of app ids, `appname:{lowercase}`
+//! name claim -> app id, `key:{id}` key JSON, `keys` set of key ids, `appkeys:{app}` set of that
+//! app's key ids, hash `last_used` key id -> unix seconds.
+//!
+//! Conditional multi-key writes run as Lua scripts (sent with `EVAL`), not WATCH/MULTI: the
+//! `ConnectionManager` multiplexes every caller over one connection, and WATCH state is per
+//! connection, so concurrent callers would clobber each other's WATCHes. A script is atomic and
+//! needs no per-connection state. Writes that must invalidate caches PUBLISH from inside the same
+//! script, so a change and its announcement cannot be separated by a dropped connection.
+//! The scripts touch keys they derive themselves (`sg:key:{id}` of an app's keys), which is fine on
+//! a standalone Redis but would not be on Redis Cluster.
+
+use super::{Invalidation, KeyStore, StoreError};
+use crate::model::{App, KeyRecord, UnixSeconds};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub, PubSubSink};
+use redis::{FromRedisValue, RedisError, RedisResult};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const CHANNEL: &str = "sg:invalidate";
+const APPS: &str = "sg:apps";
+const KEYS: &str = "sg:keys";
+const LAST_USED: &str = "sg:last_used";
+const KEY_PREFIX: &str = "sg:key:";
+
+/// Buffered invalidations between the pub/sub task and the cache.
+const FEED_CAPACITY: usize = 1024;
+const FEED_MIN_BACKOFF: Duration = Duration::from_millis(100);
+const FEED_MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often an idle subscription is pinged, to notice a server that vanished without closing
+/// the socket (a killed server closes it, and the stream ends at once).
+const FEED_PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Reconnect schedule of the command connection. After the retries run out the manager starts a
+/// new round on the next command, so it keeps trying for as long as the store is used.
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
+const RECONNECT_RETRIES: usize = 4;
+
+/// Compare-and-set attempts for writes that read the current app first.
+const CAS_ATTEMPTS: usize = 5;
+
+/// Status codes returned by the scripts.
+const DONE: i64 = 1;
+const MISSING: i64 = 0;
+const TAKEN: i64 = -1;
+const STALE: i64 = -2;
+
+/// KEYS: app, name claim, apps set. ARGV: id, json.
+const CREATE_APP: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX') then return -1 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1";
+
+/// KEYS: app, old name claim, new name claim.
+/// ARGV: id, json read by the caller, new json, channel, message.
+const UPDATE_APP: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+if cur ~= ARGV[2] then return -2 end
+if KEYS[2] ~= KEYS[3] then
+  local owner = redis.call('GET', KEYS[3])
+  if owner and owner ~= ARGV[1] then return -1 end
+  redis.call('SET', KEYS[3], ARGV[1])
+  if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+end
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1";
+
+/// KEYS: app, name claim, apps set, app's key set, keys set, last_used hash.
+/// ARGV: id, json read by the caller, channel, key prefix.
+const DELETE_APP: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+if cur ~= ARGV[2] then return -2 end
+local ids = redis.call('SMEMBERS', KEYS[4])
+for _, k in ipairs(ids) do
+  redis.call('DEL', ARGV[4] .. k)
+  redis.call('SREM', KEYS[5], k)
+  redis.call('HDEL', KEYS[6], k)
+end
+redis.call('DEL', KEYS[1], KEYS[4])
+redis.call('SREM', KEYS[3], ARGV[1])
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+for _, k in ipairs(ids) do redis.call('PUBLISH', ARGV[3], 'key:' .. k) end
+redis.call('PUBLISH', ARGV[3], 'app:' .. ARGV[1])
+return 1";
+
+/// KEYS: app, key, keys set, app's key set, last_used hash.
+/// ARGV: key id, json, last used time or empty.
+const CREATE_KEY: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[3]) end
+return 1";
+
+/// KEYS: key, keys set, app's key set, last_used hash. ARGV: key id, channel.
+const DELETE_KEY: &str = r"
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('PUBLISH', ARGV[2], 'key:' .. ARGV[1])
+return 1";
+
+/// KEYS: last_used hash, then one `sg:key:{id}` per use. ARGV: id, time, id, time, ...
+/// Ids whose record is gone are skipped, so no orphan last_used fields appear.
+const TOUCH_KEYS: &str = r"
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local id = ARGV[2 * i - 3]
+    local at = tonumber(ARGV[2 * i - 2])
+    local cur = tonumber(redis.call('HGET', KEYS[1], id))
+    if not cur or cur < at then redis.call('HSET', KEYS[1], id, ARGV[2 * i - 2]) end
+  end
+end
+return 1";
+
+/// Uses per script call in `touch_keys`: keeps each script short so Redis is not blocked long;
+/// all chunks still go out in one pipeline.
+const TOUCH_CHUNK: usize = 500;
+
+/// Apps and keys in a Redis server shared by all gateway instances.
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    op_timeout: Duration,
+    /// The runtime `connect` ran on, so `invalidations` (not async) can spawn the feed task.
+    runtime: tokio::runtime::Handle,
+}
+
+impl RedisStore {
+    /// Connects to `url`; fails with `Unavailable` if Redis cannot be reached within `op_timeout`.
+    /// Every later operation is bounded by `op_timeout` too, and the connection heals by itself.
+    pub async fn connect(url: &str, op_timeout: Duration) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(op_timeout))
+            .set_response_timeout(Some(op_timeout))
+            .set_min_delay(RECONNECT_MIN_DELAY)
+            .set_max_delay(RECONNECT_MAX_DELAY)
+            .set_number_of_retries(RECONNECT_RETRIES);
+        let conn = bounded(
+            op_timeout,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| StoreError::Unavailable(format!("no tokio runtime: {e}")))?;
+        Ok(RedisStore {
+            client,
+            conn,
+            op_timeout,
+            runtime,
+        })
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        bounded(self.op_timeout, cmd.query_async(&mut conn)).await
+    }
+
+    async fn query_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        bounded(self.op_timeout, pipe.query_async(&mut conn)).await
+    }
+
+    async fn get_json(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    async fn members(&self, set: &str) -> Result<Vec<String>, StoreError> {
+        self.query(redis::cmd("SMEMBERS").arg(set)).await
+    }
+
+    /// The app as stored now: its raw JSON (for compare-and-set) and decoded form.
+    async fn current_app(&self, id: &str) -> Result<Option<(String, App)>, StoreError> {
+        match self.get_json(&app_key(id)).await? {
+            Some(json) => decode::<App>(&json).map(|app| Some((json, app))),
+            None => Ok(None),
+        }
+    }
+
+    /// One compare-and-set attempt of `update_app`.
+    async fn try_update_app(&self, app: &App, json: &str) -> Result<i64, StoreError> {
+        let Some((old_json, old)) = self.current_app(&app.id).await? else {
+            return Ok(MISSING);
+        };
+        let mut cmd = eval(
+            UPDATE_APP,
+            &[
+                &app_key(&app.id),
+                &name_key(&old.name),
+                &name_key(&app.name),
+            ],
+        );
+        cmd.arg(&app.id)
+            .arg(old_json)
+            .arg(json)
+            .arg(CHANNEL)
+            .arg(format!("app:{}", app.id));
+        self.query(&cmd).await
+    }
+
+    /// One compare-and-set attempt of `delete_app`.
+    async fn try_delete_app(&self, id: &str) -> Result<i64, StoreError> {
+        let Some((old_json, old)) = self.current_app(id).await? else {
+            return Ok(MISSING);
+        };
+        let keys = [
+            app_key(id),
+            name_key(&old.name),
+            APPS.to_owned(),
+            app_keys_key(id),
+            KEYS.to_owned(),
+            LAST_USED.to_owned(),
+        ];
+        let mut cmd = eval(DELETE_APP, &keys.each_ref().map(String::as_str));
+        cmd.arg(id).arg(old_json).arg(CHANNEL).arg(KEY_PREFIX);
+        self.query(&cmd).await
+    }
+
+    /// Key records for `ids` with their last-use times, read in one atomic round trip.
+    /// Ids whose record vanished meanwhile are skipped.
+    async fn keys_by_id(&self, ids: &[String]) -> Result<Vec<KeyRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let record_keys: Vec<String> = ids.iter().map(|id| key_key(id)).collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("MGET")
+            .arg(&record_keys)
+            .cmd("HMGET")
+            .arg(LAST_USED)
+            .arg(ids);
+        let (jsons, times): (Vec<Option<String>>, Vec<Option<u64>>) =
+            self.query_pipe(&pipe).await?;
+        jsons
+            .into_iter()
+            .zip(times)
+            .filter_map(|(json, at)| json.map(|json| decode_key(&json, at)))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl KeyStore for RedisStore {
+    async fn create_app(&self, app: &App) -> Result<(), StoreError> {
+        let json = encode(app)?;
+        let mut cmd = eval(CREATE_APP, &[&app_key(&app.id), &name_key(&app.name), APPS]);
+        cmd.arg(&app.id).arg(json);
+        match self.query::<i64>(&cmd).await? {
+            DONE => Ok(()),
+            TAKEN => Err(StoreError::Conflict),
+            other => Err(unexpected_status(other)),
+        }
+    }
+
+    async fn get_app(&self, id: &str) -> Result<Option<App>, StoreError> {
+        self.current_app(id)
+            .await
+            .map(|found| found.map(|(_, app)| app))
+    }
+
+    async fn list_apps(&self) -> Result<Vec<App>, StoreError> {
+        let ids = self.members(APPS).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| app_key(id)).collect();
+        let jsons: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(&keys)).await?;
+        let mut apps = jsons
+            .into_iter()
+            .flatten()
+            .map(|json| decode::<App>(&json))
+            .collect::<Result<Vec<_>, _>>()?;
+        apps.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(apps)
+    }
+
+    async fn update_app(&self, app: &App) -> Result<(), StoreError> {
+        let json = encode(app)?;
+        for _ in 0..CAS_ATTEMPTS {
+            match self.try_update_app(app, &json).await? {
+                DONE => return Ok(()),
+                MISSING => return Err(StoreError::NotFound),
+                TAKEN => return Err(StoreError::Conflict),
+                STALE => continue,
+                other => return Err(unexpected_status(other)),
+            }
+        }
+        Err(contended())
+    }
+
+    async fn delete_app(&self, id: &str) -> Result<bool, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            match self.try_delete_app(id).await? {
+                DONE => return Ok(true),
+                MISSING => return Ok(false),
+                STALE => continue,
+                other => return Err(unexpected_status(other)),
+            }
+        }
+        Err(contended())
+    }
+
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let keys = [
+            app_key(&key.app_id),
+            key_key(&key.id),
+            KEYS.to_owned(),
+            app_keys_key(&key.app_id),
+            LAST_USED.to_owned(),
+        ];
+        let mut cmd = eval(CREATE_KEY, &keys.each_ref().map(String::as_str));
+        let last_used = key.last_used_at.map(|t| t.to_string()).unwrap_or_default();
+        cmd.arg(&key.id).arg(encode_key(key)?).arg(last_used);
+        match self.query::<i64>(&cmd).await? {
+            DONE => Ok(()),
+            MISSING => Err(StoreError::NotFound),
+            TAKEN => Err(StoreError::Conflict),
+            other => Err(unexpected_status(other)),
+        }
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(key_key(id))
+            .cmd("HGET")
+            .arg(LAST_USED)
+            .arg(id);
+        let (json, at): (Option<String>, Option<u64>) = self.query_pipe(&pipe).await?;
+        json.map(|json| decode_key(&json, at)).transpose()
+    }
+
+    async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        let set = app_id.map_or_else(|| KEYS.to_owned(), app_keys_key);
+        let ids = self.members(&set).await?;
+        let mut keys = self.keys_by_id(&ids).await?;
+        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(keys)
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
+        // Key records never change app, so reading the app id first is race-free; the script's
+        // DEL decides which of two concurrent deletes wins.
+        let Some(json) = self.get_json(&key_key(id)).await? else {
+            return Ok(false);
+        };
+        let record: KeyRecord = decode(&json)?;
+        let keys = [
+            key_key(id),
+            KEYS.to_owned(),
+            app_keys_key(&record.app_id),
+            LAST_USED.to_owned(),
+        ];
+        let mut cmd = eval(DELETE_KEY, &keys.each_ref().map(String::as_str));
+        cmd.arg(id).arg(CHANNEL);
+        Ok(self.query::<i64>(&cmd).await? == DONE)
+    }
+
+    async fn touch_keys(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for chunk in uses.chunks(TOUCH_CHUNK) {
+            pipe.add_command(touch_command(chunk)).ignore();
+        }
+        self.query_pipe::<()>(&pipe).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.query::<redis::Value>(&redis::cmd("PING"))
+            .await
+            .map(drop)
+    }
+
+    /// Spawns the feed task and returns at once; the task subscribes within moments (one
+    /// connect + SUBSCRIBE). Events published before that first subscription are not delivered,
+    /// which is harmless at start-up since nothing is cached yet.
+    fn invalidations(&self) -> Option<mpsc::Receiver<Invalidation>> {
+        let (tx, rx) = mpsc::channel(FEED_CAPACITY);
+        self.runtime
+            .spawn(run_feed(self.client.clone(), self.op_timeout, tx));
+        Some(rx)
+    }
+}
+
+fn app_key(id: &str) -> String {
+    format!("sg:app:{id}")
+}
+
+/// Names are unique case-insensitively, so the claim is keyed by the lowercased name.
+fn name_key(name: &str) -> String {
+    format!("sg:appname:{}", name.to_lowercase())
+}
+
+fn key_key(id: &str) -> String {
+    format!("{KEY_PREFIX}{id}")
+}
+
+fn app_keys_key(app_id: &str) -> String {
+    format!("sg:appkeys:{app_id}")
+}
+
+/// `EVAL script numkeys keys...`; the caller appends ARGV. The full script is sent every time
+/// (a few hundred bytes) so there is no NOSCRIPT round trip after a Redis restart.
+fn eval(script: &str, keys: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len()).arg(keys);
+    cmd
+}
+
+fn touch_command(uses: &[(String, UnixSeconds)]) -> redis::Cmd {
+    let mut keys = vec![LAST_USED.to_owned()];
+    keys.extend(uses.iter().map(|(id, _)| key_key(id)));
+    let mut cmd = eval(
+        TOUCH_KEYS,
+        &keys.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    for (id, at) in uses {
+        cmd.arg(id).arg(at);
+    }
+    cmd
+}
+
+/// Runs one Redis call with the operation deadline. A write that times out may still have been
+/// applied by the server; callers only learn that the store did not confirm it.
+async fn bounded<T>(
+    limit: Duration,
+    call: impl Future<Output = RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(map_redis_error),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "redis did not answer within {limit:?}"
+        ))),
+    }
+}
+
+fn map_redis_error(e: RedisError) -> StoreError {
+    match e.kind() {
+        // A stored value of the wrong shape; anything else is the server or the link failing.
+        redis::ErrorKind::UnexpectedReturnType => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn unexpected_status(status: i64) -> StoreError {
+    StoreError::Unavailable(format!("unexpected script status {status}"))
+}
+
+fn contended() -> StoreError {
+    StoreError::Unavailable("app kept changing concurrently; gave up".to_owned())
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The record without its last-use time, which lives in `sg:last_used`.
+fn encode_key(key: &KeyRecord) -> Result<String, StoreError> {
+    encode(&KeyRecord {
+        last_used_at: None,
+        ..key.clone()
+    })
+}
+
+fn decode_key(json: &str, last_used_at: Option<UnixSeconds>) -> Result<KeyRecord, StoreError> {
+    let mut key: KeyRecord = decode(json)?;
+    key.last_used_at = last_used_at;
+    Ok(key)
+}
+
+fn parse_invalidation(payload: &str) -> Option<Invalidation> {
+    if let Some(id) = payload.strip_prefix("key:") {
+        Some(Invalidation::Key(id.to_owned()))
+    } else {
+        payload
+            .strip_prefix("app:")
+            .map(|id| Invalidation::App(id.to_owned()))
+    }
+}
+
+/// Why a subscription stopped forwarding.
+#[derive(PartialEq, Eq)]
+enum FeedEnd {
+    /// The connection died; subscribe again.
+    Dropped,
+    /// Nobody listens any more; the task ends.
+    ReceiverGone,
+}
+
+/// The feed task: subscribe, forward, and on any loss resubscribe with backoff, announcing the
+/// gap with `Invalidation::All`. A gap includes a failed first attempt: events may have been
+/// missed between `connect` and the first successful subscription.
+async fn run_feed(client: redis::Client, op_timeout: Duration, tx: mpsc::Sender<Invalidation>) {
+    let mut backoff = FEED_MIN_BACKOFF;
+    let mut gap = false;
+    loop {
+        if let Some(pubsub) = subscribe(&client, op_timeout).await {
+            backoff = FEED_MIN_BACKOFF;
+            if gap && tx.send(Invalidation::All).await.is_err() {
+                return;
+            }
+            if forward(pubsub, &tx, op_timeout).await == FeedEnd::ReceiverGone {
+                return;
+            }
+        }
+        gap = true;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = tx.closed() => return,
+        }
+        backoff = (backoff * 2).min(FEED_MAX_BACKOFF);
+    }
+}
+
+/// A fresh pub/sub connection subscribed to the channel, or `None` if Redis is not there.
+/// `get_async_pubsub` has no connect timeout of its own, hence the explicit one.
+async fn subscribe(client: &redis::Client, op_timeout: Duration) -> Option<PubSub> {
+    let attempt = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(CHANNEL).await?;
+        Ok::<_, RedisError>(pubsub)
+    };
+    tokio::time::timeout(op_timeout, attempt).await.ok()?.ok()
+}
+
+async fn forward(pubsub: PubSub, tx: &mpsc::Sender<Invalidation>, op_timeout: Duration) -> FeedEnd {
+    let (mut sink, mut stream) = pubsub.split();
+    let mut probe = tokio::time::interval_at(
+        tokio::time::Instant::now() + FEED_PROBE_EVERY,
+        FEED_PROBE_EVERY,
+    );
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else { return FeedEnd::Dropped };
+                let event = msg.get_payload::<String>().ok().and_then(|p| parse_invalidation(&p));
+                if let Some(event) = event {
+                    if tx.send(event).await.is_err() {
+                        return FeedEnd::ReceiverGone;
+                    }
+                }
+            }
+            _ = probe.tick() => {
+                if !alive(&mut sink, op_timeout).await {
+                    return FeedEnd::Dropped;
+                }
+            }
+            _ = tx.closed() => return FeedEnd::ReceiverGone,
+        }
+    }
+}
+
+async fn alive(sink: &mut PubSubSink, op_timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(op_timeout, sink.ping::<redis::Value>()).await,
+        Ok(Ok(_))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_invalidation_messages() {
+        assert_eq!(
+            parse_invalidation("key:k1"),
+            Some(Invalidation::Key("k1".into()))
+        );
+        assert_eq!(
+            parse_invalidation("app:a:b"),
+            Some(Invalidation::App("a:b".into()))
+        );
+        assert_eq!(parse_invalidation("other"), None);
+    }
+
+    #[test]
+    fn name_claims_ignore_case() {
+        assert_eq!(name_key("Billing ÄPI"), name_key("billing äpi"));
+    }
+}

@@ -1,0 +1,621 @@
+//! One behavioural suite for every `KeyStore`, run against the embedded store and a real
+//! `redis-server`, plus the tests only one of them needs (reopen; invalidations and outages).
+
+mod common;
+
+use common::redis::RedisServer;
+use scopegate::model::{App, KeyRecord, RateLimit};
+use scopegate::store::{EmbeddedStore, Invalidation, KeyStore, RedisStore, StoreError};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout, Instant};
+
+const OP_TIMEOUT: Duration = Duration::from_millis(300);
+/// Long enough that only a hang trips it.
+const HANG: Duration = Duration::from_secs(5);
+
+fn app(id: &str, name: &str, created_at: u64) -> App {
+    App {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        scopes: vec!["read".to_owned()],
+        rate_limit: None,
+        created_at,
+        created_by: "admin".to_owned(),
+    }
+}
+
+fn key(id: &str, app_id: &str, created_at: u64) -> KeyRecord {
+    KeyRecord {
+        id: id.to_owned(),
+        app_id: app_id.to_owned(),
+        name: format!("key {id}"),
+        masked: "sg_a****wxyz".to_owned(),
+        secret_hash: "ab".repeat(32),
+        created_at,
+        created_by: "admin".to_owned(),
+        expires_at: None,
+        last_used_at: None,
+    }
+}
+
+fn ids_of_apps(apps: &[App]) -> Vec<&str> {
+    apps.iter().map(|a| a.id.as_str()).collect()
+}
+
+fn ids_of_keys(keys: &[KeyRecord]) -> Vec<&str> {
+    keys.iter().map(|k| k.id.as_str()).collect()
+}
+
+// ---------------------------------------------------------------- the shared suite
+
+async fn apps_crud(store: &dyn KeyStore) {
+    assert!(store.list_apps().await.expect("list").is_empty());
+    assert_eq!(store.get_app("a1").await.expect("get"), None);
+    // Created out of order; the tie at 20 is broken by id.
+    store
+        .create_app(&app("a3", "three", 30))
+        .await
+        .expect("create");
+    store
+        .create_app(&app("a2", "two", 20))
+        .await
+        .expect("create");
+    store
+        .create_app(&app("a1", "one", 20))
+        .await
+        .expect("create");
+    assert_eq!(
+        store.get_app("a2").await.expect("get"),
+        Some(app("a2", "two", 20))
+    );
+    let listed = store.list_apps().await.expect("list");
+    assert_eq!(ids_of_apps(&listed), ["a1", "a2", "a3"]);
+
+    let mut changed = app("a2", "two", 20);
+    changed.scopes = vec!["write".to_owned()];
+    store.update_app(&changed).await.expect("update");
+    assert_eq!(store.get_app("a2").await.expect("get"), Some(changed));
+    assert!(matches!(
+        store.update_app(&app("nope", "x", 1)).await,
+        Err(StoreError::NotFound)
+    ));
+
+    assert!(store.delete_app("a2").await.expect("delete"));
+    assert!(!store.delete_app("a2").await.expect("delete again"));
+    assert_eq!(store.get_app("a2").await.expect("get"), None);
+    let listed = store.list_apps().await.expect("list");
+    assert_eq!(ids_of_apps(&listed), ["a1", "a3"]);
+}
+
+async fn app_name_conflicts(store: &dyn KeyStore) {
+    store
+        .create_app(&app("a1", "Billing", 1))
+        .await
+        .expect("create");
+    store
+        .create_app(&app("a2", "Search", 2))
+        .await
+        .expect("create");
+    assert!(matches!(
+        store.create_app(&app("a3", "bILLING", 3)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(matches!(
+        store.create_app(&app("a1", "Fresh name", 3)).await,
+        Err(StoreError::Conflict)
+    ));
+    // Renaming onto another app's name, in any case.
+    assert!(matches!(
+        store.update_app(&app("a2", "BILLING", 2)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        store.get_app("a2").await.expect("get"),
+        Some(app("a2", "Search", 2))
+    );
+    // Changing only the case of one's own name is fine.
+    store
+        .update_app(&app("a1", "BILLING", 1))
+        .await
+        .expect("recase");
+    // Renaming frees the old name.
+    store
+        .update_app(&app("a1", "Payments", 1))
+        .await
+        .expect("rename");
+    store
+        .create_app(&app("a3", "billing", 3))
+        .await
+        .expect("old name is free");
+    assert!(matches!(
+        store.create_app(&app("a4", "payments", 4)).await,
+        Err(StoreError::Conflict)
+    ));
+    // Deleting frees the name.
+    assert!(store.delete_app("a1").await.expect("delete"));
+    store
+        .create_app(&app("a4", "Payments", 4))
+        .await
+        .expect("deleted app's name is free");
+}
+
+async fn keys_crud(store: &dyn KeyStore) {
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    store.create_app(&app("a2", "two", 2)).await.expect("app");
+    assert!(store.list_keys(None).await.expect("list").is_empty());
+    assert_eq!(store.get_key("k1").await.expect("get"), None);
+
+    store.create_key(&key("k3", "a1", 30)).await.expect("key");
+    store.create_key(&key("k2", "a2", 10)).await.expect("key");
+    store.create_key(&key("k1", "a1", 10)).await.expect("key");
+    assert_eq!(
+        store.get_key("k3").await.expect("get"),
+        Some(key("k3", "a1", 30))
+    );
+    assert_eq!(
+        ids_of_keys(&store.list_keys(None).await.expect("all")),
+        ["k1", "k2", "k3"]
+    );
+    assert_eq!(
+        ids_of_keys(&store.list_keys(Some("a1")).await.expect("a1")),
+        ["k1", "k3"]
+    );
+    assert_eq!(
+        ids_of_keys(&store.list_keys(Some("a2")).await.expect("a2")),
+        ["k2"]
+    );
+    assert!(store
+        .list_keys(Some("missing"))
+        .await
+        .expect("none")
+        .is_empty());
+    assert!(matches!(
+        store.create_key(&key("k1", "a2", 5)).await,
+        Err(StoreError::Conflict)
+    ));
+
+    assert!(store.delete_key("k1").await.expect("delete"));
+    assert!(!store.delete_key("k1").await.expect("delete again"));
+    assert_eq!(store.get_key("k1").await.expect("get"), None);
+    assert_eq!(
+        ids_of_keys(&store.list_keys(Some("a1")).await.expect("a1")),
+        ["k3"]
+    );
+    assert_eq!(
+        ids_of_keys(&store.list_keys(None).await.expect("all")),
+        ["k2", "k3"]
+    );
+}
+
+async fn create_key_needs_app(store: &dyn KeyStore) {
+    assert!(matches!(
+        store.create_key(&key("k1", "ghost", 1)).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.get_key("k1").await.expect("get"), None);
+    assert!(store.list_keys(None).await.expect("list").is_empty());
+}
+
+async fn delete_app_deletes_its_keys(store: &dyn KeyStore) {
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    store.create_app(&app("a2", "two", 2)).await.expect("app");
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    store.create_key(&key("k2", "a1", 2)).await.expect("key");
+    store.create_key(&key("k3", "a2", 3)).await.expect("key");
+    store
+        .touch_keys(&[("k1".to_owned(), 100)])
+        .await
+        .expect("touch");
+
+    assert!(store.delete_app("a1").await.expect("delete"));
+    assert_eq!(store.get_key("k1").await.expect("get"), None);
+    assert_eq!(store.get_key("k2").await.expect("get"), None);
+    assert!(store.list_keys(Some("a1")).await.expect("a1").is_empty());
+    assert_eq!(
+        ids_of_keys(&store.list_keys(None).await.expect("all")),
+        ["k3"]
+    );
+    // The last-use time went too: a new app reusing the ids starts clean.
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    assert_eq!(
+        store.get_key("k1").await.expect("get"),
+        Some(key("k1", "a1", 1))
+    );
+}
+
+async fn touch_keys_rules(store: &dyn KeyStore) {
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    store.create_key(&key("k2", "a1", 2)).await.expect("key");
+    store.touch_keys(&[]).await.expect("empty batch");
+
+    let batch = [
+        ("k1".to_owned(), 100),
+        ("ghost".to_owned(), 100),
+        ("k2".to_owned(), 50),
+    ];
+    store.touch_keys(&batch).await.expect("touch");
+    let last = |k: Option<KeyRecord>| k.and_then(|k| k.last_used_at);
+    assert_eq!(last(store.get_key("k1").await.expect("get")), Some(100));
+    assert_eq!(last(store.get_key("k2").await.expect("get")), Some(50));
+    assert_eq!(store.get_key("ghost").await.expect("get"), None);
+
+    // Never backwards, also within one batch.
+    let batch = [
+        ("k1".to_owned(), 90),
+        ("k2".to_owned(), 70),
+        ("k2".to_owned(), 60),
+    ];
+    store.touch_keys(&batch).await.expect("touch");
+    assert_eq!(last(store.get_key("k1").await.expect("get")), Some(100));
+    assert_eq!(last(store.get_key("k2").await.expect("get")), Some(70));
+    let listed = store.list_keys(Some("a1")).await.expect("list");
+    let times: Vec<_> = listed.iter().map(|k| k.last_used_at).collect();
+    assert_eq!(times, [Some(100), Some(70)]);
+
+    // A deleted key's time goes with it, and touching it later leaves nothing behind.
+    assert!(store.delete_key("k2").await.expect("delete"));
+    store
+        .touch_keys(&[("k2".to_owned(), 500)])
+        .await
+        .expect("touch deleted");
+    store
+        .create_key(&key("k2", "a1", 2))
+        .await
+        .expect("recreate");
+    assert_eq!(last(store.get_key("k2").await.expect("get")), None);
+}
+
+async fn records_round_trip(store: &dyn KeyStore) {
+    let full_app = App {
+        id: "app-ü1".to_owned(),
+        name: "Zürich \"quoted\" API".to_owned(),
+        scopes: vec!["orders:read".to_owned(), "orders:write".to_owned()],
+        rate_limit: Some(RateLimit {
+            per_second: 7,
+            burst: 21,
+        }),
+        created_at: 1_700_000_000,
+        created_by: "ops@example.com".to_owned(),
+    };
+    store.create_app(&full_app).await.expect("app");
+    assert_eq!(
+        store.get_app(&full_app.id).await.expect("get"),
+        Some(full_app.clone())
+    );
+
+    let mut full_key = KeyRecord {
+        expires_at: Some(1_800_000_000),
+        ..key("key-1", &full_app.id, 1_700_000_001)
+    };
+    store.create_key(&full_key).await.expect("key");
+    store
+        .touch_keys(&[(full_key.id.clone(), 1_750_000_000)])
+        .await
+        .expect("touch");
+    full_key.last_used_at = Some(1_750_000_000);
+    assert_eq!(
+        store.get_key(&full_key.id).await.expect("get"),
+        Some(full_key.clone())
+    );
+    assert_eq!(store.list_keys(None).await.expect("list"), [full_key]);
+
+    // A last-use time given at creation is kept (e.g. when importing).
+    let imported = KeyRecord {
+        last_used_at: Some(77),
+        ..key("key-2", &full_app.id, 1_700_000_002)
+    };
+    store.create_key(&imported).await.expect("key");
+    assert_eq!(store.get_key("key-2").await.expect("get"), Some(imported));
+    store.ping().await.expect("ping");
+}
+
+/// Each suite function becomes one test per store, each with a fresh store.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_suite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (_dir, store) = super::embedded_store();
+                    super::$name(&store).await;
+                }
+            )*
+        }
+        mod redis_suite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (_server, store) = super::redis_store().await;
+                    super::$name(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    apps_crud,
+    app_name_conflicts,
+    keys_crud,
+    create_key_needs_app,
+    delete_app_deletes_its_keys,
+    touch_keys_rules,
+    records_round_trip,
+);
+
+fn embedded_store() -> (tempfile::TempDir, EmbeddedStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(&dir.path().join("data")).expect("open");
+    (dir, store)
+}
+
+async fn redis_store() -> (RedisServer, RedisStore) {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), OP_TIMEOUT)
+        .await
+        .expect("connect");
+    (server, store)
+}
+
+// ---------------------------------------------------------------- embedded only
+
+#[tokio::test]
+async fn embedded_survives_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("nested").join("data");
+    {
+        let store = EmbeddedStore::open(&path).expect("open");
+        assert!(store.invalidations().is_none());
+        store.create_app(&app("a1", "One", 1)).await.expect("app");
+        store.create_app(&app("a2", "Two", 2)).await.expect("app");
+        store.create_key(&key("k1", "a1", 1)).await.expect("key");
+        store.create_key(&key("k2", "a2", 2)).await.expect("key");
+        store
+            .touch_keys(&[("k1".to_owned(), 42)])
+            .await
+            .expect("touch");
+    }
+    assert!(path.join("scopegate.redb").is_file());
+
+    let store = EmbeddedStore::open(&path).expect("reopen");
+    assert_eq!(
+        store.list_apps().await.expect("apps"),
+        [app("a1", "One", 1), app("a2", "Two", 2)]
+    );
+    let k1 = KeyRecord {
+        last_used_at: Some(42),
+        ..key("k1", "a1", 1)
+    };
+    assert_eq!(
+        store.list_keys(None).await.expect("keys"),
+        [k1, key("k2", "a2", 2)]
+    );
+    // Name claims survived too.
+    assert!(matches!(
+        store.create_app(&app("a3", "one", 3)).await,
+        Err(StoreError::Conflict)
+    ));
+}
+
+// ---------------------------------------------------------------- redis only
+
+/// Waits until `n` connections subscribe to the invalidation channel: the feed subscribes
+/// shortly after `invalidations()` returns, and events sent before that are not delivered.
+async fn wait_subscribed(server: &RedisServer, n: u64) {
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let deadline = Instant::now() + HANG;
+    while Instant::now() < deadline {
+        let (_, count): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("sg:invalidate")
+            .query_async(&mut conn)
+            .await
+            .expect("numsub");
+        if count >= n {
+            return;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    panic!("feed never subscribed");
+}
+
+async fn next_event(rx: &mut mpsc::Receiver<Invalidation>, within: Duration) -> Invalidation {
+    timeout(within, rx.recv())
+        .await
+        .expect("no invalidation in time")
+        .expect("feed closed")
+}
+
+#[tokio::test]
+async fn redis_invalidations_reach_other_instances() {
+    let server = RedisServer::start();
+    let writer = RedisStore::connect(&server.url(), OP_TIMEOUT)
+        .await
+        .expect("writer");
+    let reader = RedisStore::connect(&server.url(), OP_TIMEOUT)
+        .await
+        .expect("reader");
+    let mut rx = reader.invalidations().expect("redis has a feed");
+    wait_subscribed(&server, 1).await;
+    let second = Duration::from_secs(1);
+
+    writer.create_app(&app("a1", "one", 1)).await.expect("app");
+    writer.create_key(&key("k1", "a1", 1)).await.expect("key");
+    writer.create_key(&key("k2", "a1", 2)).await.expect("key");
+    writer
+        .update_app(&app("a1", "uno", 1))
+        .await
+        .expect("update");
+    // Creations announce nothing: nothing can be cached about a record that did not exist.
+    assert_eq!(
+        next_event(&mut rx, second).await,
+        Invalidation::App("a1".into())
+    );
+    assert!(writer.delete_key("k1").await.expect("delete key"));
+    assert_eq!(
+        next_event(&mut rx, second).await,
+        Invalidation::Key("k1".into())
+    );
+    assert!(writer.delete_app("a1").await.expect("delete app"));
+    assert_eq!(
+        next_event(&mut rx, second).await,
+        Invalidation::Key("k2".into())
+    );
+    assert_eq!(
+        next_event(&mut rx, second).await,
+        Invalidation::App("a1".into())
+    );
+    // Failed or no-op writes announce nothing.
+    assert!(!writer.delete_key("k1").await.expect("delete again"));
+    assert!(writer.update_app(&app("a1", "x", 1)).await.is_err());
+    assert!(timeout(Duration::from_millis(200), rx.recv())
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn redis_connect_fails_when_nothing_listens() {
+    let mut server = RedisServer::start();
+    server.stop();
+    let result = timeout(HANG, RedisStore::connect(&server.url(), OP_TIMEOUT))
+        .await
+        .expect("connect hung");
+    assert!(matches!(result, Err(StoreError::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn redis_outage_fails_fast_and_recovers() {
+    let mut server = RedisServer::start_persistent();
+    let store = RedisStore::connect(&server.url(), OP_TIMEOUT)
+        .await
+        .expect("connect");
+    let mut rx = store.invalidations().expect("feed");
+    wait_subscribed(&server, 1).await;
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+
+    server.stop();
+    assert_unavailable(store.get_app("a1").await_bounded().await);
+    assert_unavailable(store.ping().await_bounded().await);
+    assert_unavailable(store.list_keys(None).await_bounded().await);
+    assert_unavailable(
+        store
+            .touch_keys(&[("k1".to_owned(), 9)])
+            .await_bounded()
+            .await,
+    );
+    assert_unavailable(store.delete_key("k1").await_bounded().await);
+
+    server.start_again();
+    // The same instance heals by itself; data survived (append-only file).
+    let app_back = eventually(|| store.get_app("a1")).await;
+    assert_eq!(app_back, Some(app("a1", "one", 1)));
+    assert_eq!(
+        store.get_key("k1").await.expect("key").map(|k| k.id),
+        Some("k1".to_owned())
+    );
+    // The feed says it may have missed events, then carries new ones.
+    assert_eq!(next_event(&mut rx, HANG).await, Invalidation::All);
+    store
+        .update_app(&app("a1", "uno", 1))
+        .await
+        .expect("update");
+    assert_eq!(
+        next_event(&mut rx, Duration::from_secs(1)).await,
+        Invalidation::App("a1".into())
+    );
+}
+
+fn assert_unavailable<T: std::fmt::Debug>(result: Result<T, StoreError>) {
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "expected Unavailable, got {result:?}"
+    );
+}
+
+/// Retries `op` until it succeeds, for up to [`HANG`].
+async fn eventually<T, F, Fut>(mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = Instant::now() + HANG;
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() > deadline => panic!("store did not recover: {e}"),
+            Err(_) => sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Fails the test on a hang instead of waiting forever.
+trait AwaitBounded: std::future::Future + Sized {
+    async fn await_bounded(self) -> Self::Output {
+        timeout(HANG, self).await.expect("store call hung")
+    }
+}
+
+impl<F: std::future::Future> AwaitBounded for F {}
+
+/// The documented key layout, and that deletes leave nothing behind (no orphan name claims,
+/// sets or last-use fields, also for touched ids that never existed).
+#[tokio::test]
+async fn redis_layout_and_cleanup() {
+    let (server, store) = redis_store().await;
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    store.create_app(&app("a1", "MyApp", 1)).await.expect("app");
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    store
+        .touch_keys(&[("k1".to_owned(), 5), ("ghost".to_owned(), 5)])
+        .await
+        .expect("touch");
+
+    let mut all: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    all.sort();
+    let expected = [
+        "sg:app:a1",
+        "sg:appkeys:a1",
+        "sg:appname:myapp",
+        "sg:apps",
+        "sg:key:k1",
+        "sg:keys",
+        "sg:last_used",
+    ];
+    assert_eq!(all, expected);
+    let claimed: String = redis::cmd("GET")
+        .arg("sg:appname:myapp")
+        .query_async(&mut conn)
+        .await
+        .expect("get");
+    assert_eq!(claimed, "a1");
+    let touched: Vec<String> = redis::cmd("HKEYS")
+        .arg("sg:last_used")
+        .query_async(&mut conn)
+        .await
+        .expect("hkeys");
+    assert_eq!(touched, ["k1"]);
+
+    assert!(store.delete_app("a1").await.expect("delete"));
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
