@@ -54,7 +54,7 @@ fn single<'a>(
 /// The token of a `Bearer` authorization (scheme case-insensitive), or `None` for other schemes.
 fn bearer_token(value: &str) -> Option<&str> {
     let value = value.trim();
-    let (scheme, token) = value.split_once(|c: char| c == ' ' || c == '\t')?;
+    let (scheme, token) = value.split_once([' ', '\t'])?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 

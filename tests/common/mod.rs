@@ -1,4 +1,12 @@
 //! Helpers shared by the integration tests: real parts, started per test.
+//!
+//! - [`redis`]: a real `redis-server` on an ephemeral port;
+//! - [`upstream`]: a recording HTTP upstream on an ephemeral port;
+//! - [`gateway`]: a whole scopegate (in-process, port 0) from a YAML config, with admin helpers;
+//! - [`http`]: a small HTTP client and raw-socket helpers.
 #![allow(dead_code)]
 
+pub mod gateway;
+pub mod http;
 pub mod redis;
+pub mod upstream;
