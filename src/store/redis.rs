@@ -180,12 +180,41 @@ impl RedisStore {
         bounded(self.op_timeout, pipe.query_async(&mut conn)).await
     }
 
+    /// A read, retried once on a broken link: after an outage the manager only starts
+    /// reconnecting when a command fails, and a read is safe to send twice.
+    async fn read<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout_at(deadline, cmd.query_async(&mut conn)).await {
+            Ok(Err(e)) if is_link_error(&e) => {
+                let mut conn = self.conn.clone();
+                bounded_until(deadline, self.op_timeout, cmd.query_async(&mut conn)).await
+            }
+            Ok(result) => result.map_err(map_redis_error),
+            Err(_) => Err(timed_out(self.op_timeout)),
+        }
+    }
+
+    /// Like [`read`](Self::read), for a pipeline of reads.
+    async fn read_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout_at(deadline, pipe.query_async(&mut conn)).await {
+            Ok(Err(e)) if is_link_error(&e) => {
+                let mut conn = self.conn.clone();
+                bounded_until(deadline, self.op_timeout, pipe.query_async(&mut conn)).await
+            }
+            Ok(result) => result.map_err(map_redis_error),
+            Err(_) => Err(timed_out(self.op_timeout)),
+        }
+    }
+
     async fn get_json(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.query(redis::cmd("GET").arg(key)).await
+        self.read(redis::cmd("GET").arg(key)).await
     }
 
     async fn members(&self, set: &str) -> Result<Vec<String>, StoreError> {
-        self.query(redis::cmd("SMEMBERS").arg(set)).await
+        self.read(redis::cmd("SMEMBERS").arg(set)).await
     }
 
     /// The app as stored now: its raw JSON (for compare-and-set) and decoded form.
@@ -284,7 +313,7 @@ impl KeyStore for RedisStore {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|id| app_key(id)).collect();
-        let jsons: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(&keys)).await?;
+        let jsons: Vec<Option<String>> = self.read(redis::cmd("MGET").arg(&keys)).await?;
         let mut apps = jsons
             .into_iter()
             .flatten()
@@ -346,7 +375,7 @@ impl KeyStore for RedisStore {
             .cmd("HGET")
             .arg(LAST_USED)
             .arg(id);
-        let (json, at): (Option<String>, Option<u64>) = self.query_pipe(&pipe).await?;
+        let (json, at): (Option<String>, Option<u64>) = self.read_pipe(&pipe).await?;
         json.map(|json| decode_key(&json, at)).transpose()
     }
 
@@ -450,10 +479,28 @@ async fn bounded<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(limit, call).await {
         Ok(result) => result.map_err(map_redis_error),
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "redis did not answer within {limit:?}"
-        ))),
+        Err(_) => Err(timed_out(limit)),
     }
+}
+
+async fn bounded_until<T>(
+    deadline: tokio::time::Instant,
+    limit: Duration,
+    call: impl Future<Output = RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(result) => result.map_err(map_redis_error),
+        Err(_) => Err(timed_out(limit)),
+    }
+}
+
+fn timed_out(limit: Duration) -> StoreError {
+    StoreError::Unavailable(format!("redis did not answer within {limit:?}"))
+}
+
+/// The connection (not the command) failed: worth one more try on a fresh connection.
+fn is_link_error(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error()
 }
 
 fn map_redis_error(e: RedisError) -> StoreError {
