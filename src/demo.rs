@@ -35,7 +35,8 @@ async fn prepare_and_run(mut config: Config) -> Result<(), String> {
     for upstream in &config.upstreams {
         let addr = start_sample_upstream(upstream.name.to_string(), stop_rx.clone()).await?;
         upstreams.push(Arc::new(Upstream {
-            authority: http::uri::Authority::try_from(addr.to_string()).map_err(|e| e.to_string())?,
+            authority: http::uri::Authority::try_from(addr.to_string())
+                .map_err(|e| e.to_string())?,
             scheme: http::uri::Scheme::HTTP,
             path_prefix: String::new(),
             ..(**upstream).clone()
@@ -59,13 +60,22 @@ async fn prepare_and_run(mut config: Config) -> Result<(), String> {
     config.store.path = data.clone();
 
     let token = key::random_id() + &key::random_id();
-    let store = crate::gateway::open_store(&config.store).await.map_err(|e| e.to_string())?;
-    let full_key = seed(&*store).await?;
-    let scopes: Vec<String> = config.scopes.iter().map(|(n, _)| n.clone()).collect();
-    let gateway = crate::gateway::start_with_store(config, vec![("admin".into(), token.clone())], store)
+    let store = crate::gateway::open_store(&config.store)
         .await
         .map_err(|e| e.to_string())?;
-    print_instructions(gateway.proxy_addr, gateway.admin_addr, &full_key, &token, &scopes);
+    let full_key = seed(&*store).await?;
+    let scopes: Vec<String> = config.scopes.iter().map(|(n, _)| n.clone()).collect();
+    let gateway =
+        crate::gateway::start_with_store(config, vec![("admin".into(), token.clone())], store)
+            .await
+            .map_err(|e| e.to_string())?;
+    print_instructions(
+        gateway.proxy_addr,
+        gateway.admin_addr,
+        &full_key,
+        &token,
+        &scopes,
+    );
     crate::cli::wait_for_stop_signal().await;
     gateway.shutdown().await;
     let _ = stop.send(true);
@@ -100,9 +110,18 @@ async fn seed(store: &dyn crate::store::KeyStore) -> Result<String, String> {
     Ok(new.full)
 }
 
-fn print_instructions(proxy: SocketAddr, admin: SocketAddr, key: &str, token: &str, scopes: &[String]) {
+fn print_instructions(
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    key: &str,
+    token: &str,
+    scopes: &[String],
+) {
     println!("scopegate demo is running (Ctrl-C to stop). Sample upstreams answer with what they received.");
-    println!("The demo app holds the scopes {DEMO_SCOPES:?} of {}.\n", scopes.join(", "));
+    println!(
+        "The demo app holds the scopes {DEMO_SCOPES:?} of {}.\n",
+        scopes.join(", ")
+    );
     println!("# allowed (200): deploy_tool");
     println!("curl -i -X POST -H 'X-API-Key: {key}' http://{proxy}/api/v1/tools/web-search/deploy -d '{{\"env\":\"staging\"}}'");
     println!("# no key (401 missing_key)");
@@ -116,8 +135,13 @@ fn print_instructions(proxy: SocketAddr, admin: SocketAddr, key: &str, token: &s
 }
 
 /// An upstream that answers every request with a JSON echo of what it received.
-async fn start_sample_upstream(name: String, stop: watch::Receiver<bool>) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+async fn start_sample_upstream(
+    name: String,
+    stop: watch::Receiver<bool>,
+) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let settings = ConnectionSettings {
         max_connections: 1024,
@@ -152,8 +176,9 @@ fn echo<B>(upstream: &str, request: &Request<B>) -> Response<Full<Bytes>> {
         "headers": headers,
     });
     let mut response = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }

@@ -43,7 +43,10 @@ pub enum AdminError {
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("the request body is not valid JSON: {0}")]
     BadJson(String),
     #[error("an app with this name already exists")]
@@ -92,7 +95,11 @@ impl ProxyError {
             ProxyError::Auth(AuthError::Store(_)) => "the key store is unavailable".to_owned(),
             other => other.to_string(),
         };
-        ErrorAnswer { status, code, message }
+        ErrorAnswer {
+            status,
+            code,
+            message,
+        }
     }
 
     /// The response sent to the client.
@@ -129,7 +136,11 @@ impl AdminError {
             AdminError::Conflict => (S::CONFLICT, "conflict"),
             AdminError::Store(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
         };
-        ErrorAnswer { status, code, message: self.to_string() }
+        ErrorAnswer {
+            status,
+            code,
+            message: self.to_string(),
+        }
     }
 
     pub fn into_response<B: From<Full<Bytes>>>(self) -> Response<B> {
@@ -141,7 +152,9 @@ impl AdminError {
                     .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             AdminError::Store(_) => {
-                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }
@@ -169,14 +182,32 @@ mod tests {
     fn proxy_errors_map_to_the_contract() {
         let cases: Vec<(ProxyError, u16, &str)> = vec![
             (ProxyError::BadRequest("x"), 400, "bad_request"),
-            (ProxyError::BadPath(PathError::AboveRoot), 400, "bad_request"),
-            (ProxyError::Credential(CredentialError::Conflicting), 400, "bad_request"),
+            (
+                ProxyError::BadPath(PathError::AboveRoot),
+                400,
+                "bad_request",
+            ),
+            (
+                ProxyError::Credential(CredentialError::Conflicting),
+                400,
+                "bad_request",
+            ),
             (ProxyError::RouteNotFound, 404, "route_not_found"),
-            (ProxyError::MethodNotAllowed { allow: "GET".into() }, 405, "method_not_allowed"),
+            (
+                ProxyError::MethodNotAllowed {
+                    allow: "GET".into(),
+                },
+                405,
+                "method_not_allowed",
+            ),
             (AuthError::Missing.into(), 401, "missing_key"),
             (AuthError::Invalid.into(), 401, "invalid_key"),
             (AuthError::Expired.into(), 401, "expired_key"),
-            (AuthError::ScopeDenied("deploy_tool".into()).into(), 403, "scope_denied"),
+            (
+                AuthError::ScopeDenied("deploy_tool".into()).into(),
+                403,
+                "scope_denied",
+            ),
             (
                 AuthError::Store(StoreError::Unavailable("down".into())).into(),
                 503,
@@ -188,7 +219,11 @@ mod tests {
         ];
         for (error, status, code) in cases {
             let answer = error.answer();
-            assert_eq!((answer.status.as_u16(), answer.code), (status, code), "{error:?}");
+            assert_eq!(
+                (answer.status.as_u16(), answer.code),
+                (status, code),
+                "{error:?}"
+            );
         }
     }
 
@@ -198,8 +233,10 @@ mod tests {
         assert!(e.answer().message.contains("deploy_model"));
         let r: Response<Full<Bytes>> = ProxyError::Auth(AuthError::Missing).into_response();
         assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
-        let r: Response<Full<Bytes>> =
-            ProxyError::MethodNotAllowed { allow: "GET, POST".into() }.into_response();
+        let r: Response<Full<Bytes>> = ProxyError::MethodNotAllowed {
+            allow: "GET, POST".into(),
+        }
+        .into_response();
         assert_eq!(r.headers()[ALLOW], "GET, POST");
     }
 
@@ -208,13 +245,28 @@ mod tests {
         let cases: Vec<(AdminError, u16, &str)> = vec![
             (AdminError::Unauthorized, 401, "unauthorized"),
             (AdminError::NotFound, 404, "not_found"),
-            (AdminError::Invalid { field: "name", message: "empty".into() }, 422, "invalid_request"),
+            (
+                AdminError::Invalid {
+                    field: "name",
+                    message: "empty".into(),
+                },
+                422,
+                "invalid_request",
+            ),
             (AdminError::Conflict, 409, "conflict"),
-            (StoreError::Unavailable("x".into()).into(), 503, "store_unavailable"),
+            (
+                StoreError::Unavailable("x".into()).into(),
+                503,
+                "store_unavailable",
+            ),
         ];
         for (error, status, code) in cases {
             let answer = error.answer();
-            assert_eq!((answer.status.as_u16(), answer.code), (status, code), "{error:?}");
+            assert_eq!(
+                (answer.status.as_u16(), answer.code),
+                (status, code),
+                "{error:?}"
+            );
         }
     }
 }

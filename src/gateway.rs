@@ -22,7 +22,11 @@ use tokio::task::JoinHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
 }
@@ -49,7 +53,9 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn KeyStore>, Store
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
 }
 
 fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
@@ -89,11 +95,18 @@ pub async fn start_with_store(
         grace: config.shutdown_grace,
     };
     let pipeline = Arc::new(Pipeline {
-        live: ArcSwap::from_pointee(LiveConfig { routes: config.routes, limits: config.limits }),
+        live: ArcSwap::from_pointee(LiveConfig {
+            routes: config.routes,
+            limits: config.limits,
+        }),
         auth: Authenticator::new(cache.clone()),
         forwarder: Forwarder::new(),
         usage,
-        proto: if config.tls.is_some() { "https" } else { "http" },
+        proto: if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
     });
     let admin = Arc::new(Admin {
         store: store.clone(),
@@ -104,7 +117,9 @@ pub async fn start_with_store(
             .map(|(name, token)| AdminIdentity::new(name.clone(), token))
             .collect(),
     });
-    let metrics = Arc::new(MetricsEndpoint { store: store.clone() });
+    let metrics = Arc::new(MetricsEndpoint {
+        store: store.clone(),
+    });
 
     let addrs = (
         local_addr(&proxy_listener, config.listen),

@@ -15,8 +15,8 @@ use crate::usage::UsageRecorder;
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
-use std::net::SocketAddr;
 use std::net::IpAddr;
+use std::net::SocketAddr;
 
 /// What changes when the config is reloaded, swapped as one.
 pub struct LiveConfig {
@@ -63,7 +63,9 @@ impl Pipeline {
         let path = normalize(uri.path())?;
         let route = match live.routes.find(request.method(), &path) {
             RouteMatch::Found(route) => route,
-            RouteMatch::MethodNotAllowed(allow) => return Err(ProxyError::MethodNotAllowed { allow }),
+            RouteMatch::MethodNotAllowed(allow) => {
+                return Err(ProxyError::MethodNotAllowed { allow })
+            }
             RouteMatch::NotFound => return Err(ProxyError::RouteNotFound),
         };
         let presented = credential::extract(request.headers())?;
@@ -107,19 +109,32 @@ impl Pipeline {
 /// Requests the gateway never forwards, whatever the routes say.
 fn check_forwardable<B>(request: &Request<B>, routes: &RouteTable) -> Result<(), ProxyError> {
     if request.method() == Method::CONNECT || request.method() == Method::TRACE {
-        let allow = routes.allowed_methods(request.uri().path()).unwrap_or_default();
+        let allow = routes
+            .allowed_methods(request.uri().path())
+            .unwrap_or_default();
         return Err(ProxyError::MethodNotAllowed { allow });
     }
-    if let (Some(authority), Some(host)) = (request.uri().authority(), request.headers().get(http::header::HOST)) {
-        if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
-            return Err(ProxyError::BadRequest("the request target's authority differs from Host"));
+    if let (Some(authority), Some(host)) = (
+        request.uri().authority(),
+        request.headers().get(http::header::HOST),
+    ) {
+        if !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        {
+            return Err(ProxyError::BadRequest(
+                "the request target's authority differs from Host",
+            ));
         }
     }
     Ok(())
 }
 
 fn is_trusted(limits: &Limits, ip: IpAddr) -> bool {
-    limits.trusted_proxies.iter().any(|net| cidr_contains(*net, ip))
+    limits
+        .trusted_proxies
+        .iter()
+        .any(|net| cidr_contains(*net, ip))
 }
 
 fn original_host<B>(request: &Request<B>) -> Option<HeaderValue> {
@@ -127,5 +142,10 @@ fn original_host<B>(request: &Request<B>) -> Option<HeaderValue> {
         .headers()
         .get(http::header::HOST)
         .cloned()
-        .or_else(|| request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()))
+        .or_else(|| {
+            request
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
 }

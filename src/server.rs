@@ -60,7 +60,10 @@ pub async fn serve<F, Fut, B>(
 
     loop {
         if permits.available_permits() == 0 && !at_capacity {
-            tracing::warn!(limit = settings.max_connections, "connection limit reached; new connections wait");
+            tracing::warn!(
+                limit = settings.max_connections,
+                "connection limit reached; new connections wait"
+            );
         }
         at_capacity = permits.available_permits() == 0;
         let permit = tokio::select! {
@@ -84,7 +87,9 @@ pub async fn serve<F, Fut, B>(
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(request, peer).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -94,7 +99,10 @@ pub async fn serve<F, Fut, B>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(settings.grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(settings.grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over; remaining connections are closed");
     }
 }

@@ -65,7 +65,10 @@ async fn run(
     }
     flush(&*store, &mut pending).await;
     if !pending.is_empty() {
-        tracing::warn!(keys = pending.len(), "last-used updates lost at shutdown: store unreachable");
+        tracing::warn!(
+            keys = pending.len(),
+            "last-used updates lost at shutdown: store unreachable"
+        );
     }
 }
 
@@ -80,10 +83,14 @@ async fn flush(store: &dyn KeyStore, pending: &mut HashMap<Arc<str>, UnixSeconds
     if pending.is_empty() {
         return;
     }
-    let batch: Vec<(String, UnixSeconds)> =
-        pending.iter().map(|(id, at)| (id.to_string(), *at)).collect();
+    let batch: Vec<(String, UnixSeconds)> = pending
+        .iter()
+        .map(|(id, at)| (id.to_string(), *at))
+        .collect();
     match store.touch_keys(&batch).await {
         Ok(()) => pending.clear(),
-        Err(e) => tracing::warn!(error = %e, keys = batch.len(), "last-used flush failed; will retry"),
+        Err(e) => {
+            tracing::warn!(error = %e, keys = batch.len(), "last-used flush failed; will retry")
+        }
     }
 }

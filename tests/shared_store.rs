@@ -16,7 +16,13 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 
 async fn gateway_on(redis: &RedisServer, upstream: &Upstream) -> TestGateway {
     let dir = tempfile::tempdir().expect("dir");
-    let yaml = config_yaml(&Upstreams { tools: upstream.url() }, Some(&redis.url()), &dir.path().join("data"));
+    let yaml = config_yaml(
+        &Upstreams {
+            tools: upstream.url(),
+        },
+        Some(&redis.url()),
+        &dir.path().join("data"),
+    );
     TestGateway::start_in(&yaml, dir).await
 }
 
@@ -49,7 +55,11 @@ async fn wait_subscribers(redis: &RedisServer, n: u64) {
 /// How many times Redis has run a command since the last reset.
 async fn command_calls(redis: &RedisServer, command: &str) -> u64 {
     let mut conn = redis_conn(redis).await;
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.expect("info");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("info");
     let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -60,7 +70,11 @@ async fn command_calls(redis: &RedisServer, command: &str) -> u64 {
 
 async fn reset_stats(redis: &RedisServer) {
     let mut conn = redis_conn(redis).await;
-    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.expect("resetstat");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .expect("resetstat");
 }
 
 /// Polls `status_of` until it returns `want`; returns how long that took, or panics past `within`.
@@ -75,7 +89,10 @@ where
         if status == want {
             return started.elapsed();
         }
-        assert!(started.elapsed() < within, "still {status} after {within:?}, wanted {want}");
+        assert!(
+            started.elapsed() < within,
+            "still {status} after {within:?}, wanted {want}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -91,19 +108,47 @@ async fn scope_edit_and_key_deletion_reach_a_second_instance_within_a_second() {
     let app = a.create_app("shared", &["view_job_status"]).await;
     let (key_id, key) = a.create_key(&app, None).await;
     let deploy_on_b = || async {
-        send(Method::POST, &b.url("/api/v1/tools/t/deploy"), &[("x-api-key", &key)], Bytes::new()).await.status.as_u16()
+        send(
+            Method::POST,
+            &b.url("/api/v1/tools/t/deploy"),
+            &[("x-api-key", &key)],
+            Bytes::new(),
+        )
+        .await
+        .status
+        .as_u16()
     };
     // B caches the key and app (scope missing → 403).
     assert_eq!(deploy_on_b().await, 403);
-    assert_eq!(get(&b.url("/api/v1/jobs/1"), &[("x-api-key", &key)]).await.status, 200);
+    assert_eq!(
+        get(&b.url("/api/v1/jobs/1"), &[("x-api-key", &key)])
+            .await
+            .status,
+        200
+    );
 
     let patch = serde_json::json!({"scopes": ["view_job_status", "deploy_tool"]});
-    assert_eq!(a.admin(Method::PATCH, &format!("/v1/apps/{app}"), Some(patch)).await.status, 200);
+    assert_eq!(
+        a.admin(Method::PATCH, &format!("/v1/apps/{app}"), Some(patch))
+            .await
+            .status,
+        200
+    );
     let took = wait_for_status(PROPAGATION, 200, deploy_on_b).await;
     println!("scope edit seen by the second instance after {took:?}");
 
-    assert_eq!(a.admin(Method::DELETE, &format!("/v1/keys/{key_id}"), None).await.status, 204);
-    let jobs_on_b = || async { get(&b.url("/api/v1/jobs/1"), &[("x-api-key", &key)]).await.status.as_u16() };
+    assert_eq!(
+        a.admin(Method::DELETE, &format!("/v1/keys/{key_id}"), None)
+            .await
+            .status,
+        204
+    );
+    let jobs_on_b = || async {
+        get(&b.url("/api/v1/jobs/1"), &[("x-api-key", &key)])
+            .await
+            .status
+            .as_u16()
+    };
     let took = wait_for_status(PROPAGATION, 401, jobs_on_b).await;
     println!("key deletion seen by the second instance after {took:?}");
 }
@@ -117,9 +162,24 @@ async fn app_deletion_reaches_a_second_instance_within_a_second() {
     wait_subscribers(&redis, 2).await;
     let app = a.create_app("doomed", &["view_job_status"]).await;
     let (_, key) = a.create_key(&app, None).await;
-    assert_eq!(get(&b.url("/api/v1/jobs/1"), &[("x-api-key", &key)]).await.status, 200);
-    assert_eq!(a.admin(Method::DELETE, &format!("/v1/apps/{app}"), None).await.status, 204);
-    let jobs_on_b = || async { get(&b.url("/api/v1/jobs/1"), &[("x-api-key", &key)]).await.status.as_u16() };
+    assert_eq!(
+        get(&b.url("/api/v1/jobs/1"), &[("x-api-key", &key)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        a.admin(Method::DELETE, &format!("/v1/apps/{app}"), None)
+            .await
+            .status,
+        204
+    );
+    let jobs_on_b = || async {
+        get(&b.url("/api/v1/jobs/1"), &[("x-api-key", &key)])
+            .await
+            .status
+            .as_u16()
+    };
     wait_for_status(PROPAGATION, 401, jobs_on_b).await;
 }
 
@@ -144,19 +204,32 @@ async fn concurrent_misses_for_one_key_cost_one_store_read_and_hits_cost_none() 
         assert_eq!(call.await.expect("task"), 200);
     }
     // One GET for the key and one for its app, however many requests raced.
-    assert_eq!(command_calls(&redis, "get").await, 2, "store reads for 40 concurrent misses");
+    assert_eq!(
+        command_calls(&redis, "get").await,
+        2,
+        "store reads for 40 concurrent misses"
+    );
     assert_eq!(command_calls(&redis, "hget").await, 1);
 
     reset_stats(&redis).await;
     for _ in 0..20 {
         assert_eq!(get(&url, &[("x-api-key", &key)]).await.status, 200);
     }
-    assert_eq!(command_calls(&redis, "get").await, 0, "cached keys never touch the store");
+    assert_eq!(
+        command_calls(&redis, "get").await,
+        0,
+        "cached keys never touch the store"
+    );
 
     // Unknown keys are remembered too: a repeated random key costs one read.
     reset_stats(&redis).await;
     for _ in 0..10 {
-        assert_eq!(get(&url, &[("x-api-key", "sg_unknownkey1_abc")]).await.status, 401);
+        assert_eq!(
+            get(&url, &[("x-api-key", "sg_unknownkey1_abc")])
+                .await
+                .status,
+            401
+        );
     }
     assert_eq!(command_calls(&redis, "get").await, 1);
 }
@@ -173,11 +246,21 @@ async fn redis_outage_keeps_cached_keys_working_and_refuses_uncached_ones_with_5
     assert_eq!(get(&url, &[("x-api-key", &cached)]).await.status, 200);
 
     redis.stop();
-    assert_eq!(get(&url, &[("x-api-key", &cached)]).await.status, 200, "cached key during outage");
-    let answer = tokio::time::timeout(Duration::from_secs(5), get(&url, &[("x-api-key", &uncached)]))
-        .await
-        .expect("an uncached key fails fast instead of hanging");
-    assert_eq!((answer.status.as_u16(), answer.error_code().as_str()), (503, "store_unavailable"));
+    assert_eq!(
+        get(&url, &[("x-api-key", &cached)]).await.status,
+        200,
+        "cached key during outage"
+    );
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        get(&url, &[("x-api-key", &uncached)]),
+    )
+    .await
+    .expect("an uncached key fails fast instead of hanging");
+    assert_eq!(
+        (answer.status.as_u16(), answer.error_code().as_str()),
+        (503, "store_unavailable")
+    );
     assert_eq!(answer.headers["retry-after"], "1");
     let ready = get(&format!("http://{}/readyz", gw.metrics), &[]).await;
     assert_eq!(ready.status, 503);
@@ -189,7 +272,12 @@ async fn redis_outage_keeps_cached_keys_working_and_refuses_uncached_ones_with_5
     })
     .await;
     println!("uncached key served again {took:?} after Redis returned");
-    assert_eq!(get(&format!("http://{}/readyz", gw.metrics), &[]).await.status, 200);
+    assert_eq!(
+        get(&format!("http://{}/readyz", gw.metrics), &[])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +304,10 @@ async fn cache_is_dropped_when_the_invalidation_feed_reconnects() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(reread, "the cached key was re-read from the store after the feed reconnected");
+    assert!(
+        reread,
+        "the cached key was re-read from the store after the feed reconnected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,17 +317,31 @@ async fn last_used_is_visible_through_the_admin_api_within_two_seconds() {
     let gw = gateway_on(&redis, &upstream).await;
     let app = gw.create_app("used", &["view_job_status"]).await;
     let (key_id, key) = gw.create_key(&app, None).await;
-    let before = gw.admin(Method::GET, &format!("/v1/keys/{key_id}"), None).await.json();
+    let before = gw
+        .admin(Method::GET, &format!("/v1/keys/{key_id}"), None)
+        .await
+        .json();
     assert!(before["last_used_at"].is_null());
-    assert_eq!(get(&gw.url("/api/v1/jobs/1"), &[("x-api-key", &key)]).await.status, 200);
+    assert_eq!(
+        get(&gw.url("/api/v1/jobs/1"), &[("x-api-key", &key)])
+            .await
+            .status,
+        200
+    );
     let started = Instant::now();
     loop {
-        let view = gw.admin(Method::GET, &format!("/v1/keys/{key_id}"), None).await.json();
+        let view = gw
+            .admin(Method::GET, &format!("/v1/keys/{key_id}"), None)
+            .await
+            .json();
         if let Some(at) = view["last_used_at"].as_str() {
             assert!(at.ends_with('Z') && at.len() == 20, "RFC 3339 UTC: {at}");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(2), "last_used_at not shown within 2s");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "last_used_at not shown within 2s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -14,7 +14,10 @@ const MAX_EXPIRY_DAYS: u32 = 3650;
 const DAY_SECONDS: u64 = 86_400;
 
 fn invalid(field: &'static str, message: impl Into<String>) -> AdminError {
-    AdminError::Invalid { field, message: message.into() }
+    AdminError::Invalid {
+        field,
+        message: message.into(),
+    }
 }
 
 fn valid_name(name: &str) -> Result<String, AdminError> {
@@ -23,16 +26,20 @@ fn valid_name(name: &str) -> Result<String, AdminError> {
         return Err(invalid("name", "must not be empty"));
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(invalid("name", format!("must be at most {MAX_NAME_LEN} bytes")));
+        return Err(invalid(
+            "name",
+            format!("must be at most {MAX_NAME_LEN} bytes"),
+        ));
     }
     Ok(name.to_owned())
 }
 
 fn valid_rate_limit(limit: Option<RateLimit>) -> Result<Option<RateLimit>, AdminError> {
     match limit {
-        Some(l) if l.per_second == 0 || l.burst == 0 => {
-            Err(invalid("rate_limit", "per_second and burst must be at least 1"))
-        }
+        Some(l) if l.per_second == 0 || l.burst == 0 => Err(invalid(
+            "rate_limit",
+            "per_second and burst must be at least 1",
+        )),
         other => Ok(other),
     }
 }
@@ -81,7 +88,11 @@ impl Admin {
 
     pub(super) async fn list_apps(&self, search: Option<&str>) -> Result<Vec<AppView>, AdminError> {
         let apps = self.store.list_apps().await?;
-        Ok(apps.into_iter().filter(|a| matches(&a.name, search)).map(AppView::from).collect())
+        Ok(apps
+            .into_iter()
+            .filter(|a| matches(&a.name, search))
+            .map(AppView::from)
+            .collect())
     }
 
     pub(super) async fn get_app(&self, id: &str) -> Result<AppView, AdminError> {
@@ -101,7 +112,9 @@ impl Admin {
             app.rate_limit = valid_rate_limit(req.rate_limit)?;
         }
         self.store.update_app(&app).await?;
-        self.cache.invalidate(&Invalidation::App(app.id.clone())).await;
+        self.cache
+            .invalidate(&Invalidation::App(app.id.clone()))
+            .await;
         tracing::info!(app = %app.id, "app updated");
         Ok(app.into())
     }
@@ -111,7 +124,9 @@ impl Admin {
         if !self.store.delete_app(id).await? {
             return Err(AdminError::NotFound);
         }
-        self.cache.invalidate(&Invalidation::App(id.to_owned())).await;
+        self.cache
+            .invalidate(&Invalidation::App(id.to_owned()))
+            .await;
         for k in keys {
             self.cache.invalidate(&Invalidation::Key(k.id)).await;
         }
@@ -129,7 +144,10 @@ impl Admin {
         let expires_at = match req.expires_in_days {
             Some(0) => return Err(invalid("expires_in_days", "must be at least 1")),
             Some(d) if d > MAX_EXPIRY_DAYS => {
-                return Err(invalid("expires_in_days", format!("must be at most {MAX_EXPIRY_DAYS}")))
+                return Err(invalid(
+                    "expires_in_days",
+                    format!("must be at most {MAX_EXPIRY_DAYS}"),
+                ))
             }
             Some(d) => Some(now_unix() + u64::from(d) * DAY_SECONDS),
             None => None,
@@ -148,7 +166,9 @@ impl Admin {
         };
         self.store.create_key(&record).await?;
         // A miss cached before this key existed must not hide it.
-        self.cache.invalidate(&Invalidation::Key(record.id.clone())).await;
+        self.cache
+            .invalidate(&Invalidation::Key(record.id.clone()))
+            .await;
         tracing::info!(key = %record.id, app = %app_id, by, "key created");
         let mut view = KeyView::new(record, now_unix());
         view.key = Some(new.full);
@@ -181,7 +201,9 @@ impl Admin {
         if !self.store.delete_key(id).await? {
             return Err(AdminError::NotFound);
         }
-        self.cache.invalidate(&Invalidation::Key(id.to_owned())).await;
+        self.cache
+            .invalidate(&Invalidation::Key(id.to_owned()))
+            .await;
         tracing::info!(key = %id, "key revoked");
         Ok(())
     }

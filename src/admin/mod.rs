@@ -32,7 +32,10 @@ pub struct AdminIdentity {
 
 impl AdminIdentity {
     pub fn new(name: impl Into<String>, token: &str) -> AdminIdentity {
-        AdminIdentity { name: name.into(), token_digest: Sha256::digest(token.as_bytes()).into() }
+        AdminIdentity {
+            name: name.into(),
+            token_digest: Sha256::digest(token.as_bytes()).into(),
+        }
     }
 }
 
@@ -110,12 +113,16 @@ impl Admin {
         let method = request.method().clone();
         match (call, method) {
             (Call::Scopes, Method::GET) => Ok(json(StatusCode::OK, &self.list_scopes())),
-            (Call::Apps, Method::GET) => {
-                Ok(json(StatusCode::OK, &self.list_apps(search.as_deref()).await?))
-            }
+            (Call::Apps, Method::GET) => Ok(json(
+                StatusCode::OK,
+                &self.list_apps(search.as_deref()).await?,
+            )),
             (Call::Apps, Method::POST) => {
                 let body = read_json(request).await?;
-                Ok(json(StatusCode::CREATED, &self.create_app(body, &by).await?))
+                Ok(json(
+                    StatusCode::CREATED,
+                    &self.create_app(body, &by).await?,
+                ))
             }
             (Call::App(id), Method::GET) => Ok(json(StatusCode::OK, &self.get_app(id).await?)),
             (Call::App(id), Method::PATCH) => {
@@ -126,16 +133,21 @@ impl Admin {
                 self.delete_app(id).await?;
                 Ok(no_content())
             }
-            (Call::AppKeys(id), Method::GET) => {
-                Ok(json(StatusCode::OK, &self.list_keys(Some(id), search.as_deref()).await?))
-            }
+            (Call::AppKeys(id), Method::GET) => Ok(json(
+                StatusCode::OK,
+                &self.list_keys(Some(id), search.as_deref()).await?,
+            )),
             (Call::AppKeys(id), Method::POST) => {
                 let body = read_json(request).await?;
-                Ok(json(StatusCode::CREATED, &self.create_key(id, body, &by).await?))
+                Ok(json(
+                    StatusCode::CREATED,
+                    &self.create_key(id, body, &by).await?,
+                ))
             }
-            (Call::Keys, Method::GET) => {
-                Ok(json(StatusCode::OK, &self.list_keys(None, search.as_deref()).await?))
-            }
+            (Call::Keys, Method::GET) => Ok(json(
+                StatusCode::OK,
+                &self.list_keys(None, search.as_deref()).await?,
+            )),
             (Call::Key(id), Method::GET) => Ok(json(StatusCode::OK, &self.get_key(id).await?)),
             (Call::Key(id), Method::DELETE) => {
                 self.delete_key(id).await?;
@@ -170,9 +182,10 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 

@@ -85,7 +85,11 @@ pub struct KeyView {
 impl KeyView {
     pub fn new(k: KeyRecord, now: UnixSeconds) -> KeyView {
         KeyView {
-            status: if k.is_expired(now) { "expired" } else { "active" },
+            status: if k.is_expired(now) {
+                "expired"
+            } else {
+                "active"
+            },
             id: k.id,
             app_id: k.app_id,
             name: k.name,

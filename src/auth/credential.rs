@@ -77,9 +77,18 @@ mod tests {
     #[test]
     fn reads_either_header() {
         assert_eq!(extract(&headers(&[("X-API-Key", " k1 ")])), Ok(Some("k1")));
-        assert_eq!(extract(&headers(&[("authorization", "Bearer k2")])), Ok(Some("k2")));
-        assert_eq!(extract(&headers(&[("Authorization", "bEaReR   k3 ")])), Ok(Some("k3")));
-        assert_eq!(extract(&headers(&[("Authorization", "Basic abc")])), Ok(None));
+        assert_eq!(
+            extract(&headers(&[("authorization", "Bearer k2")])),
+            Ok(Some("k2"))
+        );
+        assert_eq!(
+            extract(&headers(&[("Authorization", "bEaReR   k3 ")])),
+            Ok(Some("k3"))
+        );
+        assert_eq!(
+            extract(&headers(&[("Authorization", "Basic abc")])),
+            Ok(None)
+        );
         assert_eq!(extract(&headers(&[])), Ok(None));
         assert_eq!(extract(&headers(&[("x-api-key", "")])), Ok(None));
     }

@@ -111,7 +111,9 @@ mod tests {
 
     #[test]
     fn rejects_malformed_keys() {
-        for bad in ["", "sg_", "sg__x", "sg_x_", "xx_a_b", "sg_a_b_c", "sg_a-b_c", "sg_a_ b"] {
+        for bad in [
+            "", "sg_", "sg__x", "sg_x_", "xx_a_b", "sg_a_b_c", "sg_a-b_c", "sg_a_ b",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
         assert_eq!(parse(&format!("sg_a_{}", "x".repeat(200))), None);

@@ -55,11 +55,18 @@ impl Authenticator {
         let Some(found) = entry.filter(|k| matches && k.digest.is_some()) else {
             return Err(AuthError::Invalid);
         };
-        let app = self.cache.app(&found.app_id).await?.ok_or(AuthError::Invalid)?;
+        let app = self
+            .cache
+            .app(&found.app_id)
+            .await?
+            .ok_or(AuthError::Invalid)?;
         if found.expires_at.is_some_and(|at| now_unix() >= at) {
             return Err(AuthError::Expired);
         }
-        let principal = Principal { key_id: found.id.clone(), app };
+        let principal = Principal {
+            key_id: found.id.clone(),
+            app,
+        };
         Ok((principal, cached))
     }
 }

@@ -49,12 +49,18 @@ impl AdminClient {
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(payload)))
-            .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: e.to_string() })?;
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         let response = self
             .http
             .request(request)
             .await
-            .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: e.to_string() })?;
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -70,7 +76,10 @@ impl AdminClient {
         if status.is_success() {
             return Ok(value);
         }
-        let message = value["error"]["message"].as_str().unwrap_or("request failed").to_owned();
+        let message = value["error"]["message"]
+            .as_str()
+            .unwrap_or("request failed")
+            .to_owned();
         Err(ClientError::Refused { status, message })
     }
 }

@@ -8,9 +8,24 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::process::ExitCode;
 
-const APP_COLUMNS: &[&str] = &["id", "name", "scopes", "rate_limit", "created_at", "created_by"];
-const KEY_COLUMNS: &[&str] =
-    &["id", "app_id", "name", "masked", "status", "created_at", "expires_at", "last_used_at"];
+const APP_COLUMNS: &[&str] = &[
+    "id",
+    "name",
+    "scopes",
+    "rate_limit",
+    "created_at",
+    "created_by",
+];
+const KEY_COLUMNS: &[&str] = &[
+    "id",
+    "app_id",
+    "name",
+    "masked",
+    "status",
+    "created_at",
+    "expires_at",
+    "last_used_at",
+];
 
 pub async fn apps(config: &Path, args: &AdminArgs, command: AppsCommand) -> ExitCode {
     let Some(client) = connect(config, args) else {
@@ -18,9 +33,19 @@ pub async fn apps(config: &Path, args: &AdminArgs, command: AppsCommand) -> Exit
     };
     let result = match command {
         AppsCommand::Create { name, scopes } => {
-            client.call(Method::POST, "/v1/apps", Some(json!({"name": name, "scopes": scopes}))).await
+            client
+                .call(
+                    Method::POST,
+                    "/v1/apps",
+                    Some(json!({"name": name, "scopes": scopes})),
+                )
+                .await
         }
-        AppsCommand::List { search } => client.call(Method::GET, &with_search("/v1/apps", search), None).await,
+        AppsCommand::List { search } => {
+            client
+                .call(Method::GET, &with_search("/v1/apps", search), None)
+                .await
+        }
         AppsCommand::Update { id, name, scopes } => {
             let mut body = serde_json::Map::new();
             if let Some(n) = name {
@@ -29,9 +54,19 @@ pub async fn apps(config: &Path, args: &AdminArgs, command: AppsCommand) -> Exit
             if let Some(s) = scopes {
                 body.insert("scopes".into(), json!(s));
             }
-            client.call(Method::PATCH, &format!("/v1/apps/{}", encode(&id)), Some(Value::Object(body))).await
+            client
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/apps/{}", encode(&id)),
+                    Some(Value::Object(body)),
+                )
+                .await
         }
-        AppsCommand::Delete { id } => client.call(Method::DELETE, &format!("/v1/apps/{}", encode(&id)), None).await,
+        AppsCommand::Delete { id } => {
+            client
+                .call(Method::DELETE, &format!("/v1/apps/{}", encode(&id)), None)
+                .await
+        }
     };
     print_result(result, args.json, APP_COLUMNS)
 }
@@ -41,23 +76,50 @@ pub async fn keys(config: &Path, args: &AdminArgs, command: KeysCommand) -> Exit
         return ExitCode::FAILURE;
     };
     let result = match command {
-        KeysCommand::Create { app, name, expires_in_days } => {
+        KeysCommand::Create {
+            app,
+            name,
+            expires_in_days,
+        } => {
             let mut body = json!({"name": name});
             if let Some(days) = expires_in_days {
                 body["expires_in_days"] = json!(days);
             }
-            let answer = client.call(Method::POST, &format!("/v1/apps/{}/keys", encode(&app)), Some(body)).await;
+            let answer = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/apps/{}/keys", encode(&app)),
+                    Some(body),
+                )
+                .await;
             if let (Ok(v), false) = (&answer, args.json) {
                 println!("key: {}", v["key"].as_str().unwrap_or("-"));
                 println!("(shown once: store it now; only its hash is kept)");
             }
             answer
         }
-        KeysCommand::List { app: Some(app), search } => {
-            client.call(Method::GET, &with_search(&format!("/v1/apps/{}/keys", encode(&app)), search), None).await
+        KeysCommand::List {
+            app: Some(app),
+            search,
+        } => {
+            client
+                .call(
+                    Method::GET,
+                    &with_search(&format!("/v1/apps/{}/keys", encode(&app)), search),
+                    None,
+                )
+                .await
         }
-        KeysCommand::List { app: None, search } => client.call(Method::GET, &with_search("/v1/keys", search), None).await,
-        KeysCommand::Revoke { id } => client.call(Method::DELETE, &format!("/v1/keys/{}", encode(&id)), None).await,
+        KeysCommand::List { app: None, search } => {
+            client
+                .call(Method::GET, &with_search("/v1/keys", search), None)
+                .await
+        }
+        KeysCommand::Revoke { id } => {
+            client
+                .call(Method::DELETE, &format!("/v1/keys/{}", encode(&id)), None)
+                .await
+        }
     };
     print_result(result, args.json, KEY_COLUMNS)
 }
@@ -86,14 +148,18 @@ fn connect(config_path: &Path, args: &AdminArgs) -> Option<AdminClient> {
     } else {
         None
     };
-    let url = args
-        .admin_url
-        .clone()
-        .or_else(|| config.as_ref().map(|c| format!("http://{}", c.admin.listen)))?;
+    let url = args.admin_url.clone().or_else(|| {
+        config
+            .as_ref()
+            .map(|c| format!("http://{}", c.admin.listen))
+    })?;
     let token = match args.token.clone() {
         Some(t) => t,
         None => {
-            let env = config.as_ref().and_then(|c| c.admin.tokens.first()).map(|i| i.env.clone())?;
+            let env = config
+                .as_ref()
+                .and_then(|c| c.admin.tokens.first())
+                .map(|i| i.env.clone())?;
             match std::env::var(&env) {
                 Ok(t) => t,
                 Err(_) => {
@@ -121,7 +187,10 @@ fn print_result(result: Result<Value, ClientError>, as_json: bool, columns: &[&s
             ExitCode::SUCCESS
         }
         Ok(value) if as_json => {
-            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         Ok(Value::Array(rows)) => {

@@ -11,10 +11,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "scopegate", version, about = "An API-key and scope enforcing reverse proxy")]
+#[command(
+    name = "scopegate",
+    version,
+    about = "An API-key and scope enforcing reverse proxy"
+)]
 pub struct Cli {
     /// The config file.
-    #[arg(short = 'c', long = "config", global = true, default_value = "gateway.yaml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "gateway.yaml"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -108,7 +117,10 @@ pub enum KeysCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("scopegate: cannot start the runtime: {e}");
@@ -121,7 +133,10 @@ pub fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn run(cli: Cli) -> ExitCode {

@@ -34,7 +34,10 @@ pin_project! {
 
 impl LimitedBody {
     pub fn new(inner: Incoming, limit: u64) -> LimitedBody {
-        LimitedBody { inner, remaining: limit }
+        LimitedBody {
+            inner,
+            remaining: limit,
+        }
     }
 }
 
@@ -86,7 +89,10 @@ pin_project! {
 
 impl GatewayBody {
     pub fn upstream(body: Incoming, deadline: Instant) -> GatewayBody {
-        GatewayBody::Upstream { body, deadline: tokio::time::sleep_until(deadline) }
+        GatewayBody::Upstream {
+            body,
+            deadline: tokio::time::sleep_until(deadline),
+        }
     }
 }
 
@@ -98,7 +104,9 @@ impl From<Full<Bytes>> for GatewayBody {
 
 impl From<Bytes> for GatewayBody {
     fn from(bytes: Bytes) -> GatewayBody {
-        GatewayBody::Local { body: Full::new(bytes) }
+        GatewayBody::Local {
+            body: Full::new(bytes),
+        }
     }
 }
 

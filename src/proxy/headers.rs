@@ -94,7 +94,11 @@ fn set_forwarded_for(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
         Vec::new()
     };
     headers.remove(&X_FORWARDED_FOR);
-    let value = if earlier.is_empty() { ip } else { format!("{}, {ip}", earlier.join(", ")) };
+    let value = if earlier.is_empty() {
+        ip
+    } else {
+        format!("{}, {ip}", earlier.join(", "))
+    };
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
@@ -119,7 +123,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("sg_a_b"));
         h.insert("authorization", HeaderValue::from_static("Bearer sg_a_b"));
-        h.insert("connection", HeaderValue::from_static("keep-alive, X-Scopegate-App, x-custom"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Scopegate-App, x-custom"),
+        );
         h.insert("x-custom", HeaderValue::from_static("1"));
         h.insert("x-scopegate-app", HeaderValue::from_static("forged"));
         h.append("x-scopegate-key", HeaderValue::from_static("forged"));
@@ -135,8 +142,15 @@ mod tests {
     fn strips_credentials_and_hop_by_hop_and_sets_identity() {
         let mut h = request_headers();
         prepare_request(&mut h, true, &forwarded(false));
-        for gone in ["x-api-key", "authorization", "connection", "x-custom", "te", "upgrade", "host"]
-        {
+        for gone in [
+            "x-api-key",
+            "authorization",
+            "connection",
+            "x-custom",
+            "te",
+            "upgrade",
+            "host",
+        ] {
             assert!(!h.contains_key(gone), "{gone} should be removed");
         }
         assert_eq!(h["x-scopegate-app"], "app1");

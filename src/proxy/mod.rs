@@ -69,7 +69,9 @@ impl Forwarder {
     ) -> Result<Response<GatewayBody>, ProxyError> {
         let (mut parts, body) = request.into_parts();
         if declared_length(&parts.headers).is_some_and(|len| len > out.max_body) {
-            return Err(ProxyError::BodyTooLarge { limit: out.max_body });
+            return Err(ProxyError::BodyTooLarge {
+                limit: out.max_body,
+            });
         }
         parts.uri = upstream_uri(out.upstream, out.path, parts.uri.query())?;
         parts.version = http::Version::HTTP_11;
@@ -80,7 +82,9 @@ impl Forwarder {
         let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
             Ok(Err(e)) if is_body_limit(&e) => {
-                return Err(ProxyError::BodyTooLarge { limit: out.max_body })
+                return Err(ProxyError::BodyTooLarge {
+                    limit: out.max_body,
+                })
             }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %out.upstream.name, error = %e, "upstream request failed");
@@ -90,7 +94,10 @@ impl Forwarder {
         };
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, GatewayBody::upstream(body, deadline)))
+        Ok(Response::from_parts(
+            parts,
+            GatewayBody::upstream(body, deadline),
+        ))
     }
 }
 
@@ -113,8 +120,8 @@ fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<
         target.push('?');
         target.push_str(q);
     }
-    let path_and_query =
-        PathAndQuery::try_from(target).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+    let path_and_query = PathAndQuery::try_from(target)
+        .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
     Uri::builder()
         .scheme(upstream.scheme.clone())
         .authority(upstream.authority.clone())

@@ -156,7 +156,9 @@ mod tests {
     use super::*;
 
     fn ok(input: &str) -> String {
-        normalize(input).map(|c| c.into_owned()).unwrap_or_else(|e| panic!("{input}: {e}"))
+        normalize(input)
+            .map(|c| c.into_owned())
+            .unwrap_or_else(|e| panic!("{input}: {e}"))
     }
 
     #[test]
@@ -192,7 +194,10 @@ mod tests {
 
     #[test]
     fn borrows_when_unchanged() {
-        assert!(matches!(normalize("/api/v1/tools/x/deploy"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            normalize("/api/v1/tools/x/deploy"),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 
     #[test]

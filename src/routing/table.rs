@@ -90,7 +90,10 @@ impl RouteTable {
         }
         table.routes = specs
             .into_iter()
-            .map(|spec| Route { pattern: Arc::from(spec.path.as_str()), spec })
+            .map(|spec| Route {
+                pattern: Arc::from(spec.path.as_str()),
+                spec,
+            })
             .collect();
         Ok(table)
     }
@@ -229,7 +232,12 @@ mod tests {
         let methods = if methods == "*" {
             MethodSet::Any
         } else {
-            MethodSet::Only(methods.split(',').map(|m| m.parse().expect("method")).collect())
+            MethodSet::Only(
+                methods
+                    .split(',')
+                    .map(|m| m.parse().expect("method"))
+                    .collect(),
+            )
         };
         RouteSpec {
             methods,
@@ -262,11 +270,20 @@ mod tests {
             spec("*", "/any/{x}"),
         ])
         .expect("valid");
-        assert_eq!(pattern_of(&table, Method::POST, "/tools/a/deploy"), "/tools/{id}/deploy");
+        assert_eq!(
+            pattern_of(&table, Method::POST, "/tools/a/deploy"),
+            "/tools/{id}/deploy"
+        );
         assert_eq!(pattern_of(&table, Method::PUT, "/tools/a"), "/tools/{id}");
         assert_eq!(pattern_of(&table, Method::HEAD, "/tools/a"), "/tools/{id}");
-        assert_eq!(pattern_of(&table, Method::DELETE, "/tools/a"), "405 GET, HEAD, PUT");
-        assert_eq!(pattern_of(&table, Method::GET, "/tools/a/deploy"), "405 POST");
+        assert_eq!(
+            pattern_of(&table, Method::DELETE, "/tools/a"),
+            "405 GET, HEAD, PUT"
+        );
+        assert_eq!(
+            pattern_of(&table, Method::GET, "/tools/a/deploy"),
+            "405 POST"
+        );
         assert_eq!(pattern_of(&table, Method::GET, "/nope"), "404");
         assert_eq!(pattern_of(&table, Method::GET, "/tools/a/"), "404");
         assert_eq!(pattern_of(&table, Method::PATCH, "/any/1"), "/any/{x}");
@@ -280,7 +297,10 @@ mod tests {
             spec("GET", "/tools/{id}"),
         ])
         .expect("valid");
-        assert_eq!(pattern_of(&table, Method::GET, "/tools/import"), "/tools/import");
+        assert_eq!(
+            pattern_of(&table, Method::GET, "/tools/import"),
+            "/tools/import"
+        );
         assert_eq!(pattern_of(&table, Method::GET, "/tools/x"), "/tools/{id}");
     }
 
@@ -297,16 +317,23 @@ mod tests {
         .expect_err("invalid");
         let indices: Vec<usize> = problems.iter().map(|p| p.index).collect();
         assert_eq!(indices, vec![1, 2, 5]);
-        assert!(problems[0].message.contains("duplicate route"), "{problems:?}");
-        assert!(problems[1].message.contains("list the more specific route first"));
+        assert!(
+            problems[0].message.contains("duplicate route"),
+            "{problems:?}"
+        );
+        assert!(problems[1]
+            .message
+            .contains("list the more specific route first"));
     }
 
     #[test]
     fn any_after_explicit_keeps_explicit() {
-        let table =
-            RouteTable::build(vec![spec("GET", "/x"), spec("*", "/x")]).expect("valid");
+        let table = RouteTable::build(vec![spec("GET", "/x"), spec("*", "/x")]).expect("valid");
         assert_eq!(table.find(&Method::GET, "/x").found_index(&table), Some(0));
-        assert_eq!(table.find(&Method::DELETE, "/x").found_index(&table), Some(1));
+        assert_eq!(
+            table.find(&Method::DELETE, "/x").found_index(&table),
+            Some(1)
+        );
     }
 
     impl RouteMatch<'_> {

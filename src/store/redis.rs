@@ -500,7 +500,10 @@ fn timed_out(limit: Duration) -> StoreError {
 
 /// The connection (not the command) failed: worth one more try on a fresh connection.
 fn is_link_error(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
 }
 
 fn map_redis_error(e: RedisError) -> StoreError {

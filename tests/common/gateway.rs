@@ -16,7 +16,11 @@ pub struct Upstreams {
 }
 
 /// The test config: every contract outcome has a route to trigger it.
-pub fn config_yaml(upstreams: &Upstreams, redis_url: Option<&str>, data_dir: &std::path::Path) -> String {
+pub fn config_yaml(
+    upstreams: &Upstreams,
+    redis_url: Option<&str>,
+    data_dir: &std::path::Path,
+) -> String {
     let store = match redis_url {
         Some(url) => format!("  redis: {url}\n"),
         None => format!("  path: {}\n", data_dir.display()),
@@ -144,13 +148,21 @@ impl TestGateway {
     }
 
     /// An admin API call with the test token.
-    pub async fn admin(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Answer {
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Answer {
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let auth = format!("Bearer {ADMIN_TOKEN}");
         send(
             method,
             &format!("http://{}{}", self.admin, path),
-            &[("authorization", auth.as_str()), ("content-type", "application/json")],
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
             body,
         )
         .await
@@ -159,7 +171,11 @@ impl TestGateway {
     /// Creates an app with these scopes; returns its id.
     pub async fn create_app(&self, name: &str, scopes: &[&str]) -> String {
         let answer = self
-            .admin(Method::POST, "/v1/apps", Some(serde_json::json!({"name": name, "scopes": scopes})))
+            .admin(
+                Method::POST,
+                "/v1/apps",
+                Some(serde_json::json!({"name": name, "scopes": scopes})),
+            )
             .await;
         assert_eq!(answer.status, 201, "create app: {:?}", answer.body);
         answer.json()["id"].as_str().expect("id").to_owned()
@@ -171,15 +187,22 @@ impl TestGateway {
         if let Some(d) = expires_in_days {
             body["expires_in_days"] = d.into();
         }
-        let answer = self.admin(Method::POST, &format!("/v1/apps/{app_id}/keys"), Some(body)).await;
+        let answer = self
+            .admin(Method::POST, &format!("/v1/apps/{app_id}/keys"), Some(body))
+            .await;
         assert_eq!(answer.status, 201, "create key: {:?}", answer.body);
         let json = answer.json();
-        (json["id"].as_str().expect("id").to_owned(), json["key"].as_str().expect("key").to_owned())
+        (
+            json["id"].as_str().expect("id").to_owned(),
+            json["key"].as_str().expect("key").to_owned(),
+        )
     }
 
     /// An app with these scopes and one key for it: the full key.
     pub async fn key_with(&self, scopes: &[&str]) -> String {
-        let app = self.create_app(&format!("app-{}", rand_suffix()), scopes).await;
+        let app = self
+            .create_app(&format!("app-{}", rand_suffix()), scopes)
+            .await;
         self.create_key(&app, None).await.1
     }
 }
@@ -194,5 +217,9 @@ impl Drop for TestGateway {
 pub fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }

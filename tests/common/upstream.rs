@@ -47,7 +47,9 @@ pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stream = Arc::new(StreamControl::default());
@@ -55,7 +57,9 @@ impl Upstream {
         let control = stream.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let recorder = recorder.clone();
                 let control = control.clone();
                 tokio::spawn(async move {
@@ -80,7 +84,9 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Recorded {
-        self.requests().pop().expect("the upstream received a request")
+        self.requests()
+            .pop()
+            .expect("the upstream received a request")
     }
 
     /// Lets a held `/stream` answer send its remaining chunks.
@@ -90,7 +96,9 @@ impl Upstream {
 
     /// Whether a `/stream` answer has sent its last chunk.
     pub fn stream_finished(&self) -> bool {
-        self.stream.finished.load(std::sync::atomic::Ordering::SeqCst)
+        self.stream
+            .finished
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn count(&self) -> usize {
@@ -104,7 +112,11 @@ async fn handle(
     control: Arc<StreamControl>,
 ) -> Result<Response<UpstreamBody>, Infallible> {
     let (parts, mut body) = request.into_parts();
-    let target = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     let counting_only = parts.uri.path().ends_with("/upload");
     let mut kept = Vec::new();
     let mut len = 0u64;
@@ -132,11 +144,16 @@ async fn handle(
     }
     let json = serde_json::json!({"ok": true, "target": target, "received": len}).to_string();
     let mut response = Response::new(Full::new(Bytes::from(json)).boxed());
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     response
         .headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("application/json"));
-    response.headers_mut().insert("connection", http::HeaderValue::from_static("keep-alive"));
-    response.headers_mut().insert("x-upstream", http::HeaderValue::from_static("recorder"));
+        .insert("connection", http::HeaderValue::from_static("keep-alive"));
+    response
+        .headers_mut()
+        .insert("x-upstream", http::HeaderValue::from_static("recorder"));
     Ok(response)
 }
 
@@ -154,12 +171,15 @@ fn streaming(control: Arc<StreamControl>) -> Response<UpstreamBody> {
                 control.release.notified().await;
             }
         }
-        control.finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        control
+            .finished
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    response
-        .headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("text/event-stream"),
+    );
     response
 }
