@@ -119,8 +119,9 @@ fn print_instructions(
 ) {
     println!("scopegate demo is running (Ctrl-C to stop). Sample upstreams answer with what they received.");
     println!(
-        "The demo app holds the scopes {DEMO_SCOPES:?} of {}.\n",
-        scopes.join(", ")
+        "The demo app holds {} of the config's {} scopes.\n",
+        DEMO_SCOPES.join(" and "),
+        scopes.len()
     );
     println!("# allowed (200): deploy_tool");
     println!("curl -i -X POST -H 'X-API-Key: {key}' http://{proxy}/api/v1/tools/web-search/deploy -d '{{\"env\":\"staging\"}}'");
