@@ -4,6 +4,7 @@
 //! one store read; unknown ids are remembered briefly so a flood of random keys cannot hammer the
 //! store. Invalidations from other instances (via the store's change feed) drop entries at once.
 
+use crate::metrics::Metrics;
 use crate::model::{App, KeyRecord, RateLimit, UnixSeconds};
 use crate::store::{Invalidation, KeyStore, StoreError};
 use moka::future::Cache;
@@ -41,6 +42,7 @@ pub struct KeyCache {
     keys: Cache<String, Entry<CachedKey>>,
     apps: Cache<String, Entry<CachedApp>>,
     store: Arc<dyn KeyStore>,
+    metrics: Arc<Metrics>,
 }
 
 struct EntryExpiry {
@@ -57,7 +59,12 @@ impl<T> Expiry<String, Entry<T>> for EntryExpiry {
 }
 
 impl KeyCache {
-    pub fn new(store: Arc<dyn KeyStore>, ttl: Duration, max_entries: u64) -> KeyCache {
+    pub fn new(
+        store: Arc<dyn KeyStore>,
+        ttl: Duration,
+        max_entries: u64,
+        metrics: Arc<Metrics>,
+    ) -> KeyCache {
         KeyCache {
             keys: Cache::builder()
                 .max_capacity(max_entries)
@@ -68,15 +75,17 @@ impl KeyCache {
                 .expire_after(EntryExpiry { ttl })
                 .build(),
             store,
+            metrics,
         }
     }
 
     /// The key with this id, from the cache or (once, however many ask) the store.
-    /// The flag says whether it was a cache hit.
-    pub async fn key(&self, id: &str) -> Result<(Entry<CachedKey>, bool), StoreError> {
+    pub async fn key(&self, id: &str) -> Result<Entry<CachedKey>, StoreError> {
         if let Some(hit) = self.keys.get(id).await {
-            return Ok((hit, true));
+            self.metrics.key_cache(true);
+            return Ok(hit);
         }
+        self.metrics.key_cache(false);
         let store = &self.store;
         let entry = self
             .keys
@@ -85,7 +94,7 @@ impl KeyCache {
             })
             .await
             .map_err(unshare)?;
-        Ok((entry, false))
+        Ok(entry)
     }
 
     /// The app with this id, from the cache or the store.

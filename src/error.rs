@@ -25,6 +25,8 @@ pub enum ProxyError {
     MethodNotAllowed { allow: String },
     #[error("{0}")]
     Auth(#[from] AuthError),
+    #[error("rate limit exceeded; retry in {retry_after} s")]
+    RateLimited { limit: u32, retry_after: u64, reset: u64 },
     #[error("the request body exceeds {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("the upstream could not be reached")]
@@ -86,6 +88,7 @@ impl ProxyError {
             ProxyError::Auth(AuthError::Expired) => (S::UNAUTHORIZED, "expired_key"),
             ProxyError::Auth(AuthError::ScopeDenied(_)) => (S::FORBIDDEN, "scope_denied"),
             ProxyError::Auth(AuthError::Store(_)) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ProxyError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
             ProxyError::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
             ProxyError::UpstreamUnavailable => (S::BAD_GATEWAY, "upstream_unavailable"),
             ProxyError::UpstreamTimeout => (S::GATEWAY_TIMEOUT, "upstream_timeout"),
@@ -113,6 +116,10 @@ impl ProxyError {
             ProxyError::Auth(AuthError::Store(_)) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ProxyError::RateLimited { limit, retry_after, reset } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+                rate_limit_headers(headers, *limit, 0, *reset);
+            }
             ProxyError::MethodNotAllowed { allow } => {
                 if let Ok(v) = HeaderValue::from_str(allow) {
                     headers.insert(ALLOW, v);
@@ -123,6 +130,18 @@ impl ProxyError {
         response.map(B::from)
     }
 }
+
+/// The IETF draft `RateLimit-*` fields: the burst, what is left of it, and whole seconds until
+/// it is full again.
+pub fn rate_limit_headers(headers: &mut http::HeaderMap, limit: u32, remaining: u32, reset: u64) {
+    headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(limit));
+    headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(remaining));
+    headers.insert(&RATELIMIT_RESET, HeaderValue::from(reset));
+}
+
+static RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
 
 impl AdminError {
     pub fn answer(&self) -> ErrorAnswer {
@@ -214,6 +233,7 @@ mod tests {
                 "store_unavailable",
             ),
             (ProxyError::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
+            (ProxyError::RateLimited { limit: 5, retry_after: 2, reset: 3 }, 429, "rate_limited"),
             (ProxyError::UpstreamUnavailable, 502, "upstream_unavailable"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
         ];

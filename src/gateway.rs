@@ -5,7 +5,7 @@ use crate::admin::{Admin, AdminIdentity};
 use crate::auth::Authenticator;
 use crate::cache::KeyCache;
 use crate::config::{Config, StoreConfig};
-use crate::metrics::MetricsEndpoint;
+use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::pipeline::{LiveConfig, Pipeline};
 use crate::proxy::Forwarder;
 use crate::server::{serve, ConnectionSettings};
@@ -82,12 +82,18 @@ pub async fn start_with_store(
     let admin_listener = bind("admin", config.admin.listen).await?;
     let metrics_listener = bind("metrics", config.metrics.listen).await?;
 
-    let cache = KeyCache::new(store.clone(), config.cache.ttl, config.cache.max_entries);
+    let metrics = Metrics::new();
+    let cache = KeyCache::new(
+        store.clone(),
+        config.cache.ttl,
+        config.cache.max_entries,
+        metrics.clone(),
+    );
     let mut background = Vec::new();
     background.extend(cache.spawn_invalidation_listener());
     let (stop, stop_rx) = watch::channel(false);
     let (usage_stop, usage_stop_rx) = watch::channel(false);
-    let (usage, usage_task) = usage::spawn(store.clone(), usage_stop_rx);
+    let (usage, usage_task) = usage::spawn(store.clone(), metrics.clone(), usage_stop_rx);
 
     let settings = ConnectionSettings {
         max_connections: config.limits.max_connections,
@@ -95,13 +101,11 @@ pub async fn start_with_store(
         grace: config.shutdown_grace,
     };
     let pipeline = Arc::new(Pipeline {
-        live: ArcSwap::from_pointee(LiveConfig {
-            routes: config.routes,
-            limits: config.limits,
-        }),
+        live: ArcSwap::from_pointee(LiveConfig::new(config.routes, config.limits, &metrics)),
         auth: Authenticator::new(cache.clone()),
         forwarder: Forwarder::new(),
         usage,
+        metrics: metrics.clone(),
         proto: if config.tls.is_some() {
             "https"
         } else {
@@ -116,8 +120,10 @@ pub async fn start_with_store(
             .iter()
             .map(|(name, token)| AdminIdentity::new(name.clone(), token))
             .collect(),
+        metrics: metrics.clone(),
     });
-    let metrics = Arc::new(MetricsEndpoint {
+    let endpoint = Arc::new(MetricsEndpoint {
+        metrics: metrics.clone(),
         store: store.clone(),
     });
 
@@ -149,8 +155,8 @@ pub async fn start_with_store(
             metrics_listener,
             settings,
             move |request, _peer| {
-                let metrics = metrics.clone();
-                async move { metrics.handle(request).await }
+                let endpoint = endpoint.clone();
+                async move { endpoint.handle(request).await }
             },
             stop_rx,
         )),

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routing;
 pub mod server;
 pub mod store;

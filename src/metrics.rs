@@ -1,40 +1,369 @@
-//! The metrics listener: `/healthz` (the process serves) and `/readyz` (config loaded and the
-//! store answers). Never on the proxy's port, so probes and scrapes cannot be spoofed by clients.
+//! Metrics and the metrics listener (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Each gateway owns its Prometheus recorder (no process-global state, so several gateways can
+//! run in one process). Handles are registered ahead of the request path — per route, per
+//! upstream, per reason — so recording a request formats no string and takes no global lock;
+//! only a label combination seen for the first time (a new status or app on a route) registers.
 
 use crate::store::KeyStore;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use dashmap::DashMap;
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// A readiness probe must answer quickly even when the store hangs.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Latency buckets for a proxy: from 100 µs (a cached rejection) to 30 s (a slow upstream).
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+/// The `route` label of requests that matched no route.
+pub const UNMATCHED: &str = "unmatched";
+/// The `app` label of requests without a principal.
+const NO_APP: &str = "none";
+
+/// Why a caller was turned away, as the `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    MissingKey,
+    InvalidKey,
+    ExpiredKey,
+    ScopeDenied,
+}
+
+/// Which store call failed, as the `op` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    /// A key or app lookup on the request path.
+    Lookup,
+    /// Writing bookkeeping (last use, usage counts).
+    Flush,
+    /// The readiness probe.
+    Ping,
+    /// An admin API call.
+    Admin,
+}
+
+impl StoreOp {
+    const ALL: [StoreOp; 4] = [
+        StoreOp::Lookup,
+        StoreOp::Flush,
+        StoreOp::Ping,
+        StoreOp::Admin,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            StoreOp::Lookup => "lookup",
+            StoreOp::Flush => "flush",
+            StoreOp::Ping => "ping",
+            StoreOp::Admin => "admin",
+        }
+    }
+}
+
+/// One gateway's metrics.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    auth_failures: [Counter; 4],
+    cache_hit: Counter,
+    cache_miss: Counter,
+    store_errors: [Counter; 4],
+    reload_ok: Counter,
+    reload_error: Counter,
+    usage_dropped: Counter,
+    rate_limited: DashMap<Arc<str>, Counter>,
+}
+
+/// The handles of one route (or of unmatched requests).
+pub struct RouteMetrics {
+    pattern: Arc<str>,
+    duration: Histogram,
+    upstream_duration: Option<Histogram>,
+    requests: DashMap<RequestLabels, Counter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RequestLabels {
+    method: Method,
+    status: u16,
+    app: Option<Arc<str>>,
+}
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            recorder.register_counter(&key(name, labels), &METADATA)
+        };
+        let reason = |r: &'static str| counter("scopegate_auth_failures_total", &[("reason", r)]);
+        let op = |o: StoreOp| counter("scopegate_store_errors_total", &[("op", o.label())]);
+        let metrics = Metrics {
+            auth_failures: [
+                reason("missing_key"),
+                reason("invalid_key"),
+                reason("expired_key"),
+                reason("scope_denied"),
+            ],
+            cache_hit: counter("scopegate_key_cache_total", &[("result", "hit")]),
+            cache_miss: counter("scopegate_key_cache_total", &[("result", "miss")]),
+            store_errors: StoreOp::ALL.map(op),
+            reload_ok: counter("scopegate_config_reloads_total", &[("result", "ok")]),
+            reload_error: counter("scopegate_config_reloads_total", &[("result", "error")]),
+            usage_dropped: counter("scopegate_usage_dropped_total", &[]),
+            rate_limited: DashMap::new(),
+            recorder,
+            handle,
+        };
+        Arc::new(metrics)
+    }
+
+    /// Handles for a route pattern (or [`UNMATCHED`]) and the upstream it forwards to.
+    pub fn route(&self, pattern: &Arc<str>, upstream: Option<&str>) -> RouteMetrics {
+        let route = Label::new("route", pattern.to_string());
+        let duration = self.recorder.register_histogram(
+            &Key::from_parts("scopegate_request_duration_seconds", vec![route]),
+            &METADATA,
+        );
+        let upstream_duration = upstream.map(|name| {
+            let label = Label::new("upstream", name.to_owned());
+            self.recorder.register_histogram(
+                &Key::from_parts("scopegate_upstream_duration_seconds", vec![label]),
+                &METADATA,
+            )
+        });
+        RouteMetrics {
+            pattern: pattern.clone(),
+            duration,
+            upstream_duration,
+            requests: DashMap::new(),
+        }
+    }
+
+    /// Counts one finished request on `route`.
+    pub fn record_request(
+        &self,
+        route: &RouteMetrics,
+        method: &Method,
+        status: StatusCode,
+        app: Option<&Arc<str>>,
+        elapsed: Duration,
+    ) {
+        route.duration.record(elapsed.as_secs_f64());
+        let labels = RequestLabels {
+            method: bounded_method(method),
+            status: status.as_u16(),
+            app: app.cloned(),
+        };
+        if let Some(counter) = route.requests.get(&labels) {
+            counter.increment(1);
+            return;
+        }
+        let counter = self.recorder.register_counter(
+            &Key::from_parts(
+                "scopegate_requests_total",
+                vec![
+                    Label::new("route", route.pattern.to_string()),
+                    Label::new("method", labels.method.as_str().to_owned()),
+                    Label::new("status", labels.status.to_string()),
+                    Label::new("app", app.map_or(NO_APP.to_owned(), |a| a.to_string())),
+                ],
+            ),
+            &METADATA,
+        );
+        counter.increment(1);
+        route.requests.insert(labels, counter);
+    }
+
+    pub fn record_upstream(&self, route: &RouteMetrics, elapsed: Duration) {
+        if let Some(h) = &route.upstream_duration {
+            h.record(elapsed.as_secs_f64());
+        }
+    }
+
+    pub fn auth_failure(&self, reason: AuthFailure) {
+        self.auth_failures[reason as usize].increment(1);
+    }
+
+    pub fn key_cache(&self, hit: bool) {
+        if hit {
+            self.cache_hit.increment(1);
+        } else {
+            self.cache_miss.increment(1);
+        }
+    }
+
+    pub fn store_error(&self, op: StoreOp) {
+        self.store_errors[op as usize].increment(1);
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        if ok {
+            self.reload_ok.increment(1);
+        } else {
+            self.reload_error.increment(1);
+        }
+    }
+
+    pub fn usage_dropped(&self, n: u64) {
+        self.usage_dropped.increment(n);
+    }
+
+    pub fn rate_limited(&self, app: &Arc<str>) {
+        if let Some(counter) = self.rate_limited.get(app) {
+            counter.increment(1);
+            return;
+        }
+        let counter = self.recorder.register_counter(
+            &Key::from_parts(
+                "scopegate_rate_limited_total",
+                vec![Label::new("app", app.to_string())],
+            ),
+            &METADATA,
+        );
+        counter.increment(1);
+        self.rate_limited.insert(app.clone(), counter);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Periodic housekeeping of the exporter (histogram buffers); run from a background task.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::from_static_parts(k, v))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
+/// Known methods keep their name; anything else counts as `OTHER`, so clients cannot mint labels.
+fn bounded_method(method: &Method) -> Method {
+    const KNOWN: [Method; 7] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+    ];
+    if KNOWN.contains(method) {
+        method.clone()
+    } else {
+        Method::from_bytes(b"OTHER").unwrap_or(Method::GET)
+    }
+}
 
 /// State behind the metrics listener.
 pub struct MetricsEndpoint {
     pub store: Arc<dyn KeyStore>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl MetricsEndpoint {
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>> {
         match request.uri().path() {
-            "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" => match tokio::time::timeout(READY_TIMEOUT, self.store.ping()).await {
-                Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "not ready");
-                    text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
-                }
-                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "store timed out\n"),
-            },
-            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            "/metrics" => {
+                let mut response = text(StatusCode::OK, Bytes::from(self.metrics.render()));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                response
+            }
+            "/healthz" => text(StatusCode::OK, Bytes::from_static(b"ok\n")),
+            "/readyz" => self.readiness().await,
+            _ => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
+        }
+    }
+
+    async fn readiness(&self) -> Response<Full<Bytes>> {
+        match tokio::time::timeout(READY_TIMEOUT, self.store.ping()).await {
+            Ok(Ok(())) => text(StatusCode::OK, Bytes::from_static(b"ready\n")),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "not ready");
+                self.metrics.store_error(StoreOp::Ping);
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Bytes::from_static(b"store unavailable\n"),
+                )
+            }
+            Err(_) => {
+                self.metrics.store_error(StoreOp::Ping);
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Bytes::from_static(b"store timed out\n"),
+                )
+            }
         }
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_requests_by_route_method_status_and_app() {
+        let metrics = Metrics::new();
+        let pattern: Arc<str> = Arc::from("/api/v1/jobs/{job_id}");
+        let route = metrics.route(&pattern, Some("tools"));
+        let app: Arc<str> = Arc::from("app1");
+        for _ in 0..3 {
+            metrics.record_request(
+                &route,
+                &Method::GET,
+                StatusCode::OK,
+                Some(&app),
+                Duration::from_millis(2),
+            );
+        }
+        metrics.record_request(
+            &route,
+            &Method::from_bytes(b"BREW").expect("m"),
+            StatusCode::NOT_FOUND,
+            None,
+            Duration::ZERO,
+        );
+        metrics.auth_failure(AuthFailure::ScopeDenied);
+        metrics.rate_limited(&app);
+        let text = metrics.render();
+        assert!(text.contains(r#"scopegate_requests_total{route="/api/v1/jobs/{job_id}",method="GET",status="200",app="app1"} 3"#), "{text}");
+        assert!(
+            text.contains(r#"method="OTHER",status="404",app="none"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"scopegate_auth_failures_total{reason="scope_denied"} 1"#));
+        assert!(text.contains(r#"scopegate_rate_limited_total{app="app1"} 1"#));
+        assert!(
+            text.contains("scopegate_request_duration_seconds_bucket"),
+            "histograms, not summaries"
+        );
+    }
 }

@@ -59,3 +59,100 @@ impl KeyRecord {
         self.expires_at.is_some_and(|at| now >= at)
     }
 }
+
+/// A UTC calendar day, `YYYY-MM-DD`.
+///
+/// Plain integer arithmetic: the inverse of days-from-civil (Howard Hinnant's `civil_from_days`,
+/// <https://howardhinnant.github.io/date_algorithms.html>), on the proleptic Gregorian calendar.
+/// Unsigned throughout, since `at` is never before 1970.
+pub fn utc_date(at: UnixSeconds) -> String {
+    // Days since 0000-03-01: starting the year in March puts the leap day last.
+    let days = at / 86_400 + 719_468;
+    let era = days / 146_097;
+    let day_of_era = days % 146_097; // [0, 146096]
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365; // [0, 399]
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100); // [0, 365]
+    let march_month = (5 * day_of_year + 2) / 153; // [0, 11], 0 = March
+    let day = day_of_year - (153 * march_month + 2) / 5 + 1;
+    let month = if march_month < 10 {
+        march_month + 3
+    } else {
+        march_month - 9
+    };
+    let year = era * 400 + year_of_era + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Request counts to add, one batch: per key per day and per app per day.
+/// Each entry is `(id, date, count)`, the date as [`utc_date`] writes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageCounts {
+    pub keys: Vec<(String, String, u64)>,
+    pub apps: Vec<(String, String, u64)>,
+}
+
+/// Whose usage to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageSubject<'a> {
+    Key(&'a str),
+    App(&'a str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_date_of_known_instants() {
+        let cases = [
+            (0, "1970-01-01"),
+            (86_399, "1970-01-01"),
+            (86_400, "1970-01-02"),
+            (946_684_799, "1999-12-31"),
+            // 2000 is a leap year (divisible by 400).
+            (951_782_400, "2000-02-29"),
+            (951_868_799, "2000-02-29"),
+            (951_868_800, "2000-03-01"),
+            (1_700_000_000, "2023-11-14"),
+            (1_709_164_800, "2024-02-29"),
+            (1_709_251_199, "2024-02-29"),
+            (1_709_251_200, "2024-03-01"),
+            (4_102_444_800, "2100-01-01"),
+            // 2100 is not (divisible by 100, not by 400): February 28 is followed by March 1.
+            (4_107_456_000, "2100-02-28"),
+            (4_107_542_400, "2100-03-01"),
+            (253_402_300_799, "9999-12-31"),
+        ];
+        for (at, date) in cases {
+            assert_eq!(utc_date(at), date, "at {at}");
+        }
+    }
+
+    #[test]
+    fn utc_date_walks_every_day_in_order() {
+        // 1970-01-01 .. 2400-12-31: each day is the one after the previous, with month lengths
+        // and leap years by the Gregorian rules.
+        let (mut year, mut month, mut day) = (1970u64, 1u64, 1u64);
+        let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        for n in 0..157_000u64 {
+            let expected = format!("{year:04}-{month:02}-{day:02}");
+            assert_eq!(utc_date(n * 86_400 + 43_200), expected);
+            let length = match month {
+                2 if leap(year) => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            day += 1;
+            if day > length {
+                day = 1;
+                month += 1;
+                if month > 12 {
+                    month = 1;
+                    year += 1;
+                }
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@
 use crate::auth::{credential, AuthError, Authenticator, Principal};
 use crate::config::{cidr_contains, Limits};
 use crate::error::ProxyError;
+use crate::metrics::{AuthFailure, Metrics, RouteMetrics, StoreOp, UNMATCHED};
 use crate::proxy::body::GatewayBody;
 use crate::proxy::headers::Forwarded;
 use crate::proxy::{Forwarder, Outgoing};
@@ -17,11 +18,40 @@ use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use std::net::IpAddr;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::time::Instant;
 
 /// What changes when the config is reloaded, swapped as one.
 pub struct LiveConfig {
     pub routes: RouteTable,
     pub limits: Limits,
+    /// Per route, in the table's order.
+    route_metrics: Vec<RouteMetrics>,
+    unmatched: RouteMetrics,
+}
+
+impl LiveConfig {
+    pub fn new(routes: RouteTable, limits: Limits, metrics: &Metrics) -> LiveConfig {
+        let route_metrics = routes
+            .routes()
+            .iter()
+            .map(|r| metrics.route(&r.pattern, Some(&r.spec.upstream.name)))
+            .collect();
+        let unmatched = metrics.route(&Arc::from(UNMATCHED), None);
+        LiveConfig {
+            routes,
+            limits,
+            route_metrics,
+            unmatched,
+        }
+    }
+}
+
+/// What the outer handler needs to label a request's metrics, filled in as the pipeline runs.
+#[derive(Default)]
+struct Seen {
+    route: Option<usize>,
+    app: Option<Arc<str>>,
 }
 
 /// Everything a proxied request needs; shared by all connections.
@@ -30,33 +60,47 @@ pub struct Pipeline {
     pub auth: Authenticator,
     pub forwarder: Forwarder,
     pub usage: UsageRecorder,
+    pub metrics: Arc<Metrics>,
     /// `https` when the listener speaks TLS.
     pub proto: &'static str,
 }
 
 impl Pipeline {
-    /// Serves one request; never fails (errors become responses).
+    /// Serves one request; never fails (errors become responses). Times and counts it.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<GatewayBody> {
+        let started = Instant::now();
+        let live = self.live.load_full();
         let method = request.method().clone();
-        match self.run(request, peer).await {
+        let mut seen = Seen::default();
+        let response = match self.run(request, peer, &live, &mut seen).await {
             Ok(response) => response,
             Err(e) => {
                 tracing::debug!(%method, error = %e, "request refused");
+                self.count_refusal(&e, &seen);
                 e.into_response()
             }
-        }
+        };
+        let route = seen
+            .route
+            .and_then(|i| live.route_metrics.get(i))
+            .unwrap_or(&live.unmatched);
+        let status = response.status();
+        self.metrics
+            .record_request(route, &method, status, seen.app.as_ref(), started.elapsed());
+        response
     }
 
     async fn run(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
+        live: &LiveConfig,
+        seen: &mut Seen,
     ) -> Result<Response<GatewayBody>, ProxyError> {
-        let live = self.live.load();
         check_forwardable(&request, &live.routes)?;
         // A cheap clone (shared bytes) so the path can outlive the request it is forwarded in.
         let uri = request.uri().clone();
@@ -68,13 +112,14 @@ impl Pipeline {
             }
             RouteMatch::NotFound => return Err(ProxyError::RouteNotFound),
         };
+        seen.route = Some(route.index);
         let presented = credential::extract(request.headers())?;
         let principal = match &route.spec.access {
             Access::Public => None,
-            access => Some(self.authenticate(presented, access).await?),
+            access => Some(self.authenticate(presented, access, seen).await?),
         };
         if let Some(p) = &principal {
-            self.usage.record(&p.key_id);
+            self.usage.record(&p.key_id, &p.app.id);
         }
         let forwarded = Forwarded {
             client_ip: peer.ip(),
@@ -91,16 +136,43 @@ impl Pipeline {
             strip_bearer: credential::is_bearer(request.headers()),
             forwarded,
         };
-        self.forwarder.forward(request, out).await
+        let sent = Instant::now();
+        let response = self.forwarder.forward(request, out).await;
+        if let Some(m) = live.route_metrics.get(route.index) {
+            self.metrics.record_upstream(m, sent.elapsed());
+        }
+        response
+    }
+
+    fn count_refusal(&self, error: &ProxyError, seen: &Seen) {
+        let reason = match error {
+            ProxyError::Auth(AuthError::Missing) => AuthFailure::MissingKey,
+            ProxyError::Auth(AuthError::Invalid) => AuthFailure::InvalidKey,
+            ProxyError::Auth(AuthError::Expired) => AuthFailure::ExpiredKey,
+            ProxyError::Auth(AuthError::ScopeDenied(_)) => AuthFailure::ScopeDenied,
+            ProxyError::Auth(AuthError::Store(_)) => {
+                return self.metrics.store_error(StoreOp::Lookup)
+            }
+            ProxyError::RateLimited { .. } => {
+                if let Some(app) = &seen.app {
+                    self.metrics.rate_limited(app);
+                }
+                return;
+            }
+            _ => return,
+        };
+        self.metrics.auth_failure(reason);
     }
 
     async fn authenticate(
         &self,
         presented: Option<&str>,
         access: &Access,
+        seen: &mut Seen,
     ) -> Result<Principal, AuthError> {
         let presented = presented.ok_or(AuthError::Missing)?;
-        let (principal, _cached) = self.auth.authenticate(presented).await?;
+        let principal = self.auth.authenticate(presented).await?;
+        seen.app = Some(principal.app.id.clone());
         principal.authorize(access)?;
         Ok(principal)
     }

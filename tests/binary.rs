@@ -731,7 +731,6 @@ async fn upload_of_50_mib_streams_without_buffering() {
     let before = peak_rss(gw.pid);
     let answer = upload(&gw.url("/api/v1/files/upload"), &key, UPLOAD).await;
     let after = peak_rss(gw.pid);
-    eprintln!("TMPDBG before={before} after={after}");
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.json()["received"], UPLOAD);
     assert_eq!(upstream.last().body_len, UPLOAD);

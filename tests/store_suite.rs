@@ -4,7 +4,7 @@
 mod common;
 
 use common::redis::RedisServer;
-use scopegate::model::{App, KeyRecord, RateLimit};
+use scopegate::model::{App, KeyRecord, RateLimit, UsageCounts, UsageSubject};
 use scopegate::store::{EmbeddedStore, Invalidation, KeyStore, RedisStore, StoreError};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -38,6 +38,36 @@ fn key(id: &str, app_id: &str, created_at: u64) -> KeyRecord {
         last_used_at: None,
     }
 }
+
+/// One day's worth of counts: `(id, date, count)`.
+fn counts(entries: &[(&str, &str, u64)]) -> Vec<(String, String, u64)> {
+    entries
+        .iter()
+        .map(|(id, date, n)| ((*id).to_owned(), (*date).to_owned(), *n))
+        .collect()
+}
+
+fn dates(list: &[&str]) -> Vec<String> {
+    list.iter().map(|d| (*d).to_owned()).collect()
+}
+
+async fn key_usage(store: &dyn KeyStore, id: &str, days: &[&str]) -> Vec<u64> {
+    store
+        .usage(UsageSubject::Key(id), &dates(days))
+        .await
+        .expect("key usage")
+}
+
+async fn app_usage(store: &dyn KeyStore, id: &str, days: &[&str]) -> Vec<u64> {
+    store
+        .usage(UsageSubject::App(id), &dates(days))
+        .await
+        .expect("app usage")
+}
+
+const D1: &str = "2024-02-28";
+const D2: &str = "2024-02-29";
+const D3: &str = "2024-03-01";
 
 fn ids_of_apps(apps: &[App]) -> Vec<&str> {
     apps.iter().map(|a| a.id.as_str()).collect()
@@ -312,6 +342,124 @@ async fn records_round_trip(store: &dyn KeyStore) {
     store.ping().await.expect("ping");
 }
 
+async fn usage_adds_up(store: &dyn KeyStore) {
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    store.create_key(&key("k2", "a1", 2)).await.expect("key");
+    store
+        .add_usage(&UsageCounts::default())
+        .await
+        .expect("empty batch");
+
+    // A repeated (id, date) within one batch adds up too.
+    let first = UsageCounts {
+        keys: counts(&[("k1", D1, 3), ("k2", D1, 1), ("k1", D2, 2), ("k1", D1, 4)]),
+        apps: counts(&[("a1", D1, 8), ("a1", D2, 2)]),
+    };
+    store.add_usage(&first).await.expect("first batch");
+    let second = UsageCounts {
+        keys: counts(&[("k1", D2, 5), ("k2", D3, 7), ("k1", D3, 0)]),
+        apps: counts(&[("a1", D2, 5), ("a1", D3, 7)]),
+    };
+    store.add_usage(&second).await.expect("second batch");
+
+    assert_eq!(key_usage(store, "k1", &[D1, D2, D3]).await, [7, 7, 0]);
+    assert_eq!(key_usage(store, "k2", &[D1, D2, D3]).await, [1, 0, 7]);
+    assert_eq!(app_usage(store, "a1", &[D1, D2, D3]).await, [8, 7, 7]);
+
+    // The requested order is kept, repeats included; missing dates and ids read as zeros.
+    assert_eq!(
+        key_usage(store, "k1", &[D3, D1, "1999-01-01", D2, D1]).await,
+        [0, 7, 0, 7, 7]
+    );
+    assert_eq!(key_usage(store, "ghost", &[D1, D2]).await, [0, 0]);
+    assert_eq!(app_usage(store, "ghost", &[D1]).await, [0]);
+    assert!(key_usage(store, "k1", &[]).await.is_empty());
+    // Key and app counts are kept apart, even under the same id.
+    assert_eq!(app_usage(store, "k1", &[D1, D2]).await, [0, 0]);
+    assert_eq!(key_usage(store, "a1", &[D1, D2]).await, [0, 0]);
+    let same_id = UsageCounts {
+        keys: counts(&[("x1", D1, 1)]),
+        apps: counts(&[("x1", D1, 10)]),
+    };
+    store.add_usage(&same_id).await.expect("same id");
+    assert_eq!(key_usage(store, "x1", &[D1]).await, [1]);
+    assert_eq!(app_usage(store, "x1", &[D1]).await, [10]);
+    // A batch with only zero counts is a no-op, not an error.
+    let zeros = UsageCounts {
+        keys: counts(&[("k1", D1, 0)]),
+        apps: counts(&[("a1", D1, 0)]),
+    };
+    store.add_usage(&zeros).await.expect("zeros");
+    assert_eq!(key_usage(store, "k1", &[D1]).await, [7]);
+    assert_eq!(app_usage(store, "a1", &[D1]).await, [8]);
+}
+
+/// A count the Redis counter (signed 64-bit) cannot take refuses the whole batch, in both stores.
+async fn usage_rejects_out_of_range_counts(store: &dyn KeyStore) {
+    let batch = UsageCounts {
+        keys: counts(&[("k1", D1, 1)]),
+        apps: counts(&[("a1", D1, u64::MAX)]),
+    };
+    assert!(matches!(
+        store.add_usage(&batch).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(key_usage(store, "k1", &[D1]).await, [0]);
+    assert_eq!(app_usage(store, "a1", &[D1]).await, [0]);
+    let largest = UsageCounts {
+        keys: counts(&[("k1", D1, i64::MAX as u64)]),
+        apps: Vec::new(),
+    };
+    store.add_usage(&largest).await.expect("i64::MAX fits");
+    assert_eq!(key_usage(store, "k1", &[D1]).await, [i64::MAX as u64]);
+}
+
+async fn delete_key_deletes_its_usage(store: &dyn KeyStore) {
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    // `k10` starts with `k1`: deleting `k1` must not touch it.
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    store.create_key(&key("k10", "a1", 2)).await.expect("key");
+    let batch = UsageCounts {
+        keys: counts(&[("k1", D1, 1), ("k1", D2, 2), ("k10", D1, 3)]),
+        apps: counts(&[("a1", D1, 4)]),
+    };
+    store.add_usage(&batch).await.expect("usage");
+
+    assert!(store.delete_key("k1").await.expect("delete"));
+    assert_eq!(key_usage(store, "k1", &[D1, D2]).await, [0, 0]);
+    assert_eq!(key_usage(store, "k10", &[D1, D2]).await, [3, 0]);
+    // The app's own counts stay: they count requests that did happen.
+    assert_eq!(app_usage(store, "a1", &[D1]).await, [4]);
+    // A key recreated under the same id starts from zero.
+    store
+        .create_key(&key("k1", "a1", 3))
+        .await
+        .expect("recreate");
+    assert_eq!(key_usage(store, "k1", &[D1, D2]).await, [0, 0]);
+}
+
+async fn delete_app_deletes_its_usage(store: &dyn KeyStore) {
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    store.create_app(&app("a10", "ten", 2)).await.expect("app");
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    store.create_key(&key("k2", "a1", 2)).await.expect("key");
+    store.create_key(&key("k3", "a10", 3)).await.expect("key");
+    let batch = UsageCounts {
+        keys: counts(&[("k1", D1, 1), ("k2", D2, 2), ("k3", D1, 3)]),
+        apps: counts(&[("a1", D1, 1), ("a1", D2, 2), ("a10", D1, 3)]),
+    };
+    store.add_usage(&batch).await.expect("usage");
+
+    assert!(store.delete_app("a1").await.expect("delete"));
+    assert_eq!(app_usage(store, "a1", &[D1, D2]).await, [0, 0]);
+    assert_eq!(key_usage(store, "k1", &[D1, D2]).await, [0, 0]);
+    assert_eq!(key_usage(store, "k2", &[D1, D2]).await, [0, 0]);
+    // Another app (whose id starts with the deleted one's) and its key keep theirs.
+    assert_eq!(app_usage(store, "a10", &[D1, D2]).await, [3, 0]);
+    assert_eq!(key_usage(store, "k3", &[D1, D2]).await, [3, 0]);
+}
+
 /// Each suite function becomes one test per store, each with a fresh store.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -344,6 +492,10 @@ suite!(
     delete_app_deletes_its_keys,
     touch_keys_rules,
     records_round_trip,
+    usage_adds_up,
+    usage_rejects_out_of_range_counts,
+    delete_key_deletes_its_usage,
+    delete_app_deletes_its_usage,
 );
 
 fn embedded_store() -> (tempfile::TempDir, EmbeddedStore) {
@@ -398,6 +550,57 @@ async fn embedded_survives_reopen() {
         store.create_app(&app("a3", "one", 3)).await,
         Err(StoreError::Conflict)
     ));
+}
+
+/// A file written by the version before usage counts (no `usage` table) opens, keeps its
+/// records, and takes counts that survive a reopen.
+#[tokio::test]
+async fn embedded_opens_a_file_without_usage_table() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("data");
+    std::fs::create_dir_all(&path).expect("dir");
+    {
+        // The previous version's tables, written with redb directly.
+        const APPS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("apps");
+        const APP_NAMES: redb::TableDefinition<&str, &str> =
+            redb::TableDefinition::new("app_names");
+        const KEYS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("keys");
+        const LAST_USED: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("last_used");
+        let db = redb::Database::create(path.join("scopegate.redb")).expect("create");
+        let tx = db.begin_write().expect("write");
+        {
+            let app_json = serde_json::to_vec(&app("a1", "One", 1)).expect("json");
+            let key_json = serde_json::to_vec(&key("k1", "a1", 1)).expect("json");
+            let mut apps = tx.open_table(APPS).expect("apps");
+            apps.insert("a1", app_json.as_slice()).expect("insert");
+            let mut names = tx.open_table(APP_NAMES).expect("names");
+            names.insert("one", "a1").expect("insert");
+            let mut keys = tx.open_table(KEYS).expect("keys");
+            keys.insert("k1", key_json.as_slice()).expect("insert");
+            let mut last_used = tx.open_table(LAST_USED).expect("last_used");
+            last_used.insert("k1", 42).expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+
+    {
+        let store = EmbeddedStore::open(&path).expect("open old file");
+        assert_eq!(
+            store.list_apps().await.expect("apps"),
+            [app("a1", "One", 1)]
+        );
+        let k1 = store.get_key("k1").await.expect("key");
+        assert_eq!(k1.and_then(|k| k.last_used_at), Some(42));
+        assert_eq!(key_usage(&store, "k1", &[D1]).await, [0]);
+        let batch = UsageCounts {
+            keys: counts(&[("k1", D1, 2)]),
+            apps: counts(&[("a1", D1, 2)]),
+        };
+        store.add_usage(&batch).await.expect("usage");
+    }
+    let store = EmbeddedStore::open(&path).expect("reopen");
+    assert_eq!(key_usage(&store, "k1", &[D1]).await, [2]);
+    assert_eq!(app_usage(&store, "a1", &[D1]).await, [2]);
 }
 
 // ---------------------------------------------------------------- redis only
@@ -533,6 +736,38 @@ async fn redis_outage_fails_fast_and_recovers() {
     );
 }
 
+#[tokio::test]
+async fn redis_usage_outage_and_restart() {
+    let mut server = RedisServer::start_persistent();
+    let store = RedisStore::connect(&server.url(), OP_TIMEOUT)
+        .await
+        .expect("connect");
+    let batch = UsageCounts {
+        keys: counts(&[("k1", D1, 3)]),
+        apps: counts(&[("a1", D1, 3)]),
+    };
+    store.add_usage(&batch).await.expect("usage");
+
+    server.stop();
+    assert_unavailable(store.add_usage(&batch).await_bounded().await);
+    assert_unavailable(
+        store
+            .usage(UsageSubject::Key("k1"), &dates(&[D1]))
+            .await_bounded()
+            .await,
+    );
+
+    server.start_again();
+    // Heals by itself; counts written before the crash survived (append-only file) and the
+    // failed batch left nothing behind.
+    let d1 = dates(&[D1]);
+    let back = eventually(|| store.usage(UsageSubject::Key("k1"), &d1)).await;
+    assert_eq!(back, [3]);
+    store.add_usage(&batch).await.expect("usage after restart");
+    assert_eq!(key_usage(&store, "k1", &[D1]).await, [6]);
+    assert_eq!(app_usage(&store, "a1", &[D1]).await, [6]);
+}
+
 fn assert_unavailable<T: std::fmt::Debug>(result: Result<T, StoreError>) {
     assert!(
         matches!(result, Err(StoreError::Unavailable(_))),
@@ -581,6 +816,35 @@ async fn redis_layout_and_cleanup() {
         .touch_keys(&[("k1".to_owned(), 5), ("ghost".to_owned(), 5)])
         .await
         .expect("touch");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .expect("resetstat");
+    let batch = UsageCounts {
+        keys: counts(&[("k1", D1, 2), ("k1", D2, 3)]),
+        apps: counts(&[("a1", D1, 5)]),
+    };
+    store.add_usage(&batch).await.expect("usage");
+    // One MULTI/EXEC transaction of HINCRBYs.
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("info");
+    let calls = |name: &str| {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        (calls("multi"), calls("hincrby"), calls("exec")),
+        (1, 3, 1),
+        "{stats}"
+    );
 
     let mut all: Vec<String> = redis::cmd("KEYS")
         .arg("*")
@@ -596,8 +860,17 @@ async fn redis_layout_and_cleanup() {
         "sg:key:k1",
         "sg:keys",
         "sg:last_used",
+        "sg:usage:app:a1",
+        "sg:usage:key:k1",
     ];
     assert_eq!(all, expected);
+    let mut per_day: Vec<(String, u64)> = redis::cmd("HGETALL")
+        .arg("sg:usage:key:k1")
+        .query_async(&mut conn)
+        .await
+        .expect("hgetall");
+    per_day.sort();
+    assert_eq!(per_day, [(D1.to_owned(), 2), (D2.to_owned(), 3)]);
     let claimed: String = redis::cmd("GET")
         .arg("sg:appname:myapp")
         .query_async(&mut conn)
@@ -618,4 +891,18 @@ async fn redis_layout_and_cleanup() {
         .await
         .expect("keys");
     assert!(left.is_empty(), "left behind: {left:?}");
+
+    // Counts for ids that do not exist are stored anyway (the documented choice): cheap
+    // orphans, which is why this comes after the cleanup check.
+    let orphan = UsageCounts {
+        keys: counts(&[("ghost", D1, 1)]),
+        apps: Vec::new(),
+    };
+    store.add_usage(&orphan).await.expect("orphan usage");
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert_eq!(left, ["sg:usage:key:ghost"]);
 }

@@ -1,11 +1,16 @@
 //! What each admin call does: validate, write to the store, drop stale cache entries.
 
-use super::views::{AppView, CreateApp, CreateKey, KeyView, ScopeView, UpdateApp};
+use super::views::{AppView, CreateApp, CreateKey, KeyView, ScopeView, UpdateApp, UsageView};
 use super::Admin;
 use crate::auth::key;
 use crate::error::AdminError;
-use crate::model::{now_unix, App, KeyRecord, RateLimit};
+use crate::model::{now_unix, utc_date, App, KeyRecord, RateLimit, UsageSubject};
 use crate::store::Invalidation;
+
+/// Days of usage shown when the caller does not say.
+const DEFAULT_USAGE_DAYS: u64 = 7;
+/// A year and a day: enough for any report, bounded so one call stays cheap.
+const MAX_USAGE_DAYS: u64 = 366;
 
 /// Longest app or key name accepted.
 const MAX_NAME_LEN: usize = 200;
@@ -195,6 +200,43 @@ impl Admin {
     pub(super) async fn get_key(&self, id: &str) -> Result<KeyView, AdminError> {
         let k = self.store.get_key(id).await?.ok_or(AdminError::NotFound)?;
         Ok(KeyView::new(k, now_unix()))
+    }
+
+    pub(super) async fn usage(
+        &self,
+        subject: UsageSubject<'_>,
+        days: Option<&str>,
+    ) -> Result<Vec<UsageView>, AdminError> {
+        let days = match days {
+            None => DEFAULT_USAGE_DAYS,
+            Some(text) => match text.parse::<u64>() {
+                Ok(d) if (1..=MAX_USAGE_DAYS).contains(&d) => d,
+                _ => {
+                    return Err(invalid(
+                        "days",
+                        format!("must be a whole number from 1 to {MAX_USAGE_DAYS}"),
+                    ))
+                }
+            },
+        };
+        let exists = match subject {
+            UsageSubject::Key(id) => self.store.get_key(id).await?.is_some(),
+            UsageSubject::App(id) => self.store.get_app(id).await?.is_some(),
+        };
+        if !exists {
+            return Err(AdminError::NotFound);
+        }
+        let today = now_unix() / DAY_SECONDS;
+        let dates: Vec<String> = (0..days)
+            .rev()
+            .map(|back| utc_date((today - back.min(today)) * DAY_SECONDS))
+            .collect();
+        let counts = self.store.usage(subject, &dates).await?;
+        Ok(dates
+            .into_iter()
+            .zip(counts)
+            .map(|(date, requests)| UsageView { date, requests })
+            .collect())
     }
 
     pub(super) async fn delete_key(&self, id: &str) -> Result<(), AdminError> {

@@ -8,6 +8,8 @@ pub mod views;
 
 use crate::cache::KeyCache;
 use crate::error::AdminError;
+use crate::metrics::{Metrics, StoreOp};
+use crate::model::UsageSubject;
 use crate::store::KeyStore;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -46,6 +48,7 @@ pub struct Admin {
     /// The config's scopes (name, description); swapped on reload.
     pub scopes: ArcSwap<Vec<(String, String)>>,
     pub identities: Vec<AdminIdentity>,
+    pub metrics: Arc<Metrics>,
 }
 
 enum Call<'a> {
@@ -53,6 +56,8 @@ enum Call<'a> {
     Apps,
     App(&'a str),
     AppKeys(&'a str),
+    AppUsage(&'a str),
+    KeyUsage(&'a str),
     Keys,
     Key(&'a str),
 }
@@ -65,6 +70,8 @@ fn parse_path(path: &str) -> Option<Call<'_>> {
         ["apps"] => Some(Call::Apps),
         ["apps", id] if !id.is_empty() => Some(Call::App(id)),
         ["apps", id, "keys"] if !id.is_empty() => Some(Call::AppKeys(id)),
+        ["apps", id, "usage"] if !id.is_empty() => Some(Call::AppUsage(id)),
+        ["keys", id, "usage"] if !id.is_empty() => Some(Call::KeyUsage(id)),
         ["keys"] => Some(Call::Keys),
         ["keys", id] if !id.is_empty() => Some(Call::Key(id)),
         _ => None,
@@ -79,6 +86,9 @@ impl Admin {
         match self.run(request).await {
             Ok(response) => response,
             Err(e) => {
+                if let AdminError::Store(_) = e {
+                    self.metrics.store_error(StoreOp::Admin);
+                }
                 tracing::debug!(%method, %path, error = %e, "admin call refused");
                 e.into_response()
             }
@@ -152,6 +162,14 @@ impl Admin {
             (Call::Key(id), Method::DELETE) => {
                 self.delete_key(id).await?;
                 Ok(no_content())
+            }
+            (Call::AppUsage(id), Method::GET) => {
+                let days = query_param(request.uri().query(), "days");
+                Ok(json(StatusCode::OK, &self.usage(UsageSubject::App(id), days.as_deref()).await?))
+            }
+            (Call::KeyUsage(id), Method::GET) => {
+                let days = query_param(request.uri().query(), "days");
+                Ok(json(StatusCode::OK, &self.usage(UsageSubject::Key(id), days.as_deref()).await?))
             }
             _ => Err(AdminError::MethodNotAllowed),
         }

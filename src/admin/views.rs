@@ -66,6 +66,13 @@ impl From<App> for AppView {
     }
 }
 
+/// Requests on one UTC day.
+#[derive(Debug, Serialize)]
+pub struct UsageView {
+    pub date: String,
+    pub requests: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct KeyView {
     pub id: String,

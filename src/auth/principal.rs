@@ -45,10 +45,10 @@ impl Authenticator {
         Authenticator { cache }
     }
 
-    /// Checks a presented key. The boolean says whether the key came from the cache.
-    pub async fn authenticate(&self, presented: &str) -> Result<(Principal, bool), AuthError> {
+    /// Checks a presented key.
+    pub async fn authenticate(&self, presented: &str) -> Result<Principal, AuthError> {
         let parsed = key::parse(presented).ok_or(AuthError::Invalid)?;
-        let (entry, cached) = self.cache.key(parsed.id).await?;
+        let entry = self.cache.key(parsed.id).await?;
         let offered = key::digest(parsed.secret);
         let stored = entry.as_ref().and_then(|k| k.digest).unwrap_or(NO_DIGEST);
         let matches = key::digests_match(&offered, &stored);
@@ -63,11 +63,10 @@ impl Authenticator {
         if found.expires_at.is_some_and(|at| now_unix() >= at) {
             return Err(AuthError::Expired);
         }
-        let principal = Principal {
+        Ok(Principal {
             key_id: found.id.clone(),
             app,
-        };
-        Ok((principal, cached))
+        })
     }
 }
 

@@ -16,6 +16,7 @@ const APP_COLUMNS: &[&str] = &[
     "created_at",
     "created_by",
 ];
+const USAGE_COLUMNS: &[&str] = &["date", "requests"];
 const KEY_COLUMNS: &[&str] = &[
     "id",
     "app_id",
@@ -61,6 +62,10 @@ pub async fn apps(config: &Path, args: &AdminArgs, command: AppsCommand) -> Exit
                     Some(Value::Object(body)),
                 )
                 .await
+        }
+        AppsCommand::Usage { id, days } => {
+            let path = format!("/v1/apps/{}/usage?days={days}", encode(&id));
+            return print_result(client.call(Method::GET, &path, None).await, args.json, USAGE_COLUMNS);
         }
         AppsCommand::Delete { id } => {
             client
@@ -114,6 +119,10 @@ pub async fn keys(config: &Path, args: &AdminArgs, command: KeysCommand) -> Exit
             client
                 .call(Method::GET, &with_search("/v1/keys", search), None)
                 .await
+        }
+        KeysCommand::Usage { id, days } => {
+            let path = format!("/v1/keys/{}/usage?days={days}", encode(&id));
+            return print_result(client.call(Method::GET, &path, None).await, args.json, USAGE_COLUMNS);
         }
         KeysCommand::Revoke { id } => {
             client

@@ -90,6 +90,12 @@ pub enum AppsCommand {
     Delete {
         id: String,
     },
+    /// Requests per UTC day, oldest first.
+    Usage {
+        id: String,
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +116,12 @@ pub enum KeysCommand {
     },
     Revoke {
         id: String,
+    },
+    /// Requests per UTC day, oldest first.
+    Usage {
+        id: String,
+        #[arg(long, default_value_t = 7)]
+        days: u32,
     },
 }
 

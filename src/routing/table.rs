@@ -9,6 +9,8 @@ use std::sync::Arc;
 /// A configured route, ready to serve.
 #[derive(Debug)]
 pub struct Route {
+    /// Position in the config's route list.
+    pub index: usize,
     pub spec: RouteSpec,
     /// The path pattern, shared as the `route` metric label.
     pub pattern: Arc<str>,
@@ -90,7 +92,9 @@ impl RouteTable {
         }
         table.routes = specs
             .into_iter()
-            .map(|spec| Route {
+            .enumerate()
+            .map(|(index, spec)| Route {
+                index,
                 pattern: Arc::from(spec.path.as_str()),
                 spec,
             })

@@ -6,7 +6,7 @@
 //! check-then-write operations (name claims, "app must exist") atomic.
 
 use super::{Invalidation, KeyStore, StoreError};
-use crate::model::{App, KeyRecord, UnixSeconds};
+use crate::model::{App, KeyRecord, UnixSeconds, UsageCounts, UsageSubject};
 use async_trait::async_trait;
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
@@ -27,6 +27,9 @@ const APP_NAMES: TableDefinition<&str, &str> = TableDefinition::new("app_names")
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 /// Key id -> last use, unix seconds. Apart from the record because it is written in batches.
 const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
+/// `k\0{key id}\0{date}` or `a\0{app id}\0{date}` -> request count that day. Ids never hold
+/// NUL (they are alphanumeric), so `k\0{id}\0` is a prefix of that id's rows only.
+const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
 
 /// Apps and keys in a local redb database.
 pub struct EmbeddedStore {
@@ -45,6 +48,8 @@ impl EmbeddedStore {
             tx.open_table(APP_NAMES).map_err(db_error)?;
             tx.open_table(KEYS).map_err(db_error)?;
             tx.open_table(LAST_USED).map_err(db_error)?;
+            // Added after the first release: opening an older file adds it here.
+            tx.open_table(USAGE).map_err(db_error)?;
             Ok(())
         })?;
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -123,6 +128,31 @@ impl KeyStore for EmbeddedStore {
         }
         let uses = uses.to_vec();
         self.blocking(move |db| write(db, |tx| record_uses(tx, &uses)))
+            .await
+    }
+
+    async fn add_usage(&self, counts: &UsageCounts) -> Result<(), StoreError> {
+        let rows: Vec<(String, u64)> = super::usage_increments(counts)?
+            .into_iter()
+            .map(|(subject, date, count)| (usage_row(subject, date), count))
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.blocking(move |db| write(db, |tx| add_counts(tx, &rows)))
+            .await
+    }
+
+    async fn usage(
+        &self,
+        subject: UsageSubject<'_>,
+        dates: &[String],
+    ) -> Result<Vec<u64>, StoreError> {
+        if dates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<String> = dates.iter().map(|date| usage_row(subject, date)).collect();
+        self.blocking(move |db| read(db, |tx| read_counts(tx, &rows)))
             .await
     }
 
@@ -248,6 +278,7 @@ fn remove_app(tx: &WriteTransaction, id: &str) -> Result<bool, StoreError> {
     for key_id in key_ids_of(tx, id)? {
         remove_key(tx, &key_id)?;
     }
+    remove_usage(tx, UsageSubject::App(id))?;
     Ok(true)
 }
 
@@ -319,6 +350,7 @@ fn remove_key(tx: &WriteTransaction, id: &str) -> Result<bool, StoreError> {
     let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
     let existed = keys.remove(id).map_err(db_error)?.is_some();
     last_used.remove(id).map_err(db_error)?;
+    remove_usage(tx, UsageSubject::Key(id))?;
     Ok(existed)
 }
 
@@ -338,6 +370,59 @@ fn record_uses(tx: &WriteTransaction, uses: &[(String, UnixSeconds)]) -> Result<
         }
     }
     Ok(())
+}
+
+/// The `usage` rows of one subject all start with this.
+fn usage_prefix(subject: UsageSubject<'_>) -> String {
+    match subject {
+        UsageSubject::Key(id) => format!("k\0{id}\0"),
+        UsageSubject::App(id) => format!("a\0{id}\0"),
+    }
+}
+
+fn usage_row(subject: UsageSubject<'_>, date: &str) -> String {
+    format!("{}{date}", usage_prefix(subject))
+}
+
+/// Adds each count to its row. Rows may repeat within a batch; they add up.
+fn add_counts(tx: &WriteTransaction, rows: &[(String, u64)]) -> Result<(), StoreError> {
+    let mut usage = tx.open_table(USAGE).map_err(db_error)?;
+    for (row, count) in rows {
+        let current = usage
+            .get(row.as_str())
+            .map_err(db_error)?
+            .map_or(0, |v| v.value());
+        let total = current
+            .checked_add(*count)
+            .ok_or_else(|| StoreError::Corrupt(format!("usage count overflow in {row:?}")))?;
+        usage.insert(row.as_str(), total).map_err(db_error)?;
+    }
+    Ok(())
+}
+
+fn read_counts(tx: &ReadTransaction, rows: &[String]) -> Result<Vec<u64>, StoreError> {
+    let usage = tx.open_table(USAGE).map_err(db_error)?;
+    rows.iter()
+        .map(|row| {
+            usage
+                .get(row.as_str())
+                .map(|found| found.map_or(0, |v| v.value()))
+                .map_err(db_error)
+        })
+        .collect()
+}
+
+/// Removes every usage row of `subject`: the range from its prefix up to the same prefix with
+/// the final NUL raised to 0x01, which is exactly the strings starting with the prefix.
+fn remove_usage(tx: &WriteTransaction, subject: UsageSubject<'_>) -> Result<(), StoreError> {
+    let mut usage = tx.open_table(USAGE).map_err(db_error)?;
+    let start = usage_prefix(subject);
+    let mut end = start.clone();
+    end.pop();
+    end.push('\u{1}');
+    usage
+        .retain_in(start.as_str()..end.as_str(), |_, _| false)
+        .map_err(db_error)
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {

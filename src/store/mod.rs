@@ -10,7 +10,7 @@ mod redis;
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
 
-use crate::model::{App, KeyRecord, UnixSeconds};
+use crate::model::{App, KeyRecord, UnixSeconds, UsageCounts, UsageSubject};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
@@ -53,7 +53,8 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn list_apps(&self) -> Result<Vec<App>, StoreError>;
     /// Replaces an existing app. `NotFound` if it does not exist, `Conflict` on a taken name.
     async fn update_app(&self, app: &App) -> Result<(), StoreError>;
-    /// Deletes an app and all its keys. `Ok(false)` if it did not exist.
+    /// Deletes an app and all its keys, with the usage counts of the app and of those keys.
+    /// `Ok(false)` if it did not exist.
     async fn delete_app(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Stores a new key. `NotFound` if its app does not exist.
@@ -62,11 +63,28 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// Keys of one app, or all keys; oldest first (ties by id); with `last_used_at`.
     async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Deletes a key. `Ok(false)` if it did not exist.
+    /// Deletes a key and its usage counts. `Ok(false)` if it did not exist.
     async fn delete_key(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Records last use times in one batch. Unknown ids are ignored; a time never moves backwards.
     async fn touch_keys(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError>;
+
+    /// Adds request counts in one batch (Redis: one pipelined round trip; embedded: one
+    /// transaction), all or nothing.
+    ///
+    /// Ids are deliberately not checked: counts for a key or app that no longer exists (deleted
+    /// between its requests and this flush) are stored all the same, and stay behind as
+    /// orphans. Checking would cost a lookup per id on every flush, and turn the Redis batch into
+    /// a script; what it would save is a few small counters per deleted id, never read by
+    /// mistake since ids are random and not reused. Entries with a count of 0 are skipped.
+    async fn add_usage(&self, counts: &UsageCounts) -> Result<(), StoreError>;
+    /// Counts for the given dates, in the same order (0 where nothing was recorded, including
+    /// for an id never seen).
+    async fn usage(
+        &self,
+        subject: UsageSubject<'_>,
+        dates: &[String],
+    ) -> Result<Vec<u64>, StoreError>;
 
     /// Cheap liveness check (readiness probes).
     async fn ping(&self) -> Result<(), StoreError>;
@@ -74,4 +92,30 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Changes made by other instances, if the store is shared. Called once, at start-up.
     /// The store keeps the feed alive itself and sends [`Invalidation::All`] after any gap.
     fn invalidations(&self) -> Option<mpsc::Receiver<Invalidation>>;
+}
+
+/// The non-zero entries of a batch, keys first, checked the same way for both stores: a count
+/// must fit Redis's signed 64-bit `HINCRBY`, so the whole batch is refused (as not encodable)
+/// before anything is written if one does not.
+fn usage_increments(
+    counts: &UsageCounts,
+) -> Result<Vec<(UsageSubject<'_>, &str, u64)>, StoreError> {
+    let keys = counts
+        .keys
+        .iter()
+        .map(|(id, date, n)| (UsageSubject::Key(id.as_str()), date.as_str(), *n));
+    let apps = counts
+        .apps
+        .iter()
+        .map(|(id, date, n)| (UsageSubject::App(id.as_str()), date.as_str(), *n));
+    keys.chain(apps)
+        .filter(|(_, _, n)| *n > 0)
+        .map(|entry| match i64::try_from(entry.2) {
+            Ok(_) => Ok(entry),
+            Err(_) => Err(StoreError::Corrupt(format!(
+                "usage count {} is out of range",
+                entry.2
+            ))),
+        })
+        .collect()
 }

@@ -3,7 +3,8 @@
 //!
 //! Layout (all under `sg:`): `app:{id}` app JSON, `apps` set of app ids, `appname:{lowercase}`
 //! name claim -> app id, `key:{id}` key JSON, `keys` set of key ids, `appkeys:{app}` set of that
-//! app's key ids, hash `last_used` key id -> unix seconds.
+//! app's key ids, hash `last_used` key id -> unix seconds, hashes `usage:key:{id}` and
+//! `usage:app:{id}` date (`YYYY-MM-DD`) -> request count.
 //!
 //! Conditional multi-key writes run as Lua scripts (sent with `EVAL`), not WATCH/MULTI: the
 //! `ConnectionManager` multiplexes every caller over one connection, and WATCH state is per
@@ -14,7 +15,7 @@
 //! a standalone Redis but would not be on Redis Cluster.
 
 use super::{Invalidation, KeyStore, StoreError};
-use crate::model::{App, KeyRecord, UnixSeconds};
+use crate::model::{App, KeyRecord, UnixSeconds, UsageCounts, UsageSubject};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub, PubSubSink};
@@ -30,6 +31,8 @@ const APPS: &str = "sg:apps";
 const KEYS: &str = "sg:keys";
 const LAST_USED: &str = "sg:last_used";
 const KEY_PREFIX: &str = "sg:key:";
+const KEY_USAGE_PREFIX: &str = "sg:usage:key:";
+const APP_USAGE_PREFIX: &str = "sg:usage:app:";
 
 /// Buffered invalidations between the pub/sub task and the cache.
 const FEED_CAPACITY: usize = 1024;
@@ -78,19 +81,19 @@ redis.call('SET', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1";
 
-/// KEYS: app, name claim, apps set, app's key set, keys set, last_used hash.
-/// ARGV: id, json read by the caller, channel, key prefix.
+/// KEYS: app, name claim, apps set, app's key set, keys set, last_used hash, app's usage hash.
+/// ARGV: id, json read by the caller, channel, key prefix, key usage prefix.
 const DELETE_APP: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 if cur ~= ARGV[2] then return -2 end
 local ids = redis.call('SMEMBERS', KEYS[4])
 for _, k in ipairs(ids) do
-  redis.call('DEL', ARGV[4] .. k)
+  redis.call('DEL', ARGV[4] .. k, ARGV[5] .. k)
   redis.call('SREM', KEYS[5], k)
   redis.call('HDEL', KEYS[6], k)
 end
-redis.call('DEL', KEYS[1], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[7])
 redis.call('SREM', KEYS[3], ARGV[1])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 for _, k in ipairs(ids) do redis.call('PUBLISH', ARGV[3], 'key:' .. k) end
@@ -108,12 +111,13 @@ redis.call('SADD', KEYS[4], ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[3]) end
 return 1";
 
-/// KEYS: key, keys set, app's key set, last_used hash. ARGV: key id, channel.
+/// KEYS: key, keys set, app's key set, last_used hash, key's usage hash. ARGV: key id, channel.
 const DELETE_KEY: &str = r"
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[5])
 redis.call('PUBLISH', ARGV[2], 'key:' .. ARGV[1])
 return 1";
 
@@ -258,9 +262,14 @@ impl RedisStore {
             app_keys_key(id),
             KEYS.to_owned(),
             LAST_USED.to_owned(),
+            usage_key(UsageSubject::App(id)),
         ];
         let mut cmd = eval(DELETE_APP, &keys.each_ref().map(String::as_str));
-        cmd.arg(id).arg(old_json).arg(CHANNEL).arg(KEY_PREFIX);
+        cmd.arg(id)
+            .arg(old_json)
+            .arg(CHANNEL)
+            .arg(KEY_PREFIX)
+            .arg(KEY_USAGE_PREFIX);
         self.query(&cmd).await
     }
 
@@ -399,6 +408,7 @@ impl KeyStore for RedisStore {
             KEYS.to_owned(),
             app_keys_key(&record.app_id),
             LAST_USED.to_owned(),
+            usage_key(UsageSubject::Key(id)),
         ];
         let mut cmd = eval(DELETE_KEY, &keys.each_ref().map(String::as_str));
         cmd.arg(id).arg(CHANNEL);
@@ -414,6 +424,50 @@ impl KeyStore for RedisStore {
             pipe.add_command(touch_command(chunk)).ignore();
         }
         self.query_pipe::<()>(&pipe).await
+    }
+
+    /// One `MULTI`/`EXEC` pipeline of `HINCRBY`s: one round trip, applied as a unit (no other
+    /// client sees half a batch, and a link lost before `EXEC` applies nothing). A write that
+    /// times out may still have been applied, so it is not retried here: a retry could count a
+    /// batch twice. Redis does not roll back a command that fails inside `EXEC`; the only such
+    /// failure left here would be a counter passing `i64::MAX`, far beyond any real count.
+    async fn add_usage(&self, counts: &UsageCounts) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut queued = false;
+        for (subject, date, count) in super::usage_increments(counts)? {
+            pipe.cmd("HINCRBY")
+                .arg(usage_key(subject))
+                .arg(date)
+                .arg(count)
+                .ignore();
+            queued = true;
+        }
+        if !queued {
+            return Ok(());
+        }
+        self.query_pipe::<()>(&pipe).await
+    }
+
+    async fn usage(
+        &self,
+        subject: UsageSubject<'_>,
+        dates: &[String],
+    ) -> Result<Vec<u64>, StoreError> {
+        if dates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counts: Vec<Option<u64>> = self
+            .read(redis::cmd("HMGET").arg(usage_key(subject)).arg(dates))
+            .await?;
+        if counts.len() != dates.len() {
+            return Err(StoreError::Corrupt(format!(
+                "HMGET answered {} counts for {} dates",
+                counts.len(),
+                dates.len()
+            )));
+        }
+        Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -448,6 +502,13 @@ fn key_key(id: &str) -> String {
 
 fn app_keys_key(app_id: &str) -> String {
     format!("sg:appkeys:{app_id}")
+}
+
+fn usage_key(subject: UsageSubject<'_>) -> String {
+    match subject {
+        UsageSubject::Key(id) => format!("{KEY_USAGE_PREFIX}{id}"),
+        UsageSubject::App(id) => format!("{APP_USAGE_PREFIX}{id}"),
+    }
 }
 
 /// `EVAL script numkeys keys...`; the caller appends ARGV. The full script is sent every time
