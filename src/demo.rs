@@ -55,9 +55,9 @@ async fn prepare_and_run(mut config: Config) -> Result<(), String> {
         .collect();
     config.routes = RouteTable::build(specs).map_err(|_| "cannot rebuild routes".to_owned())?;
     config.upstreams = upstreams;
-    let data = std::env::temp_dir().join(format!("scopegate-demo-{}", std::process::id()));
+    let data = DemoData::create()?;
     config.store.redis = None;
-    config.store.path = data.clone();
+    config.store.path = data.0.clone();
 
     let token = key::random_id() + &key::random_id();
     let store = crate::gateway::open_store(&config.store)
@@ -79,8 +79,25 @@ async fn prepare_and_run(mut config: Config) -> Result<(), String> {
     crate::cli::wait_for_stop_signal().await;
     gateway.shutdown().await;
     let _ = stop.send(true);
-    let _ = std::fs::remove_dir_all(&data);
     Ok(())
+}
+
+/// The demo's store folder: private to this run and removed however the demo ends.
+struct DemoData(std::path::PathBuf);
+
+impl DemoData {
+    fn create() -> Result<DemoData, String> {
+        let name = format!("scopegate-demo-{}-{}", std::process::id(), key::random_id());
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(DemoData(path))
+    }
+}
+
+impl Drop for DemoData {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// One app with [`DEMO_SCOPES`] and one key for it; returns the full key.

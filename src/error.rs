@@ -26,7 +26,11 @@ pub enum ProxyError {
     #[error("{0}")]
     Auth(#[from] AuthError),
     #[error("rate limit exceeded; retry in {retry_after} s")]
-    RateLimited { limit: u32, retry_after: u64, reset: u64 },
+    RateLimited {
+        limit: u32,
+        retry_after: u64,
+        reset: u64,
+    },
     #[error("the request body exceeds {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("the upstream could not be reached")]
@@ -116,7 +120,11 @@ impl ProxyError {
             ProxyError::Auth(AuthError::Store(_)) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ProxyError::RateLimited { limit, retry_after, reset } => {
+            ProxyError::RateLimited {
+                limit,
+                retry_after,
+                reset,
+            } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
                 rate_limit_headers(headers, *limit, 0, *reset);
             }
@@ -233,7 +241,15 @@ mod tests {
                 "store_unavailable",
             ),
             (ProxyError::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
-            (ProxyError::RateLimited { limit: 5, retry_after: 2, reset: 3 }, 429, "rate_limited"),
+            (
+                ProxyError::RateLimited {
+                    limit: 5,
+                    retry_after: 2,
+                    reset: 3,
+                },
+                429,
+                "rate_limited",
+            ),
             (ProxyError::UpstreamUnavailable, 502, "upstream_unavailable"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
         ];

@@ -8,6 +8,7 @@ use crate::config::{Config, StoreConfig};
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::pipeline::{LiveConfig, Pipeline};
 use crate::proxy::Forwarder;
+use crate::ratelimit::RateLimits;
 use crate::server::{serve, ConnectionSettings};
 use crate::store::{EmbeddedStore, KeyStore, RedisStore, StoreError};
 use crate::usage;
@@ -101,7 +102,13 @@ pub async fn start_with_store(
         grace: config.shutdown_grace,
     };
     let pipeline = Arc::new(Pipeline {
-        live: ArcSwap::from_pointee(LiveConfig::new(config.routes, config.limits, &metrics)),
+        live: ArcSwap::from_pointee(LiveConfig::new(
+            config.routes,
+            config.limits,
+            config.rate_limit,
+            &metrics,
+        )),
+        rate_limits: RateLimits::new(config.cache.max_entries),
         auth: Authenticator::new(cache.clone()),
         forwarder: Forwarder::new(),
         usage,

@@ -5,11 +5,13 @@
 
 use crate::auth::{credential, AuthError, Authenticator, Principal};
 use crate::config::{cidr_contains, Limits};
-use crate::error::ProxyError;
+use crate::error::{rate_limit_headers, ProxyError};
 use crate::metrics::{AuthFailure, Metrics, RouteMetrics, StoreOp, UNMATCHED};
+use crate::model::RateLimit;
 use crate::proxy::body::GatewayBody;
 use crate::proxy::headers::Forwarded;
 use crate::proxy::{Forwarder, Outgoing};
+use crate::ratelimit::{Decision, RateLimits};
 use crate::routing::normalize::normalize;
 use crate::routing::{Access, RouteMatch, RouteTable};
 use crate::usage::UsageRecorder;
@@ -25,13 +27,20 @@ use tokio::time::Instant;
 pub struct LiveConfig {
     pub routes: RouteTable,
     pub limits: Limits,
+    /// For keys whose app sets no limit of its own.
+    pub default_rate_limit: RateLimit,
     /// Per route, in the table's order.
     route_metrics: Vec<RouteMetrics>,
     unmatched: RouteMetrics,
 }
 
 impl LiveConfig {
-    pub fn new(routes: RouteTable, limits: Limits, metrics: &Metrics) -> LiveConfig {
+    pub fn new(
+        routes: RouteTable,
+        limits: Limits,
+        default_rate_limit: RateLimit,
+        metrics: &Metrics,
+    ) -> LiveConfig {
         let route_metrics = routes
             .routes()
             .iter()
@@ -41,6 +50,7 @@ impl LiveConfig {
         LiveConfig {
             routes,
             limits,
+            default_rate_limit,
             route_metrics,
             unmatched,
         }
@@ -59,6 +69,7 @@ pub struct Pipeline {
     pub live: ArcSwap<LiveConfig>,
     pub auth: Authenticator,
     pub forwarder: Forwarder,
+    pub rate_limits: RateLimits,
     pub usage: UsageRecorder,
     pub metrics: Arc<Metrics>,
     /// `https` when the listener speaks TLS.
@@ -118,7 +129,27 @@ impl Pipeline {
             Access::Public => None,
             access => Some(self.authenticate(presented, access, seen).await?),
         };
+        let mut budget = None;
         if let Some(p) = &principal {
+            let limit = p.app.rate_limit.unwrap_or(live.default_rate_limit);
+            match self.rate_limits.check(&p.key_id, limit) {
+                Decision::Limited {
+                    limit,
+                    retry_after,
+                    reset,
+                } => {
+                    return Err(ProxyError::RateLimited {
+                        limit,
+                        retry_after,
+                        reset,
+                    })
+                }
+                Decision::Allowed {
+                    limit,
+                    remaining,
+                    reset,
+                } => budget = Some((limit, remaining, reset)),
+            }
             self.usage.record(&p.key_id, &p.app.id);
         }
         let forwarded = Forwarded {
@@ -141,7 +172,11 @@ impl Pipeline {
         if let Some(m) = live.route_metrics.get(route.index) {
             self.metrics.record_upstream(m, sent.elapsed());
         }
-        response
+        let mut response = response?;
+        if let Some((limit, remaining, reset)) = budget {
+            rate_limit_headers(response.headers_mut(), limit, remaining, reset);
+        }
+        Ok(response)
     }
 
     fn count_refusal(&self, error: &ProxyError, seen: &Seen) {

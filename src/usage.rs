@@ -41,7 +41,11 @@ pub struct UsageRecorder {
 impl UsageRecorder {
     /// Notes one use of `key` (of `app`). Never blocks; a full queue drops the use and counts it.
     pub fn record(&self, key: &Arc<str>, app: &Arc<str>) {
-        let event = Use { key: key.clone(), app: app.clone(), at: now_unix() };
+        let event = Use {
+            key: key.clone(),
+            app: app.clone(),
+            at: now_unix(),
+        };
         if self.tx.try_send(event).is_err() {
             self.metrics.usage_dropped(1);
         }
@@ -103,7 +107,9 @@ impl Pending {
             return;
         }
         while self.counts.len() >= self.capacity {
-            let Some(oldest) = self.order.pop_front() else { break };
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
             if let Some(dropped) = self.counts.remove(&oldest) {
                 self.metrics.usage_dropped(dropped);
             }
@@ -169,8 +175,11 @@ async fn flush(store: &dyn KeyStore, pending: &mut Pending) {
         }
     }
     if !pending.last_used.is_empty() {
-        let batch: Vec<(String, UnixSeconds)> =
-            pending.last_used.iter().map(|(id, at)| (id.to_string(), *at)).collect();
+        let batch: Vec<(String, UnixSeconds)> = pending
+            .last_used
+            .iter()
+            .map(|(id, at)| (id.to_string(), *at))
+            .collect();
         match store.touch_keys(&batch).await {
             Ok(()) => pending.last_used.clear(),
             Err(e) => {
@@ -186,7 +195,11 @@ mod tests {
     use super::*;
 
     fn use_of(key: &str, app: &str, at: UnixSeconds) -> Use {
-        Use { key: Arc::from(key), app: Arc::from(app), at }
+        Use {
+            key: Arc::from(key),
+            app: Arc::from(app),
+            at,
+        }
     }
 
     #[test]
@@ -204,7 +217,11 @@ mod tests {
         let d2 = utc_date(day1 + DAY);
         assert_eq!(
             batch.keys,
-            vec![("k1".into(), d1.clone(), 2), ("k1".into(), d2.clone(), 1), ("k2".into(), d1.clone(), 1)]
+            vec![
+                ("k1".into(), d1.clone(), 2),
+                ("k1".into(), d2.clone(), 1),
+                ("k2".into(), d1.clone(), 1)
+            ]
         );
         assert_eq!(batch.apps, vec![("a".into(), d1, 3), ("a".into(), d2, 1)]);
         assert_eq!(p.last_used[&Arc::from("k1")], day1 + DAY);
@@ -219,7 +236,14 @@ mod tests {
         }
         assert_eq!(p.counts.len(), 4);
         assert!(p.counts.contains_key(&Counter::Key(Arc::from("k3"), 0)));
-        assert!(!p.counts.contains_key(&Counter::Key(Arc::from("k0"), 0)), "oldest dropped");
-        assert!(metrics.render().contains("scopegate_usage_dropped_total 4"), "{}", metrics.render());
+        assert!(
+            !p.counts.contains_key(&Counter::Key(Arc::from("k0"), 0)),
+            "oldest dropped"
+        );
+        assert!(
+            metrics.render().contains("scopegate_usage_dropped_total 4"),
+            "{}",
+            metrics.render()
+        );
     }
 }

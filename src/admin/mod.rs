@@ -165,11 +165,17 @@ impl Admin {
             }
             (Call::AppUsage(id), Method::GET) => {
                 let days = query_param(request.uri().query(), "days");
-                Ok(json(StatusCode::OK, &self.usage(UsageSubject::App(id), days.as_deref()).await?))
+                Ok(json(
+                    StatusCode::OK,
+                    &self.usage(UsageSubject::App(id), days.as_deref()).await?,
+                ))
             }
             (Call::KeyUsage(id), Method::GET) => {
                 let days = query_param(request.uri().query(), "days");
-                Ok(json(StatusCode::OK, &self.usage(UsageSubject::Key(id), days.as_deref()).await?))
+                Ok(json(
+                    StatusCode::OK,
+                    &self.usage(UsageSubject::Key(id), days.as_deref()).await?,
+                ))
             }
             _ => Err(AdminError::MethodNotAllowed),
         }

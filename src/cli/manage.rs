@@ -65,7 +65,11 @@ pub async fn apps(config: &Path, args: &AdminArgs, command: AppsCommand) -> Exit
         }
         AppsCommand::Usage { id, days } => {
             let path = format!("/v1/apps/{}/usage?days={days}", encode(&id));
-            return print_result(client.call(Method::GET, &path, None).await, args.json, USAGE_COLUMNS);
+            return print_result(
+                client.call(Method::GET, &path, None).await,
+                args.json,
+                USAGE_COLUMNS,
+            );
         }
         AppsCommand::Delete { id } => {
             client
@@ -122,7 +126,11 @@ pub async fn keys(config: &Path, args: &AdminArgs, command: KeysCommand) -> Exit
         }
         KeysCommand::Usage { id, days } => {
             let path = format!("/v1/keys/{}/usage?days={days}", encode(&id));
-            return print_result(client.call(Method::GET, &path, None).await, args.json, USAGE_COLUMNS);
+            return print_result(
+                client.call(Method::GET, &path, None).await,
+                args.json,
+                USAGE_COLUMNS,
+            );
         }
         KeysCommand::Revoke { id } => {
             client
@@ -157,18 +165,25 @@ fn connect(config_path: &Path, args: &AdminArgs) -> Option<AdminClient> {
     } else {
         None
     };
-    let url = args.admin_url.clone().or_else(|| {
+    let Some(url) = args.admin_url.clone().or_else(|| {
         config
             .as_ref()
             .map(|c| format!("http://{}", c.admin.listen))
-    })?;
+    }) else {
+        eprintln!("scopegate: no admin URL: pass --admin-url");
+        return None;
+    };
     let token = match args.token.clone() {
         Some(t) => t,
         None => {
-            let env = config
+            let Some(env) = config
                 .as_ref()
                 .and_then(|c| c.admin.tokens.first())
-                .map(|i| i.env.clone())?;
+                .map(|i| i.env.clone())
+            else {
+                eprintln!("scopegate: no admin token: pass --token");
+                return None;
+            };
             match std::env::var(&env) {
                 Ok(t) => t,
                 Err(_) => {
