@@ -92,6 +92,7 @@ pub async fn start_with_store(
     );
     let mut background = Vec::new();
     background.extend(cache.spawn_invalidation_listener());
+    background.push(spawn_metrics_upkeep(metrics.clone()));
     let (stop, stop_rx) = watch::channel(false);
     let (usage_stop, usage_stop_rx) = watch::channel(false);
     let (usage, usage_task) = usage::spawn(store.clone(), metrics.clone(), usage_stop_rx);
@@ -179,6 +180,19 @@ pub async fn start_with_store(
         usage_stop,
         usage_task,
         background,
+    })
+}
+
+/// The exporter keeps histogram samples in buffers until upkeep folds them in.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn spawn_metrics_upkeep(metrics: Arc<Metrics>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            tick.tick().await;
+            metrics.run_upkeep();
+        }
     })
 }
 

@@ -3,10 +3,12 @@
 //! - [`redis`]: a real `redis-server` on an ephemeral port;
 //! - [`upstream`]: a recording HTTP upstream on an ephemeral port;
 //! - [`gateway`]: a whole scopegate (in-process, port 0) from a YAML config, with admin helpers;
-//! - [`http`]: a small HTTP client and raw-socket helpers.
+//! - [`http`]: a small HTTP client and raw-socket helpers;
+//! - [`prom`]: a strict Prometheus text parser for `/metrics` assertions.
 #![allow(dead_code)]
 
 pub mod gateway;
 pub mod http;
+pub mod prom;
 pub mod redis;
 pub mod upstream;
