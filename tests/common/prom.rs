@@ -71,7 +71,7 @@ fn parse_line(line: &str) -> Option<Sample> {
             rest = &rest[end?..];
         }
     }
-    let value = rest.trim().split_whitespace().next()?;
+    let value = rest.split_whitespace().next()?;
     let value = match value {
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
