@@ -9,6 +9,7 @@ use crate::model::{App, KeyRecord, RateLimit, UnixSeconds};
 use crate::store::{Invalidation, KeyStore, StoreError};
 use moka::future::Cache;
 use moka::Expiry;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,17 +44,21 @@ pub struct KeyCache {
     apps: Cache<String, Entry<CachedApp>>,
     store: Arc<dyn KeyStore>,
     metrics: Arc<Metrics>,
+    ttl: Arc<AtomicU64>,
 }
 
+/// Per-entry lifetime: `ttl` for what the store had, [`NEGATIVE_TTL`] at most for misses.
+/// The ttl is read at insertion, so a reloaded `cache.ttl` applies to entries cached from then on.
 struct EntryExpiry {
-    ttl: Duration,
+    ttl_millis: Arc<AtomicU64>,
 }
 
 impl<T> Expiry<String, Entry<T>> for EntryExpiry {
     fn expire_after_create(&self, _: &String, value: &Entry<T>, _: Instant) -> Option<Duration> {
+        let ttl = Duration::from_millis(self.ttl_millis.load(Ordering::Relaxed));
         Some(match value {
-            Some(_) => self.ttl,
-            None => self.ttl.min(NEGATIVE_TTL),
+            Some(_) => ttl,
+            None => ttl.min(NEGATIVE_TTL),
         })
     }
 }
@@ -65,18 +70,28 @@ impl KeyCache {
         max_entries: u64,
         metrics: Arc<Metrics>,
     ) -> KeyCache {
+        let ttl = Arc::new(AtomicU64::new(millis(ttl)));
+        let expiry = || EntryExpiry {
+            ttl_millis: ttl.clone(),
+        };
         KeyCache {
             keys: Cache::builder()
                 .max_capacity(max_entries)
-                .expire_after(EntryExpiry { ttl })
+                .expire_after(expiry())
                 .build(),
             apps: Cache::builder()
                 .max_capacity(max_entries)
-                .expire_after(EntryExpiry { ttl })
+                .expire_after(expiry())
                 .build(),
             store,
             metrics,
+            ttl,
         }
+    }
+
+    /// Changes how long entries cached from now on are trusted (config reload).
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl.store(millis(ttl), Ordering::Relaxed);
     }
 
     /// The key with this id, from the cache or (once, however many ask) the store.
@@ -139,6 +154,10 @@ impl KeyCache {
     pub fn entry_count(&self) -> u64 {
         self.keys.entry_count() + self.apps.entry_count()
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn unshare(e: Arc<StoreError>) -> StoreError {

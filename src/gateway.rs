@@ -9,14 +9,16 @@ use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::pipeline::{LiveConfig, Pipeline};
 use crate::proxy::Forwarder;
 use crate::ratelimit::RateLimits;
-use crate::server::{serve, ConnectionSettings};
+use crate::reload::{self, FixedSettings, Reloader};
+use crate::server::{serve, serve_with_tls, ConnectionSettings};
 use crate::store::{EmbeddedStore, KeyStore, RedisStore, StoreError};
+use crate::tls::{TlsAcceptorSource, TlsError};
 use crate::usage;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Why a gateway could not start.
@@ -30,6 +32,8 @@ pub enum StartError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A gateway serving on its listeners until [`RunningGateway::shutdown`].
@@ -37,12 +41,16 @@ pub struct RunningGateway {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The proxy listener's TLS config when `tls:` is set; `replace` it to serve a new
+    /// certificate to new connections.
+    pub tls: Option<Arc<TlsAcceptorSource>>,
     pub store: Arc<dyn KeyStore>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     usage_stop: watch::Sender<bool>,
     usage_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    reload_tx: mpsc::Sender<()>,
 }
 
 /// Opens the configured store: Redis when a URL is given, the embedded file store otherwise.
@@ -79,6 +87,12 @@ pub async fn start_with_store(
     admin_tokens: Vec<(String, String)>,
     store: Arc<dyn KeyStore>,
 ) -> Result<RunningGateway, StartError> {
+    let fixed = FixedSettings::of(&config);
+    let config_path = config.path.clone();
+    let tls = match &config.tls {
+        Some(t) => Some(Arc::new(TlsAcceptorSource::from_files(&t.cert, &t.key)?)),
+        None => None,
+    };
     let proxy_listener = bind("proxy", config.listen).await?;
     let admin_listener = bind("admin", config.admin.listen).await?;
     let metrics_listener = bind("metrics", config.metrics.listen).await?;
@@ -111,7 +125,7 @@ pub async fn start_with_store(
         )),
         rate_limits: RateLimits::new(config.cache.max_entries),
         auth: Authenticator::new(cache.clone()),
-        forwarder: Forwarder::new(),
+        forwarder: Forwarder::new(&config.upstreams)?,
         usage,
         metrics: metrics.clone(),
         proto: if config.tls.is_some() {
@@ -122,7 +136,7 @@ pub async fn start_with_store(
     });
     let admin = Arc::new(Admin {
         store: store.clone(),
-        cache,
+        cache: cache.clone(),
         scopes: ArcSwap::from_pointee(config.scopes),
         identities: admin_tokens
             .iter()
@@ -135,15 +149,32 @@ pub async fn start_with_store(
         store: store.clone(),
     });
 
+    let (reload_tx, reload_rx) = mpsc::channel(1);
+    let reloader = Reloader::new(
+        config_path,
+        fixed,
+        pipeline.clone(),
+        admin.clone(),
+        cache,
+        metrics.clone(),
+        tls.clone(),
+    );
+    background.push(reload::spawn(
+        Arc::new(reloader),
+        reload_rx,
+        stop_rx.clone(),
+    ));
+
     let addrs = (
         local_addr(&proxy_listener, config.listen),
         local_addr(&admin_listener, config.admin.listen),
         local_addr(&metrics_listener, config.metrics.listen),
     );
     let servers = vec![
-        tokio::spawn(serve(
+        tokio::spawn(serve_with_tls(
             proxy_listener,
             settings.clone(),
+            tls.clone(),
             move |request, peer| {
                 let pipeline = pipeline.clone();
                 async move { pipeline.handle(request, peer).await }
@@ -174,12 +205,14 @@ pub async fn start_with_store(
         proxy_addr: addrs.0,
         admin_addr: addrs.1,
         metrics_addr: addrs.2,
+        tls,
         store,
         stop,
         servers,
         usage_stop,
         usage_task,
         background,
+        reload_tx,
     })
 }
 
@@ -197,6 +230,11 @@ fn spawn_metrics_upkeep(metrics: Arc<Metrics>) -> JoinHandle<()> {
 }
 
 impl RunningGateway {
+    /// Asks for the config file to be loaded again (as SIGHUP does). Returns at once.
+    pub fn reload(&self) {
+        let _ = self.reload_tx.try_send(());
+    }
+
     /// Stops accepting, drains in-flight requests, then flushes bookkeeping to the store.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);

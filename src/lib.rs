@@ -12,7 +12,8 @@
 //! - [`proxy`] forwards to the upstream over a pooled client and streams the answer back.
 //!
 //! Beside the request path: [`admin`] (apps and keys API), [`metrics`] (health and readiness),
-//! [`config`] (the YAML file, validated), [`gateway`] (wiring and shutdown), [`cli`] and [`demo`].
+//! [`config`] (the YAML file, validated), [`tls`] (the listener's certificate, upstream CAs),
+//! [`gateway`] (wiring and shutdown), [`cli`] and [`demo`].
 
 pub mod admin;
 pub mod auth;
@@ -27,7 +28,9 @@ pub mod model;
 pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod usage;

@@ -108,4 +108,121 @@ mod tests {
         assert!(is_bearer(&headers(&[("authorization", "Bearer x")])));
         assert!(!is_bearer(&headers(&[("authorization", "Basic x")])));
     }
+
+    mod props {
+        use super::super::*;
+        use crate::auth::key;
+        use http::HeaderValue;
+        use proptest::prelude::*;
+
+        /// A header name of ours in any case, or an unrelated one.
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("X-API-Key"),
+                Just("x-api-key"),
+                Just("X-Api-KEY"),
+                Just("Authorization"),
+                Just("authorization"),
+                Just("AUTHORIZATION"),
+                Just("x-other"),
+            ]
+            .prop_map(str::to_owned)
+        }
+
+        /// Values a header may legally carry (HTAB, SP, visible ASCII, obs-text).
+        fn value() -> impl Strategy<Value = Vec<u8>> {
+            let scheme = prop_oneof![
+                Just(""),
+                Just("Bearer "),
+                Just("bearer\t"),
+                Just("BEARER  "),
+                Just("Basic "),
+                Just(" Bearer "),
+                Just("Bearer"),
+                Just("Bearerx "),
+            ];
+            let body = prop_oneof![
+                Just("sg_abc123_S3cr3t".to_owned()),
+                "[ \t]{0,2}sg_[a-zA-Z0-9_]{0,10}[ \t]{0,2}",
+                "[ -~\t]{0,20}",
+            ];
+            let tail =
+                prop::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..4);
+            (scheme, body, tail).prop_map(|(s, b, t)| {
+                let mut v = format!("{s}{b}").into_bytes();
+                v.extend(t);
+                v
+            })
+        }
+
+        fn headers(pairs: &[(String, Vec<u8>)]) -> HeaderMap {
+            let mut map = HeaderMap::new();
+            for (k, v) in pairs {
+                if let Ok(v) = HeaderValue::from_bytes(v) {
+                    map.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), v);
+                }
+            }
+            map
+        }
+
+        /// The rules of the contract, read as simply as possible.
+        fn model(map: &HeaderMap) -> Result<Option<String>, CredentialError> {
+            let read = |name: &str| -> Result<Option<String>, CredentialError> {
+                let all: Vec<&HeaderValue> = map.get_all(name).iter().collect();
+                match all.as_slice() {
+                    [] => Ok(None),
+                    [one] => one
+                        .to_str()
+                        .map(|s| Some(s.trim().to_owned()))
+                        .map_err(|_| CredentialError::Unreadable),
+                    _ => Err(CredentialError::Conflicting),
+                }
+            };
+            let api = read("x-api-key")?.filter(|s| !s.is_empty());
+            let bearer = read("authorization")?.and_then(|a| {
+                let (scheme, rest) = a.split_once([' ', '\t'])?;
+                let token = rest.trim();
+                (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty())
+                    .then(|| token.to_owned())
+            });
+            match (api, bearer) {
+                (Some(a), Some(b)) if a != b => Err(CredentialError::Conflicting),
+                (a, b) => Ok(a.or(b)),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+            #[test]
+            fn extract_is_the_contract(pairs in prop::collection::vec((name(), value()), 0..4)) {
+                let map = headers(&pairs);
+                let got = extract(&map);
+                prop_assert_eq!(got.clone().map(|k| k.map(str::to_owned)), model(&map));
+                if let Ok(Some(k)) = got {
+                    prop_assert!(!k.is_empty());
+                    prop_assert_eq!(k, k.trim());
+                    if let Some(p) = key::parse(k) {
+                        prop_assert_eq!(format!("sg_{}_{}", p.id, p.secret), k);
+                    }
+                }
+                // Whatever is recognised as a bearer token is stripped before forwarding.
+                if got.is_ok() && map.get_all(AUTHORIZATION).iter().count() == 1 {
+                    let bearer = map.get(AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(bearer_token);
+                    prop_assert_eq!(is_bearer(&map), bearer.is_some());
+                }
+            }
+
+            #[test]
+            fn key_parse_never_panics(text in any::<String>()) {
+                if let Some(p) = key::parse(&text) {
+                    prop_assert!(p.id.bytes().all(|b| b.is_ascii_alphanumeric()));
+                    prop_assert!(p.secret.bytes().all(|b| b.is_ascii_alphanumeric()));
+                    prop_assert_eq!(format!("sg_{}_{}", p.id, p.secret), text);
+                }
+            }
+        }
+    }
 }

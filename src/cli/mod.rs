@@ -221,10 +221,29 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_stop_signal().await;
+    wait_for_stop_signal_reloading_on_hup(&gateway).await;
     tracing::info!("shutting down: draining in-flight requests");
     gateway.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// SIGTERM or SIGINT; SIGHUP on the way reloads the config.
+async fn wait_for_stop_signal_reloading_on_hup(gateway: &crate::gateway::RunningGateway) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return wait_for_stop_signal().await;
+    };
+    let stop = wait_for_stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                gateway.reload();
+            }
+        }
+    }
 }
 
 /// SIGTERM or SIGINT.

@@ -68,6 +68,8 @@ pub struct RawCache {
 pub struct RawUpstream {
     pub url: String,
     pub timeout: Option<String>,
+    /// A PEM file of CA certificates trusted for this (https) upstream, besides the webpki roots.
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

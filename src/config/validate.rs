@@ -5,6 +5,7 @@ use super::file::{Entries, RawAdmin, RawCache, RawConfig, RawLimits, RawStore, R
 use super::position::{at, PositionIndex, YamlPath};
 use super::*;
 use crate::routing::{RouteProblem, RouteTable};
+use crate::tls::TrustedCa;
 use std::fmt::Display;
 use std::net::Ipv4Addr;
 
@@ -112,7 +113,7 @@ pub(super) fn validate(
     let raw_upstreams = c.entries(&at(&["upstreams"]), Some(raw.upstreams));
     // Routes naming an upstream that is declared but broken get no second, misleading problem.
     let declared: Vec<String> = raw_upstreams.iter().map(|(n, _)| n.clone()).collect();
-    let upstreams = upstreams(&mut c, raw_upstreams);
+    let upstreams = upstreams(&mut c, dir, raw_upstreams);
     let (route_specs, origin) = routes::routes(&mut c, raw.routes, &scopes, &upstreams, &declared);
     let limits = limits(&mut c, raw.limits.unwrap_or_default());
     let shutdown_grace = match raw.shutdown_grace {
@@ -279,7 +280,7 @@ fn scopes(c: &mut Check, raw: Vec<(String, String)>) -> Vec<(String, String)> {
     raw
 }
 
-fn upstreams(c: &mut Check, raw: Vec<(String, RawUpstream)>) -> Vec<Arc<Upstream>> {
+fn upstreams(c: &mut Check, dir: &Path, raw: Vec<(String, RawUpstream)>) -> Vec<Arc<Upstream>> {
     if raw.is_empty() {
         c.at(&at(&["upstreams"]), "at least one upstream is needed");
     }
@@ -294,13 +295,36 @@ fn upstreams(c: &mut Check, raw: Vec<(String, RawUpstream)>) -> Vec<Arc<Upstream
             Some(text) => c.ok(&path.key("timeout"), values::duration(&text, false)),
             None => Some(DEFAULT_UPSTREAM_TIMEOUT),
         };
-        if let (Some((scheme, authority, path_prefix)), Some(timeout)) = (url, timeout) {
+        let ca = match up.ca {
+            Some(file) if file.trim().is_empty() => {
+                c.at(&path.key("ca"), "must name a PEM file of CA certificates");
+                None
+            }
+            // The file is read now, so a missing or certificate-less one is a `check` problem.
+            Some(file) => c
+                .ok(
+                    &path.key("ca"),
+                    TrustedCa::load(&dir.join(file)).map_err(|e| e.to_string()),
+                )
+                .map(|ca| Some(Arc::new(ca))),
+            None => Some(None),
+        };
+        let plain_http = url
+            .as_ref()
+            .is_some_and(|(scheme, _, _)| *scheme == http::uri::Scheme::HTTP);
+        if plain_http && matches!(ca, Some(Some(_))) {
+            c.at(&path.key("ca"), "applies only to an https:// upstream");
+        }
+        if let (Some((scheme, authority, path_prefix)), Some(timeout), Some(ca)) =
+            (url, timeout, ca)
+        {
             out.push(Arc::new(Upstream {
                 name: Arc::from(name.as_str()),
                 scheme,
                 authority,
                 path_prefix,
                 timeout,
+                ca,
             }));
         }
     }

@@ -11,11 +11,14 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// RFC 7540 §3.2.1: sent with `Upgrade: h2c`, connection-specific even when `Connection` omits it.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// RFC 9110 §7.6.1 connection-specific headers, plus the legacy ones proxies still see.
-fn hop_by_hop() -> [&'static HeaderName; 9] {
+fn hop_by_hop() -> [&'static HeaderName; 10] {
     [
         &header::CONNECTION,
+        &HTTP2_SETTINGS,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &header::PROXY_AUTHENTICATE,
@@ -133,6 +136,10 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"),
+        );
         h.insert("host", HeaderValue::from_static("api.example.com"));
         h.insert("accept", HeaderValue::from_static("application/json"));
         h
@@ -149,6 +156,7 @@ mod tests {
             "x-custom",
             "te",
             "upgrade",
+            "http2-settings",
             "host",
         ] {
             assert!(!h.contains_key(gone), "{gone} should be removed");

@@ -8,6 +8,7 @@ mod table;
 
 pub use self::table::{RouteMatch, RouteProblem, RouteTable};
 
+use crate::tls::TrustedCa;
 use http::Method;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,8 @@ pub struct Upstream {
     pub path_prefix: String,
     /// Whole-response deadline.
     pub timeout: Duration,
+    /// Extra trust anchors for an `https` upstream (`ca:`), besides the webpki roots.
+    pub ca: Option<Arc<TrustedCa>>,
 }
 
 /// One route as configured, before compilation.

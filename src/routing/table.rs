@@ -253,6 +253,7 @@ mod tests {
                 authority: http::uri::Authority::from_static("127.0.0.1:1"),
                 path_prefix: String::new(),
                 timeout: Duration::from_secs(1),
+                ca: None,
             }),
             max_body: None,
         }
@@ -345,6 +346,169 @@ mod tests {
             match self {
                 RouteMatch::Found(r) => table.routes.iter().position(|x| std::ptr::eq(x, *r)),
                 _ => None,
+            }
+        }
+    }
+
+    mod props {
+        use super::super::*;
+        use super::spec;
+        use crate::routing::normalize::normalize;
+        use proptest::prelude::*;
+        use std::path::Path;
+
+        /// The repository's example config, as operators would run it.
+        fn repo_table() -> RouteTable {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml");
+            crate::config::load(&path)
+                .unwrap_or_else(|e| panic!("gateway.yaml: {e}"))
+                .routes
+        }
+
+        /// Whether a normalised path matches a pattern segment by segment.
+        fn matches(pattern: &str, path: &str) -> bool {
+            let want: Vec<&str> = pattern.split('/').collect();
+            let got: Vec<&str> = path.split('/').collect();
+            want.len() == got.len()
+                && want.iter().zip(&got).all(|(w, g)| {
+                    if w.starts_with('{') && w.ends_with('}') {
+                        !g.is_empty()
+                    } else {
+                        w == g
+                    }
+                })
+        }
+
+        fn accepts(methods: &MethodSet, method: &Method) -> bool {
+            match methods {
+                MethodSet::Any => true,
+                MethodSet::Only(ms) => ms.contains(method),
+            }
+        }
+
+        /// "First match wins", read straight off the route list.
+        fn first_match(table: &RouteTable, method: &Method, path: &str) -> Option<usize> {
+            let first = |m: &Method| {
+                table
+                    .routes()
+                    .iter()
+                    .find(|r| accepts(&r.spec.methods, m) && matches(&r.pattern, path))
+                    .map(|r| r.index)
+            };
+            first(method).or_else(|| {
+                (method == Method::HEAD)
+                    .then(|| first(&Method::GET))
+                    .flatten()
+            })
+        }
+
+        fn word() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => prop_oneof![
+                    Just("api"), Just("v1"), Just("tools"), Just("models"), Just("guardrails"),
+                    Just("connections"), Just("files"), Just("jobs"), Just("health"),
+                    Just("deploy"), Just("deployment"), Just("import"), Just("export"),
+                    Just("x"), Just("{tool_id}"), Just("%7Btool_id%7D"), Just("*"), Just(":id"),
+                ].prop_map(str::to_owned),
+                3 => prop_oneof![
+                    Just(""), Just("."), Just(".."), Just("%2e%2e"), Just("%2E"), Just("%61pi"),
+                    Just("API"), Just("%76%31"), Just("a;b"), Just(";"), Just("%20"), Just("%25"),
+                    Just("%2f"), Just("..;"), Just("~"), Just("%7e"),
+                ].prop_map(str::to_owned),
+                2 => "[a-zA-Z0-9._~%;:@!$&'()*+,=-]{1,8}",
+            ]
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            prop::collection::vec(word(), 0..8).prop_map(|w| format!("/{}", w.join("/")))
+        }
+
+        fn method() -> impl Strategy<Value = Method> {
+            prop_oneof![
+                Just(Method::GET),
+                Just(Method::HEAD),
+                Just(Method::POST),
+                Just(Method::PUT),
+                Just(Method::DELETE),
+                Just(Method::PATCH),
+                Just(Method::OPTIONS),
+                Just(Method::from_bytes(b"PURGE").expect("method")),
+            ]
+        }
+
+        /// The route found is the one the normalised path (the path forwarded) matches, and
+        /// the first in file order to do so; when none matches, nothing is found.
+        fn check(table: &RouteTable, method: &Method, input: &str) -> Result<(), TestCaseError> {
+            let Ok(path) = normalize(input) else {
+                return Ok(());
+            };
+            let want = first_match(table, method, &path);
+            match table.find(method, &path) {
+                RouteMatch::Found(route) => {
+                    prop_assert!(
+                        matches(&route.pattern, &path),
+                        "{method} {input:?} -> {path:?} routed to {}",
+                        route.pattern
+                    );
+                    prop_assert_eq!(
+                        Some(route.index),
+                        want,
+                        "{} {:?} -> {:?}",
+                        method,
+                        input,
+                        path
+                    );
+                }
+                RouteMatch::MethodNotAllowed(allow) => {
+                    prop_assert_eq!(want, None, "{} {:?}: 405 {}", method, path, allow);
+                    prop_assert!(!allow.split(", ").any(|m| m == method.as_str()));
+                }
+                RouteMatch::NotFound => prop_assert_eq!(want, None, "{} {:?}: 404", method, path),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+            #[test]
+            fn repo_routes_forward_what_they_matched(m in method(), input in path()) {
+                static TABLE: std::sync::OnceLock<RouteTable> = std::sync::OnceLock::new();
+                check(TABLE.get_or_init(repo_table), &m, &input)?;
+            }
+
+            #[test]
+            fn wildcard_routes_forward_what_they_matched(m in method(), input in path()) {
+                static TABLE: std::sync::OnceLock<RouteTable> = std::sync::OnceLock::new();
+                let table = TABLE.get_or_init(|| {
+                    RouteTable::build(vec![
+                        spec("GET", "/api/v1/tools/import"),
+                        spec("POST", "/api/v1/tools/{tool_id}/deploy"),
+                        spec("GET,HEAD", "/api/v1/jobs/{job_id}"),
+                        spec("*", "/api/v1/prefixed/{anything}"),
+                        spec("GET", "/api/v1/{x}/{y}"),
+                        spec("*", "/api/{a}/{b}/{c}/{d}"),
+                    ])
+                    .expect("valid")
+                });
+                check(table, &m, &input)?;
+            }
+        }
+
+        #[test]
+        fn repo_table_every_pattern_finds_itself() {
+            let table = repo_table();
+            for r in table.routes() {
+                let path = r.pattern.replace(['{', '}'], "");
+                let MethodSet::Only(ms) = &r.spec.methods else {
+                    continue;
+                };
+                for m in ms {
+                    match table.find(m, &path) {
+                        RouteMatch::Found(found) => assert_eq!(found.index, r.index, "{m} {path}"),
+                        _ => panic!("{m} {path} not found"),
+                    }
+                }
             }
         }
     }
