@@ -164,6 +164,8 @@ async fn start_sample_upstream(
     let settings = ConnectionSettings {
         max_connections: 1024,
         header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_header_bytes: 32 * 1024,
         grace: Duration::from_secs(1),
     };
     let name: Arc<str> = Arc::from(name);

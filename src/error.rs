@@ -19,6 +19,10 @@ pub enum ProxyError {
     BadPath(#[from] PathError),
     #[error("{0}")]
     Credential(#[from] CredentialError),
+    #[error("the request target exceeds {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("the request headers exceed {limit} bytes")]
+    HeadersTooLarge { limit: usize },
     #[error("no route for this path")]
     RouteNotFound,
     #[error("method not allowed")]
@@ -84,6 +88,10 @@ impl ProxyError {
         let (status, code) = match self {
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) | ProxyError::Credential(_) => {
                 (S::BAD_REQUEST, "bad_request")
+            }
+            ProxyError::UriTooLong { .. } => (S::URI_TOO_LONG, "uri_too_long"),
+            ProxyError::HeadersTooLarge { .. } => {
+                (S::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large")
             }
             ProxyError::RouteNotFound => (S::NOT_FOUND, "route_not_found"),
             ProxyError::MethodNotAllowed { .. } => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -220,6 +228,12 @@ mod tests {
                 "bad_request",
             ),
             (ProxyError::RouteNotFound, 404, "route_not_found"),
+            (ProxyError::UriTooLong { limit: 1 }, 414, "uri_too_long"),
+            (
+                ProxyError::HeadersTooLarge { limit: 1 },
+                431,
+                "headers_too_large",
+            ),
             (
                 ProxyError::MethodNotAllowed {
                     allow: "GET".into(),

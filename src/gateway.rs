@@ -114,6 +114,8 @@ pub async fn start_with_store(
     let settings = ConnectionSettings {
         max_connections: config.limits.max_connections,
         header_read_timeout: config.limits.header_read_timeout,
+        idle_timeout: config.limits.idle_timeout,
+        max_header_bytes: config.limits.max_header_bytes,
         grace: config.shutdown_grace,
     };
     let pipeline = Arc::new(Pipeline {

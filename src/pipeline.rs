@@ -112,6 +112,7 @@ impl Pipeline {
         live: &LiveConfig,
         seen: &mut Seen,
     ) -> Result<Response<GatewayBody>, ProxyError> {
+        check_size(&request, &live.limits)?;
         check_forwardable(&request, &live.routes)?;
         // A cheap clone (shared bytes) so the path can outlive the request it is forwarded in.
         let uri = request.uri().clone();
@@ -211,6 +212,31 @@ impl Pipeline {
         principal.authorize(access)?;
         Ok(principal)
     }
+}
+
+/// The protective limits on the request head.
+fn check_size<B>(request: &Request<B>, limits: &Limits) -> Result<(), ProxyError> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if target > limits.max_uri_bytes {
+        return Err(ProxyError::UriTooLong {
+            limit: limits.max_uri_bytes,
+        });
+    }
+    // Counted as on the wire: "name: value\r\n".
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge {
+            limit: limits.max_header_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Requests the gateway never forwards, whatever the routes say.

@@ -16,8 +16,9 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -26,12 +27,21 @@ use tokio::sync::{watch, Semaphore};
 pub struct ConnectionSettings {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest header block accepted (HTTP/2 header list size; HTTP/1 is checked per request).
+    pub max_header_bytes: usize,
     /// How long in-flight requests may run after shutdown begins.
     pub grace: Duration,
 }
 
 /// HTTP/2 streams per connection: enough for any real client, bounded against floods.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams a client may open and reset before the server sees them (CVE-2023-44487, "rapid
+/// reset"): past it the connection is closed with GOAWAY.
+const MAX_PENDING_RESET_STREAMS: usize = 20;
+/// Streams the server may reset for protocol errors before giving up on the connection.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// A failed accept (e.g. out of file descriptors) is retried after this pause, not in a hot loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -76,7 +86,10 @@ pub async fn serve_with_tls<F, Fut, B>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(settings.max_connections));
@@ -107,10 +120,17 @@ pub async fn serve_with_tls<F, Fut, B>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let activity = Arc::new(Activity::new());
+        let tracked = activity.clone();
         let service = service_fn(move |request| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(request, peer).await) }
+            let busy = tracked.begin();
+            async move {
+                let response = handler(request, peer).await;
+                Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _busy: busy }))
+            }
         });
+        let idle = idle_timer(activity, settings.idle_timeout);
         // Taken now, so a connection accepted before a shutdown is told about it.
         let watcher = graceful.watcher();
         let builder = builder.clone();
@@ -120,13 +140,14 @@ pub async fn serve_with_tls<F, Fut, B>(
         tokio::spawn(async move {
             match acceptor {
                 None => {
-                    run_connection(&builder, TokioIo::new(stream), service, watcher, peer).await
+                    let io = TokioIo::new(stream);
+                    run_connection(&builder, io, service, watcher, idle, peer).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            run_connection(&builder, TokioIo::new(stream), service, watcher, peer)
-                                .await
+                            let io = TokioIo::new(stream);
+                            run_connection(&builder, io, service, watcher, idle, peer).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -147,12 +168,14 @@ pub async fn serve_with_tls<F, Fut, B>(
     }
 }
 
-/// Serves one connection (plain or TLS) to its end, draining gracefully on shutdown.
+/// Serves one connection (plain or TLS) to its end, draining gracefully on shutdown and
+/// closing it once `idle` resolves.
 async fn run_connection<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
     watcher: Watcher,
+    idle: impl Future<Output = ()>,
     peer: SocketAddr,
 ) where
     I: Read + Write + Unpin + Send + 'static,
@@ -163,8 +186,96 @@ async fn run_connection<I, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let connection = builder.serve_connection(io, service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    tokio::select! {
+        ended = watcher.watch(connection.into_owned()) => {
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        // Nothing is in flight: dropping the connection just closes an unused socket.
+        _ = idle => tracing::debug!(%peer, "idle connection closed"),
+    }
+}
+
+/// Requests in flight on one connection, and since when it has had none.
+struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `epoch` when the last request in flight finished.
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    fn now_millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A request in flight, until its response body is done (or dropped).
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0
+                .idle_since
+                .store(self.0.now_millis(), Ordering::Release);
+        }
+    }
+}
+
+/// Resolves once the connection has had nothing in flight for `limit`.
+async fn idle_timer(activity: Arc<Activity>, limit: Duration) {
+    let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        let since = activity.idle_since.load(Ordering::Acquire);
+        let wait = (since.saturating_add(limit_ms)).saturating_sub(activity.now_millis());
+        if wait == 0 && activity.in_flight.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(wait.max(limit_ms / 4).max(1))).await;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that marks its request finished when it is done or dropped.
+    struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _busy: Busy,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
