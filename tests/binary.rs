@@ -712,6 +712,16 @@ async fn sigterm_drains_in_flight_request_and_flushes_last_used() {
             record.last_used_at.is_some(),
             "last use of {id} flushed at shutdown: {record:?}"
         );
+        let today = scopegate::model::utc_date(scopegate::model::now_unix());
+        let counted = store
+            .usage(scopegate::model::UsageSubject::Key(id), &[today])
+            .await
+            .expect("read usage");
+        assert_eq!(
+            counted,
+            vec![1],
+            "the use of {id} is counted in the store after exit"
+        );
     }
 }
 
@@ -804,4 +814,66 @@ async fn demo_prints_working_curl_lines() {
 
     let status = demo.stop_gracefully().await;
     assert_eq!(status.code(), Some(0), "log:\n{}", demo.log());
+}
+
+#[tokio::test]
+async fn broken_edits_are_logged_with_file_line_and_column_and_sighup_reloads() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut gw =
+        GatewayProcess::serve(dir.path(), &serve_yaml(&upstream, &dir.path().join("data"))).await;
+    let good = std::fs::read_to_string(gw.config()).expect("config");
+    let broken = replace_once(&good, "scope: deploy_tool\n", "scope: deploy_tol\n");
+    std::fs::write(gw.config(), &broken).expect("write broken config");
+    let (line, col) = position_of(&broken, "deploy_tol\n");
+    let wanted = format!("{}:{line}:{col}:", gw.config().display());
+    let mut logged = false;
+    for _ in 0..100 {
+        if gw.log().contains(&wanted) {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(logged, "log names {wanted}:\n{}", gw.log());
+    assert_eq!(
+        get(&gw.url("/api/v1/health"), &[]).await.status,
+        200,
+        "old config stays"
+    );
+
+    // SIGHUP reloads (and does not stop the process). The edit goes through a hard link in
+    // another folder, which the file watch does not see: only the signal can apply it.
+    let elsewhere = tempfile::tempdir().expect("dir");
+    let link = elsewhere.path().join("link.yaml");
+    std::fs::hard_link(gw.config(), &link).expect("hard link");
+    std::fs::write(
+        &link,
+        replace_once(&good, "/api/v1/health", "/api/v2/health"),
+    )
+    .expect("write good config");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        get(&gw.url("/api/v2/health"), &[]).await.status,
+        404,
+        "not applied before SIGHUP"
+    );
+    let pid = gw.pid.to_string();
+    let status = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await
+        .expect("kill -HUP");
+    assert!(status.success());
+    let mut moved = false;
+    for _ in 0..100 {
+        if get(&gw.url("/api/v2/health"), &[]).await.status == 200 {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(moved, "log:\n{}", gw.log());
+    assert!(gw.log().contains("config reloaded"));
+    assert_eq!(gw.stop_gracefully().await.code(), Some(0));
 }
