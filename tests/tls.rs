@@ -468,3 +468,48 @@ async fn a_config_reload_picks_up_rotated_certificate_files_and_refuses_broken_o
     };
     assert_eq!((reloads("error"), reloads("ok")), (1.0, 1.0));
 }
+
+#[test]
+fn check_names_the_tls_line_when_the_certificate_and_key_do_not_load() {
+    let pki = Pki::new();
+    let first = pki.leaf("first");
+    let second = pki.leaf("second");
+    let upstream_url = "http://127.0.0.1:1".to_owned();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let yaml = config_yaml(
+        &Upstreams {
+            tools: upstream_url,
+        },
+        None,
+        &dir.path().join("data"),
+    )
+    .replacen(
+        "listen: 127.0.0.1:0\n",
+        "listen: 127.0.0.1:0\ntls:\n  cert: cert.pem\n  key: key.pem\n",
+        1,
+    );
+    let path = dir.path().join("gateway.yaml");
+    let line = yaml
+        .lines()
+        .position(|l| l.trim_start().starts_with("cert: cert.pem"))
+        .expect("line")
+        + 1;
+    let problem_of = |yaml: &str| match scopegate::config::parse(&path, yaml) {
+        Ok(_) => panic!("a broken certificate pair was accepted"),
+        Err(e) => e.problems.into_iter().next().expect("a problem"),
+    };
+    let missing = problem_of(&yaml);
+    assert_eq!(missing.line, Some(line), "{missing}");
+    assert!(missing.message.contains("cert.pem"), "{missing}");
+
+    write(dir.path(), "cert.pem", &first.cert_pem);
+    write(dir.path(), "key.pem", &second.key_pem);
+    let mismatch = problem_of(&yaml);
+    assert_eq!(mismatch.line, Some(line), "{mismatch}");
+
+    write(dir.path(), "key.pem", &first.key_pem);
+    assert!(
+        scopegate::config::parse(&path, &yaml).is_ok(),
+        "a matching pair passes"
+    );
+}

@@ -5,7 +5,7 @@ use super::file::{Entries, RawAdmin, RawCache, RawConfig, RawLimits, RawStore, R
 use super::position::{at, PositionIndex, YamlPath};
 use super::*;
 use crate::routing::{RouteProblem, RouteTable};
-use crate::tls::TrustedCa;
+use crate::tls::{TlsAcceptorSource, TrustedCa};
 use std::fmt::Display;
 use std::net::Ipv4Addr;
 
@@ -74,15 +74,24 @@ pub(super) fn validate(
 
     let listen = socket_addr(&mut c, &at(&["listen"]), &raw.listen);
     let tls = raw.tls.map(|t| {
+        let mut named = true;
         for (key, value) in [("cert", &t.cert), ("key", &t.key)] {
             if value.trim().is_empty() {
                 c.at(&at(&["tls", key]), "must name a PEM file");
+                named = false;
             }
         }
-        TlsConfig {
+        let tls = TlsConfig {
             cert: dir.join(t.cert),
             key: dir.join(t.key),
+        };
+        // Read now, so a missing file or a key that does not match is a `check` problem.
+        if named {
+            if let Err(e) = TlsAcceptorSource::load(&tls.cert, &tls.key) {
+                c.at(&at(&["tls", "cert"]), &e.to_string());
+            }
         }
+        tls
     });
     let admin = admin(&mut c, raw.admin.unwrap_or_default());
     let metrics_listen = raw.metrics.and_then(|m| m.listen);
