@@ -45,6 +45,8 @@ pub struct RunningGateway {
     /// certificate to new connections.
     pub tls: Option<Arc<TlsAcceptorSource>>,
     pub store: Arc<dyn KeyStore>,
+    /// The request pipeline, for measuring it without sockets.
+    pub pipeline: Arc<Pipeline>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     usage_stop: watch::Sender<bool>,
@@ -172,13 +174,14 @@ pub async fn start_with_store(
         local_addr(&admin_listener, config.admin.listen),
         local_addr(&metrics_listener, config.metrics.listen),
     );
+    let proxy_pipeline = pipeline.clone();
     let servers = vec![
         tokio::spawn(serve_with_tls(
             proxy_listener,
             settings.clone(),
             tls.clone(),
             move |request, peer| {
-                let pipeline = pipeline.clone();
+                let pipeline = proxy_pipeline.clone();
                 async move { pipeline.handle(request, peer).await }
             },
             stop_rx.clone(),
@@ -209,6 +212,7 @@ pub async fn start_with_store(
         metrics_addr: addrs.2,
         tls,
         store,
+        pipeline,
         stop,
         servers,
         usage_stop,

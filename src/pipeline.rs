@@ -13,11 +13,12 @@ use crate::proxy::headers::Forwarded;
 use crate::proxy::{Forwarder, Outgoing};
 use crate::ratelimit::{Decision, RateLimits};
 use crate::routing::normalize::normalize;
-use crate::routing::{Access, RouteMatch, RouteTable};
+use crate::routing::{Access, Route, RouteMatch, RouteTable};
 use crate::usage::UsageRecorder;
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,10 +59,21 @@ impl LiveConfig {
 }
 
 /// What the outer handler needs to label a request's metrics, filled in as the pipeline runs.
-#[derive(Default)]
-struct Seen {
-    route: Option<usize>,
-    app: Option<Arc<str>>,
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub route: Option<usize>,
+    pub app: Option<Arc<str>>,
+}
+
+/// A request the gateway has decided to forward.
+#[derive(Debug)]
+pub struct Admission<'a> {
+    pub route: &'a Route,
+    /// The normalised path when it differs from the request's (`None`: forward it as sent).
+    pub rewritten_path: Option<String>,
+    pub principal: Option<Principal>,
+    /// The key's rate-limit state after this request: limit, remaining, reset.
+    pub budget: Option<(u32, u32, u64)>,
 }
 
 /// Everything a proxied request needs; shared by all connections.
@@ -112,11 +124,49 @@ impl Pipeline {
         live: &LiveConfig,
         seen: &mut Seen,
     ) -> Result<Response<GatewayBody>, ProxyError> {
-        check_size(&request, &live.limits)?;
-        check_forwardable(&request, &live.routes)?;
         // A cheap clone (shared bytes) so the path can outlive the request it is forwarded in.
         let uri = request.uri().clone();
-        let path = normalize(uri.path())?;
+        let admission = self.admit(&request, live, seen).await?;
+        let route = admission.route;
+        let principal = admission.principal.as_ref();
+        let forwarded = Forwarded {
+            client_ip: peer.ip(),
+            trusted_peer: is_trusted(&live.limits, peer.ip()),
+            proto: self.proto,
+            host: original_host(&request),
+            app_id: principal.map(|p| &*p.app.id),
+            key_id: principal.map(|p| &*p.key_id),
+        };
+        let out = Outgoing {
+            upstream: &route.spec.upstream,
+            path: admission.rewritten_path.as_deref().unwrap_or(uri.path()),
+            max_body: route.spec.max_body.unwrap_or(live.limits.max_body),
+            strip_bearer: credential::is_bearer(request.headers()),
+            forwarded,
+        };
+        let sent = Instant::now();
+        let response = self.forwarder.forward(request, out).await;
+        if let Some(m) = live.route_metrics.get(route.index) {
+            self.metrics.record_upstream(m, sent.elapsed());
+        }
+        let mut response = response?;
+        if let Some((limit, remaining, reset)) = admission.budget {
+            rate_limit_headers(response.headers_mut(), limit, remaining, reset);
+        }
+        Ok(response)
+    }
+
+    /// Every decision before forwarding: limits on the head, path, route, credential,
+    /// principal, scope and rate limit. Touches no socket, so it can be measured alone.
+    pub async fn admit<'a, B>(
+        &self,
+        request: &Request<B>,
+        live: &'a LiveConfig,
+        seen: &mut Seen,
+    ) -> Result<Admission<'a>, ProxyError> {
+        check_size(request, &live.limits)?;
+        check_forwardable(request, &live.routes)?;
+        let path = normalize(request.uri().path())?;
         let route = match live.routes.find(request.method(), &path) {
             RouteMatch::Found(route) => route,
             RouteMatch::MethodNotAllowed(allow) => {
@@ -133,7 +183,7 @@ impl Pipeline {
         let mut budget = None;
         if let Some(p) = &principal {
             let limit = p.app.rate_limit.unwrap_or(live.default_rate_limit);
-            match self.rate_limits.check(&p.key_id, limit) {
+            budget = Some(match self.rate_limits.check(&p.key_id, limit) {
                 Decision::Limited {
                     limit,
                     retry_after,
@@ -149,35 +199,25 @@ impl Pipeline {
                     limit,
                     remaining,
                     reset,
-                } => budget = Some((limit, remaining, reset)),
-            }
+                } => (limit, remaining, reset),
+            });
             self.usage.record(&p.key_id, &p.app.id);
         }
-        let forwarded = Forwarded {
-            client_ip: peer.ip(),
-            trusted_peer: is_trusted(&live.limits, peer.ip()),
-            proto: self.proto,
-            host: original_host(&request),
-            app_id: principal.as_ref().map(|p| &*p.app.id),
-            key_id: principal.as_ref().map(|p| &*p.key_id),
+        let rewritten_path = match path {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => Some(p),
         };
-        let out = Outgoing {
-            upstream: &route.spec.upstream,
-            path: &path,
-            max_body: route.spec.max_body.unwrap_or(live.limits.max_body),
-            strip_bearer: credential::is_bearer(request.headers()),
-            forwarded,
-        };
-        let sent = Instant::now();
-        let response = self.forwarder.forward(request, out).await;
-        if let Some(m) = live.route_metrics.get(route.index) {
-            self.metrics.record_upstream(m, sent.elapsed());
-        }
-        let mut response = response?;
-        if let Some((limit, remaining, reset)) = budget {
-            rate_limit_headers(response.headers_mut(), limit, remaining, reset);
-        }
-        Ok(response)
+        Ok(Admission {
+            route,
+            rewritten_path,
+            principal,
+            budget,
+        })
+    }
+
+    /// The config in force now (requests hold it for their whole life).
+    pub fn live(&self) -> Arc<LiveConfig> {
+        self.live.load_full()
     }
 
     fn count_refusal(&self, error: &ProxyError, seen: &Seen) {

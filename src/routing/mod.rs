@@ -6,7 +6,7 @@
 pub mod normalize;
 mod table;
 
-pub use self::table::{RouteMatch, RouteProblem, RouteTable};
+pub use self::table::{Route, RouteMatch, RouteProblem, RouteTable};
 
 use crate::tls::TrustedCa;
 use http::Method;
