@@ -88,7 +88,7 @@ pub(super) fn validate(
         // Read now, so a missing file or a key that does not match is a `check` problem.
         if named {
             if let Err(e) = TlsAcceptorSource::load(&tls.cert, &tls.key) {
-                c.at(&at(&["tls", "cert"]), &e.to_string());
+                c.at(&at(&["tls", "cert"]), e.to_string());
             }
         }
         tls
