@@ -121,10 +121,15 @@ impl Body for GatewayBody {
         match self.project() {
             GatewayBodyProj::Local { body } => body.poll_frame(cx).map_err(|e| match e {}),
             GatewayBodyProj::Upstream { body, deadline } => {
-                if deadline.poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
+                // The body first: a frame already here needs no timer (most answers are whole
+                // in the first read), and the deadline only matters while we wait.
+                match body.poll_frame(cx) {
+                    Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+                    Poll::Pending if deadline.poll(cx).is_ready() => {
+                        Poll::Ready(Some(Err(Box::new(DeadlineExceeded))))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                body.poll_frame(cx).map_err(Into::into)
             }
         }
     }
