@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::gateway::{config_yaml, TestGateway, Upstreams};
+use common::gateway::TestGateway;
 use common::http::{get, raw, send};
 use common::upstream::Upstream;
 use http::Method;
@@ -44,19 +44,13 @@ async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
 async fn setup(raw_answer: &'static [u8]) -> (Upstream, TestGateway) {
     let upstream = Upstream::start().await;
     let faulty = raw_upstream(raw_answer).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let yaml = config_yaml(
-        &Upstreams {
-            tools: upstream.url(),
-        },
-        None,
-        &dir.path().join("data"),
-    )
-    .replace(
-        "upstreams:\n",
-        &format!("{LIMITS}upstreams:\n  faulty:\n    url: http://{faulty}\n    timeout: 2s\n"),
-    ) + "  - method: GET\n    path: /faulty\n    scope: public\n    upstream: faulty\n";
-    let gw = TestGateway::start_in(&yaml, dir).await;
+    let extra =
+        format!("{LIMITS}upstreams:\n  faulty:\n    url: http://{faulty}\n    timeout: 2s\n");
+    let gw = TestGateway::in_front_of(&upstream.url(), |yaml| {
+        yaml.replace("upstreams:\n", &extra)
+            + "  - method: GET\n    path: /faulty\n    scope: public\n    upstream: faulty\n"
+    })
+    .await;
     (upstream, gw)
 }
 

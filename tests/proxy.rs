@@ -3,22 +3,14 @@
 mod common;
 
 use bytes::Bytes;
-use common::gateway::{config_yaml, TestGateway, Upstreams};
+use common::gateway::TestGateway;
 use common::http::{get, send};
 use common::upstream::Upstream;
 use http::Method;
 
 async fn setup() -> (Upstream, TestGateway) {
     let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let yaml = config_yaml(
-        &Upstreams {
-            tools: upstream.url(),
-        },
-        None,
-        &dir.path().join("data"),
-    );
-    let gateway = TestGateway::start_in(&yaml, dir).await;
+    let gateway = TestGateway::in_front_of(&upstream.url(), |yaml| yaml).await;
     (upstream, gateway)
 }
 

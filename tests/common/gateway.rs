@@ -117,6 +117,16 @@ impl TestGateway {
         Self::start_in(yaml, dir).await
     }
 
+    /// The test config in front of `tools` (embedded store in a fresh folder), after `edit`.
+    pub async fn in_front_of(tools: &str, edit: impl FnOnce(String) -> String) -> TestGateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let upstreams = Upstreams {
+            tools: tools.to_owned(),
+        };
+        let yaml = edit(config_yaml(&upstreams, None, &dir.path().join("data")));
+        Self::start_in(&yaml, dir).await
+    }
+
     pub async fn start_in(yaml: &str, dir: tempfile::TempDir) -> TestGateway {
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, yaml).expect("write config");
