@@ -287,6 +287,7 @@ fn check_forwardable<B>(request: &Request<B>, routes: &RouteTable) -> Result<(),
             .unwrap_or_default();
         return Err(ProxyError::MethodNotAllowed { allow });
     }
+    check_framing(request)?;
     if let (Some(authority), Some(host)) = (
         request.uri().authority(),
         request.headers().get(http::header::HOST),
@@ -299,6 +300,36 @@ fn check_forwardable<B>(request: &Request<B>, routes: &RouteTable) -> Result<(),
                 "the request target's authority differs from Host",
             ));
         }
+    }
+    Ok(())
+}
+
+/// What hyper accepts but a proxy must not pass on: a transfer coding besides `chunked` (the
+/// coding would be dropped with the hop-by-hop header and the upstream would take the coded
+/// bytes for the body), and an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2).
+fn check_framing<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    let only_chunked = request
+        .headers()
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .all(|v| {
+            v.to_str().is_ok_and(|codings| {
+                codings
+                    .split(',')
+                    .all(|c| c.trim().eq_ignore_ascii_case("chunked"))
+            })
+        });
+    if !only_chunked {
+        return Err(ProxyError::BadRequest(
+            "a transfer coding other than chunked",
+        ));
+    }
+    if request.version() == http::Version::HTTP_11
+        && request.headers().get_all(http::header::HOST).iter().count() != 1
+    {
+        return Err(ProxyError::BadRequest(
+            "an HTTP/1.1 request needs exactly one Host",
+        ));
     }
     Ok(())
 }
