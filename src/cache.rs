@@ -150,8 +150,10 @@ impl KeyCache {
         }))
     }
 
-    /// Entries currently held (approximate; for tests and diagnostics).
-    pub fn entry_count(&self) -> u64 {
+    /// Entries currently held, after pending evictions run (for tests and diagnostics).
+    pub async fn entry_count(&self) -> u64 {
+        self.keys.run_pending_tasks().await;
+        self.apps.run_pending_tasks().await;
         self.keys.entry_count() + self.apps.entry_count()
     }
 }
@@ -189,5 +191,37 @@ fn cached_app(a: App) -> CachedApp {
         id: Arc::from(a.id),
         scopes: a.scopes.into_iter().map(Arc::from).collect(),
         rate_limit: a.rate_limit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EmbeddedStore;
+
+    #[tokio::test]
+    async fn a_flood_of_unknown_keys_is_bounded_and_each_id_read_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+        let metrics = Metrics::new();
+        let cache = KeyCache::new(store, Duration::from_secs(30), 1_000, metrics.clone());
+        for i in 0..20_000 {
+            let entry = cache.key(&format!("nosuchkey{i}")).await.expect("lookup");
+            assert!(entry.is_none());
+        }
+        assert!(cache.entry_count().await <= 1_000, "bounded by max_entries");
+        // A repeated unknown id is answered from the negative entry, not the store.
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"scopegate_key_cache_total{result="miss"} 20000"#),
+            "{text}"
+        );
+        cache.key("again").await.expect("lookup");
+        cache.key("again").await.expect("lookup");
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"scopegate_key_cache_total{result="hit"} 1"#),
+            "{text}"
+        );
     }
 }

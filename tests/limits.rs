@@ -247,3 +247,48 @@ async fn faults_leave_no_task_behind() {
     );
     assert!(upstream.count() >= 21);
 }
+
+#[tokio::test]
+async fn a_slow_upload_ends_with_504_when_the_upstream_deadline_passes() {
+    let (upstream, gw) = setup(b"").await;
+    let key = gw.key_with(&["upload_file"]).await;
+    let mut stream = TcpStream::connect(gw.proxy).await.expect("connect");
+    let head = format!(
+        "POST /api/v1/files/upload HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nContent-Length: 1000\r\n\r\nonly-a-little"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    // The rest of the body never comes; the tools upstream's 2 s deadline ends the wait.
+    let answer = tokio::time::timeout(PATIENCE, async {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("upstream_timeout") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        seen
+    })
+    .await
+    .expect("the gateway answers instead of waiting forever");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.contains("upstream_timeout"));
+    assert!(
+        upstream.requests().iter().all(|r| r.body_len < 1000),
+        "no made-up body"
+    );
+}
+
+#[tokio::test]
+async fn too_many_header_fields_get_431() {
+    let (upstream, gw) = setup(b"").await;
+    let mut request = String::from("GET /api/v1/health HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..150 {
+        request.push_str(&format!("x-h{i}: 1\r\n"));
+    }
+    request.push_str("\r\n");
+    let answer = raw(gw.proxy, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(upstream.count(), 0);
+}
