@@ -246,7 +246,9 @@ async fn idle_timer(activity: Arc<Activity>, limit: Duration) {
         if wait == 0 && activity.in_flight.load(Ordering::Acquire) == 0 {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(wait.max(limit_ms / 4).max(1))).await;
+        // Busy: look again in a while. Idle: wake exactly when the limit is reached.
+        let next = if wait == 0 { (limit_ms / 4).max(1) } else { wait };
+        tokio::time::sleep(Duration::from_millis(next)).await;
     }
 }
 
