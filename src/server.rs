@@ -247,7 +247,11 @@ async fn idle_timer(activity: Arc<Activity>, limit: Duration) {
             return;
         }
         // Busy: look again in a while. Idle: wake exactly when the limit is reached.
-        let next = if wait == 0 { (limit_ms / 4).max(1) } else { wait };
+        let next = if wait == 0 {
+            (limit_ms / 4).max(1)
+        } else {
+            wait
+        };
         tokio::time::sleep(Duration::from_millis(next)).await;
     }
 }
