@@ -121,8 +121,11 @@ impl Reloader {
         }
     }
 
-    fn refuse(&self, problem: &dyn std::fmt::Display) -> bool {
-        tracing::error!("config reload refused, the running config stays: {problem}");
+    /// Logs every problem, counts one refused reload; the running config stays.
+    fn refuse<P: std::fmt::Display>(&self, problems: &[P]) -> bool {
+        for problem in problems {
+            tracing::error!("config reload refused, the running config stays: {problem}");
+        }
         self.metrics.config_reload(false);
         false
     }
@@ -131,24 +134,18 @@ impl Reloader {
     pub fn reload(&self) -> bool {
         let config = match config::load(&self.path) {
             Ok(config) => config,
-            Err(errors) => {
-                for problem in &errors.problems {
-                    tracing::error!("config reload refused, the running config stays: {problem}");
-                }
-                self.metrics.config_reload(false);
-                return false;
-            }
+            Err(errors) => return self.refuse(&errors.problems),
         };
         // Everything that can still fail is prepared before anything is swapped.
         let certificate = match (&self.tls, &config.tls) {
             (Some(_), Some(t)) => match TlsAcceptorSource::load(&t.cert, &t.key) {
                 Ok(server) => Some(server),
-                Err(e) => return self.refuse(&e),
+                Err(e) => return self.refuse(&[e]),
             },
             _ => None,
         };
         if let Err(e) = self.pipeline.forwarder.prepare(&config.upstreams) {
-            return self.refuse(&e);
+            return self.refuse(&[e]);
         }
         if let (Some(source), Some(server)) = (&self.tls, certificate) {
             source.replace(server);
