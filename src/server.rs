@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 /// How a listener treats its connections.
 #[derive(Clone, Debug)]
@@ -42,6 +42,11 @@ const MAX_CONCURRENT_STREAMS: u32 = 256;
 const MAX_PENDING_RESET_STREAMS: usize = 20;
 /// Streams the server may reset for protocol errors before giving up on the connection.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Rapid reset after acceptance: a connection on which at least this many requests were
+/// abandoned by the client before their response, and at least half of all its requests, is
+/// closed. Each abandoned request may already have cost an upstream call; a real client rarely
+/// cancels more than it completes.
+const ABANDONED_BUDGET: u64 = 100;
 /// A failed accept (e.g. out of file descriptors) is retried after this pause, not in a hot loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -124,13 +129,18 @@ pub async fn serve_with_tls<F, Fut, B>(
         let tracked = activity.clone();
         let service = service_fn(move |request| {
             let handler = handler.clone();
-            let busy = tracked.begin();
+            let mut busy = tracked.begin();
             async move {
                 let response = handler(request, peer).await;
+                busy.answered = true;
                 Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _busy: busy }))
             }
         });
-        let idle = idle_timer(activity, settings.idle_timeout);
+        let watch = ConnectionWatch {
+            idle: idle_timer(activity.clone(), settings.idle_timeout),
+            activity,
+            peer,
+        };
         // Taken now, so a connection accepted before a shutdown is told about it.
         let watcher = graceful.watcher();
         let builder = builder.clone();
@@ -141,13 +151,13 @@ pub async fn serve_with_tls<F, Fut, B>(
             match acceptor {
                 None => {
                     let io = TokioIo::new(stream);
-                    run_connection(&builder, io, service, watcher, idle, peer).await
+                    run_connection(&builder, io, service, watcher, watch).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let io = TokioIo::new(stream);
-                            run_connection(&builder, io, service, watcher, idle, peer).await
+                            run_connection(&builder, io, service, watcher, watch).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -168,15 +178,21 @@ pub async fn serve_with_tls<F, Fut, B>(
     }
 }
 
-/// Serves one connection (plain or TLS) to its end, draining gracefully on shutdown and
-/// closing it once `idle` resolves.
+/// What the connection task watches besides the connection itself.
+struct ConnectionWatch<Idle> {
+    idle: Idle,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+}
+
+/// Serves one connection (plain or TLS) to its end, draining gracefully on shutdown, and
+/// closing it once it has been idle too long or its client abandons too many requests.
 async fn run_connection<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
     watcher: Watcher,
-    idle: impl Future<Output = ()>,
-    peer: SocketAddr,
+    watch: ConnectionWatch<impl Future<Output = ()>>,
 ) where
     I: Read + Write + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
@@ -185,6 +201,11 @@ async fn run_connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let ConnectionWatch {
+        idle,
+        activity,
+        peer,
+    } = watch;
     let connection = builder.serve_connection(io, service);
     tokio::select! {
         ended = watcher.watch(connection.into_owned()) => {
@@ -194,15 +215,26 @@ async fn run_connection<I, S, B>(
         }
         // Nothing is in flight: dropping the connection just closes an unused socket.
         _ = idle => tracing::debug!(%peer, "idle connection closed"),
+        // Dropping it also drops the requests still in flight, and their upstream calls.
+        _ = activity.flood.notified() => tracing::warn!(
+            %peer,
+            abandoned = activity.abandoned.load(Ordering::Relaxed),
+            "connection closed: its client abandons most of its requests (rapid reset)"
+        ),
     }
 }
 
-/// Requests in flight on one connection, and since when it has had none.
+/// Requests in flight on one connection, since when it has had none, and how many of its
+/// requests the client abandoned.
 struct Activity {
     epoch: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after `epoch` when the last request in flight finished.
     idle_since: AtomicU64,
+    started: AtomicU64,
+    abandoned: AtomicU64,
+    /// Notified once the abandoned requests exceed the connection's budget.
+    flood: Notify,
 }
 
 impl Activity {
@@ -211,12 +243,30 @@ impl Activity {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            flood: Notify::new(),
         }
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Busy(self.clone())
+        self.started.fetch_add(1, Ordering::Relaxed);
+        Busy {
+            activity: self.clone(),
+            answered: false,
+        }
+    }
+
+    /// A request dropped before its response: an HTTP/2 stream reset by the client, or an
+    /// HTTP/1 client gone mid-request.
+    fn abandon(&self) {
+        let abandoned = self.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+        let started = self.started.load(Ordering::Relaxed);
+        if abandoned >= ABANDONED_BUDGET && abandoned.saturating_mul(2) >= started {
+            // `notify_one` keeps a permit, so the connection task sees it whenever it looks.
+            self.flood.notify_one();
+        }
     }
 
     fn now_millis(&self) -> u64 {
@@ -225,14 +275,22 @@ impl Activity {
 }
 
 /// A request in flight, until its response body is done (or dropped).
-struct Busy(Arc<Activity>);
+struct Busy {
+    activity: Arc<Activity>,
+    /// Set once the handler produced a response.
+    answered: bool,
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0
+        let activity = &self.activity;
+        if !self.answered {
+            activity.abandon();
+        }
+        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            activity
                 .idle_since
-                .store(self.0.now_millis(), Ordering::Release);
+                .store(activity.now_millis(), Ordering::Release);
         }
     }
 }

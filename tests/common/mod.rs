@@ -3,11 +3,13 @@
 //! - [`redis`]: a real `redis-server` on an ephemeral port;
 //! - [`upstream`]: a recording HTTP upstream on an ephemeral port;
 //! - [`gateway`]: a whole scopegate (in-process, port 0) from a YAML config, with admin helpers;
+//! - [`h2`]: raw HTTP/2 frames on a socket, for floods no client library would send;
 //! - [`http`]: a small HTTP client and raw-socket helpers;
 //! - [`prom`]: a strict Prometheus text parser for `/metrics` assertions.
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod h2;
 pub mod http;
 pub mod prom;
 pub mod redis;
