@@ -138,6 +138,7 @@ pub async fn start_with_store(
             "http"
         },
     });
+    background.push(spawn_rate_limit_upkeep(pipeline.clone()));
     let admin = Arc::new(Admin {
         store: store.clone(),
         cache: cache.clone(),
@@ -224,6 +225,19 @@ pub async fn start_with_store(
 
 /// The exporter keeps histogram samples in buffers until upkeep folds them in.
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often idle rate-limit state is dropped; the smallest idle time is one second.
+const RATE_LIMIT_UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Drops idle rate-limit state off the request path.
+fn spawn_rate_limit_upkeep(pipeline: Arc<Pipeline>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RATE_LIMIT_UPKEEP);
+        loop {
+            tick.tick().await;
+            pipeline.rate_limits.prune();
+        }
+    })
+}
 
 fn spawn_metrics_upkeep(metrics: Arc<Metrics>) -> JoinHandle<()> {
     tokio::spawn(async move {

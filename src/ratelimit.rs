@@ -1,30 +1,33 @@
 //! Per-key rate limits: one GCRA limiter (from `governor`) per API key.
 //!
 //! # What this module owns
-//! The limiter state of every key that made a request recently, held in a bounded
-//! `moka` cache. An entry is evicted once its key has been idle for as long as an
-//! empty bucket takes to refill completely, so evicting it loses nothing: a fresh
-//! limiter starts with the same full bucket the old one would have had. The cache is
-//! also bounded by a key count, so memory stays flat however many keys there are; if
-//! more keys are active at once than that bound, the least valuable ones (moka's
-//! TinyLFU) lose their state early and start over with a full bucket.
+//! The limiter state of every key that made a request recently, in a sharded concurrent map.
+//! [`RateLimits::prune`] (run every second by a background task) drops an entry once its key
+//! has been idle for as long as an empty bucket takes to refill completely, so dropping it
+//! loses nothing: a fresh limiter starts with the same full bucket the old one would have
+//! had. Prune also bounds the map by a key count, so memory stays flat however many keys
+//! there are; if more keys are active at once than that bound, the least recently used ones
+//! lose their state early and start over with a full bucket. Only authenticated keys get
+//! state, so a flood of made-up keys adds nothing here.
 //!
 //! # What it never does
-//! It never blocks or sleeps: a request over its budget gets [`Decision::Limited`]
-//! with the time to wait, and the caller answers 429. And it never takes a lock that
-//! all requests contend on: the cache is a sharded concurrent map, and each limiter
-//! is a single atomic compare-and-swap on its own state.
+//! It never blocks or sleeps: a request over its budget gets [`Decision::Limited`] with the
+//! time to wait, and the caller answers 429. And it never takes a lock that all requests
+//! contend on: a lookup read-locks one shard of the map, and each limiter is a single atomic
+//! compare-and-swap on its own state. The request path only reads, stamps and (for a key's
+//! first request) inserts; eviction runs in the background.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
 use governor::clock::{Clock, MonotonicClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use moka::sync::Cache;
-use moka::Expiry;
 
 use crate::model::RateLimit;
 
@@ -36,7 +39,10 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, MonotonicClock, StateInforma
 
 /// Per-key rate-limit state, shared by all connections (wrap it in an `Arc`).
 pub struct RateLimits {
-    cache: Cache<Arc<str>, Arc<Entry>>,
+    entries: DashMap<Arc<str>, Arc<Entry>>,
+    max_keys: usize,
+    /// Origin of the entries' `last_used` stamps.
+    epoch: Instant,
 }
 
 /// The outcome of counting one request against a key's limit.
@@ -75,11 +81,13 @@ struct Entry {
     interval: Duration,
     /// How long the key may stay idle before its state is worthless (bucket full).
     idle: Duration,
+    /// When the key was last checked, in milliseconds after [`RateLimits::epoch`].
+    last_used: AtomicU64,
     limiter: Limiter,
 }
 
 impl Entry {
-    fn new(limit: RateLimit) -> Entry {
+    fn new(limit: RateLimit, now: u64) -> Entry {
         // The config validates both as >= 1; clamping here keeps a bad value from
         // ever panicking on the request path.
         let per_second = NonZeroU32::new(limit.per_second).unwrap_or(NonZeroU32::MIN);
@@ -93,59 +101,29 @@ impl Entry {
             burst: burst.get(),
             interval: quota.replenish_interval(),
             idle: Duration::from_secs(refill_secs.max(1)),
+            last_used: AtomicU64::new(now),
             limiter: RateLimiter::direct_with_clock(quota, MonotonicClock)
                 .with_middleware::<StateInformationMiddleware>(),
         }
     }
-}
 
-/// Expires each entry after its own idle time, counted from its last check.
-struct IdleExpiry;
-
-impl Expiry<Arc<str>, Arc<Entry>> for IdleExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<Entry>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.idle)
-    }
-
-    fn expire_after_read(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<Entry>,
-        _read_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-        _last_modified_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.idle)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<Entry>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.idle)
+    fn is_idle(&self, now: u64) -> bool {
+        let idle = u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(self.last_used.load(Ordering::Relaxed)) >= idle
     }
 }
 
 impl RateLimits {
     /// Creates an empty set of limiters.
     ///
-    /// `max_keys`: bound on keys whose state is held at once. Set it above the number
-    /// of keys expected to be active within one refill window, or busy keys may lose
-    /// their state early (and so get a fresh burst).
+    /// `max_keys`: bound on keys whose state is held at once (between prunes, new keys may
+    /// briefly exceed it). Set it above the number of keys expected to be active within one
+    /// refill window, or busy keys may lose their state early (and so get a fresh burst).
     pub fn new(max_keys: u64) -> RateLimits {
         RateLimits {
-            cache: Cache::builder()
-                .max_capacity(max_keys)
-                .expire_after(IdleExpiry)
-                .build(),
+            entries: DashMap::new(),
+            max_keys: usize::try_from(max_keys).unwrap_or(usize::MAX),
+            epoch: Instant::now(),
         }
     }
 
@@ -154,7 +132,9 @@ impl RateLimits {
     /// Never blocks. If the key's limiter was built for a different limit (its app's
     /// limit was edited), it is replaced by a fresh one for `limit`.
     pub fn check(&self, key_id: &Arc<str>, limit: RateLimit) -> Decision {
-        let entry = self.entry(key_id, limit);
+        let now = self.now_millis();
+        let entry = self.entry(key_id, limit, now);
+        entry.last_used.store(now, Ordering::Relaxed);
         let (burst, interval) = (entry.burst, entry.interval);
         match entry.limiter.check() {
             Ok(snapshot) => {
@@ -183,26 +163,56 @@ impl RateLimits {
         }
     }
 
-    /// Keys whose state is held, after pending evictions have run (tests, diagnostics).
+    /// Drops the state of keys idle long enough for their bucket to be full again, then, if
+    /// more than `max_keys` remain, that of the least recently used. Background work: it
+    /// visits every entry.
+    pub fn prune(&self) {
+        let now = self.now_millis();
+        self.entries.retain(|_, entry| !entry.is_idle(now));
+        let excess = self.entries.len().saturating_sub(self.max_keys);
+        if excess == 0 {
+            return;
+        }
+        let mut by_age: Vec<(u64, Arc<str>)> = self
+            .entries
+            .iter()
+            .map(|e| (e.value().last_used.load(Ordering::Relaxed), e.key().clone()))
+            .collect();
+        by_age.select_nth_unstable_by_key(excess - 1, |(used, _)| *used);
+        for (_, key) in &by_age[..excess] {
+            self.entries.remove(key);
+        }
+    }
+
+    /// Keys whose state is held after a prune (tests, diagnostics).
     pub fn held_keys(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.prune();
+        self.entries.len() as u64
     }
 
     /// Finds the key's limiter for `limit`, creating or replacing it when needed.
-    fn entry(&self, key_id: &Arc<str>, limit: RateLimit) -> Arc<Entry> {
-        // Hot path: a borrowed lookup, no allocation (the clone is a refcount bump).
-        if let Some(entry) = self.cache.get(&**key_id) {
+    fn entry(&self, key_id: &Arc<str>, limit: RateLimit, now: u64) -> Arc<Entry> {
+        // Hot path: a borrowed lookup under one shard's read lock, no allocation.
+        if let Some(entry) = self.entries.get(&**key_id) {
             if entry.limit == limit {
-                return entry;
+                return entry.value().clone();
             }
         }
-        // Miss or edited limit: moka runs this once per key even under concurrent
-        // first requests, so two callers never end up with different limiters.
-        self.cache
-            .entry_by_ref(key_id)
-            .or_insert_with_if(|| Arc::new(Entry::new(limit)), |old| old.limit != limit)
-            .into_value()
+        // Miss or edited limit: decided under the shard's write lock, so two first
+        // requests of one key never end up with different limiters.
+        match self.entries.entry(key_id.clone()) {
+            MapEntry::Occupied(mut held) => {
+                if held.get().limit != limit {
+                    held.insert(Arc::new(Entry::new(limit, now)));
+                }
+                held.get().clone()
+            }
+            MapEntry::Vacant(free) => free.insert(Arc::new(Entry::new(limit, now))).clone(),
+        }
+    }
+
+    fn now_millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -336,16 +346,24 @@ mod tests {
     }
 
     #[test]
-    fn held_keys_are_bounded_by_max_keys() {
+    fn held_keys_are_bounded_by_max_keys_keeping_the_recently_used() {
         let limits = RateLimits::new(10_000);
-        let l = limit(10, 10);
+        // One request comes back per second: nothing refills while the test runs.
+        let l = limit(1, 10);
         for i in 0..100_000 {
             let k: Arc<str> = Arc::from(format!("key-{i}"));
             limits.check(&k, l);
         }
-        let held = limits.held_keys();
-        assert!(held <= 10_000, "held {held} keys");
-        assert!(held > 0);
+        thread::sleep(Duration::from_millis(5));
+        let recent = key("recent");
+        limits.check(&recent, l);
+        limits.check(&recent, l);
+        assert_eq!(limits.held_keys(), 10_000);
+        // Used last, so it kept its state: this is its third request.
+        match limits.check(&recent, l) {
+            Decision::Allowed { remaining, .. } => assert_eq!(remaining, 7),
+            other => panic!("expected Allowed, got {other:?}"),
+        }
     }
 
     #[test]
@@ -356,12 +374,7 @@ mod tests {
             limits.check(&key(&format!("k{i}")), l);
         }
         assert_eq!(limits.held_keys(), 50);
-        // moka's timer wheel fires in ~1.07s ticks, so allow a couple of ticks.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        thread::sleep(Duration::from_millis(1_100));
-        while limits.held_keys() != 0 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(100));
-        }
+        thread::sleep(Duration::from_millis(1_050));
         assert_eq!(limits.held_keys(), 0);
     }
 
