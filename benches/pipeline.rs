@@ -6,11 +6,14 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use scopegate::auth::{credential, key};
+use scopegate::cache::KeyCache;
 use scopegate::metrics::Metrics;
 use scopegate::model::RateLimit;
+use scopegate::model::{now_unix, App, KeyRecord};
 use scopegate::ratelimit::RateLimits;
 use scopegate::routing::normalize::normalize;
 use scopegate::routing::{RouteMatch, RouteTable};
+use scopegate::store::{EmbeddedStore, KeyStore};
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
@@ -133,6 +136,62 @@ fn bench_rate_limit(c: &mut Criterion) {
     });
 }
 
+/// A cached key and its app, as `Authenticator::authenticate` looks them up on every request.
+fn bench_cache_hit(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("dir");
+    let store: Arc<dyn KeyStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+    let cache = KeyCache::new(
+        store.clone(),
+        Duration::from_secs(600),
+        10_000,
+        Metrics::new(),
+    );
+    let app = App {
+        id: key::random_id(),
+        name: "bench".into(),
+        scopes: vec!["deploy_tool".into()],
+        rate_limit: None,
+        created_at: now_unix(),
+        created_by: "bench".into(),
+    };
+    let new = key::generate();
+    let record = KeyRecord {
+        id: new.id.clone(),
+        app_id: app.id.clone(),
+        name: "bench".into(),
+        masked: new.masked.clone(),
+        secret_hash: new.digest_hex.clone(),
+        created_at: now_unix(),
+        created_by: "bench".into(),
+        expires_at: None,
+        last_used_at: None,
+    };
+    runtime.block_on(async {
+        store.create_app(&app).await.expect("app");
+        store.create_key(&record).await.expect("key");
+        // Warm: the loop measures hits only.
+        cache.key(&new.id).await.expect("key read");
+        cache.app(&app.id).await.expect("app read");
+    });
+    c.bench_function("cache_hit_key_and_app", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let started = std::time::Instant::now();
+                for _ in 0..iterations {
+                    let key = cache.key(black_box(&new.id)).await.expect("hit");
+                    let app = cache.app(black_box(&app.id)).await.expect("hit");
+                    black_box((key.is_some(), app.is_some()));
+                }
+                started.elapsed()
+            })
+        })
+    });
+}
+
 fn bench_metrics(c: &mut Criterion) {
     let metrics = Metrics::new();
     let route = metrics.route(&Arc::from("/api/v1/tools/{tool_id}/deploy"), Some("tools"));
@@ -164,6 +223,7 @@ criterion_group!(
     bench_route_find,
     bench_key,
     bench_credential,
+    bench_cache_hit,
     bench_rate_limit,
     bench_metrics
 );
