@@ -44,37 +44,45 @@ pub struct Forwarded<'a> {
 /// Removes `Connection`-named and hop-by-hop headers. Runs before anything is added, so a
 /// client cannot use `Connection` to strip what the gateway sets.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let nominated: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in nominated {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let nominated: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in nominated {
+            headers.remove(name);
+        }
     }
-    for name in hop_by_hop() {
-        headers.remove(name);
-    }
+    remove_each(headers, &hop_by_hop());
 }
 
 /// Rewrites a request's headers for the upstream.
 pub fn prepare_request(headers: &mut HeaderMap, strip_bearer: bool, fwd: &Forwarded<'_>) {
     strip_hop_by_hop(headers);
-    headers.remove(&crate::auth::credential::X_API_KEY);
-    if strip_bearer {
-        headers.remove(header::AUTHORIZATION);
-    }
-    headers.remove(&X_SCOPEGATE_APP);
-    headers.remove(&X_SCOPEGATE_KEY);
+    // Read before the client's copy is removed below.
+    let forwarded_for = forwarded_for(headers, fwd);
     // The upstream is addressed by its own authority; the client's goes in X-Forwarded-Host.
-    headers.remove(header::HOST);
-    headers.remove(&X_FORWARDED_HOST);
+    let replaced = [
+        &crate::auth::credential::X_API_KEY,
+        &X_SCOPEGATE_APP,
+        &X_SCOPEGATE_KEY,
+        &header::HOST,
+        &X_FORWARDED_HOST,
+        &X_FORWARDED_FOR,
+        &header::AUTHORIZATION,
+    ];
+    // Authorization is last: kept unless it carried the key.
+    let count = replaced.len() - usize::from(!strip_bearer);
+    remove_each(headers, &replaced[..count]);
     if let Some(host) = &fwd.host {
         headers.insert(&X_FORWARDED_HOST, host.clone());
     }
-    set_forwarded_for(headers, fwd);
+    if let Some(v) = forwarded_for {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     if let Some(v) = fwd.app_id.and_then(|id| HeaderValue::from_str(id).ok()) {
         headers.insert(&X_SCOPEGATE_APP, v);
@@ -84,27 +92,49 @@ pub fn prepare_request(headers: &mut HeaderMap, strip_bearer: bool, fwd: &Forwar
     }
 }
 
-fn set_forwarded_for(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
-    let ip = fwd.client_ip.to_string();
-    let earlier: Vec<String> = if fwd.trusted_peer {
-        headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    headers.remove(&X_FORWARDED_FOR);
-    let value = if earlier.is_empty() {
-        ip
-    } else {
-        format!("{}, {ip}", earlier.join(", "))
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(&X_FORWARDED_FOR, v);
+/// Removes every header named in `names`. A request carries a handful of headers, so one pass
+/// over those present is cheaper than one hashed lookup per name that might be.
+fn remove_each(headers: &mut HeaderMap, names: &[&HeaderName]) {
+    let mut present: [Option<HeaderName>; 8] = Default::default();
+    let mut found = 0;
+    let mut overflow = false;
+    for name in headers.keys() {
+        if names.contains(&name) {
+            match present.get_mut(found) {
+                Some(slot) => *slot = Some(name.clone()),
+                None => overflow = true,
+            }
+            found += 1;
+        }
     }
+    if overflow {
+        for name in names {
+            headers.remove(*name);
+        }
+        return;
+    }
+    for name in present.iter().flatten() {
+        headers.remove(name);
+    }
+}
+
+/// The `X-Forwarded-For` to send: the peer's address, after the client's own list when the
+/// peer is trusted to speak for earlier hops.
+fn forwarded_for(headers: &HeaderMap, fwd: &Forwarded<'_>) -> Option<HeaderValue> {
+    // Owned text becomes the value without another copy.
+    let ip = fwd.client_ip.to_string();
+    if !fwd.trusted_peer {
+        return HeaderValue::try_from(ip).ok();
+    }
+    let earlier: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if earlier.is_empty() {
+        return HeaderValue::try_from(ip).ok();
+    }
+    HeaderValue::try_from(format!("{}, {ip}", earlier.join(", "))).ok()
 }
 
 #[cfg(test)]
@@ -168,6 +198,18 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_even_when_all_are_present() {
+        let mut h = HeaderMap::new();
+        for name in hop_by_hop() {
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+        }
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("accept"));
     }
 
     #[test]
