@@ -7,6 +7,7 @@
 use crate::metrics::Metrics;
 use crate::model::{App, KeyRecord, RateLimit, UnixSeconds};
 use crate::store::{Invalidation, KeyStore, StoreError};
+use http::HeaderValue;
 use moka::future::Cache;
 use moka::Expiry;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,9 @@ pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct CachedKey {
     pub id: Arc<str>,
+    /// `id` as the `X-Scopegate-Key` value, built once per cache fill rather than per request
+    /// (`None` if the stored id is not valid header text).
+    pub id_header: Option<HeaderValue>,
     pub app_id: Arc<str>,
     /// `None` when the stored digest is corrupt: such a key never verifies.
     pub digest: Option<[u8; 32]>,
@@ -31,6 +35,8 @@ pub struct CachedKey {
 #[derive(Debug)]
 pub struct CachedApp {
     pub id: Arc<str>,
+    /// `id` as the `X-Scopegate-App` value (see [`CachedKey::id_header`]).
+    pub id_header: Option<HeaderValue>,
     pub scopes: Box<[Arc<str>]>,
     pub rate_limit: Option<RateLimit>,
 }
@@ -174,10 +180,15 @@ fn unshare(e: Arc<StoreError>) -> StoreError {
 fn cached_key(k: KeyRecord) -> CachedKey {
     CachedKey {
         digest: decode_digest(&k.secret_hash),
+        id_header: header_value(&k.id),
         id: Arc::from(k.id),
         app_id: Arc::from(k.app_id),
         expires_at: k.expires_at,
     }
+}
+
+fn header_value(text: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(text).ok()
 }
 
 fn decode_digest(hex_digest: &str) -> Option<[u8; 32]> {
@@ -188,6 +199,7 @@ fn decode_digest(hex_digest: &str) -> Option<[u8; 32]> {
 
 fn cached_app(a: App) -> CachedApp {
     CachedApp {
+        id_header: header_value(&a.id),
         id: Arc::from(a.id),
         scopes: a.scopes.into_iter().map(Arc::from).collect(),
         rate_limit: a.rate_limit,

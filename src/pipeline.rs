@@ -134,8 +134,8 @@ impl Pipeline {
             trusted_peer: is_trusted(&live.limits, peer.ip()),
             proto: self.proto,
             host: original_host(&request),
-            app_id: principal.map(|p| &*p.app.id),
-            key_id: principal.map(|p| &*p.key_id),
+            app_id: principal.and_then(|p| p.app.id_header.as_ref()),
+            key_id: principal.and_then(|p| p.key_header.as_ref()),
         };
         let out = Outgoing {
             upstream: &route.spec.upstream,

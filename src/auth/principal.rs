@@ -6,12 +6,15 @@ use crate::cache::{CachedApp, KeyCache};
 use crate::model::now_unix;
 use crate::routing::Access;
 use crate::store::StoreError;
+use http::HeaderValue;
 use std::sync::Arc;
 
 /// The caller, once its key checks out.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub key_id: Arc<str>,
+    /// `key_id` as a header value, from the cache.
+    pub key_header: Option<HeaderValue>,
     pub app: Arc<CachedApp>,
 }
 
@@ -65,6 +68,7 @@ impl Authenticator {
         }
         Ok(Principal {
             key_id: found.id.clone(),
+            key_header: found.id_header.clone(),
             app,
         })
     }

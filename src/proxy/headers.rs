@@ -37,8 +37,8 @@ pub struct Forwarded<'a> {
     pub trusted_peer: bool,
     pub proto: &'static str,
     pub host: Option<HeaderValue>,
-    pub app_id: Option<&'a str>,
-    pub key_id: Option<&'a str>,
+    pub app_id: Option<&'a HeaderValue>,
+    pub key_id: Option<&'a HeaderValue>,
 }
 
 /// Removes `Connection`-named and hop-by-hop headers. Runs before anything is added, so a
@@ -84,11 +84,11 @@ pub fn prepare_request(headers: &mut HeaderMap, strip_bearer: bool, fwd: &Forwar
         headers.insert(&X_FORWARDED_FOR, v);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
-    if let Some(v) = fwd.app_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-        headers.insert(&X_SCOPEGATE_APP, v);
+    if let Some(v) = fwd.app_id {
+        headers.insert(&X_SCOPEGATE_APP, v.clone());
     }
-    if let Some(v) = fwd.key_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-        headers.insert(&X_SCOPEGATE_KEY, v);
+    if let Some(v) = fwd.key_id {
+        headers.insert(&X_SCOPEGATE_KEY, v.clone());
     }
 }
 
@@ -141,14 +141,17 @@ fn forwarded_for(headers: &HeaderMap, fwd: &Forwarded<'_>) -> Option<HeaderValue
 mod tests {
     use super::*;
 
+    static APP: HeaderValue = HeaderValue::from_static("app1");
+    static KEY: HeaderValue = HeaderValue::from_static("key1");
+
     fn forwarded(trusted: bool) -> Forwarded<'static> {
         Forwarded {
             client_ip: "10.1.2.3".parse().expect("ip"),
             trusted_peer: trusted,
             proto: "http",
             host: Some(HeaderValue::from_static("api.example.com")),
-            app_id: Some("app1"),
-            key_id: Some("key1"),
+            app_id: Some(&APP),
+            key_id: Some(&KEY),
         }
     }
 
