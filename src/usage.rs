@@ -20,6 +20,8 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// Uses buffered between the request path and the task; the task drains it far faster than
 /// requests arrive, so it fills only if the task is starved.
 const CHANNEL_CAPACITY: usize = 65_536;
+/// Uses taken off the channel per wake-up of the task, at most.
+const RECEIVE_BATCH: usize = 1024;
 /// Pending (id, day) counters and last-used entries kept while the store is unreachable.
 pub const MAX_PENDING: usize = 200_000;
 const DAY: UnixSeconds = 86_400;
@@ -142,9 +144,16 @@ async fn run(
 ) {
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Under load many uses queue up between two runs of this task: take them in one go rather
+    // than one `select!` round each.
+    let mut received = Vec::with_capacity(RECEIVE_BATCH);
+    let mut open = true;
     loop {
         tokio::select! {
-            Some(u) = rx.recv() => pending.add(u),
+            n = rx.recv_many(&mut received, RECEIVE_BATCH), if open => {
+                open = n > 0;
+                received.drain(..).for_each(|u| pending.add(u));
+            }
             _ = tick.tick() => flush(&*store, &mut pending).await,
             _ = crate::server::stopped(&mut shutdown) => break,
         }
