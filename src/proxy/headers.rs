@@ -92,29 +92,10 @@ pub fn prepare_request(headers: &mut HeaderMap, strip_bearer: bool, fwd: &Forwar
     }
 }
 
-/// Removes every header named in `names`. A request carries a handful of headers, so one pass
-/// over those present is cheaper than one hashed lookup per name that might be.
+/// Removes every header named in `names`.
 fn remove_each(headers: &mut HeaderMap, names: &[&HeaderName]) {
-    let mut present: [Option<HeaderName>; 8] = Default::default();
-    let mut found = 0;
-    let mut overflow = false;
-    for name in headers.keys() {
-        if names.contains(&name) {
-            match present.get_mut(found) {
-                Some(slot) => *slot = Some(name.clone()),
-                None => overflow = true,
-            }
-            found += 1;
-        }
-    }
-    if overflow {
-        for name in names {
-            headers.remove(*name);
-        }
-        return;
-    }
-    for name in present.iter().flatten() {
-        headers.remove(name);
+    for name in names {
+        headers.remove(*name);
     }
 }
 
