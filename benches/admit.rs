@@ -4,9 +4,9 @@
 //!
 //! `cargo bench --bench admit`
 
+mod support;
+
 use criterion::{criterion_group, criterion_main, Criterion};
-use scopegate::auth::key;
-use scopegate::model::{now_unix, App, KeyRecord};
 use scopegate::pipeline::Seen;
 use std::hint::black_box;
 use std::path::Path;
@@ -41,30 +41,7 @@ fn bench_admit(c: &mut Criterion) {
         .block_on(scopegate::gateway::start(config, vec![]))
         .expect("gateway");
 
-    let app = App {
-        id: key::random_id(),
-        name: "bench".into(),
-        scopes: vec!["deploy_tool".into()],
-        rate_limit: None,
-        created_at: now_unix(),
-        created_by: "bench".into(),
-    };
-    let new = key::generate();
-    let record = KeyRecord {
-        id: new.id.clone(),
-        app_id: app.id.clone(),
-        name: "bench".into(),
-        masked: new.masked.clone(),
-        secret_hash: new.digest_hex.clone(),
-        created_at: now_unix(),
-        created_by: "bench".into(),
-        expires_at: None,
-        last_used_at: None,
-    };
-    runtime.block_on(async {
-        gateway.store.create_app(&app).await.expect("app");
-        gateway.store.create_key(&record).await.expect("key");
-    });
+    let (_, new) = runtime.block_on(support::seed_key(&*gateway.store));
 
     let request = http::Request::post("/api/v1/tools/web-search/deploy")
         .header("host", "gateway.example")

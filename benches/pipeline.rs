@@ -3,13 +3,14 @@
 //! `cargo bench --bench pipeline` (quick look: `cargo bench --bench pipeline -- --quick`).
 //! The end-to-end load benchmark is `bench/run`; see bench/README.md.
 
+mod support;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use scopegate::auth::{credential, key};
 use scopegate::cache::KeyCache;
 use scopegate::metrics::Metrics;
 use scopegate::model::RateLimit;
-use scopegate::model::{now_unix, App, KeyRecord};
 use scopegate::ratelimit::RateLimits;
 use scopegate::routing::normalize::normalize;
 use scopegate::routing::{RouteMatch, RouteTable};
@@ -150,29 +151,8 @@ fn bench_cache_hit(c: &mut Criterion) {
         10_000,
         Metrics::new(),
     );
-    let app = App {
-        id: key::random_id(),
-        name: "bench".into(),
-        scopes: vec!["deploy_tool".into()],
-        rate_limit: None,
-        created_at: now_unix(),
-        created_by: "bench".into(),
-    };
-    let new = key::generate();
-    let record = KeyRecord {
-        id: new.id.clone(),
-        app_id: app.id.clone(),
-        name: "bench".into(),
-        masked: new.masked.clone(),
-        secret_hash: new.digest_hex.clone(),
-        created_at: now_unix(),
-        created_by: "bench".into(),
-        expires_at: None,
-        last_used_at: None,
-    };
+    let (app, new) = runtime.block_on(support::seed_key(&*store));
     runtime.block_on(async {
-        store.create_app(&app).await.expect("app");
-        store.create_key(&record).await.expect("key");
         // Warm: the loop measures hits only.
         cache.key(&new.id).await.expect("key read");
         cache.app(&app.id).await.expect("app read");

@@ -3,7 +3,7 @@
 
 use crate::auth::key;
 use crate::config::Config;
-use crate::model::{now_unix, App, KeyRecord};
+use crate::model::{now_unix, App};
 use crate::routing::{RouteSpec, RouteTable, Upstream};
 use crate::server::{serve, ConnectionSettings};
 use bytes::Bytes;
@@ -112,17 +112,7 @@ async fn seed(store: &dyn crate::store::KeyStore) -> Result<String, String> {
     };
     store.create_app(&app).await.map_err(|e| e.to_string())?;
     let new = key::generate();
-    let record = KeyRecord {
-        id: new.id,
-        app_id: app.id,
-        name: "demo key".into(),
-        masked: new.masked,
-        secret_hash: new.digest_hex,
-        created_at: now_unix(),
-        created_by: "demo".into(),
-        expires_at: None,
-        last_used_at: None,
-    };
+    let record = new.record(&app.id, "demo key", "demo", None);
     store.create_key(&record).await.map_err(|e| e.to_string())?;
     Ok(new.full)
 }

@@ -23,8 +23,10 @@ async fn setup() -> (Upstream, TestGateway, String) {
     (upstream, gateway, key)
 }
 
-fn authority(gateway: &TestGateway) -> String {
-    gateway.proxy.to_string()
+/// Appends a keyed GET of `path` on `stream` to `out`.
+fn push_get(out: &mut Vec<u8>, gateway: &TestGateway, stream: u32, path: &str, key: &str) {
+    let authority = gateway.proxy.to_string();
+    push_request(out, stream, "GET", &authority, path, &[("x-api-key", key)]);
 }
 
 /// Waits (up to 2 s) until the upstream has received `n` requests.
@@ -43,14 +45,7 @@ async fn upstream_has(upstream: &Upstream, n: usize) -> bool {
 async fn assert_still_served(gateway: &TestGateway, key: &str) {
     let mut client = RawH2::connect(gateway.proxy).await;
     let mut request = Vec::new();
-    push_request(
-        &mut request,
-        1,
-        "GET",
-        &authority(gateway),
-        "/api/v1/jobs/1",
-        &[("x-api-key", key)],
-    );
+    push_get(&mut request, gateway, 1, "/api/v1/jobs/1", key);
     client.write(&request).await.expect("write");
     assert!(
         client.read_response(1, QUIET).await,
@@ -66,14 +61,7 @@ async fn resets_in_one_burst_get_goaway() {
     for i in 0..flood_streams {
         let stream = 2 * i + 1;
         let path = "/api/v1/jobs/1/sleep";
-        push_request(
-            &mut burst,
-            stream,
-            "GET",
-            &authority(&gateway),
-            path,
-            &[("x-api-key", &key)],
-        );
+        push_get(&mut burst, &gateway, stream, path, &key);
         push_reset(&mut burst, stream, CANCEL);
     }
     let mut client = RawH2::connect(gateway.proxy).await;
@@ -106,14 +94,7 @@ async fn resets_after_each_request_is_under_way_close_the_connection() {
         let stream = 2 * i + 1;
         let mut request = Vec::new();
         let path = "/api/v1/jobs/1/sleep";
-        push_request(
-            &mut request,
-            stream,
-            "GET",
-            &authority(&gateway),
-            path,
-            &[("x-api-key", &key)],
-        );
+        push_get(&mut request, &gateway, stream, path, &key);
         if client.write(&request).await.is_err() {
             break;
         }
@@ -156,14 +137,7 @@ async fn a_client_that_cancels_some_requests_keeps_its_connection() {
         for _ in 0..2 {
             let mut request = Vec::new();
             let path = "/api/v1/jobs/1";
-            push_request(
-                &mut request,
-                stream,
-                "GET",
-                &authority(&gateway),
-                path,
-                &[("x-api-key", &key)],
-            );
+            push_get(&mut request, &gateway, stream, path, &key);
             client.write(&request).await.expect("write");
             assert!(
                 client.read_response(stream, QUIET).await,
@@ -173,14 +147,7 @@ async fn a_client_that_cancels_some_requests_keeps_its_connection() {
         }
         let mut cancelled = Vec::new();
         let path = "/api/v1/jobs/1/sleep";
-        push_request(
-            &mut cancelled,
-            stream,
-            "GET",
-            &authority(&gateway),
-            path,
-            &[("x-api-key", &key)],
-        );
+        push_get(&mut cancelled, &gateway, stream, path, &key);
         client.write(&cancelled).await.expect("write");
         // Under way before it is cancelled, so it counts as abandoned.
         let requests = 3 * (round + 1);
@@ -194,14 +161,7 @@ async fn a_client_that_cancels_some_requests_keeps_its_connection() {
         stream += 2;
     }
     let mut last = Vec::new();
-    push_request(
-        &mut last,
-        stream,
-        "GET",
-        &authority(&gateway),
-        "/api/v1/jobs/1",
-        &[("x-api-key", &key)],
-    );
+    push_get(&mut last, &gateway, stream, "/api/v1/jobs/1", &key);
     client.write(&last).await.expect("write");
     assert!(
         client.read_response(stream, QUIET).await,
@@ -216,14 +176,7 @@ async fn streams_over_the_concurrency_bound_are_refused() {
     let mut burst = Vec::new();
     for i in 0..opened {
         let path = "/api/v1/jobs/1/sleep";
-        push_request(
-            &mut burst,
-            2 * i + 1,
-            "GET",
-            &authority(&gateway),
-            path,
-            &[("x-api-key", &key)],
-        );
+        push_get(&mut burst, &gateway, 2 * i + 1, path, &key);
     }
     let mut client = RawH2::connect(gateway.proxy).await;
     client.write(&burst).await.expect("write");

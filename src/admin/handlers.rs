@@ -4,7 +4,7 @@ use super::views::{AppView, CreateApp, CreateKey, KeyView, ScopeView, UpdateApp,
 use super::Admin;
 use crate::auth::key;
 use crate::error::AdminError;
-use crate::model::{now_unix, utc_date, App, KeyRecord, RateLimit, UsageSubject};
+use crate::model::{now_unix, utc_date, App, RateLimit, UsageSubject};
 use crate::store::Invalidation;
 
 /// Days of usage shown when the caller does not say.
@@ -158,17 +158,7 @@ impl Admin {
             None => None,
         };
         let new = key::generate();
-        let record = KeyRecord {
-            id: new.id,
-            app_id: app_id.to_owned(),
-            name,
-            masked: new.masked,
-            secret_hash: new.digest_hex,
-            created_at: now_unix(),
-            created_by: by.to_owned(),
-            expires_at,
-            last_used_at: None,
-        };
+        let record = new.record(app_id, &name, by, expires_at);
         self.store.create_key(&record).await?;
         // A miss cached before this key existed must not hide it.
         self.cache

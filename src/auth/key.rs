@@ -3,6 +3,7 @@
 //! Only a SHA-256 digest of the secret is ever stored; the secret has 190 bits from the OS CSPRNG,
 //! so a fast hash is enough (there is nothing to brute-force).
 
+use crate::model::{now_unix, KeyRecord, UnixSeconds};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
@@ -22,6 +23,29 @@ pub struct NewKey {
     pub full: String,
     pub digest_hex: String,
     pub masked: String,
+}
+
+impl NewKey {
+    /// The stored record for this key (never the key itself), created now.
+    pub fn record(
+        &self,
+        app_id: &str,
+        name: &str,
+        created_by: &str,
+        expires_at: Option<UnixSeconds>,
+    ) -> KeyRecord {
+        KeyRecord {
+            id: self.id.clone(),
+            app_id: app_id.to_owned(),
+            name: name.to_owned(),
+            masked: self.masked.clone(),
+            secret_hash: self.digest_hex.clone(),
+            created_at: now_unix(),
+            created_by: created_by.to_owned(),
+            expires_at,
+            last_used_at: None,
+        }
+    }
 }
 
 /// A syntactically valid presented key.
