@@ -4,19 +4,19 @@
 //! one store read; unknown ids are remembered briefly so a flood of random keys cannot hammer the
 //! store. Invalidations from other instances (via the store's change feed) drop entries at once.
 
+mod generation;
+mod tier;
+
+pub use self::tier::NEGATIVE_TTL;
+
+use self::tier::Tier;
 use crate::metrics::Metrics;
 use crate::model::{App, KeyRecord, RateLimit, UnixSeconds};
 use crate::store::{Invalidation, KeyStore, StoreError};
 use http::HeaderValue;
-use moka::future::Cache;
-use moka::Expiry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How long "no such key/app" is remembered: long enough to blunt a flood of random ids,
-/// short enough that nothing legitimate waits on it.
-pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+use std::time::Duration;
 
 /// What the request path needs of a key.
 #[derive(Debug)]
@@ -43,30 +43,14 @@ pub struct CachedApp {
 
 type Entry<T> = Option<Arc<T>>;
 
-/// Keys and apps by id, positive and negative.
+/// Keys and apps by id, found and absent.
 #[derive(Clone)]
 pub struct KeyCache {
-    keys: Cache<String, Entry<CachedKey>>,
-    apps: Cache<String, Entry<CachedApp>>,
+    keys: Arc<Tier<CachedKey>>,
+    apps: Arc<Tier<CachedApp>>,
     store: Arc<dyn KeyStore>,
     metrics: Arc<Metrics>,
     ttl: Arc<AtomicU64>,
-}
-
-/// Per-entry lifetime: `ttl` for what the store had, [`NEGATIVE_TTL`] at most for misses.
-/// The ttl is read at insertion, so a reloaded `cache.ttl` applies to entries cached from then on.
-struct EntryExpiry {
-    ttl_millis: Arc<AtomicU64>,
-}
-
-impl<T> Expiry<String, Entry<T>> for EntryExpiry {
-    fn expire_after_create(&self, _: &String, value: &Entry<T>, _: Instant) -> Option<Duration> {
-        let ttl = Duration::from_millis(self.ttl_millis.load(Ordering::Relaxed));
-        Some(match value {
-            Some(_) => ttl,
-            None => ttl.min(NEGATIVE_TTL),
-        })
-    }
 }
 
 impl KeyCache {
@@ -77,18 +61,9 @@ impl KeyCache {
         metrics: Arc<Metrics>,
     ) -> KeyCache {
         let ttl = Arc::new(AtomicU64::new(millis(ttl)));
-        let expiry = || EntryExpiry {
-            ttl_millis: ttl.clone(),
-        };
         KeyCache {
-            keys: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(expiry())
-                .build(),
-            apps: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(expiry())
-                .build(),
+            keys: Arc::new(Tier::new(max_entries, &ttl)),
+            apps: Arc::new(Tier::new(max_entries, &ttl)),
             store,
             metrics,
             ttl,
@@ -102,41 +77,30 @@ impl KeyCache {
 
     /// The key with this id, from the cache or (once, however many ask) the store.
     pub async fn key(&self, id: &str) -> Result<Entry<CachedKey>, StoreError> {
-        if let Some(hit) = self.keys.get(id).await {
-            self.metrics.key_cache(true);
-            return Ok(hit);
-        }
-        self.metrics.key_cache(false);
         let store = &self.store;
-        let entry = self
+        let found = self
             .keys
-            .try_get_with(id.to_owned(), async move {
-                Ok::<_, StoreError>(store.get_key(id).await?.map(|k| Arc::new(cached_key(k))))
-            })
-            .await
-            .map_err(unshare)?;
-        Ok(entry)
+            .get(id, || async move { Ok(store.get_key(id).await?.map(cached_key)) })
+            .await?;
+        self.metrics.key_cache(found.hit);
+        Ok(found.value)
     }
 
     /// The app with this id, from the cache or the store.
     pub async fn app(&self, id: &str) -> Result<Entry<CachedApp>, StoreError> {
-        if let Some(hit) = self.apps.get(id).await {
-            return Ok(hit);
-        }
         let store = &self.store;
-        self.apps
-            .try_get_with(id.to_owned(), async move {
-                Ok::<_, StoreError>(store.get_app(id).await?.map(|a| Arc::new(cached_app(a))))
-            })
-            .await
-            .map_err(unshare)
+        let found = self
+            .apps
+            .get(id, || async move { Ok(store.get_app(id).await?.map(cached_app)) })
+            .await?;
+        Ok(found.value)
     }
 
-    /// Drops what an invalidation names.
+    /// Drops what an invalidation names, including any fill of it already in flight.
     pub async fn invalidate(&self, what: &Invalidation) {
         match what {
-            Invalidation::Key(id) => self.keys.invalidate(id.as_str()).await,
-            Invalidation::App(id) => self.apps.invalidate(id.as_str()).await,
+            Invalidation::Key(id) => self.keys.invalidate(id).await,
+            Invalidation::App(id) => self.apps.invalidate(id).await,
             Invalidation::All => {
                 self.keys.invalidate_all();
                 self.apps.invalidate_all();
@@ -156,25 +120,21 @@ impl KeyCache {
         }))
     }
 
-    /// Entries currently held, after pending evictions run (for tests and diagnostics).
+    /// Entries currently held (found and absent), after pending evictions run.
     pub async fn entry_count(&self) -> u64 {
-        self.keys.run_pending_tasks().await;
-        self.apps.run_pending_tasks().await;
-        self.keys.entry_count() + self.apps.entry_count()
+        let (keys_found, keys_missing) = self.keys.entry_counts().await;
+        let (apps_found, apps_missing) = self.apps.entry_counts().await;
+        keys_found + keys_missing + apps_found + apps_missing
+    }
+
+    /// Keys held as found (not counting remembered unknown ids).
+    pub async fn found_key_count(&self) -> u64 {
+        self.keys.entry_counts().await.0
     }
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn unshare(e: Arc<StoreError>) -> StoreError {
-    match &*e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-        StoreError::Conflict => StoreError::Conflict,
-        StoreError::NotFound => StoreError::NotFound,
-    }
 }
 
 fn cached_key(k: KeyRecord) -> CachedKey {
