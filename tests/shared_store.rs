@@ -4,8 +4,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::gateway::{config_yaml, TestGateway, Upstreams};
+use common::gateway::TestGateway;
 use common::http::{get, send};
+use common::instances;
 use common::redis::RedisServer;
 use common::upstream::Upstream;
 use http::Method;
@@ -15,41 +16,15 @@ use std::time::{Duration, Instant};
 const PROPAGATION: Duration = Duration::from_secs(1);
 
 async fn gateway_on(redis: &RedisServer, upstream: &Upstream) -> TestGateway {
-    let dir = tempfile::tempdir().expect("dir");
-    let yaml = config_yaml(
-        &Upstreams {
-            tools: upstream.url(),
-        },
-        Some(&redis.url()),
-        &dir.path().join("data"),
-    );
-    TestGateway::start_in(&yaml, dir).await
+    instances::gateway_on_url(&redis.url(), upstream, |yaml| yaml).await
 }
 
 async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection")
+    instances::redis_conn(&redis.url()).await
 }
 
-/// Waits until `n` subscribers listen for invalidations (each gateway subscribes just after start).
 async fn wait_subscribers(redis: &RedisServer, n: u64) {
-    let mut conn = redis_conn(redis).await;
-    for _ in 0..500 {
-        let (_, count): (String, u64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("sg:invalidate")
-            .query_async(&mut conn)
-            .await
-            .expect("numsub");
-        if count >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("gateways never subscribed to invalidations");
+    instances::wait_subscribers(&redis.url(), n).await
 }
 
 /// How many times Redis has run a command since the last reset.

@@ -80,7 +80,9 @@ impl KeyCache {
         let store = &self.store;
         let found = self
             .keys
-            .get(id, || async move { Ok(store.get_key(id).await?.map(cached_key)) })
+            .get(id, || async move {
+                Ok(store.get_key(id).await?.map(cached_key))
+            })
             .await?;
         self.metrics.key_cache(found.hit);
         Ok(found.value)
@@ -91,7 +93,9 @@ impl KeyCache {
         let store = &self.store;
         let found = self
             .apps
-            .get(id, || async move { Ok(store.get_app(id).await?.map(cached_app)) })
+            .get(id, || async move {
+                Ok(store.get_app(id).await?.map(cached_app))
+            })
             .await?;
         Ok(found.value)
     }

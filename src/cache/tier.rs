@@ -280,7 +280,11 @@ mod tests {
         tier.invalidate("k1").await;
         store.permits.add_permits(10);
         assert_eq!(first.await.expect("task"), None, "stale fill served");
-        assert_eq!(waiter.await.expect("task"), None, "stale fill handed to a waiter");
+        assert_eq!(
+            waiter.await.expect("task"),
+            None,
+            "stale fill handed to a waiter"
+        );
         assert_eq!(lookup(&tier, &store, "k1").await, None, "stale fill cached");
     }
 
@@ -329,6 +333,10 @@ mod tests {
         assert!(missing <= 50, "absent ids bounded: {missing}");
         assert_eq!(found, 1);
         assert_eq!(lookup(&tier, &good, "good").await.as_deref(), Some("good"));
-        assert_eq!(good.reads.load(Ordering::SeqCst), 1, "the good key was evicted");
+        assert_eq!(
+            good.reads.load(Ordering::SeqCst),
+            1,
+            "the good key was evicted"
+        );
     }
 }

@@ -8,9 +8,11 @@
 //! - [`prom`]: a strict Prometheus text parser for `/metrics` assertions.
 #![allow(dead_code)]
 
+pub mod delay_proxy;
 pub mod gateway;
 pub mod h2;
 pub mod http;
+pub mod instances;
 pub mod prom;
 pub mod redis;
 pub mod upstream;

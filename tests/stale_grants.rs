@@ -1,0 +1,167 @@
+//! No stale grant after an invalidation, across instances: instance B reaches Redis through a
+//! proxy that holds command replies back 150 ms, so B's cache fill reads a key or app, the
+//! admin API on instance A revokes or narrows it, the invalidation reaches B, and only then
+//! does the (stale) reply arrive. B must refuse from then on, the request that waited on that
+//! fill included. Each scenario checks the race really happened (the stale reply was delivered
+//! after the admin API answered) and runs several times.
+
+mod common;
+
+use bytes::Bytes;
+use common::delay_proxy::DelayProxy;
+use common::gateway::TestGateway;
+use common::http::send;
+use common::instances::{gateway_on_url, wait_subscribers};
+use common::redis::RedisServer;
+use common::upstream::Upstream;
+use http::Method;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The contract's bound for a change to reach every instance.
+const PROPAGATION: Duration = Duration::from_secs(1);
+const REPLY_DELAY: Duration = Duration::from_millis(150);
+const ROUNDS: usize = 3;
+
+struct Pair {
+    _redis: RedisServer,
+    _upstream: Upstream,
+    proxy: DelayProxy,
+    a: TestGateway,
+    b: TestGateway,
+}
+
+async fn pair() -> Pair {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let target = format!("127.0.0.1:{}", redis.port()).parse().expect("addr");
+    let proxy = DelayProxy::start(target, REPLY_DELAY).await;
+    // Room for the slowed round trips within one store call.
+    let slow_store = |yaml: String| yaml.replace("  redis: ", "  timeout: 2s\n  redis: ");
+    let a = gateway_on_url(&redis.url(), &upstream, slow_store).await;
+    let b = gateway_on_url(&proxy.url(), &upstream, slow_store).await;
+    wait_subscribers(&redis.url(), 2).await;
+    Pair {
+        _redis: redis,
+        _upstream: upstream,
+        proxy,
+        a,
+        b,
+    }
+}
+
+async fn deploy(gateway: &TestGateway, key: &str) -> u16 {
+    send(
+        Method::POST,
+        &gateway.url("/api/v1/tools/t1/deploy"),
+        &[("x-api-key", key)],
+        Bytes::new(),
+    )
+    .await
+    .status
+    .as_u16()
+}
+
+/// Polls B until it answers `want`; how long after `since` that was.
+async fn refused_after(gateway: &TestGateway, key: &str, want: u16, since: Instant) -> Duration {
+    loop {
+        let status = deploy(gateway, key).await;
+        let elapsed = since.elapsed();
+        if status == want {
+            return elapsed;
+        }
+        assert!(
+            elapsed < PROPAGATION,
+            "still {status} {elapsed:?} after the admin API answered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_while_another_instance_fills_it_is_refused_there() {
+    let p = pair().await;
+    for round in 0..ROUNDS {
+        let app =
+            p.a.create_app(&format!("revoke-{round}"), &["deploy_tool"])
+                .await;
+        let (key_id, key) = p.a.create_key(&app, None).await;
+        let b = p.b.url("");
+        let in_flight = {
+            let key = key.clone();
+            tokio::spawn(async move {
+                let url = format!("{b}/api/v1/tools/t1/deploy");
+                send(Method::POST, &url, &[("x-api-key", &key)], Bytes::new())
+                    .await
+                    .status
+                    .as_u16()
+            })
+        };
+        // B's read of the key record has been answered by Redis; the reply is on the wire.
+        let stale = p.proxy.wait_held(&format!("\"id\":\"{key_id}\"")).await;
+        let revoked =
+            p.a.admin(Method::DELETE, &format!("/v1/keys/{key_id}"), None)
+                .await;
+        let answered = Instant::now();
+        assert_eq!(revoked.status, 204);
+        assert!(
+            stale.release_at > answered,
+            "the race did not happen: the stale reply arrived before the admin API answered"
+        );
+        assert_eq!(
+            in_flight.await.expect("request"),
+            401,
+            "the request waiting on the stale fill was served"
+        );
+        let took = refused_after(&p.b, &key, 401, answered).await;
+        println!("round {round}: revoked key refused by the other instance {took:?} after the admin API answered");
+        // And it stays refused (not merely not yet cached).
+        assert_eq!(deploy(&p.b, &key).await, 401);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_removed_while_another_instance_fills_the_app_is_refused_there() {
+    let p = pair().await;
+    for round in 0..ROUNDS {
+        let name = format!("narrow-{round}");
+        let app =
+            p.a.create_app(&name, &["deploy_tool", "view_job_status"])
+                .await;
+        let (_, key) = p.a.create_key(&app, None).await;
+        let b = p.b.url("");
+        let in_flight = {
+            let key = key.clone();
+            tokio::spawn(async move {
+                let url = format!("{b}/api/v1/tools/t1/deploy");
+                send(Method::POST, &url, &[("x-api-key", &key)], Bytes::new())
+                    .await
+                    .status
+                    .as_u16()
+            })
+        };
+        // B has the key and is reading the app: its reply (old scopes) is on the wire.
+        let stale = p.proxy.wait_held(&format!("\"name\":\"{name}\"")).await;
+        let narrowed =
+            p.a.admin(
+                Method::PATCH,
+                &format!("/v1/apps/{app}"),
+                Some(serde_json::json!({"scopes": ["view_job_status"]})),
+            )
+            .await;
+        let answered = Instant::now();
+        assert_eq!(narrowed.status, 200);
+        assert!(
+            stale.release_at > answered,
+            "the race did not happen: the stale reply arrived before the admin API answered"
+        );
+        assert_eq!(
+            in_flight.await.expect("request"),
+            403,
+            "the request waiting on the stale app was served"
+        );
+        let took = refused_after(&p.b, &key, 403, answered).await;
+        println!("round {round}: removed scope refused by the other instance {took:?} after the admin API answered");
+        assert_eq!(deploy(&p.b, &key).await, 403);
+    }
+}
