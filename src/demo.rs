@@ -109,6 +109,7 @@ async fn seed(store: &dyn crate::store::KeyStore) -> Result<String, String> {
         rate_limit: None,
         created_at: now_unix(),
         created_by: "demo".into(),
+        version: 0,
     };
     store.create_app(&app).await.map_err(|e| e.to_string())?;
     let new = key::generate();

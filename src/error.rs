@@ -61,6 +61,8 @@ pub enum AdminError {
     BadJson(String),
     #[error("an app with this name already exists")]
     Conflict,
+    #[error("the app changed since the ETag given in If-Match")]
+    PreconditionFailed,
     #[error("store unavailable")]
     Store(StoreError),
 }
@@ -70,6 +72,7 @@ impl From<StoreError> for AdminError {
         match e {
             StoreError::Conflict => AdminError::Conflict,
             StoreError::NotFound => AdminError::NotFound,
+            StoreError::VersionMismatch => AdminError::PreconditionFailed,
             other => AdminError::Store(other),
         }
     }
@@ -169,6 +172,7 @@ impl AdminError {
             AdminError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "invalid_request"),
             AdminError::BadJson(_) => (S::BAD_REQUEST, "bad_request"),
             AdminError::Conflict => (S::CONFLICT, "conflict"),
+            AdminError::PreconditionFailed => (S::PRECONDITION_FAILED, "precondition_failed"),
             AdminError::Store(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
         };
         ErrorAnswer {
@@ -304,6 +308,7 @@ mod tests {
                 "invalid_request",
             ),
             (AdminError::Conflict, 409, "conflict"),
+            (AdminError::PreconditionFailed, 412, "precondition_failed"),
             (
                 StoreError::Unavailable("x".into()).into(),
                 503,

@@ -139,6 +139,7 @@ pub async fn start_with_store(
         },
     });
     background.push(spawn_rate_limit_upkeep(pipeline.clone()));
+    background.push(spawn_purge_upkeep(store.clone()));
     let admin = Arc::new(Admin {
         store: store.clone(),
         cache: cache.clone(),
@@ -227,6 +228,20 @@ pub async fn start_with_store(
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often idle rate-limit state is dropped; the smallest idle time is one second.
 const RATE_LIMIT_UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often the keys of deleted apps are looked for: a delete starts its own purge at once,
+/// so this only resumes one cut short (an instance stopped, the store down).
+const PURGE_UPKEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn spawn_purge_upkeep(store: Arc<dyn KeyStore>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PURGE_UPKEEP);
+        loop {
+            tick.tick().await;
+            crate::admin::purge_deleted_apps(store.clone()).await;
+        }
+    })
+}
 
 /// Drops idle rate-limit state off the request path.
 fn spawn_rate_limit_upkeep(pipeline: Arc<Pipeline>) -> JoinHandle<()> {

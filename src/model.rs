@@ -34,6 +34,61 @@ pub struct App {
     pub rate_limit: Option<RateLimit>,
     pub created_at: UnixSeconds,
     pub created_by: String,
+    /// Bumped by every change; the admin API's `ETag`. Records written before versions existed
+    /// read as 0.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// A change to an app's editable fields, applied by the store to the app as it is at that
+/// moment, so concurrent changes of different fields both stay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppChange {
+    pub name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    /// `Some(None)` returns the app to the config's default.
+    pub rate_limit: Option<Option<RateLimit>>,
+}
+
+impl AppChange {
+    /// `app` with this change applied and its version bumped.
+    pub fn applied_to(&self, app: &App) -> App {
+        let mut next = app.clone();
+        if let Some(name) = &self.name {
+            next.name.clone_from(name);
+        }
+        if let Some(scopes) = &self.scopes {
+            next.scopes.clone_from(scopes);
+        }
+        if let Some(limit) = self.rate_limit {
+            next.rate_limit = limit;
+        }
+        next.version = app.version + 1;
+        next
+    }
+}
+
+/// Where a listing stands: records are listed in (created_at, id) order, and a page ends at
+/// the last record it examined.
+#[derive(Clone, Copy, Debug)]
+pub struct PageRequest<'a> {
+    /// Opaque position from the previous page's `next`; `None` starts at the beginning.
+    pub cursor: Option<&'a str>,
+    pub limit: usize,
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Where the next page starts, when records may remain.
+    pub next: Option<String>,
+}
+
+/// The position of a record in a listing: ordered by creation time, then id. Ids are
+/// alphanumeric, so `.` cannot occur in them and the text sorts as the pair does.
+pub fn listing_position(created_at: UnixSeconds, id: &str) -> String {
+    format!("{created_at:011}.{id}")
 }
 
 /// A stored API key. The secret itself is never stored, only its SHA-256 digest.

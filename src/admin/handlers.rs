@@ -4,8 +4,9 @@ use super::views::{AppView, CreateApp, CreateKey, KeyView, ScopeView, UpdateApp,
 use super::Admin;
 use crate::auth::key;
 use crate::error::AdminError;
-use crate::model::{now_unix, utc_date, App, RateLimit, UsageSubject};
-use crate::store::Invalidation;
+use crate::model::{now_unix, utc_date, App, AppChange, Page, PageRequest, RateLimit, UsageSubject};
+use crate::store::{Invalidation, KeyStore};
+use std::sync::Arc;
 
 /// Days of usage shown when the caller does not say.
 const DEFAULT_USAGE_DAYS: u64 = 7;
@@ -85,57 +86,66 @@ impl Admin {
             rate_limit: valid_rate_limit(req.rate_limit)?,
             created_at: now_unix(),
             created_by: by.to_owned(),
+            version: 0,
         };
         self.store.create_app(&app).await?;
         tracing::info!(app = %app.id, by, "app created");
         Ok(app.into())
     }
 
-    pub(super) async fn list_apps(&self, search: Option<&str>) -> Result<Vec<AppView>, AdminError> {
-        let apps = self.store.list_apps().await?;
-        Ok(apps
-            .into_iter()
-            .filter(|a| matches(&a.name, search))
-            .map(AppView::from)
-            .collect())
+    pub(super) async fn list_apps(
+        &self,
+        search: Option<&str>,
+        page: PageRequest<'_>,
+    ) -> Result<Page<AppView>, AdminError> {
+        let found = self
+            .store
+            .list_apps(page, &|a: &App| matches(&a.name, search))
+            .await?;
+        Ok(Page {
+            items: found.items.into_iter().map(AppView::from).collect(),
+            next: found.next,
+        })
     }
 
-    pub(super) async fn get_app(&self, id: &str) -> Result<AppView, AdminError> {
-        let app = self.store.get_app(id).await?.ok_or(AdminError::NotFound)?;
-        Ok(app.into())
+    pub(super) async fn get_app(&self, id: &str) -> Result<App, AdminError> {
+        self.store.get_app(id).await?.ok_or(AdminError::NotFound)
     }
 
-    pub(super) async fn update_app(&self, id: &str, req: UpdateApp) -> Result<AppView, AdminError> {
-        let mut app = self.store.get_app(id).await?.ok_or(AdminError::NotFound)?;
-        if let Some(name) = req.name {
-            app.name = valid_name(&name)?;
-        }
-        if let Some(scopes) = req.scopes {
-            app.scopes = self.valid_scopes(scopes)?;
-        }
-        if req.rate_limit.is_some() {
-            app.rate_limit = valid_rate_limit(req.rate_limit)?;
-        }
-        self.store.update_app(&app).await?;
-        self.cache
-            .invalidate(&Invalidation::App(app.id.clone()))
-            .await;
-        tracing::info!(app = %app.id, "app updated");
-        Ok(app.into())
+    /// Applies only the fields the request names, to the app as stored at that moment, so a
+    /// concurrent edit of other fields is never undone.
+    pub(super) async fn update_app(
+        &self,
+        id: &str,
+        req: UpdateApp,
+        expected_version: Option<u64>,
+    ) -> Result<App, AdminError> {
+        let change = AppChange {
+            name: req.name.as_deref().map(valid_name).transpose()?,
+            scopes: req.scopes.map(|s| self.valid_scopes(s)).transpose()?,
+            rate_limit: req.rate_limit.map(valid_rate_limit).transpose()?,
+        };
+        let app = self.store.update_app(id, &change, expected_version).await?;
+        self.cache.invalidate(&Invalidation::App(app.id.clone())).await;
+        tracing::info!(app = %app.id, version = app.version, "app updated");
+        Ok(app)
     }
 
-    pub(super) async fn delete_app(&self, id: &str) -> Result<(), AdminError> {
-        let keys = self.store.list_keys(Some(id)).await?;
-        if !self.store.delete_app(id).await? {
+    /// Deletes the app at once (its keys stop working everywhere), then removes its keys in
+    /// the background, in chunks.
+    pub(super) async fn delete_app(
+        &self,
+        id: &str,
+        expected_version: Option<u64>,
+    ) -> Result<(), AdminError> {
+        if !self.store.delete_app(id, expected_version).await? {
             return Err(AdminError::NotFound);
         }
         self.cache
             .invalidate(&Invalidation::App(id.to_owned()))
             .await;
-        for k in keys {
-            self.cache.invalidate(&Invalidation::Key(k.id)).await;
-        }
         tracing::info!(app = %id, "app deleted");
+        tokio::spawn(purge_deleted_apps(self.store.clone()));
         Ok(())
     }
 
@@ -173,18 +183,23 @@ impl Admin {
     pub(super) async fn list_keys(
         &self,
         app_id: Option<&str>,
-        search: Option<&str>,
-    ) -> Result<Vec<KeyView>, AdminError> {
+        filter: &KeyFilter,
+        page: PageRequest<'_>,
+    ) -> Result<Page<KeyView>, AdminError> {
         if let Some(id) = app_id {
             self.store.get_app(id).await?.ok_or(AdminError::NotFound)?;
         }
         let now = now_unix();
-        let keys = self.store.list_keys(app_id).await?;
-        Ok(keys
-            .into_iter()
-            .filter(|k| matches(&k.name, search))
-            .map(|k| KeyView::new(k, now))
-            .collect())
+        let status = filter.status.as_deref().map(valid_status).transpose()?;
+        let search = filter.search.as_deref();
+        let keep = |k: &crate::model::KeyRecord| {
+            matches(&k.name, search) && status.is_none_or(|s| KeyView::status_of(k, now) == s)
+        };
+        let found = self.store.list_keys(app_id, page, &keep).await?;
+        Ok(Page {
+            items: found.items.into_iter().map(|k| KeyView::new(k, now)).collect(),
+            next: found.next,
+        })
     }
 
     pub(super) async fn get_key(&self, id: &str) -> Result<KeyView, AdminError> {
@@ -238,5 +253,44 @@ impl Admin {
             .await;
         tracing::info!(key = %id, "key revoked");
         Ok(())
+    }
+}
+
+/// Filters of a key listing, as given in the query string.
+#[derive(Debug, Default)]
+pub(super) struct KeyFilter {
+    pub(super) search: Option<String>,
+    pub(super) status: Option<String>,
+}
+
+fn valid_status(status: &str) -> Result<&'static str, AdminError> {
+    KeyView::STATUSES
+        .iter()
+        .copied()
+        .find(|s| *s == status)
+        .ok_or_else(|| {
+            invalid(
+                "status",
+                format!("must be one of {}", KeyView::STATUSES.join(", ")),
+            )
+        })
+}
+
+/// Removes the keys of deleted apps, chunk by chunk, until none is left. Safe to run on every
+/// instance at once: each chunk is one idempotent store call.
+pub async fn purge_deleted_apps(store: Arc<dyn KeyStore>) {
+    let mut removed = 0;
+    loop {
+        match store.purge_deleted_apps().await {
+            Ok(0) => break,
+            Ok(n) => removed += n,
+            Err(e) => {
+                tracing::warn!(error = %e, "purging the keys of deleted apps stopped; will resume later");
+                break;
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "keys of deleted apps purged");
     }
 }

@@ -4,13 +4,17 @@
 //! learn of it through the store's change feed. The full key appears only in the create answer.
 
 mod handlers;
+mod paging;
 pub mod views;
+
+pub use self::handlers::purge_deleted_apps;
 
 use crate::cache::KeyCache;
 use crate::error::AdminError;
 use crate::metrics::{Metrics, StoreOp};
-use crate::model::UsageSubject;
+use crate::model::{App, UsageSubject};
 use crate::store::KeyStore;
+use views::AppView;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -118,15 +122,20 @@ impl Admin {
     async fn run(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, AdminError> {
         let by = self.identify(&request)?.to_owned();
         let path = request.uri().path().to_owned();
-        let search = query_param(request.uri().query(), "search");
+        let query = request.uri().query().map(str::to_owned);
+        let query = query.as_deref();
+        let search = query_param(query, "search");
         let call = parse_path(&path).ok_or(AdminError::NotFound)?;
         let method = request.method().clone();
         match (call, method) {
             (Call::Scopes, Method::GET) => Ok(json(StatusCode::OK, &self.list_scopes())),
-            (Call::Apps, Method::GET) => Ok(json(
-                StatusCode::OK,
-                &self.list_apps(search.as_deref()).await?,
-            )),
+            (Call::Apps, Method::GET) => {
+                let (cursor, limit) = paging::params(query)?;
+                let page = self
+                    .list_apps(search.as_deref(), paging::request(&cursor, limit))
+                    .await?;
+                Ok(paging::respond(&path, query, page))
+            }
             (Call::Apps, Method::POST) => {
                 let body = read_json(request).await?;
                 Ok(json(
@@ -134,19 +143,18 @@ impl Admin {
                     &self.create_app(body, &by).await?,
                 ))
             }
-            (Call::App(id), Method::GET) => Ok(json(StatusCode::OK, &self.get_app(id).await?)),
+            (Call::App(id), Method::GET) => Ok(app_response(self.get_app(id).await?)),
             (Call::App(id), Method::PATCH) => {
+                let expected = paging::if_match(request.headers())?;
                 let body = read_json(request).await?;
-                Ok(json(StatusCode::OK, &self.update_app(id, body).await?))
+                Ok(app_response(self.update_app(id, body, expected).await?))
             }
             (Call::App(id), Method::DELETE) => {
-                self.delete_app(id).await?;
+                let expected = paging::if_match(request.headers())?;
+                self.delete_app(id, expected).await?;
                 Ok(no_content())
             }
-            (Call::AppKeys(id), Method::GET) => Ok(json(
-                StatusCode::OK,
-                &self.list_keys(Some(id), search.as_deref()).await?,
-            )),
+            (Call::AppKeys(id), Method::GET) => self.key_page(Some(id), &path, query).await,
             (Call::AppKeys(id), Method::POST) => {
                 let body = read_json(request).await?;
                 Ok(json(
@@ -154,24 +162,24 @@ impl Admin {
                     &self.create_key(id, body, &by).await?,
                 ))
             }
-            (Call::Keys, Method::GET) => Ok(json(
-                StatusCode::OK,
-                &self.list_keys(None, search.as_deref()).await?,
-            )),
+            (Call::Keys, Method::GET) => {
+                let app = query_param(query, "app");
+                self.key_page(app.as_deref(), &path, query).await
+            }
             (Call::Key(id), Method::GET) => Ok(json(StatusCode::OK, &self.get_key(id).await?)),
             (Call::Key(id), Method::DELETE) => {
                 self.delete_key(id).await?;
                 Ok(no_content())
             }
             (Call::AppUsage(id), Method::GET) => {
-                let days = query_param(request.uri().query(), "days");
+                let days = query_param(query, "days");
                 Ok(json(
                     StatusCode::OK,
                     &self.usage(UsageSubject::App(id), days.as_deref()).await?,
                 ))
             }
             (Call::KeyUsage(id), Method::GET) => {
-                let days = query_param(request.uri().query(), "days");
+                let days = query_param(query, "days");
                 Ok(json(
                     StatusCode::OK,
                     &self.usage(UsageSubject::Key(id), days.as_deref()).await?,
@@ -180,6 +188,31 @@ impl Admin {
             _ => Err(AdminError::MethodNotAllowed),
         }
     }
+
+    async fn key_page(
+        &self,
+        app: Option<&str>,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Response<Full<Bytes>>, AdminError> {
+        let (cursor, limit) = paging::params(query)?;
+        let filter = handlers::KeyFilter {
+            search: query_param(query, "search"),
+            status: query_param(query, "status"),
+        };
+        let page = self
+            .list_keys(app, &filter, paging::request(&cursor, limit))
+            .await?;
+        Ok(paging::respond(path, query, page))
+    }
+}
+
+/// An app with its version as the `ETag`, for a later `If-Match`.
+fn app_response(app: App) -> Response<Full<Bytes>> {
+    let etag = paging::etag(app.version);
+    let mut response = json(StatusCode::OK, &AppView::from(app));
+    response.headers_mut().insert(header::ETAG, etag);
+    response
 }
 
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {

@@ -26,7 +26,19 @@ pub struct CreateApp {
 pub struct UpdateApp {
     pub name: Option<String>,
     pub scopes: Option<Vec<String>>,
-    pub rate_limit: Option<RateLimit>,
+    /// Absent: unchanged; `null`: back to the config's default.
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limit: Option<Option<RateLimit>>,
+}
+
+/// A field given in the body, `null` included (serde maps absent fields to `None` through
+/// `default`, so `Some(None)` can only mean an explicit `null`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,13 +102,20 @@ pub struct KeyView {
 }
 
 impl KeyView {
+    /// Every status a key can have today.
+    pub const STATUSES: [&'static str; 2] = ["active", "expired"];
+
+    pub fn status_of(k: &KeyRecord, now: UnixSeconds) -> &'static str {
+        if k.is_expired(now) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+
     pub fn new(k: KeyRecord, now: UnixSeconds) -> KeyView {
         KeyView {
-            status: if k.is_expired(now) {
-                "expired"
-            } else {
-                "active"
-            },
+            status: Self::status_of(&k, now),
             id: k.id,
             app_id: k.app_id,
             name: k.name,

@@ -198,6 +198,7 @@ fn unshare(e: &StoreError) -> StoreError {
         StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
         StoreError::Conflict => StoreError::Conflict,
         StoreError::NotFound => StoreError::NotFound,
+        StoreError::VersionMismatch => StoreError::VersionMismatch,
     }
 }
 

@@ -41,6 +41,31 @@ impl AdminClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, ClientError> {
+        self.exchange(method, path, body).await.map(|(value, _)| value)
+    }
+
+    /// A listing, every page of it (following `Link: <...>; rel="next"`), as one JSON array.
+    pub async fn list(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let mut all = Vec::new();
+        let mut next = Some(path.to_owned());
+        while let Some(page) = next.take() {
+            let (value, link) = self.exchange(Method::GET, &page, None).await?;
+            match value {
+                serde_json::Value::Array(items) => all.extend(items),
+                other => return Err(ClientError::Garbled(other.to_string())),
+            }
+            next = link.as_deref().and_then(next_page);
+        }
+        Ok(serde_json::Value::Array(all))
+    }
+
+    /// One call: the JSON answer and the `Link` header, if any.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(serde_json::Value, Option<String>), ClientError> {
         let url = format!("{}{}", self.base, path);
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let request = Request::builder()
@@ -62,6 +87,11 @@ impl AdminClient {
                 reason: e.to_string(),
             })?;
         let status = response.status();
+        let link = response
+            .headers()
+            .get(header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = response
             .into_body()
             .collect()
@@ -69,12 +99,12 @@ impl AdminClient {
             .map_err(|e| ClientError::Garbled(e.to_string()))?
             .to_bytes();
         if status == StatusCode::NO_CONTENT {
-            return Ok(serde_json::Value::Null);
+            return Ok((serde_json::Value::Null, None));
         }
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|_| ClientError::Garbled(String::from_utf8_lossy(&bytes).into_owned()))?;
         if status.is_success() {
-            return Ok(value);
+            return Ok((value, link));
         }
         let message = value["error"]["message"]
             .as_str()
@@ -84,7 +114,35 @@ impl AdminClient {
     }
 }
 
+/// The target of a `Link` header's `rel="next"`: a path on the admin API.
+fn next_page(link: &str) -> Option<String> {
+    link.split(',')
+        .find(|part| part.contains("rel=\"next\""))
+        .and_then(|part| {
+            let start = part.find('<')? + 1;
+            let end = part.find('>')?;
+            part.get(start..end)
+        })
+        .filter(|target| target.starts_with('/'))
+        .map(str::to_owned)
+}
+
 /// Percent-encodes a query value.
 pub fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_only_a_next_link_to_a_path() {
+        assert_eq!(
+            next_page("</v1/keys?cursor=1.a>; rel=\"next\"").as_deref(),
+            Some("/v1/keys?cursor=1.a")
+        );
+        assert_eq!(next_page("</v1/keys?cursor=1.a>; rel=\"prev\""), None);
+        assert_eq!(next_page("<http://elsewhere/x>; rel=\"next\""), None);
+    }
 }

@@ -43,9 +43,7 @@ pub async fn apps(config: &Path, args: &AdminArgs, command: AppsCommand) -> Exit
                 .await
         }
         AppsCommand::List { search } => {
-            client
-                .call(Method::GET, &with_search("/v1/apps", search), None)
-                .await
+            client.list(&with_search("/v1/apps", search)).await
         }
         AppsCommand::Update { id, name, scopes } => {
             let mut body = serde_json::Map::new();
@@ -112,17 +110,11 @@ pub async fn keys(config: &Path, args: &AdminArgs, command: KeysCommand) -> Exit
             search,
         } => {
             client
-                .call(
-                    Method::GET,
-                    &with_search(&format!("/v1/apps/{}/keys", encode(&app)), search),
-                    None,
-                )
+                .list(&with_search(&format!("/v1/apps/{}/keys", encode(&app)), search))
                 .await
         }
         KeysCommand::List { app: None, search } => {
-            client
-                .call(Method::GET, &with_search("/v1/keys", search), None)
-                .await
+            client.list(&with_search("/v1/keys", search)).await
         }
         KeysCommand::Usage { id, days } => {
             let path = format!("/v1/keys/{}/usage?days={days}", encode(&id));

@@ -5,8 +5,12 @@
 //! transaction. redb allows one write transaction at a time, which is what makes the
 //! check-then-write operations (name claims, "app must exist") atomic.
 
-use super::{Invalidation, KeyStore, StoreError};
-use crate::model::{App, KeyRecord, UnixSeconds, UsageCounts, UsageSubject};
+mod order;
+
+use super::{Invalidation, Keep, KeyStore, StoreError, PURGE_CHUNK};
+use crate::model::{
+    App, AppChange, KeyRecord, Page, PageRequest, UnixSeconds, UsageCounts, UsageSubject,
+};
 use async_trait::async_trait;
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
@@ -50,7 +54,11 @@ impl EmbeddedStore {
             tx.open_table(LAST_USED).map_err(db_error)?;
             // Added after the first release: opening an older file adds it here.
             tx.open_table(USAGE).map_err(db_error)?;
-            Ok(())
+            tx.open_table(order::APP_ORDER).map_err(db_error)?;
+            tx.open_table(order::KEY_ORDER).map_err(db_error)?;
+            tx.open_table(order::APP_KEY_ORDER).map_err(db_error)?;
+            tx.open_table(order::DELETED_APPS).map_err(db_error)?;
+            order::build_if_missing(tx)
         })?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
@@ -82,20 +90,40 @@ impl KeyStore for EmbeddedStore {
             .await
     }
 
-    async fn list_apps(&self) -> Result<Vec<App>, StoreError> {
-        self.blocking(|db| read(db, all_apps)).await
+    async fn list_apps(
+        &self,
+        page: PageRequest<'_>,
+        keep: Keep<'_, App>,
+    ) -> Result<Page<App>, StoreError> {
+        super::scan_index(page, keep, |after, n| {
+            self.blocking(move |db| read(db, |tx| order::apps_after(tx, after.as_deref(), n)))
+        })
+        .await
     }
 
-    async fn update_app(&self, app: &App) -> Result<(), StoreError> {
-        let app = app.clone();
-        self.blocking(move |db| write(db, |tx| replace_app(tx, &app)))
+    async fn update_app(
+        &self,
+        id: &str,
+        change: &AppChange,
+        expected_version: Option<u64>,
+    ) -> Result<App, StoreError> {
+        let (id, change) = (id.to_owned(), change.clone());
+        self.blocking(move |db| write(db, |tx| change_app(tx, &id, &change, expected_version)))
             .await
     }
 
-    async fn delete_app(&self, id: &str) -> Result<bool, StoreError> {
+    async fn delete_app(
+        &self,
+        id: &str,
+        expected_version: Option<u64>,
+    ) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.blocking(move |db| write(db, |tx| remove_app(tx, &id)))
+        self.blocking(move |db| write(db, |tx| remove_app(tx, &id, expected_version)))
             .await
+    }
+
+    async fn purge_deleted_apps(&self) -> Result<usize, StoreError> {
+        self.blocking(|db| write(db, purge_chunk)).await
     }
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
@@ -110,10 +138,22 @@ impl KeyStore for EmbeddedStore {
             .await
     }
 
-    async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+    async fn list_keys(
+        &self,
+        app_id: Option<&str>,
+        page: PageRequest<'_>,
+        keep: Keep<'_, KeyRecord>,
+    ) -> Result<Page<KeyRecord>, StoreError> {
         let app_id = app_id.map(str::to_owned);
-        self.blocking(move |db| read(db, |tx| all_keys(tx, app_id.as_deref())))
-            .await
+        super::scan_index(page, keep, |after, n| {
+            let app_id = app_id.clone();
+            self.blocking(move |db| {
+                read(db, |tx| {
+                    order::keys_after(tx, app_id.as_deref(), after.as_deref(), n)
+                })
+            })
+        })
+        .await
     }
 
     async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
@@ -200,7 +240,7 @@ fn insert_app(tx: &WriteTransaction, app: &App) -> Result<(), StoreError> {
     names
         .insert(name.as_str(), app.id.as_str())
         .map_err(db_error)?;
-    Ok(())
+    order::index_app(tx, app)
 }
 
 fn read_app(tx: &ReadTransaction, id: &str) -> Result<Option<App>, StoreError> {
@@ -209,30 +249,30 @@ fn read_app(tx: &ReadTransaction, id: &str) -> Result<Option<App>, StoreError> {
     found.map(|json| decode(json.value())).transpose()
 }
 
-fn all_apps(tx: &ReadTransaction) -> Result<Vec<App>, StoreError> {
-    let apps = tx.open_table(APPS).map_err(db_error)?;
-    let mut list = Vec::new();
-    for entry in apps.iter().map_err(db_error)? {
-        let (_, json) = entry.map_err(db_error)?;
-        list.push(decode::<App>(json.value())?);
-    }
-    list.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    Ok(list)
-}
-
-fn replace_app(tx: &WriteTransaction, app: &App) -> Result<(), StoreError> {
+/// Applies `change` to the stored app in this transaction, so nothing can come between the
+/// read and the write.
+fn change_app(
+    tx: &WriteTransaction,
+    id: &str,
+    change: &AppChange,
+    expected_version: Option<u64>,
+) -> Result<App, StoreError> {
     let mut apps = tx.open_table(APPS).map_err(db_error)?;
-    let old: App = match apps.get(app.id.as_str()).map_err(db_error)? {
+    let old: App = match apps.get(id).map_err(db_error)? {
         Some(json) => decode(json.value())?,
         None => return Err(StoreError::NotFound),
     };
+    if expected_version.is_some_and(|v| v != old.version) {
+        return Err(StoreError::VersionMismatch);
+    }
+    let app = change.applied_to(&old);
     let (old_name, new_name) = (old.name.to_lowercase(), app.name.to_lowercase());
     if old_name != new_name {
         move_name_claim(tx, &app.id, &old_name, &new_name)?;
     }
-    apps.insert(app.id.as_str(), encode(app)?.as_slice())
+    apps.insert(app.id.as_str(), encode(&app)?.as_slice())
         .map_err(db_error)?;
-    Ok(())
+    Ok(app)
 }
 
 /// Claims `new` for `id` and releases `old`; `Conflict` if another app holds `new`.
@@ -267,33 +307,40 @@ fn release_name(
     Ok(())
 }
 
-fn remove_app(tx: &WriteTransaction, id: &str) -> Result<bool, StoreError> {
+/// Removes the app record (its keys stop working: they resolve to no app) and queues its keys
+/// for [`purge_chunk`], so one call stays small whatever the number of keys.
+fn remove_app(
+    tx: &WriteTransaction,
+    id: &str,
+    expected_version: Option<u64>,
+) -> Result<bool, StoreError> {
     let mut apps = tx.open_table(APPS).map_err(db_error)?;
-    let old: App = match apps.remove(id).map_err(db_error)? {
+    let old: App = match apps.get(id).map_err(db_error)? {
         Some(json) => decode(json.value())?,
         None => return Ok(false),
     };
+    if expected_version.is_some_and(|v| v != old.version) {
+        return Err(StoreError::VersionMismatch);
+    }
+    apps.remove(id).map_err(db_error)?;
     let mut names = tx.open_table(APP_NAMES).map_err(db_error)?;
     release_name(&mut names, id, &old.name.to_lowercase())?;
-    for key_id in key_ids_of(tx, id)? {
-        remove_key(tx, &key_id)?;
-    }
+    order::unindex_app(tx, &old)?;
+    order::queue_deleted_app(tx, id)?;
     remove_usage(tx, UsageSubject::App(id))?;
     Ok(true)
 }
 
-/// Ids of `app_id`'s keys. A scan: there is no per-app index, and this only runs on app deletion.
-fn key_ids_of(tx: &WriteTransaction, app_id: &str) -> Result<Vec<String>, StoreError> {
-    let keys = tx.open_table(KEYS).map_err(db_error)?;
-    let mut ids = Vec::new();
-    for entry in keys.iter().map_err(db_error)? {
-        let (id, json) = entry.map_err(db_error)?;
-        let key: KeyRecord = decode(json.value())?;
-        if key.app_id == app_id {
-            ids.push(id.value().to_owned());
-        }
+/// Removes up to [`PURGE_CHUNK`] keys of one deleted app.
+fn purge_chunk(tx: &WriteTransaction) -> Result<usize, StoreError> {
+    let Some((_, ids)) = order::deleted_app_keys(tx, PURGE_CHUNK)? else {
+        return Ok(0);
+    };
+    for id in &ids {
+        remove_key(tx, id)?;
     }
-    Ok(ids)
+    // A finished app counts as progress too, so callers go on to the next one.
+    Ok(ids.len().max(1))
 }
 
 fn insert_key(tx: &WriteTransaction, key: &KeyRecord) -> Result<(), StoreError> {
@@ -307,6 +354,7 @@ fn insert_key(tx: &WriteTransaction, key: &KeyRecord) -> Result<(), StoreError> 
     }
     keys.insert(key.id.as_str(), encode_key(key)?.as_slice())
         .map_err(db_error)?;
+    order::index_key(tx, key)?;
     if let Some(at) = key.last_used_at {
         let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
         last_used.insert(key.id.as_str(), at).map_err(db_error)?;
@@ -325,33 +373,19 @@ fn read_key(tx: &ReadTransaction, id: &str) -> Result<Option<KeyRecord>, StoreEr
     Ok(Some(key))
 }
 
-fn all_keys(tx: &ReadTransaction, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
-    let keys = tx.open_table(KEYS).map_err(db_error)?;
-    let last_used = tx.open_table(LAST_USED).map_err(db_error)?;
-    let mut list = Vec::new();
-    for entry in keys.iter().map_err(db_error)? {
-        let (id, json) = entry.map_err(db_error)?;
-        let mut key: KeyRecord = decode(json.value())?;
-        if app_id.is_some_and(|app_id| key.app_id != app_id) {
-            continue;
-        }
-        key.last_used_at = last_used
-            .get(id.value())
-            .map_err(db_error)?
-            .map(|at| at.value());
-        list.push(key);
-    }
-    list.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    Ok(list)
-}
-
 fn remove_key(tx: &WriteTransaction, id: &str) -> Result<bool, StoreError> {
     let mut keys = tx.open_table(KEYS).map_err(db_error)?;
     let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
-    let existed = keys.remove(id).map_err(db_error)?.is_some();
+    let removed = keys.remove(id).map_err(db_error)?;
+    let Some(json) = removed else {
+        return Ok(false);
+    };
+    let record: KeyRecord = decode(json.value())?;
+    drop(json);
+    order::unindex_key(tx, &record)?;
     last_used.remove(id).map_err(db_error)?;
     remove_usage(tx, UsageSubject::Key(id))?;
-    Ok(existed)
+    Ok(true)
 }
 
 fn record_uses(tx: &WriteTransaction, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError> {

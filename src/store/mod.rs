@@ -10,7 +10,9 @@ mod redis;
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
 
-use crate::model::{App, KeyRecord, UnixSeconds, UsageCounts, UsageSubject};
+use crate::model::{
+    App, AppChange, KeyRecord, Page, PageRequest, UnixSeconds, UsageCounts, UsageSubject,
+};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
@@ -29,7 +31,23 @@ pub enum StoreError {
     /// The record an operation refers to does not exist (e.g. a key for a missing app).
     #[error("not found")]
     NotFound,
+    /// The record changed since the version the caller read (a stale `If-Match`).
+    #[error("the record changed since it was read")]
+    VersionMismatch,
 }
+
+/// Which records a listing keeps. Applied by the store as it scans, so a page holds only
+/// matching records however few there are.
+pub type Keep<'a, T> = &'a (dyn Fn(&T) -> bool + Sync);
+
+/// Records examined per store command while listing: small enough that no command holds
+/// Redis busy for long.
+pub const LIST_CHUNK: usize = 500;
+/// Records examined per listing call at most: a filter that matches little returns a short
+/// (or empty) page with a cursor instead of scanning everything in one call.
+pub const LIST_SCAN_BUDGET: usize = 20_000;
+/// Keys of deleted apps removed per store command.
+pub const PURGE_CHUNK: usize = 500;
 
 /// A change made through some gateway instance that cached copies must drop.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,20 +67,42 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Stores a new app. `Conflict` when another app has the same name (case-insensitive).
     async fn create_app(&self, app: &App) -> Result<(), StoreError>;
     async fn get_app(&self, id: &str) -> Result<Option<App>, StoreError>;
-    /// All apps, oldest first (ties by id).
-    async fn list_apps(&self) -> Result<Vec<App>, StoreError>;
-    /// Replaces an existing app. `NotFound` if it does not exist, `Conflict` on a taken name.
-    async fn update_app(&self, app: &App) -> Result<(), StoreError>;
-    /// Deletes an app and all its keys, with the usage counts of the app and of those keys.
-    /// `Ok(false)` if it did not exist.
-    async fn delete_app(&self, id: &str) -> Result<bool, StoreError>;
+    /// A page of apps, oldest first (ties by id), that `keep` accepts.
+    async fn list_apps(
+        &self,
+        page: PageRequest<'_>,
+        keep: Keep<'_, App>,
+    ) -> Result<Page<App>, StoreError>;
+    /// Applies `change` to the app as stored now, atomically, and returns the result.
+    /// `NotFound` if it does not exist, `Conflict` on a taken name, `VersionMismatch` if
+    /// `expected_version` is given and the app is at another.
+    async fn update_app(
+        &self,
+        id: &str,
+        change: &AppChange,
+        expected_version: Option<u64>,
+    ) -> Result<App, StoreError>;
+    /// Deletes an app: from this moment none of its keys works on any instance. The key
+    /// records are removed afterwards, in chunks, by [`purge_deleted_apps`](Self::purge_deleted_apps).
+    /// `Ok(false)` if it did not exist; `VersionMismatch` as for `update_app`.
+    async fn delete_app(&self, id: &str, expected_version: Option<u64>)
+        -> Result<bool, StoreError>;
+    /// Removes up to `PURGE_CHUNK` keys of deleted apps (with their usage and last-use
+    /// times). Returns how many it removed: 0 once nothing is left.
+    async fn purge_deleted_apps(&self) -> Result<usize, StoreError>;
 
     /// Stores a new key. `NotFound` if its app does not exist.
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
     /// One key, with `last_used_at` filled in.
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
-    /// Keys of one app, or all keys; oldest first (ties by id); with `last_used_at`.
-    async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
+    /// A page of the keys of one app, or of all keys, that `keep` accepts; oldest first (ties
+    /// by id); with `last_used_at`.
+    async fn list_keys(
+        &self,
+        app_id: Option<&str>,
+        page: PageRequest<'_>,
+        keep: Keep<'_, KeyRecord>,
+    ) -> Result<Page<KeyRecord>, StoreError>;
     /// Deletes a key and its usage counts. `Ok(false)` if it did not exist.
     async fn delete_key(&self, id: &str) -> Result<bool, StoreError>;
 
@@ -118,4 +158,50 @@ fn usage_increments(
             ))),
         })
         .collect()
+}
+
+/// One listed position and its record (`None` when the record vanished since it was indexed).
+type Indexed<T> = (String, Option<T>);
+
+/// Walks an index from `page.cursor` in chunks of at most [`LIST_CHUNK`] positions (`fetch`
+/// reads the chunk after a position), keeping what `keep` accepts, until the page is full,
+/// the index ends, or [`LIST_SCAN_BUDGET`] positions were examined.
+async fn scan_index<T, F, Fut>(
+    page: PageRequest<'_>,
+    keep: Keep<'_, T>,
+    mut fetch: F,
+) -> Result<Page<T>, StoreError>
+where
+    F: FnMut(Option<String>, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Indexed<T>>, StoreError>>,
+{
+    let limit = page.limit.max(1);
+    let mut after = page.cursor.map(str::to_owned);
+    let mut items = Vec::new();
+    let mut examined = 0;
+    let mut chunk_size = limit.min(LIST_CHUNK);
+    loop {
+        let chunk = fetch(after.clone(), chunk_size).await?;
+        let ended = chunk.len() < chunk_size;
+        let count = chunk.len();
+        for (i, (position, record)) in chunk.into_iter().enumerate() {
+            examined += 1;
+            after = Some(position);
+            if record.filter(|r| keep(r)).map(|r| items.push(r)).is_some() && items.len() == limit
+            {
+                let last = ended && i + 1 == count;
+                return Ok(Page {
+                    items,
+                    next: if last { None } else { after },
+                });
+            }
+        }
+        if ended {
+            return Ok(Page { items, next: None });
+        }
+        if examined >= LIST_SCAN_BUDGET {
+            return Ok(Page { items, next: after });
+        }
+        chunk_size = LIST_CHUNK;
+    }
 }

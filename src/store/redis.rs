@@ -1,10 +1,13 @@
 //! The Redis store: apps and keys shared by many gateway instances, plus the `sg:invalidate`
 //! pub/sub feed that tells the other instances what changed.
 //!
-//! Layout (all under `sg:`): `app:{id}` app JSON, `apps` set of app ids, `appname:{lowercase}`
-//! name claim -> app id, `key:{id}` key JSON, `keys` set of key ids, `appkeys:{app}` set of that
-//! app's key ids, hash `last_used` key id -> unix seconds, hashes `usage:key:{id}` and
-//! `usage:app:{id}` date (`YYYY-MM-DD`) -> request count.
+//! Layout (all under `sg:`): `app:{id}` app JSON, `appname:{lowercase}` name claim -> app id,
+//! `key:{id}` key JSON, hash `last_used` key id -> unix seconds, hashes `usage:key:{id}` and
+//! `usage:app:{id}` date (`YYYY-MM-DD`) -> request count. Listings read sorted sets whose members
+//! are `{created_at:011}.{id}` (all scores 0, so they sort by that text): `appidx` of apps,
+//! `keyidx` of keys, `appkeyidx:{app}` of one app's keys; a page is one `ZRANGEBYLEX ... LIMIT`
+//! plus one `MGET` of at most [`LIST_CHUNK`](super::LIST_CHUNK) records. `deleted_apps` is the set of deleted apps
+//! whose keys are still to be removed, [`PURGE_CHUNK`] keys per script.
 //!
 //! Conditional multi-key writes run as Lua scripts (sent with `EVAL`), not WATCH/MULTI: the
 //! `ConnectionManager` multiplexes every caller over one connection, and WATCH state is per
@@ -14,8 +17,11 @@
 //! The scripts touch keys they derive themselves (`sg:key:{id}` of an app's keys), which is fine on
 //! a standalone Redis but would not be on Redis Cluster.
 
-use super::{Invalidation, KeyStore, StoreError};
-use crate::model::{App, KeyRecord, UnixSeconds, UsageCounts, UsageSubject};
+use super::{Indexed, Invalidation, Keep, KeyStore, StoreError, PURGE_CHUNK};
+use crate::model::{
+    listing_position, App, AppChange, KeyRecord, Page, PageRequest, UnixSeconds, UsageCounts,
+    UsageSubject,
+};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub, PubSubSink};
@@ -27,8 +33,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 const CHANNEL: &str = "sg:invalidate";
-const APPS: &str = "sg:apps";
-const KEYS: &str = "sg:keys";
+const APP_INDEX: &str = "sg:appidx";
+const KEY_INDEX: &str = "sg:keyidx";
+const DELETED_APPS: &str = "sg:deleted_apps";
 const LAST_USED: &str = "sg:last_used";
 const KEY_PREFIX: &str = "sg:key:";
 const KEY_USAGE_PREFIX: &str = "sg:usage:key:";
@@ -57,12 +64,12 @@ const MISSING: i64 = 0;
 const TAKEN: i64 = -1;
 const STALE: i64 = -2;
 
-/// KEYS: app, name claim, apps set. ARGV: id, json.
+/// KEYS: app, name claim, app index. ARGV: id, json, listing position.
 const CREATE_APP: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX') then return -1 end
 redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[3], 0, ARGV[3])
 return 1";
 
 /// KEYS: app, old name claim, new name claim.
@@ -81,41 +88,50 @@ redis.call('SET', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1";
 
-/// KEYS: app, name claim, apps set, app's key set, keys set, last_used hash, app's usage hash.
-/// ARGV: id, json read by the caller, channel, key prefix, key usage prefix.
+/// The app goes at once (its keys then resolve to no app on every instance); its keys are
+/// queued for purging in chunks, so this script is small whatever their number.
+/// KEYS: app, name claim, app index, deleted apps set, app's usage hash.
+/// ARGV: id, json read by the caller, channel, listing position.
 const DELETE_APP: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 if cur ~= ARGV[2] then return -2 end
-local ids = redis.call('SMEMBERS', KEYS[4])
-for _, k in ipairs(ids) do
-  redis.call('DEL', ARGV[4] .. k, ARGV[5] .. k)
-  redis.call('SREM', KEYS[5], k)
-  redis.call('HDEL', KEYS[6], k)
-end
-redis.call('DEL', KEYS[1], KEYS[4], KEYS[7])
-redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[5])
+redis.call('ZREM', KEYS[3], ARGV[4])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-for _, k in ipairs(ids) do redis.call('PUBLISH', ARGV[3], 'key:' .. k) end
+redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('PUBLISH', ARGV[3], 'app:' .. ARGV[1])
 return 1";
 
-/// KEYS: app, key, keys set, app's key set, last_used hash.
-/// ARGV: key id, json, last used time or empty.
+/// Removes keys of a deleted app. KEYS: key index, app's key index, last_used hash.
+/// ARGV: key prefix, key usage prefix, then listing positions (`{created_at}.{id}`).
+const PURGE_KEYS: &str = r"
+for i = 3, #ARGV do
+  local id = string.match(ARGV[i], '%.(.*)$')
+  redis.call('DEL', ARGV[1] .. id, ARGV[2] .. id)
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('ZREM', KEYS[2], ARGV[i])
+end
+return #ARGV - 2";
+
+/// KEYS: app, key, key index, app's key index, last_used hash.
+/// ARGV: key id, json, last used time or empty, listing position.
 const CREATE_KEY: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[3], 0, ARGV[4])
+redis.call('ZADD', KEYS[4], 0, ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[3]) end
 return 1";
 
-/// KEYS: key, keys set, app's key set, last_used hash, key's usage hash. ARGV: key id, channel.
+/// KEYS: key, key index, app's key index, last_used hash, key's usage hash.
+/// ARGV: key id, channel, listing position.
 const DELETE_KEY: &str = r"
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[5])
 redis.call('PUBLISH', ARGV[2], 'key:' .. ARGV[1])
@@ -217,10 +233,6 @@ impl RedisStore {
         self.read(redis::cmd("GET").arg(key)).await
     }
 
-    async fn members(&self, set: &str) -> Result<Vec<String>, StoreError> {
-        self.read(redis::cmd("SMEMBERS").arg(set)).await
-    }
-
     /// The app as stored now: its raw JSON (for compare-and-set) and decoded form.
     async fn current_app(&self, id: &str) -> Result<Option<(String, App)>, StoreError> {
         match self.get_json(&app_key(id)).await? {
@@ -229,70 +241,119 @@ impl RedisStore {
         }
     }
 
-    /// One compare-and-set attempt of `update_app`.
-    async fn try_update_app(&self, app: &App, json: &str) -> Result<i64, StoreError> {
-        let Some((old_json, old)) = self.current_app(&app.id).await? else {
-            return Ok(MISSING);
+    /// One compare-and-set attempt of `update_app`: the change applied to the app as read.
+    async fn try_update_app(
+        &self,
+        id: &str,
+        change: &AppChange,
+        expected_version: Option<u64>,
+    ) -> Result<(i64, Option<App>), StoreError> {
+        let Some((old_json, old)) = self.current_app(id).await? else {
+            return Ok((MISSING, None));
         };
+        if expected_version.is_some_and(|v| v != old.version) {
+            return Err(StoreError::VersionMismatch);
+        }
+        let app = change.applied_to(&old);
         let mut cmd = eval(
             UPDATE_APP,
-            &[
-                &app_key(&app.id),
-                &name_key(&old.name),
-                &name_key(&app.name),
-            ],
+            &[&app_key(id), &name_key(&old.name), &name_key(&app.name)],
         );
-        cmd.arg(&app.id)
+        cmd.arg(id)
             .arg(old_json)
-            .arg(json)
+            .arg(encode(&app)?)
             .arg(CHANNEL)
-            .arg(format!("app:{}", app.id));
-        self.query(&cmd).await
+            .arg(format!("app:{id}"));
+        Ok((self.query(&cmd).await?, Some(app)))
     }
 
     /// One compare-and-set attempt of `delete_app`.
-    async fn try_delete_app(&self, id: &str) -> Result<i64, StoreError> {
+    async fn try_delete_app(
+        &self,
+        id: &str,
+        expected_version: Option<u64>,
+    ) -> Result<i64, StoreError> {
         let Some((old_json, old)) = self.current_app(id).await? else {
             return Ok(MISSING);
         };
+        if expected_version.is_some_and(|v| v != old.version) {
+            return Err(StoreError::VersionMismatch);
+        }
         let keys = [
             app_key(id),
             name_key(&old.name),
-            APPS.to_owned(),
-            app_keys_key(id),
-            KEYS.to_owned(),
-            LAST_USED.to_owned(),
+            APP_INDEX.to_owned(),
+            DELETED_APPS.to_owned(),
             usage_key(UsageSubject::App(id)),
         ];
         let mut cmd = eval(DELETE_APP, &keys.each_ref().map(String::as_str));
         cmd.arg(id)
             .arg(old_json)
             .arg(CHANNEL)
-            .arg(KEY_PREFIX)
-            .arg(KEY_USAGE_PREFIX);
+            .arg(listing_position(old.created_at, id));
         self.query(&cmd).await
     }
 
-    /// Key records for `ids` with their last-use times, read in one atomic round trip.
-    /// Ids whose record vanished meanwhile are skipped.
-    async fn keys_by_id(&self, ids: &[String]) -> Result<Vec<KeyRecord>, StoreError> {
-        if ids.is_empty() {
+    /// Up to `n` members of a listing index after `after`: one bounded `ZRANGEBYLEX`.
+    async fn positions_after(
+        &self,
+        index: &str,
+        after: Option<&str>,
+        n: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let min = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        let mut cmd = redis::cmd("ZRANGEBYLEX");
+        cmd.arg(index).arg(min).arg("+").arg("LIMIT").arg(0).arg(n);
+        self.read(&cmd).await
+    }
+
+    async fn apps_after(
+        &self,
+        after: Option<&str>,
+        n: usize,
+    ) -> Result<Vec<Indexed<App>>, StoreError> {
+        let positions = self.positions_after(APP_INDEX, after, n).await?;
+        if positions.is_empty() {
             return Ok(Vec::new());
         }
+        let keys: Vec<String> = positions.iter().map(|p| app_key(id_of(p))).collect();
+        let jsons: Vec<Option<String>> = self.read(redis::cmd("MGET").arg(&keys)).await?;
+        positions
+            .into_iter()
+            .zip(jsons)
+            .map(|(position, json)| Ok((position, json.map(|j| decode(&j)).transpose()?)))
+            .collect()
+    }
+
+    /// Up to `n` keys of an index after `after`, with their last-use times: one pipelined
+    /// round trip of two bounded reads (not a transaction: a key removed in between is
+    /// simply missing from the page).
+    async fn keys_after(
+        &self,
+        index: &str,
+        after: Option<&str>,
+        n: usize,
+    ) -> Result<Vec<Indexed<KeyRecord>>, StoreError> {
+        let positions = self.positions_after(index, after, n).await?;
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = positions.iter().map(|p| id_of(p)).collect();
         let record_keys: Vec<String> = ids.iter().map(|id| key_key(id)).collect();
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("MGET")
+        pipe.cmd("MGET")
             .arg(&record_keys)
             .cmd("HMGET")
             .arg(LAST_USED)
-            .arg(ids);
+            .arg(&ids);
         let (jsons, times): (Vec<Option<String>>, Vec<Option<u64>>) =
-            self.query_pipe(&pipe).await?;
-        jsons
+            self.read_pipe(&pipe).await?;
+        positions
             .into_iter()
-            .zip(times)
-            .filter_map(|(json, at)| json.map(|json| decode_key(&json, at)))
+            .zip(jsons.into_iter().zip(times))
+            .map(|(position, (json, at))| {
+                Ok((position, json.map(|j| decode_key(&j, at)).transpose()?))
+            })
             .collect()
     }
 }
@@ -301,8 +362,13 @@ impl RedisStore {
 impl KeyStore for RedisStore {
     async fn create_app(&self, app: &App) -> Result<(), StoreError> {
         let json = encode(app)?;
-        let mut cmd = eval(CREATE_APP, &[&app_key(&app.id), &name_key(&app.name), APPS]);
-        cmd.arg(&app.id).arg(json);
+        let mut cmd = eval(
+            CREATE_APP,
+            &[&app_key(&app.id), &name_key(&app.name), APP_INDEX],
+        );
+        cmd.arg(&app.id)
+            .arg(json)
+            .arg(listing_position(app.created_at, &app.id));
         match self.query::<i64>(&cmd).await? {
             DONE => Ok(()),
             TAKEN => Err(StoreError::Conflict),
@@ -316,39 +382,42 @@ impl KeyStore for RedisStore {
             .map(|found| found.map(|(_, app)| app))
     }
 
-    async fn list_apps(&self) -> Result<Vec<App>, StoreError> {
-        let ids = self.members(APPS).await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ids.iter().map(|id| app_key(id)).collect();
-        let jsons: Vec<Option<String>> = self.read(redis::cmd("MGET").arg(&keys)).await?;
-        let mut apps = jsons
-            .into_iter()
-            .flatten()
-            .map(|json| decode::<App>(&json))
-            .collect::<Result<Vec<_>, _>>()?;
-        apps.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(apps)
+    async fn list_apps(
+        &self,
+        page: PageRequest<'_>,
+        keep: Keep<'_, App>,
+    ) -> Result<Page<App>, StoreError> {
+        super::scan_index(page, keep, |after, n| async move {
+            self.apps_after(after.as_deref(), n).await
+        })
+        .await
     }
 
-    async fn update_app(&self, app: &App) -> Result<(), StoreError> {
-        let json = encode(app)?;
+    async fn update_app(
+        &self,
+        id: &str,
+        change: &AppChange,
+        expected_version: Option<u64>,
+    ) -> Result<App, StoreError> {
         for _ in 0..CAS_ATTEMPTS {
-            match self.try_update_app(app, &json).await? {
-                DONE => return Ok(()),
-                MISSING => return Err(StoreError::NotFound),
-                TAKEN => return Err(StoreError::Conflict),
-                STALE => continue,
-                other => return Err(unexpected_status(other)),
+            match self.try_update_app(id, change, expected_version).await? {
+                (DONE, Some(app)) => return Ok(app),
+                (MISSING, _) => return Err(StoreError::NotFound),
+                (TAKEN, _) => return Err(StoreError::Conflict),
+                (STALE, _) => continue,
+                (other, _) => return Err(unexpected_status(other)),
             }
         }
         Err(contended())
     }
 
-    async fn delete_app(&self, id: &str) -> Result<bool, StoreError> {
+    async fn delete_app(
+        &self,
+        id: &str,
+        expected_version: Option<u64>,
+    ) -> Result<bool, StoreError> {
         for _ in 0..CAS_ATTEMPTS {
-            match self.try_delete_app(id).await? {
+            match self.try_delete_app(id, expected_version).await? {
                 DONE => return Ok(true),
                 MISSING => return Ok(false),
                 STALE => continue,
@@ -358,17 +427,41 @@ impl KeyStore for RedisStore {
         Err(contended())
     }
 
+    async fn purge_deleted_apps(&self) -> Result<usize, StoreError> {
+        let app: Option<String> = self
+            .read(redis::cmd("SRANDMEMBER").arg(DELETED_APPS))
+            .await?;
+        let Some(app) = app else {
+            return Ok(0);
+        };
+        let index = app_keys_key(&app);
+        let positions = self.positions_after(&index, None, PURGE_CHUNK).await?;
+        if positions.is_empty() {
+            // No key can be added to a deleted app, so an empty index stays empty.
+            self.query::<i64>(redis::cmd("SREM").arg(DELETED_APPS).arg(&app))
+                .await?;
+            return Ok(1);
+        }
+        let mut cmd = eval(PURGE_KEYS, &[KEY_INDEX, &index, LAST_USED]);
+        cmd.arg(KEY_PREFIX).arg(KEY_USAGE_PREFIX).arg(&positions);
+        self.query::<i64>(&cmd).await?;
+        Ok(positions.len())
+    }
+
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         let keys = [
             app_key(&key.app_id),
             key_key(&key.id),
-            KEYS.to_owned(),
+            KEY_INDEX.to_owned(),
             app_keys_key(&key.app_id),
             LAST_USED.to_owned(),
         ];
         let mut cmd = eval(CREATE_KEY, &keys.each_ref().map(String::as_str));
         let last_used = key.last_used_at.map(|t| t.to_string()).unwrap_or_default();
-        cmd.arg(&key.id).arg(encode_key(key)?).arg(last_used);
+        cmd.arg(&key.id)
+            .arg(encode_key(key)?)
+            .arg(last_used)
+            .arg(listing_position(key.created_at, &key.id));
         match self.query::<i64>(&cmd).await? {
             DONE => Ok(()),
             MISSING => Err(StoreError::NotFound),
@@ -388,30 +481,38 @@ impl KeyStore for RedisStore {
         json.map(|json| decode_key(&json, at)).transpose()
     }
 
-    async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
-        let set = app_id.map_or_else(|| KEYS.to_owned(), app_keys_key);
-        let ids = self.members(&set).await?;
-        let mut keys = self.keys_by_id(&ids).await?;
-        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(keys)
+    async fn list_keys(
+        &self,
+        app_id: Option<&str>,
+        page: PageRequest<'_>,
+        keep: Keep<'_, KeyRecord>,
+    ) -> Result<Page<KeyRecord>, StoreError> {
+        let index = app_id.map_or_else(|| KEY_INDEX.to_owned(), app_keys_key);
+        let index = index.as_str();
+        super::scan_index(page, keep, |after, n| async move {
+            self.keys_after(index, after.as_deref(), n).await
+        })
+        .await
     }
 
     async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
-        // Key records never change app, so reading the app id first is race-free; the script's
-        // DEL decides which of two concurrent deletes wins.
+        // Key records never change app or creation time, so reading them first is race-free;
+        // the script's DEL decides which of two concurrent deletes wins.
         let Some(json) = self.get_json(&key_key(id)).await? else {
             return Ok(false);
         };
         let record: KeyRecord = decode(&json)?;
         let keys = [
             key_key(id),
-            KEYS.to_owned(),
+            KEY_INDEX.to_owned(),
             app_keys_key(&record.app_id),
             LAST_USED.to_owned(),
             usage_key(UsageSubject::Key(id)),
         ];
         let mut cmd = eval(DELETE_KEY, &keys.each_ref().map(String::as_str));
-        cmd.arg(id).arg(CHANNEL);
+        cmd.arg(id)
+            .arg(CHANNEL)
+            .arg(listing_position(record.created_at, id));
         Ok(self.query::<i64>(&cmd).await? == DONE)
     }
 
@@ -501,7 +602,12 @@ fn key_key(id: &str) -> String {
 }
 
 fn app_keys_key(app_id: &str) -> String {
-    format!("sg:appkeys:{app_id}")
+    format!("sg:appkeyidx:{app_id}")
+}
+
+/// The id at the end of a listing position (`{created_at}.{id}`).
+fn id_of(position: &str) -> &str {
+    position.rsplit('.').next().unwrap_or(position)
 }
 
 fn usage_key(subject: UsageSubject<'_>) -> String {
