@@ -915,11 +915,11 @@ async fn redis_layout_and_cleanup() {
     all.sort();
     let expected = [
         "sg:app:a1",
-        "sg:appkeys:a1",
+        "sg:appidx",
+        "sg:appkeyidx:a1",
         "sg:appname:myapp",
-        "sg:apps",
         "sg:key:k1",
-        "sg:keys",
+        "sg:keyidx",
         "sg:last_used",
         "sg:usage:app:a1",
         "sg:usage:key:k1",
