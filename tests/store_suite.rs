@@ -4,7 +4,9 @@
 mod common;
 
 use common::redis::RedisServer;
-use scopegate::model::{App, AppChange, KeyRecord, PageRequest, RateLimit, UsageCounts, UsageSubject};
+use scopegate::model::{
+    App, AppChange, KeyRecord, PageRequest, RateLimit, UsageCounts, UsageSubject,
+};
 use scopegate::store::{EmbeddedStore, Invalidation, KeyStore, RedisStore, StoreError};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -261,7 +263,8 @@ async fn keys_crud(store: &dyn KeyStore) {
         ids_of_keys(&list_all_keys(store, Some("a2")).await.expect("a2")),
         ["k2"]
     );
-    assert!(list_all_keys(store, Some("missing")).await
+    assert!(list_all_keys(store, Some("missing"))
+        .await
         .expect("none")
         .is_empty());
     assert!(matches!(
@@ -305,7 +308,10 @@ async fn delete_app_deletes_its_keys(store: &dyn KeyStore) {
     assert!(delete_app_fully(store, "a1").await);
     assert_eq!(store.get_key("k1").await.expect("get"), None);
     assert_eq!(store.get_key("k2").await.expect("get"), None);
-    assert!(list_all_keys(store, Some("a1")).await.expect("a1").is_empty());
+    assert!(list_all_keys(store, Some("a1"))
+        .await
+        .expect("a1")
+        .is_empty());
     assert_eq!(
         ids_of_keys(&list_all_keys(store, None).await.expect("all")),
         ["k3"]
@@ -650,10 +656,7 @@ async fn embedded_opens_a_file_without_usage_table() {
 
     {
         let store = EmbeddedStore::open(&path).expect("open old file");
-        assert_eq!(
-            all_apps(&store).await,
-            [app("a1", "One", 1)]
-        );
+        assert_eq!(all_apps(&store).await, [app("a1", "One", 1)]);
         let k1 = store.get_key("k1").await.expect("key");
         assert_eq!(k1.and_then(|k| k.last_used_at), Some(42));
         assert_eq!(key_usage(&store, "k1", &[D1]).await, [0]);

@@ -4,7 +4,9 @@ use super::views::{AppView, CreateApp, CreateKey, KeyView, ScopeView, UpdateApp,
 use super::Admin;
 use crate::auth::key;
 use crate::error::AdminError;
-use crate::model::{now_unix, utc_date, App, AppChange, Page, PageRequest, RateLimit, UsageSubject};
+use crate::model::{
+    now_unix, utc_date, App, AppChange, Page, PageRequest, RateLimit, UsageSubject,
+};
 use crate::store::{Invalidation, KeyStore};
 use std::sync::Arc;
 
@@ -126,7 +128,9 @@ impl Admin {
             rate_limit: req.rate_limit.map(valid_rate_limit).transpose()?,
         };
         let app = self.store.update_app(id, &change, expected_version).await?;
-        self.cache.invalidate(&Invalidation::App(app.id.clone())).await;
+        self.cache
+            .invalidate(&Invalidation::App(app.id.clone()))
+            .await;
         tracing::info!(app = %app.id, version = app.version, "app updated");
         Ok(app)
     }
@@ -197,7 +201,11 @@ impl Admin {
         };
         let found = self.store.list_keys(app_id, page, &keep).await?;
         Ok(Page {
-            items: found.items.into_iter().map(|k| KeyView::new(k, now)).collect(),
+            items: found
+                .items
+                .into_iter()
+                .map(|k| KeyView::new(k, now))
+                .collect(),
             next: found.next,
         })
     }

@@ -14,7 +14,6 @@ use crate::error::AdminError;
 use crate::metrics::{Metrics, StoreOp};
 use crate::model::{App, UsageSubject};
 use crate::store::KeyStore;
-use views::AppView;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -25,6 +24,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
+use views::AppView;
 
 /// Admin request bodies are small JSON documents.
 const MAX_ADMIN_BODY: usize = 64 * 1024;

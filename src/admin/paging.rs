@@ -41,13 +41,11 @@ pub(super) fn params(query: Option<&str>) -> Result<(Option<String>, usize), Adm
 /// Cursors are listing positions, `{created_at}.{id}`: digits, a dot, alphanumerics.
 fn valid_cursor(cursor: &str) -> bool {
     cursor.len() <= 128
-        && cursor
-            .split_once('.')
-            .is_some_and(|(at, id)| {
-                !at.is_empty()
-                    && at.bytes().all(|b| b.is_ascii_digit())
-                    && id.bytes().all(|b| b.is_ascii_alphanumeric())
-            })
+        && cursor.split_once('.').is_some_and(|(at, id)| {
+            !at.is_empty()
+                && at.bytes().all(|b| b.is_ascii_digit())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
 }
 
 pub(super) fn request(cursor: &Option<String>, limit: usize) -> PageRequest<'_> {
@@ -126,7 +124,11 @@ mod tests {
     #[test]
     fn next_link_keeps_the_filters_and_replaces_the_cursor() {
         assert_eq!(
-            next_link("/v1/keys", Some("search=a%20b&cursor=old&limit=5"), "00000000001.k1"),
+            next_link(
+                "/v1/keys",
+                Some("search=a%20b&cursor=old&limit=5"),
+                "00000000001.k1"
+            ),
             "</v1/keys?search=a+b&limit=5&cursor=00000000001.k1>; rel=\"next\""
         );
         assert_eq!(
@@ -154,7 +156,10 @@ mod tests {
         };
         assert_eq!(with("\"7\"").ok(), Some(Some(7)));
         assert_eq!(with("*").ok(), Some(None));
-        assert!(matches!(with("W/\"7\""), Err(AdminError::PreconditionFailed)));
+        assert!(matches!(
+            with("W/\"7\""),
+            Err(AdminError::PreconditionFailed)
+        ));
         assert!(matches!(with("\"x\""), Err(AdminError::PreconditionFailed)));
         assert!(with("\"1\", \"2\"").is_err());
         assert_eq!(if_match(&HeaderMap::new()).ok(), Some(None));

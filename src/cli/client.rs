@@ -41,7 +41,9 @@ impl AdminClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, ClientError> {
-        self.exchange(method, path, body).await.map(|(value, _)| value)
+        self.exchange(method, path, body)
+            .await
+            .map(|(value, _)| value)
     }
 
     /// A listing, every page of it (following `Link: <...>; rel="next"`), as one JSON array.

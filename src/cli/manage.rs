@@ -42,9 +42,7 @@ pub async fn apps(config: &Path, args: &AdminArgs, command: AppsCommand) -> Exit
                 )
                 .await
         }
-        AppsCommand::List { search } => {
-            client.list(&with_search("/v1/apps", search)).await
-        }
+        AppsCommand::List { search } => client.list(&with_search("/v1/apps", search)).await,
         AppsCommand::Update { id, name, scopes } => {
             let mut body = serde_json::Map::new();
             if let Some(n) = name {
@@ -110,7 +108,10 @@ pub async fn keys(config: &Path, args: &AdminArgs, command: KeysCommand) -> Exit
             search,
         } => {
             client
-                .list(&with_search(&format!("/v1/apps/{}/keys", encode(&app)), search))
+                .list(&with_search(
+                    &format!("/v1/apps/{}/keys", encode(&app)),
+                    search,
+                ))
                 .await
         }
         KeysCommand::List { app: None, search } => {

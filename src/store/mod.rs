@@ -187,8 +187,7 @@ where
         for (i, (position, record)) in chunk.into_iter().enumerate() {
             examined += 1;
             after = Some(position);
-            if record.filter(|r| keep(r)).map(|r| items.push(r)).is_some() && items.len() == limit
-            {
+            if record.filter(|r| keep(r)).map(|r| items.push(r)).is_some() && items.len() == limit {
                 let last = ended && i + 1 == count;
                 return Ok(Page {
                     items,

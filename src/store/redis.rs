@@ -346,8 +346,7 @@ impl RedisStore {
             .cmd("HMGET")
             .arg(LAST_USED)
             .arg(&ids);
-        let (jsons, times): (Vec<Option<String>>, Vec<Option<u64>>) =
-            self.read_pipe(&pipe).await?;
+        let (jsons, times): (Vec<Option<String>>, Vec<Option<u64>>) = self.read_pipe(&pipe).await?;
         positions
             .into_iter()
             .zip(jsons.into_iter().zip(times))

@@ -5,7 +5,9 @@
 use super::{db_error, decode, APPS, KEYS, LAST_USED};
 use crate::model::{listing_position, App, KeyRecord};
 use crate::store::{Indexed, StoreError};
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use std::ops::Bound;
 
 /// `{created_at:011}.{app id}` of every app.
@@ -36,8 +38,14 @@ fn app_key_range(app_id: &str, after: Option<&str>) -> (Bound<String>, Bound<Str
     (start, Bound::Excluded(format!("{app_id}0")))
 }
 
-fn borrowed<'a>(start: &'a Bound<String>, end: &'a Bound<String>) -> (Bound<&'a str>, Bound<&'a str>) {
-    (start.as_ref().map(String::as_str), end.as_ref().map(String::as_str))
+fn borrowed<'a>(
+    start: &'a Bound<String>,
+    end: &'a Bound<String>,
+) -> (Bound<&'a str>, Bound<&'a str>) {
+    (
+        start.as_ref().map(String::as_str),
+        end.as_ref().map(String::as_str),
+    )
 }
 
 pub(super) fn index_app(tx: &WriteTransaction, app: &App) -> Result<(), StoreError> {
@@ -118,7 +126,9 @@ pub(super) fn keys_after(
             let per_app = tx.open_table(APP_KEY_ORDER).map_err(db_error)?;
             let prefix_len = app_id.len() + 1;
             let (start, end) = app_key_range(app_id, after);
-            let rows = per_app.range::<&str>(borrowed(&start, &end)).map_err(db_error)?;
+            let rows = per_app
+                .range::<&str>(borrowed(&start, &end))
+                .map_err(db_error)?;
             rows.take(n)
                 .map(|row| Ok(row.map_err(db_error)?.0.value()[prefix_len..].to_owned()))
                 .collect::<Result<Vec<_>, StoreError>>()?
@@ -126,7 +136,9 @@ pub(super) fn keys_after(
         None => {
             let order = tx.open_table(KEY_ORDER).map_err(db_error)?;
             let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-            let rows = order.range::<&str>((start, Bound::Unbounded)).map_err(db_error)?;
+            let rows = order
+                .range::<&str>((start, Bound::Unbounded))
+                .map_err(db_error)?;
             rows.take(n)
                 .map(|row| Ok(row.map_err(db_error)?.0.value().to_owned()))
                 .collect::<Result<Vec<_>, StoreError>>()?
@@ -186,8 +198,16 @@ pub(super) fn queue_deleted_app(tx: &WriteTransaction, app_id: &str) -> Result<(
 /// Builds the indexes of a file written before they existed (once: when they are empty but
 /// records are not).
 pub(super) fn build_if_missing(tx: &WriteTransaction) -> Result<(), StoreError> {
-    let apps_indexed = !tx.open_table(APP_ORDER).map_err(db_error)?.is_empty().map_err(db_error)?;
-    let keys_indexed = !tx.open_table(KEY_ORDER).map_err(db_error)?.is_empty().map_err(db_error)?;
+    let apps_indexed = !tx
+        .open_table(APP_ORDER)
+        .map_err(db_error)?
+        .is_empty()
+        .map_err(db_error)?;
+    let keys_indexed = !tx
+        .open_table(KEY_ORDER)
+        .map_err(db_error)?
+        .is_empty()
+        .map_err(db_error)?;
     if !apps_indexed {
         let apps: Vec<App> = {
             let table = tx.open_table(APPS).map_err(db_error)?;
