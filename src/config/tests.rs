@@ -525,6 +525,21 @@ fn admin_tokens_and_store_url() {
         10,
         &["store.redis:"],
     );
+    let malformed = problems(&min_plus(
+        "store:\n  redis: 'redis://user:hunter2@h:notaport'\n",
+    ));
+    assert_eq!(malformed.len(), 1, "{malformed:#?}");
+    assert_at(
+        &malformed[0],
+        11,
+        10,
+        &[
+            "store.redis:",
+            "redis://user:***@h:notaport",
+            "not a usable Redis URL",
+        ],
+    );
+    assert!(!malformed[0].to_string().contains("hunter2"));
 }
 
 #[test]
