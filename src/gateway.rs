@@ -9,6 +9,7 @@ use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::pipeline::{LiveConfig, Pipeline};
 use crate::proxy::Forwarder;
 use crate::ratelimit::RateLimits;
+use crate::redact;
 use crate::reload::{self, FixedSettings, Reloader};
 use crate::server::{serve, serve_with_tls, ConnectionSettings};
 use crate::store::{EmbeddedStore, KeyStore, RedisStore, StoreError};
@@ -30,8 +31,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot open the store: {0}")]
-    Store(#[from] StoreError),
+    /// `store` names the configured store (`store.redis` with its URL's credentials masked,
+    /// or `store.path`).
+    #[error("cannot open the store ({store}): {source}")]
+    Store { store: String, source: StoreError },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
 }
@@ -58,9 +61,23 @@ pub struct RunningGateway {
 /// Opens the configured store: Redis when a URL is given, the embedded file store otherwise.
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn KeyStore>, StoreError> {
     Ok(match &config.redis {
-        Some(url) => Arc::new(RedisStore::connect(url, config.timeout).await?),
-        None => Arc::new(EmbeddedStore::open(&config.path)?),
+        Some(url) => {
+            tracing::info!(url = %redact::url(url), "opening the Redis store");
+            Arc::new(RedisStore::connect(url, config.timeout).await?)
+        }
+        None => {
+            tracing::info!(path = %config.path.display(), "opening the embedded store");
+            Arc::new(EmbeddedStore::open(&config.path)?)
+        }
     })
+}
+
+/// Which store the config names, for logs and errors; a Redis URL's credentials are masked.
+pub fn describe_store(config: &StoreConfig) -> String {
+    match &config.redis {
+        Some(url) => format!("store.redis = {}", redact::url(url)),
+        None => format!("store.path = {}", config.path.display()),
+    }
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -79,7 +96,12 @@ pub async fn start(
     config: Config,
     admin_tokens: Vec<(String, String)>,
 ) -> Result<RunningGateway, StartError> {
-    let store = open_store(&config.store).await?;
+    let store = open_store(&config.store)
+        .await
+        .map_err(|source| StartError::Store {
+            store: describe_store(&config.store),
+            source,
+        })?;
     start_with_store(config, admin_tokens, store).await
 }
 

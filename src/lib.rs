@@ -13,7 +13,8 @@
 //!
 //! Beside the request path: [`admin`] (apps and keys API), [`metrics`] (health and readiness),
 //! [`config`] (the YAML file, validated), [`tls`] (the listener's certificate, upstream CAs),
-//! [`gateway`] (wiring and shutdown), [`cli`] and [`demo`].
+//! [`gateway`] (wiring and shutdown), [`cli`] and [`demo`]; [`redact`] keeps credentials in
+//! URLs out of everything printed.
 
 pub mod admin;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod model;
 pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;
+pub mod redact;
 pub mod reload;
 pub mod routing;
 pub mod server;

@@ -175,6 +175,7 @@ impl Pipeline {
             RouteMatch::NotFound => return Err(ProxyError::RouteNotFound),
         };
         seen.route = Some(route.index);
+        route.check_parameters(&path)?;
         let presented = credential::extract(request.headers())?;
         let principal = match &route.spec.access {
             Access::Public => None,

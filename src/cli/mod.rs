@@ -223,10 +223,12 @@ pub fn admin_tokens_from_env(config: &Config) -> Vec<(String, String)> {
 
 async fn serve(config: Config) -> ExitCode {
     let tokens = admin_tokens_from_env(&config);
+    // Start-up errors name the settings they are about; the file says where those are.
+    let path = config.path.clone();
     let gateway = match crate::gateway::start(config, tokens).await {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("scopegate: {e}");
+            eprintln!("scopegate: {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };

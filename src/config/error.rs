@@ -1,6 +1,8 @@
 //! Problems found in a config file, each with the file and (where known) a 1-based line and column.
 
 use super::position::Pos;
+use crate::redact;
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -16,13 +18,20 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A problem at `pos`, or about the whole file when `pos` is `None`.
+    /// A problem at `pos`, or about the whole file when `pos` is `None`. Credentials in any
+    /// URL the message quotes are masked: every problem is printed (by `check`, at start-up,
+    /// in the reload log), and serde's messages quote values we never see first.
     pub fn new(file: &Path, pos: Option<Pos>, message: impl Into<String>) -> Problem {
+        let message = message.into();
+        let message = match redact::in_text(&message) {
+            Cow::Borrowed(_) => message,
+            Cow::Owned(masked) => masked,
+        };
         Problem {
             file: file.to_path_buf(),
             line: pos.map(|p| p.line),
             column: pos.map(|p| p.column),
-            message: message.into(),
+            message,
         }
     }
 
@@ -97,6 +106,19 @@ mod tests {
         assert_eq!(
             all.to_string(),
             "gateway.yaml:3:7: listen: bad\ngateway.yaml: cannot read: gone"
+        );
+    }
+
+    #[test]
+    fn credentials_in_messages_are_masked() {
+        let p = Problem::new(
+            Path::new("gateway.yaml"),
+            None,
+            "\"redis://:hunter2@h\" must be a redis:// URL",
+        );
+        assert_eq!(
+            p.to_string(),
+            "gateway.yaml: \"redis://:***@h\" must be a redis:// URL"
         );
     }
 }

@@ -82,6 +82,8 @@ pub struct RawRoute {
     pub upstream: String,
     /// A size such as `512KiB` or a number of bytes.
     pub max_body: Option<serde_yaml::Value>,
+    /// Let paths carrying `;` parameters through (refused with 400 otherwise).
+    pub allow_semicolons: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -113,7 +113,7 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     /// Shared store URL (`redis://`, `rediss://`, `unix://`); the embedded store is used when absent.
     pub redis: Option<String>,
@@ -121,6 +121,17 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Deadline for one store call.
     pub timeout: Duration,
+}
+
+/// By hand, so that no `{:?}` of a config can print the Redis password.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("redis", &self.redis.as_deref().map(crate::redact::url))
+            .field("path", &self.path)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

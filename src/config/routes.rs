@@ -26,7 +26,17 @@ pub(super) fn routes(
     for (i, r) in raw.into_iter().enumerate() {
         let path = at(&["routes"]).index(i);
         let methods = methods(c, &path.key("method"), &r.method);
+        let allow_semicolons = r.allow_semicolons.unwrap_or(false);
         let pattern = c.ok(&path.key("path"), route_path(&r.path));
+        if pattern.is_some() && r.path.contains(';') && !allow_semicolons {
+            c.at(
+                &path.key("path"),
+                format!(
+                    "{:?} contains `;`, which requests are refused for unless the route sets `allow_semicolons: true`",
+                    r.path
+                ),
+            );
+        }
         let access = if r.scope == "public" {
             Some(Access::Public)
         } else if scopes.iter().any(|(name, _)| *name == r.scope) {
@@ -64,6 +74,7 @@ pub(super) fn routes(
                 access,
                 upstream: Arc::clone(upstream),
                 max_body,
+                allow_semicolons,
             });
             origin.push(i);
         }

@@ -404,6 +404,38 @@ fn route_max_body_and_sizes() {
 }
 
 #[test]
+fn route_allow_semicolons() {
+    let route = |path: &str, extra: &str| {
+        with_route(&format!(
+            "  - method: GET\n    path: {path}\n    scope: deploy_tool\n    upstream: tools\n{extra}"
+        ))
+    };
+    assert!(!ok(&route("/f/{name}", "")).route_specs[0].allow_semicolons);
+    let allowed = ok(&route("/f/{name}", "    allow_semicolons: true\n"));
+    assert!(allowed.route_specs[0].allow_semicolons);
+    one(
+        &route("/f/{name}", "    allow_semicolons: sure\n"),
+        12,
+        23,
+        &["routes[0].allow_semicolons:", "boolean"],
+    );
+    one(
+        &route("/f/{name}", "    allow_semicolon: true\n"),
+        12,
+        5,
+        &["unknown field `allow_semicolon`", "`allow_semicolons`"],
+    );
+    // A pattern with `;` could match nothing without the flag.
+    one(
+        &route("/f/a;v=1", ""),
+        9,
+        11,
+        &["routes[0].path:", "allow_semicolons: true"],
+    );
+    assert!(ok(&route("/f/a;v=1", "    allow_semicolons: true\n")).route_specs[0].allow_semicolons);
+}
+
+#[test]
 fn numeric_limits() {
     one(
         &min_plus("rate_limit:\n  per_second: 0\n  burst: 10\n"),
@@ -493,6 +525,21 @@ fn admin_tokens_and_store_url() {
         10,
         &["store.redis:"],
     );
+    let malformed = problems(&min_plus(
+        "store:\n  redis: 'redis://user:hunter2@h:notaport'\n",
+    ));
+    assert_eq!(malformed.len(), 1, "{malformed:#?}");
+    assert_at(
+        &malformed[0],
+        11,
+        10,
+        &[
+            "store.redis:",
+            "redis://user:***@h:notaport",
+            "not a usable Redis URL",
+        ],
+    );
+    assert!(!malformed[0].to_string().contains("hunter2"));
 }
 
 #[test]

@@ -4,6 +4,7 @@ use super::error::{ConfigErrors, Problem};
 use super::file::{Entries, RawAdmin, RawCache, RawConfig, RawLimits, RawStore, RawUpstream};
 use super::position::{at, PositionIndex, YamlPath};
 use super::*;
+use crate::redact;
 use crate::routing::{RouteProblem, RouteTable};
 use crate::tls::{TlsAcceptorSource, TrustedCa};
 use std::fmt::Display;
@@ -229,16 +230,7 @@ fn admin(c: &mut Check, raw: RawAdmin) -> AdminConfig {
 
 fn store(c: &mut Check, dir: &Path, raw: RawStore) -> StoreConfig {
     if let Some(url) = &raw.redis {
-        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
-        if !schemes
-            .iter()
-            .any(|s| url.starts_with(s) && url.len() > s.len())
-        {
-            c.at(
-                &at(&["store", "redis"]),
-                format!("{url:?} must be a redis://, rediss:// or unix:// URL"),
-            );
-        }
+        c.ok(&at(&["store", "redis"]), redis_url(url));
     }
     let path = raw.path.unwrap_or_else(|| DEFAULT_STORE_PATH.to_owned());
     if path.trim().is_empty() {
@@ -255,6 +247,27 @@ fn store(c: &mut Check, dir: &Path, raw: RawStore) -> StoreConfig {
         path: dir.join(path),
         timeout,
     }
+}
+
+/// A Redis URL the store can connect with: checked here, as the store will parse it, so that a
+/// malformed one is a `check` problem rather than a start-up failure. Messages show the URL
+/// with its credentials masked.
+fn redis_url(url: &str) -> Result<(), String> {
+    let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+    let shown = redact::url(url);
+    if !schemes
+        .iter()
+        .any(|s| url.starts_with(s) && url.len() > s.len())
+    {
+        return Err(format!(
+            "{shown:?} must be a redis://, rediss:// or unix:// URL"
+        ));
+    }
+    redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
+        let why = redact::scrub(&e.to_string(), url);
+        format!("{shown:?} is not a usable Redis URL: {why}")
+    })?;
+    Ok(())
 }
 
 fn cache(c: &mut Check, raw: RawCache) -> CacheConfig {

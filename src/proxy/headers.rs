@@ -1,5 +1,5 @@
-//! Header rules toward the upstream and back: credentials and hop-by-hop headers out,
-//! `X-Forwarded-*` and the caller's identity in.
+//! Header rules toward the upstream and back: credentials, hop-by-hop headers and headers that
+//! would steer the upstream out, `X-Forwarded-*` and the caller's identity in.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
@@ -13,6 +13,35 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// RFC 7540 §3.2.1: sent with `Upgrade: h2c`, connection-specific even when `Connection` omits it.
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+static X_HTTP_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-http-method-override");
+static X_HTTP_METHOD: HeaderName = HeaderName::from_static("x-http-method");
+static X_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-method-override");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
+static X_REWRITE_URL: HeaderName = HeaderName::from_static("x-rewrite-url");
+
+/// Headers upstream frameworks read as the request's real method, client or URL (Rails and
+/// Express method overrides, IIS/Symfony URL rewrites, proxy-set client and prefix headers).
+/// From a client they would turn the request that was authorised into another one, so only a
+/// trusted proxy may send them.
+fn steering() -> [&'static HeaderName; 10] {
+    [
+        &X_HTTP_METHOD_OVERRIDE,
+        &X_HTTP_METHOD,
+        &X_METHOD_OVERRIDE,
+        &header::FORWARDED,
+        &X_REAL_IP,
+        &TRUE_CLIENT_IP,
+        &X_FORWARDED_PORT,
+        &X_FORWARDED_PREFIX,
+        &X_ORIGINAL_URL,
+        &X_REWRITE_URL,
+    ]
+}
 
 /// RFC 9110 §7.6.1 connection-specific headers, plus the legacy ones proxies still see.
 fn hop_by_hop() -> [&'static HeaderName; 10] {
@@ -33,7 +62,8 @@ fn hop_by_hop() -> [&'static HeaderName; 10] {
 /// What the gateway tells the upstream about the caller.
 pub struct Forwarded<'a> {
     pub client_ip: IpAddr,
-    /// Whether the peer may speak for earlier hops (its `X-Forwarded-For` is kept).
+    /// Whether the peer may speak for earlier hops (its `X-Forwarded-For` and the
+    /// [`steering`] headers are kept).
     pub trusted_peer: bool,
     pub proto: &'static str,
     pub host: Option<HeaderValue>,
@@ -77,6 +107,9 @@ pub fn prepare_request(headers: &mut HeaderMap, strip_bearer: bool, fwd: &Forwar
     // Authorization is last: kept unless it carried the key.
     let count = replaced.len() - usize::from(!strip_bearer);
     remove_each(headers, &replaced[..count]);
+    if !fwd.trusted_peer {
+        remove_each(headers, &steering());
+    }
     if let Some(host) = &fwd.host {
         headers.insert(&X_FORWARDED_HOST, host.clone());
     }
@@ -201,6 +234,33 @@ mod tests {
         let mut h = request_headers();
         prepare_request(&mut h, true, &forwarded(true));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
+    }
+
+    fn with_steering_headers() -> HeaderMap {
+        let mut h = request_headers();
+        for name in steering() {
+            h.insert(name.clone(), HeaderValue::from_static("DELETE"));
+        }
+        h
+    }
+
+    #[test]
+    fn steering_headers_from_clients_are_dropped() {
+        let mut h = with_steering_headers();
+        prepare_request(&mut h, true, &forwarded(false));
+        for name in steering() {
+            assert!(!h.contains_key(name), "{name} should be removed");
+        }
+        assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn steering_headers_from_trusted_proxies_are_kept() {
+        let mut h = with_steering_headers();
+        prepare_request(&mut h, true, &forwarded(true));
+        for name in steering() {
+            assert_eq!(h[name], "DELETE", "{name} should be kept");
+        }
     }
 
     #[test]

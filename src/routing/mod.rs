@@ -54,4 +54,7 @@ pub struct RouteSpec {
     pub upstream: Arc<Upstream>,
     /// Per-route request body limit in bytes, overriding the global one.
     pub max_body: Option<u64>,
+    /// Whether paths with `;` parameters may use this route (`allow_semicolons: true`); see
+    /// [`Route::check_parameters`].
+    pub allow_semicolons: bool,
 }

@@ -23,6 +23,9 @@ pub enum PathError {
     AboveRoot,
     #[error("the path contains a dot-segment with parameters")]
     DotSegmentParams,
+    /// Checked after routing, against the matched route (see `Route::check_parameters`).
+    #[error("the path carries `;` parameters, which this route does not accept")]
+    Parameters,
 }
 
 /// Normalises an origin-form path (without the query). Borrows when nothing changes.

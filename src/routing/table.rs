@@ -1,6 +1,7 @@
 //! The compiled route table: one matchit router per method, so that "first match wins" and
 //! matchit's "most specific wins" never disagree (overlaps where they would are refused at load).
 
+use super::normalize::PathError;
 use super::{MethodSet, RouteSpec};
 use http::Method;
 use std::collections::HashMap;
@@ -14,6 +15,19 @@ pub struct Route {
     pub spec: RouteSpec,
     /// The path pattern, shared as the `route` metric label.
     pub pattern: Arc<str>,
+}
+
+impl Route {
+    /// Refuses a `;` in the (normalised) path unless the route allows it. Servlet containers
+    /// and Spring strip `;...` from each segment before they route, so `/tools/import;x`, which
+    /// matched a broad `{id}` route here, would be served there as `/tools/import`, a route the
+    /// key may not hold. A `%3B` is data to every server, so only the literal byte counts.
+    pub fn check_parameters(&self, path: &str) -> Result<(), PathError> {
+        if self.spec.allow_semicolons || !path.as_bytes().contains(&b';') {
+            return Ok(());
+        }
+        Err(PathError::Parameters)
+    }
 }
 
 /// A reason a route list cannot be compiled; `index` is the offending route.
@@ -256,6 +270,7 @@ mod tests {
                 ca: None,
             }),
             max_body: None,
+            allow_semicolons: false,
         }
     }
 
@@ -339,6 +354,22 @@ mod tests {
             table.find(&Method::DELETE, "/x").found_index(&table),
             Some(1)
         );
+    }
+
+    #[test]
+    fn semicolons_need_the_route_to_allow_them() {
+        let mut allowing = spec("GET", "/files/{name}");
+        allowing.allow_semicolons = true;
+        let table = RouteTable::build(vec![spec("GET", "/tools/{id}"), allowing]).expect("valid");
+        let check = |path: &str| match table.find(&Method::GET, path) {
+            RouteMatch::Found(r) => r.check_parameters(path),
+            _ => panic!("{path} not found"),
+        };
+        assert_eq!(check("/tools/import;x"), Err(PathError::Parameters));
+        assert_eq!(check("/tools/import;"), Err(PathError::Parameters));
+        assert_eq!(check("/tools/import%3Bx"), Ok(()));
+        assert_eq!(check("/tools/import"), Ok(()));
+        assert_eq!(check("/files/a;v=1"), Ok(()));
     }
 
     impl RouteMatch<'_> {

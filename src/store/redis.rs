@@ -166,7 +166,20 @@ pub struct RedisStore {
 impl RedisStore {
     /// Connects to `url`; fails with `Unavailable` if Redis cannot be reached within `op_timeout`.
     /// Every later operation is bounded by `op_timeout` too, and the connection heals by itself.
+    /// The error never carries `url`'s credentials.
     pub async fn connect(url: &str, op_timeout: Duration) -> Result<RedisStore, StoreError> {
+        Self::connect_unredacted(url, op_timeout)
+            .await
+            .map_err(|e| match e {
+                // Printed at start-up; what the client library says is out of our hands.
+                StoreError::Unavailable(text) => {
+                    StoreError::Unavailable(crate::redact::scrub(&text, url))
+                }
+                other => other,
+            })
+    }
+
+    async fn connect_unredacted(url: &str, op_timeout: Duration) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
         let config = ConnectionManagerConfig::new()
