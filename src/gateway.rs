@@ -63,11 +63,18 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn KeyStore>, Store
     Ok(match &config.redis {
         Some(url) => {
             tracing::info!(url = %redact::url(url), "opening the Redis store");
-            Arc::new(RedisStore::connect(url, config.timeout).await?)
+            let store = RedisStore::open(url, config.timeout)?;
+            // Redis being down is not a reason to refuse to start: the gateway serves (not
+            // ready, uncached keys 503) and connects once Redis answers.
+            if let Err(e) = store.ping().await {
+                tracing::warn!(url = %redact::url(url), error = %e,
+                    "the Redis store does not answer yet; /readyz says 503 until it does");
+            }
+            Arc::new(store)
         }
         None => {
             tracing::info!(path = %config.path.display(), "opening the embedded store");
-            Arc::new(EmbeddedStore::open(&config.path)?)
+            Arc::new(EmbeddedStore::open(&config.path)?.with_timeout(config.timeout))
         }
     })
 }
@@ -130,6 +137,7 @@ pub async fn start_with_store(
     );
     let mut background = Vec::new();
     background.extend(cache.spawn_invalidation_listener());
+    wait_for_feed(&*store, config.store.timeout).await;
     background.push(spawn_metrics_upkeep(metrics.clone()));
     let (stop, stop_rx) = watch::channel(false);
     let (usage_stop, usage_stop_rx) = watch::channel(false);
@@ -250,6 +258,19 @@ pub async fn start_with_store(
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often idle rate-limit state is dropped; the smallest idle time is one second.
 const RATE_LIMIT_UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Gives the invalidation feed the time to subscribe before keyed traffic is served, so the
+/// first requests' fills can be cached. If it does not (Redis down), the gateway serves all the
+/// same: fills are answered uncached until the feed is live.
+async fn wait_for_feed(store: &dyn KeyStore, timeout: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + timeout * 4;
+    while !store.feed_live() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    if !store.feed_live() {
+        tracing::warn!("not subscribed to invalidations yet; keys are not cached until it is");
+    }
+}
 
 /// How often the keys of deleted apps are looked for: a delete starts its own purge at once,
 /// so this only resumes one cut short (an instance stopped, the store down).

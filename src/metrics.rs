@@ -298,6 +298,12 @@ impl MetricsEndpoint {
     }
 
     async fn readiness(&self) -> Response<Full<Bytes>> {
+        if !self.store.feed_live() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::from_static(b"not subscribed to invalidations\n"),
+            );
+        }
         match tokio::time::timeout(READY_TIMEOUT, self.store.ping()).await {
             Ok(Ok(())) => text(StatusCode::OK, Bytes::from_static(b"ready\n")),
             Ok(Err(e)) => {

@@ -80,7 +80,7 @@ impl KeyCache {
         let store = &self.store;
         let found = self
             .keys
-            .get(id, || async move {
+            .get(id, store.feed_live(), || async move {
                 Ok(store.get_key(id).await?.map(cached_key))
             })
             .await?;
@@ -93,7 +93,7 @@ impl KeyCache {
         let store = &self.store;
         let found = self
             .apps
-            .get(id, || async move {
+            .get(id, store.feed_live(), || async move {
                 Ok(store.get_app(id).await?.map(cached_app))
             })
             .await?;

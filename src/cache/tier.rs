@@ -87,8 +87,14 @@ impl<T: Send + Sync + 'static> Tier<T> {
     }
 
     /// The record with this id: from the cache when current, else from `load` (one call however
-    /// many ask at once).
-    pub(crate) async fn get<F, Fut>(&self, id: &str, load: F) -> Result<Lookup<T>, StoreError>
+    /// many ask at once). While `live` says invalidations may be missed, a read is answered
+    /// but not cached: nothing would drop it if it changed.
+    pub(crate) async fn get<F, Fut>(
+        &self,
+        id: &str,
+        live: bool,
+        load: F,
+    ) -> Result<Lookup<T>, StoreError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Option<T>, StoreError>>,
@@ -101,12 +107,15 @@ impl<T: Send + Sync + 'static> Tier<T> {
             });
         }
         for _ in 0..FILL_ATTEMPTS {
+            if !live {
+                break;
+            }
             if let Some(value) = self.fill(id, stripe, &load).await? {
                 return Ok(Lookup { value, hit: false });
             }
         }
-        // Invalidations keep arriving for this stripe: a read made now is at least as new as
-        // all of them, but another may follow it at once, so it is not cached.
+        // Not live, or invalidations keep arriving for this stripe: a read made now is at least
+        // as new as every invalidation seen, but another may follow unseen, so it is not cached.
         let value = load().await?.map(Arc::new);
         Ok(Lookup { value, hit: false })
     }
@@ -244,7 +253,7 @@ mod tests {
     async fn lookup(tier: &Tier<String>, store: &Arc<SlowStore>, id: &str) -> Option<String> {
         let store = store.clone();
         let found = tier
-            .get(id, move || {
+            .get(id, true, move || {
                 let store = store.clone();
                 async move { store.read().await }
             })

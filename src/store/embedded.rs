@@ -38,7 +38,12 @@ const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
 /// Apps and keys in a local redb database.
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    op_timeout: std::time::Duration,
 }
+
+/// Deadline of one operation unless [`EmbeddedStore::with_timeout`] says otherwise (the
+/// config's `store.timeout` default).
+const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl EmbeddedStore {
     /// Opens (or creates) `dir/scopegate.redb`, creating `dir` if needed.
@@ -60,7 +65,18 @@ impl EmbeddedStore {
             tx.open_table(order::DELETED_APPS).map_err(db_error)?;
             order::build_if_missing(tx)
         })?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            op_timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Bounds every operation's wait (`store.timeout`): past it the caller gets `Unavailable`
+    /// (e.g. while a long write holds the file), as with Redis. An operation already running
+    /// on the blocking pool finishes on its own; a write that timed out may still commit.
+    pub fn with_timeout(mut self, op_timeout: std::time::Duration) -> EmbeddedStore {
+        self.op_timeout = op_timeout;
+        self
     }
 
     /// Runs `op` on the blocking pool.
@@ -70,9 +86,16 @@ impl EmbeddedStore {
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || op(&db))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        let task = tokio::task::spawn_blocking(move || op(&db));
+        match tokio::time::timeout(self.op_timeout, task).await {
+            Ok(done) => {
+                done.map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+            }
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the embedded store did not answer within {:?}",
+                self.op_timeout
+            ))),
+        }
     }
 }
 

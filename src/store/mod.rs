@@ -132,6 +132,13 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Changes made by other instances, if the store is shared. Called once, at start-up.
     /// The store keeps the feed alive itself and sends [`Invalidation::All`] after any gap.
     fn invalidations(&self) -> Option<mpsc::Receiver<Invalidation>>;
+
+    /// Whether changes made by other instances reach this one right now: always for a store
+    /// nobody else writes to; for a shared one, while its feed is subscribed. Read on cache
+    /// fills, so it must be cheap.
+    fn feed_live(&self) -> bool {
+        true
+    }
 }
 
 /// The non-zero entries of a batch, keys first, checked the same way for both stores: a count

@@ -29,6 +29,8 @@ use redis::{FromRedisValue, RedisError, RedisResult};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -157,8 +159,13 @@ const TOUCH_CHUNK: usize = 500;
 /// Apps and keys in a Redis server shared by all gateway instances.
 pub struct RedisStore {
     client: redis::Client,
-    conn: ConnectionManager,
+    /// Made on first use, not at start-up, so a gateway starts (not ready) while Redis is down;
+    /// a failed attempt leaves it empty and the next command tries again.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
+    conn_config: ConnectionManagerConfig,
     op_timeout: Duration,
+    /// True while the invalidation feed is subscribed (see [`KeyStore::invalidations`]).
+    feed_live: Arc<AtomicBool>,
     /// The runtime `connect` ran on, so `invalidations` (not async) can spawn the feed task.
     runtime: tokio::runtime::Handle,
 }
@@ -180,47 +187,68 @@ impl RedisStore {
     }
 
     async fn connect_unredacted(url: &str, op_timeout: Duration) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
-        let config = ConnectionManagerConfig::new()
+        let store = Self::open(url, op_timeout)?;
+        store.conn(tokio::time::Instant::now() + op_timeout).await?;
+        Ok(store)
+    }
+
+    /// Like [`connect`](Self::connect), without waiting for Redis: the first command connects.
+    /// Fails only on a URL the client cannot use.
+    pub fn open(url: &str, op_timeout: Duration) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| {
+            StoreError::Unavailable(crate::redact::scrub(&format!("bad redis url: {e}"), url))
+        })?;
+        let conn_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(op_timeout))
             .set_response_timeout(Some(op_timeout))
             .set_min_delay(RECONNECT_MIN_DELAY)
             .set_max_delay(RECONNECT_MAX_DELAY)
             .set_number_of_retries(RECONNECT_RETRIES);
-        let conn = bounded(
-            op_timeout,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| StoreError::Unavailable(format!("no tokio runtime: {e}")))?;
         Ok(RedisStore {
             client,
-            conn,
+            conn: tokio::sync::OnceCell::new(),
+            conn_config,
             op_timeout,
+            feed_live: Arc::new(AtomicBool::new(false)),
             runtime,
         })
     }
 
+    /// The command connection, made now if it is not yet (callers waiting on one attempt).
+    async fn conn(&self, deadline: tokio::time::Instant) -> Result<ConnectionManager, StoreError> {
+        let make = || {
+            bounded_until(
+                deadline,
+                self.op_timeout,
+                ConnectionManager::new_with_config(self.client.clone(), self.conn_config.clone()),
+            )
+        };
+        self.conn.get_or_try_init(make).await.cloned()
+    }
+
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        bounded(self.op_timeout, cmd.query_async(&mut conn)).await
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        let mut conn = self.conn(deadline).await?;
+        bounded_until(deadline, self.op_timeout, cmd.query_async(&mut conn)).await
     }
 
     async fn query_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        bounded(self.op_timeout, pipe.query_async(&mut conn)).await
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        let mut conn = self.conn(deadline).await?;
+        bounded_until(deadline, self.op_timeout, pipe.query_async(&mut conn)).await
     }
 
     /// A read, retried once on a broken link: after an outage the manager only starts
     /// reconnecting when a command fails, and a read is safe to send twice.
     async fn read<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         let deadline = tokio::time::Instant::now() + self.op_timeout;
-        let mut conn = self.conn.clone();
+        let base = self.conn(deadline).await?;
+        let mut conn = base.clone();
         match tokio::time::timeout_at(deadline, cmd.query_async(&mut conn)).await {
             Ok(Err(e)) if is_link_error(&e) => {
-                let mut conn = self.conn.clone();
+                let mut conn = base.clone();
                 bounded_until(deadline, self.op_timeout, cmd.query_async(&mut conn)).await
             }
             Ok(result) => result.map_err(map_redis_error),
@@ -231,10 +259,11 @@ impl RedisStore {
     /// Like [`read`](Self::read), for a pipeline of reads.
     async fn read_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
         let deadline = tokio::time::Instant::now() + self.op_timeout;
-        let mut conn = self.conn.clone();
+        let base = self.conn(deadline).await?;
+        let mut conn = base.clone();
         match tokio::time::timeout_at(deadline, pipe.query_async(&mut conn)).await {
             Ok(Err(e)) if is_link_error(&e) => {
-                let mut conn = self.conn.clone();
+                let mut conn = base.clone();
                 bounded_until(deadline, self.op_timeout, pipe.query_async(&mut conn)).await
             }
             Ok(result) => result.map_err(map_redis_error),
@@ -594,9 +623,17 @@ impl KeyStore for RedisStore {
     /// which is harmless at start-up since nothing is cached yet.
     fn invalidations(&self) -> Option<mpsc::Receiver<Invalidation>> {
         let (tx, rx) = mpsc::channel(FEED_CAPACITY);
-        self.runtime
-            .spawn(run_feed(self.client.clone(), self.op_timeout, tx));
+        self.runtime.spawn(run_feed(
+            self.client.clone(),
+            self.op_timeout,
+            tx,
+            self.feed_live.clone(),
+        ));
         Some(rx)
+    }
+
+    fn feed_live(&self) -> bool {
+        self.feed_live.load(Ordering::SeqCst)
     }
 }
 
@@ -650,18 +687,8 @@ fn touch_command(uses: &[(String, UnixSeconds)]) -> redis::Cmd {
     cmd
 }
 
-/// Runs one Redis call with the operation deadline. A write that times out may still have been
-/// applied by the server; callers only learn that the store did not confirm it.
-async fn bounded<T>(
-    limit: Duration,
-    call: impl Future<Output = RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result.map_err(map_redis_error),
-        Err(_) => Err(timed_out(limit)),
-    }
-}
-
+/// Runs one Redis call until `deadline`. A write that times out may still have been applied by
+/// the server; callers only learn that the store did not confirm it.
 async fn bounded_until<T>(
     deadline: tokio::time::Instant,
     limit: Duration,
@@ -745,7 +772,12 @@ enum FeedEnd {
 /// The feed task: subscribe, forward, and on any loss resubscribe with backoff, announcing the
 /// gap with `Invalidation::All`. A gap includes a failed first attempt: events may have been
 /// missed between `connect` and the first successful subscription.
-async fn run_feed(client: redis::Client, op_timeout: Duration, tx: mpsc::Sender<Invalidation>) {
+async fn run_feed(
+    client: redis::Client,
+    op_timeout: Duration,
+    tx: mpsc::Sender<Invalidation>,
+    live: Arc<AtomicBool>,
+) {
     let mut backoff = FEED_MIN_BACKOFF;
     let mut gap = false;
     loop {
@@ -754,7 +786,10 @@ async fn run_feed(client: redis::Client, op_timeout: Duration, tx: mpsc::Sender<
             if gap && tx.send(Invalidation::All).await.is_err() {
                 return;
             }
-            if forward(pubsub, &tx, op_timeout).await == FeedEnd::ReceiverGone {
+            live.store(true, Ordering::SeqCst);
+            let end = forward(pubsub, &tx, op_timeout).await;
+            live.store(false, Ordering::SeqCst);
+            if end == FeedEnd::ReceiverGone {
                 return;
             }
         }
