@@ -3,8 +3,8 @@
 //!
 //! Layout (all under `sg:`): `app:{id}` app JSON, `apps` set of app ids, `appname:{lowercase}`
 //! name claim -> app id, `key:{id}` key JSON, `keys` set of key ids, `appkeys:{app}` set of that
-//! app's key ids, hash `last_used` key id -> unix seconds, hashes `usage:key:{id}` and
-//! `usage:app:{id}` date (`YYYY-MM-DD`) -> request count.
+//! app's key ids, hash `last_used` key id -> unix seconds; usage counts under `usage:`, laid out
+//! in [`super::redis_usage`].
 //!
 //! Conditional multi-key writes run as Lua scripts (sent with `EVAL`), not WATCH/MULTI: the
 //! `ConnectionManager` multiplexes every caller over one connection, and WATCH state is per
@@ -14,8 +14,9 @@
 //! The scripts touch keys they derive themselves (`sg:key:{id}` of an app's keys), which is fine on
 //! a standalone Redis but would not be on Redis Cluster.
 
+use super::redis_usage::{self, KEY_USAGE_PREFIX};
 use super::{Invalidation, KeyStore, StoreError};
-use crate::model::{App, KeyRecord, UnixSeconds, UsageCounts, UsageSubject};
+use crate::model::{now_unix, App, KeyRecord, UnixSeconds, UsageBatch, UsageSubject};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub, PubSubSink};
@@ -31,8 +32,6 @@ const APPS: &str = "sg:apps";
 const KEYS: &str = "sg:keys";
 const LAST_USED: &str = "sg:last_used";
 const KEY_PREFIX: &str = "sg:key:";
-const KEY_USAGE_PREFIX: &str = "sg:usage:key:";
-const APP_USAGE_PREFIX: &str = "sg:usage:app:";
 
 /// Buffered invalidations between the pub/sub task and the cache.
 const FEED_CAPACITY: usize = 1024;
@@ -81,19 +80,22 @@ redis.call('SET', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1";
 
-/// KEYS: app, name claim, apps set, app's key set, keys set, last_used hash, app's usage hash.
-/// ARGV: id, json read by the caller, channel, key prefix, key usage prefix.
+/// KEYS: app, name claim, apps set, app's key set, keys set, last_used hash, then the app's
+/// usage hashes. ARGV: id, json read by the caller, channel, key prefix, key usage prefix, then
+/// the usage hash suffixes (a key's usage hashes are the key usage prefix, id and a suffix).
 const DELETE_APP: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 if cur ~= ARGV[2] then return -2 end
 local ids = redis.call('SMEMBERS', KEYS[4])
 for _, k in ipairs(ids) do
-  redis.call('DEL', ARGV[4] .. k, ARGV[5] .. k)
+  redis.call('DEL', ARGV[4] .. k)
+  for j = 6, #ARGV do redis.call('DEL', ARGV[5] .. k .. ARGV[j]) end
   redis.call('SREM', KEYS[5], k)
   redis.call('HDEL', KEYS[6], k)
 end
-redis.call('DEL', KEYS[1], KEYS[4], KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[4])
+for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('SREM', KEYS[3], ARGV[1])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 for _, k in ipairs(ids) do redis.call('PUBLISH', ARGV[3], 'key:' .. k) end
@@ -111,13 +113,14 @@ redis.call('SADD', KEYS[4], ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[3]) end
 return 1";
 
-/// KEYS: key, keys set, app's key set, last_used hash, key's usage hash. ARGV: key id, channel.
+/// KEYS: key, keys set, app's key set, last_used hash, then the key's usage hashes.
+/// ARGV: key id, channel.
 const DELETE_KEY: &str = r"
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('DEL', KEYS[5])
+for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('PUBLISH', ARGV[2], 'key:' .. ARGV[1])
 return 1";
 
@@ -262,14 +265,16 @@ impl RedisStore {
             app_keys_key(id),
             KEYS.to_owned(),
             LAST_USED.to_owned(),
-            usage_key(UsageSubject::App(id)),
         ];
-        let mut cmd = eval(DELETE_APP, &keys.each_ref().map(String::as_str));
+        let now = now_unix();
+        let usage = redis_usage::usage_hashes(UsageSubject::App(id), now);
+        let mut cmd = eval(DELETE_APP, &keys_then(&keys, &usage));
         cmd.arg(id)
             .arg(old_json)
             .arg(CHANNEL)
             .arg(KEY_PREFIX)
-            .arg(KEY_USAGE_PREFIX);
+            .arg(KEY_USAGE_PREFIX)
+            .arg(redis_usage::usage_suffixes(now));
         self.query(&cmd).await
     }
 
@@ -408,9 +413,9 @@ impl KeyStore for RedisStore {
             KEYS.to_owned(),
             app_keys_key(&record.app_id),
             LAST_USED.to_owned(),
-            usage_key(UsageSubject::Key(id)),
         ];
-        let mut cmd = eval(DELETE_KEY, &keys.each_ref().map(String::as_str));
+        let usage = redis_usage::usage_hashes(UsageSubject::Key(id), now_unix());
+        let mut cmd = eval(DELETE_KEY, &keys_then(&keys, &usage));
         cmd.arg(id).arg(CHANNEL);
         Ok(self.query::<i64>(&cmd).await? == DONE)
     }
@@ -426,48 +431,27 @@ impl KeyStore for RedisStore {
         self.query_pipe::<()>(&pipe).await
     }
 
-    /// One `MULTI`/`EXEC` pipeline of `HINCRBY`s: one round trip, applied as a unit (no other
-    /// client sees half a batch, and a link lost before `EXEC` applies nothing). A write that
-    /// times out may still have been applied, so it is not retried here: a retry could count a
-    /// batch twice. Redis does not roll back a command that fails inside `EXEC`; the only such
-    /// failure left here would be a counter passing `i64::MAX`, far beyond any real count.
-    async fn add_usage(&self, counts: &UsageCounts) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut queued = false;
-        for (subject, date, count) in super::usage_increments(counts)? {
-            pipe.cmd("HINCRBY")
-                .arg(usage_key(subject))
-                .arg(date)
-                .arg(count)
-                .ignore();
-            queued = true;
+    /// One pipeline of idempotent scripts (see [`redis_usage`]): one round trip. A write that
+    /// times out may still have been applied; the caller sends the same batches again and the
+    /// chunks already applied are skipped.
+    async fn add_usage(&self, batches: &[UsageBatch]) -> Result<(), StoreError> {
+        match redis_usage::add_pipeline(batches, now_unix())? {
+            Some(pipe) => self.query_pipe::<()>(&pipe).await,
+            None => Ok(()),
         }
-        if !queued {
-            return Ok(());
-        }
-        self.query_pipe::<()>(&pipe).await
     }
 
+    /// One pipelined round trip: an `HMGET` per month hash the dates fall in.
     async fn usage(
         &self,
         subject: UsageSubject<'_>,
         dates: &[String],
     ) -> Result<Vec<u64>, StoreError> {
-        if dates.is_empty() {
-            return Ok(Vec::new());
+        let read = redis_usage::UsageRead::new(subject, dates);
+        match read.pipeline(dates) {
+            Some(pipe) => read.counts(self.read_pipe(&pipe).await?),
+            None => Ok(vec![0; dates.len()]),
         }
-        let counts: Vec<Option<u64>> = self
-            .read(redis::cmd("HMGET").arg(usage_key(subject)).arg(dates))
-            .await?;
-        if counts.len() != dates.len() {
-            return Err(StoreError::Corrupt(format!(
-                "HMGET answered {} counts for {} dates",
-                counts.len(),
-                dates.len()
-            )));
-        }
-        Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -504,11 +488,9 @@ fn app_keys_key(app_id: &str) -> String {
     format!("sg:appkeys:{app_id}")
 }
 
-fn usage_key(subject: UsageSubject<'_>) -> String {
-    match subject {
-        UsageSubject::Key(id) => format!("{KEY_USAGE_PREFIX}{id}"),
-        UsageSubject::App(id) => format!("{APP_USAGE_PREFIX}{id}"),
-    }
+/// A script's KEYS: the fixed ones, then a variable list (usage hashes).
+fn keys_then<'a>(fixed: &'a [String], more: &'a [String]) -> Vec<&'a str> {
+    fixed.iter().chain(more).map(String::as_str).collect()
 }
 
 /// `EVAL script numkeys keys...`; the caller appends ARGV. The full script is sent every time
