@@ -139,12 +139,68 @@ pub fn utc_date(at: UnixSeconds) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// The day number (days since 1970-01-01) of a `YYYY-MM-DD` date as [`utc_date`] writes it;
+/// `None` for anything else (another format, an impossible day, a year before 1970).
+///
+/// Days-from-civil, the inverse of [`utc_date`] (same source); checked by writing the answer
+/// back, so only canonical dates pass.
+pub fn utc_day_number(date: &str) -> Option<u64> {
+    let bytes = date.as_bytes();
+    if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+        return None;
+    }
+    let year: u64 = date.get(0..4)?.parse().ok()?;
+    let month: u64 = date.get(5..7)?.parse().ok()?;
+    let day: u64 = date.get(8..10)?.parse().ok()?;
+    if year < 1970 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Years start in March, so the leap day is the last day of the (shifted) year.
+    let year = year - u64::from(month <= 2);
+    let era = year / 400;
+    let year_of_era = year % 400;
+    let shifted_month = if month > 2 { month - 3 } else { month + 9 };
+    let day_of_year = (153 * shifted_month + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let number = (era * 146_097 + day_of_era).checked_sub(719_468)?;
+    // 02-30 and the like come back as another date: refuse them.
+    (utc_date(number * 86_400) == date).then_some(number)
+}
+
 /// Request counts to add, one batch: per key per day and per app per day.
 /// Each entry is `(id, date, count)`, the date as [`utc_date`] writes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UsageCounts {
     pub keys: Vec<(String, String, u64)>,
     pub apps: Vec<(String, String, u64)>,
+}
+
+/// Counts under an id that names them for good: a store applies a given id at most once, so a
+/// batch whose write timed out can be sent again without being counted twice. An id is never
+/// reused for other counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageBatch {
+    pub id: String,
+    pub counts: UsageCounts,
+}
+
+impl UsageBatch {
+    /// These counts under a fresh random id (128 bits: unique across instances and restarts).
+    pub fn new(counts: UsageCounts) -> UsageBatch {
+        UsageBatch {
+            id: format!("{:032x}", rand::random::<u128>()),
+            counts,
+        }
+    }
+
+    /// Counters (entries) in the batch.
+    pub fn len(&self) -> usize {
+        self.counts.keys.len() + self.counts.apps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Whose usage to read.
@@ -181,6 +237,28 @@ mod tests {
         ];
         for (at, date) in cases {
             assert_eq!(utc_date(at), date, "at {at}");
+        }
+    }
+
+    #[test]
+    fn utc_day_number_inverts_utc_date() {
+        for n in (0..157_000u64).step_by(7) {
+            assert_eq!(utc_day_number(&utc_date(n * 86_400)), Some(n));
+        }
+        assert_eq!(utc_day_number("1970-01-01"), Some(0));
+        assert_eq!(utc_day_number("2024-02-29"), Some(19_782));
+        for bad in [
+            "2023-02-29",
+            "2024-02-30",
+            "2024-13-01",
+            "2024-00-10",
+            "2024-1-01",
+            "1969-12-31",
+            "2024-02-2x",
+            "+024-02-28",
+            "",
+        ] {
+            assert_eq!(utc_day_number(bad), None, "{bad}");
         }
     }
 

@@ -5,10 +5,16 @@
 //! blocks. A background task adds the uses up and writes them to the store in batches. If the
 //! store is down, pending counts are kept (bounded; past the bound the oldest are dropped and
 //! counted in `scopegate_usage_dropped_total`) and retried; on shutdown they are flushed.
+//!
+//! Each use is counted exactly once. A write that times out may still have been applied, so
+//! counts are sealed into batches with an id before they are written, and a batch is sent
+//! again, unchanged and under the same id, until the store confirms it; the store skips ids it
+//! has applied. Uses that arrive meanwhile add up apart and are sealed once every earlier
+//! batch is confirmed, so no new count ever joins a batch that may already be stored.
 
 use crate::metrics::{Metrics, StoreOp};
-use crate::model::{now_unix, utc_date, UnixSeconds, UsageCounts};
-use crate::store::KeyStore;
+use crate::model::{now_unix, utc_date, UnixSeconds, UsageBatch, UsageCounts};
+use crate::store::{KeyStore, USAGE_CHUNK};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +30,12 @@ const CHANNEL_CAPACITY: usize = 65_536;
 const RECEIVE_BATCH: usize = 1024;
 /// Pending (id, day) counters and last-used entries kept while the store is unreachable.
 pub const MAX_PENDING: usize = 200_000;
+/// Counters per sealed batch: one idempotent unit of the store (one Redis script). Also what
+/// is dropped at once when pending counts reach [`MAX_PENDING`] with batches unconfirmed.
+const BATCH_COUNTERS: usize = USAGE_CHUNK;
+/// Batches per store call, at most: bounds one call's work, so a long backlog goes out in
+/// calls that each fit the store timeout rather than one that never does.
+const BATCHES_PER_WRITE: usize = 20;
 const DAY: UnixSeconds = 86_400;
 
 /// One use of a key.
@@ -74,9 +86,15 @@ enum Counter {
 
 /// Uses not yet in the store.
 struct Pending {
+    /// Counts not yet sealed into a batch.
     counts: HashMap<Counter, u64>,
     /// Counters in the order they were first seen, to drop the oldest first.
     order: VecDeque<Counter>,
+    /// Batches sent (or about to be) but not confirmed, oldest first. Never changed: a batch
+    /// is retried as it is, or dropped whole.
+    sealed: VecDeque<UsageBatch>,
+    /// Counters in `sealed`, for the memory bound.
+    sealed_counters: usize,
     last_used: HashMap<Arc<str>, UnixSeconds>,
     capacity: usize,
     metrics: Arc<Metrics>,
@@ -87,6 +105,8 @@ impl Pending {
         Pending {
             counts: HashMap::new(),
             order: VecDeque::new(),
+            sealed: VecDeque::new(),
+            sealed_counters: 0,
             last_used: HashMap::new(),
             capacity,
             metrics,
@@ -108,31 +128,73 @@ impl Pending {
             *n += 1;
             return;
         }
-        while self.counts.len() >= self.capacity {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(dropped) = self.counts.remove(&oldest) {
-                self.metrics.usage_dropped(dropped);
-            }
-        }
+        while self.counters() >= self.capacity && self.drop_oldest() {}
         self.order.push_back(counter.clone());
         self.counts.insert(counter, 1);
     }
 
-    fn batch(&self) -> UsageCounts {
+    /// Counters held, sealed or not.
+    fn counters(&self) -> usize {
+        self.counts.len() + self.sealed_counters
+    }
+
+    /// Drops the oldest counts, counting them as dropped: the oldest sealed batch whole (its
+    /// counts may in fact have landed by a write that timed out; they are counted as dropped
+    /// all the same), else the oldest unsealed counter. `false` if nothing was left.
+    fn drop_oldest(&mut self) -> bool {
+        if let Some(batch) = self.sealed.pop_front() {
+            self.sealed_counters -= batch.len();
+            let counts = &batch.counts;
+            let total = counts.keys.iter().chain(&counts.apps).map(|e| e.2).sum();
+            self.metrics.usage_dropped(total);
+            return true;
+        }
+        let Some(oldest) = self.order.pop_front() else {
+            return false;
+        };
+        if let Some(dropped) = self.counts.remove(&oldest) {
+            self.metrics.usage_dropped(dropped);
+        }
+        true
+    }
+
+    /// Moves every unsealed count into new batches of at most [`BATCH_COUNTERS`], oldest
+    /// counters first, each under a fresh id.
+    fn seal(&mut self) {
         let mut batch = UsageCounts::default();
-        for (counter, n) in &self.counts {
+        for counter in std::mem::take(&mut self.order) {
+            let Some(n) = self.counts.remove(&counter) else {
+                continue;
+            };
             match counter {
-                Counter::Key(id, day) => batch.keys.push((id.to_string(), utc_date(day * DAY), *n)),
-                Counter::App(id, day) => batch.apps.push((id.to_string(), utc_date(day * DAY), *n)),
+                Counter::Key(id, day) => batch.keys.push((id.to_string(), utc_date(day * DAY), n)),
+                Counter::App(id, day) => batch.apps.push((id.to_string(), utc_date(day * DAY), n)),
+            }
+            if batch.keys.len() + batch.apps.len() == BATCH_COUNTERS {
+                self.push_sealed(std::mem::take(&mut batch));
             }
         }
-        batch
+        if !batch.keys.is_empty() || !batch.apps.is_empty() {
+            self.push_sealed(batch);
+        }
+        self.counts.clear();
+    }
+
+    fn push_sealed(&mut self, counts: UsageCounts) {
+        let batch = UsageBatch::new(counts);
+        self.sealed_counters += batch.len();
+        self.sealed.push_back(batch);
+    }
+
+    /// The store confirmed the first `n` sealed batches.
+    fn confirm(&mut self, n: usize) {
+        for batch in self.sealed.drain(..n) {
+            self.sealed_counters -= batch.len();
+        }
     }
 
     fn is_empty(&self) -> bool {
-        self.counts.is_empty() && self.last_used.is_empty()
+        self.counts.is_empty() && self.sealed.is_empty() && self.last_used.is_empty()
     }
 }
 
@@ -164,37 +226,55 @@ async fn run(
     flush(&*store, &mut pending).await;
     if !pending.is_empty() {
         tracing::warn!(
-            counters = pending.counts.len(),
+            counters = pending.counters(),
             "usage not written at shutdown: the store is unreachable"
         );
     }
 }
 
 async fn flush(store: &dyn KeyStore, pending: &mut Pending) {
-    if !pending.counts.is_empty() {
-        match store.add_usage(&pending.batch()).await {
-            Ok(()) => {
-                pending.counts.clear();
-                pending.order.clear();
-            }
+    flush_counts(store, pending).await;
+    flush_last_used(store, pending).await;
+}
+
+/// Writes the sealed batches, oldest first, then seals what came in meanwhile and writes that,
+/// until all is confirmed or a write fails (the rest waits for the next flush). Nothing is
+/// sealed while an earlier batch is unconfirmed: new uses keep adding up in `counts`.
+async fn flush_counts(store: &dyn KeyStore, pending: &mut Pending) {
+    loop {
+        if pending.sealed.is_empty() {
+            pending.seal();
+        }
+        let n = pending.sealed.len().min(BATCHES_PER_WRITE);
+        if n == 0 {
+            return;
+        }
+        let batches = &pending.sealed.make_contiguous()[..n];
+        match store.add_usage(batches).await {
+            Ok(()) => pending.confirm(n),
             Err(e) => {
                 pending.metrics.store_error(StoreOp::Flush);
                 tracing::warn!(error = %e, "usage flush failed; will retry");
+                return;
             }
         }
     }
-    if !pending.last_used.is_empty() {
-        let batch: Vec<(String, UnixSeconds)> = pending
-            .last_used
-            .iter()
-            .map(|(id, at)| (id.to_string(), *at))
-            .collect();
-        match store.touch_keys(&batch).await {
-            Ok(()) => pending.last_used.clear(),
-            Err(e) => {
-                pending.metrics.store_error(StoreOp::Flush);
-                tracing::warn!(error = %e, "last-used flush failed; will retry");
-            }
+}
+
+async fn flush_last_used(store: &dyn KeyStore, pending: &mut Pending) {
+    if pending.last_used.is_empty() {
+        return;
+    }
+    let batch: Vec<(String, UnixSeconds)> = pending
+        .last_used
+        .iter()
+        .map(|(id, at)| (id.to_string(), *at))
+        .collect();
+    match store.touch_keys(&batch).await {
+        Ok(()) => pending.last_used.clear(),
+        Err(e) => {
+            pending.metrics.store_error(StoreOp::Flush);
+            tracing::warn!(error = %e, "last-used flush failed; will retry");
         }
     }
 }
@@ -202,6 +282,9 @@ async fn flush(store: &dyn KeyStore, pending: &mut Pending) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{App, AppChange, KeyRecord, Page, PageRequest, UsageSubject};
+    use crate::store::{Invalidation, Keep, StoreError};
+    use std::sync::atomic::Ordering::SeqCst;
 
     fn use_of(key: &str, app: &str, at: UnixSeconds) -> Use {
         Use {
@@ -219,7 +302,9 @@ mod tests {
         p.add(use_of("k1", "a", day1 + 10));
         p.add(use_of("k2", "a", day1 + 20));
         p.add(use_of("k1", "a", day1 + DAY));
-        let mut batch = p.batch();
+        p.seal();
+        assert_eq!(p.sealed.len(), 1);
+        let mut batch = p.sealed[0].counts.clone();
         batch.keys.sort();
         batch.apps.sort();
         let d1 = utc_date(day1);
@@ -254,5 +339,181 @@ mod tests {
             "{}",
             metrics.render()
         );
+    }
+
+    #[test]
+    fn a_sealed_batch_does_not_change_while_new_uses_add_up_apart() {
+        let mut p = Pending::new(100, Metrics::new());
+        p.add(use_of("k1", "a", 1_000));
+        p.add(use_of("k1", "a", 1_001));
+        p.seal();
+        let sealed = p.sealed.clone();
+        assert_eq!(sealed.len(), 1);
+        assert!(p.counts.is_empty());
+
+        p.add(use_of("k1", "a", 1_002));
+        p.add(use_of("k2", "a", 1_003));
+        assert_eq!(p.sealed, sealed, "same id, same counts");
+        assert_eq!(p.counts[&Counter::Key(Arc::from("k1"), 0)], 1);
+        assert_eq!(p.counts[&Counter::App(Arc::from("a"), 0)], 2);
+        assert_eq!(p.counters(), 2 + 3);
+    }
+
+    #[test]
+    fn sealing_cuts_batches_of_at_most_one_store_chunk_each_with_its_own_id() {
+        let mut p = Pending::new(10_000, Metrics::new());
+        for i in 0..BATCH_COUNTERS {
+            p.add(use_of(&format!("k{i}"), "a", 1_000));
+        }
+        // One key counter per use plus the one app counter.
+        p.seal();
+        let sizes: Vec<usize> = p.sealed.iter().map(UsageBatch::len).collect();
+        assert_eq!(sizes, [BATCH_COUNTERS, 1]);
+        assert_ne!(p.sealed[0].id, p.sealed[1].id);
+        assert_eq!(p.sealed_counters, BATCH_COUNTERS + 1);
+        p.confirm(1);
+        assert_eq!(p.sealed_counters, 1);
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_sealed_batch_goes_first_and_is_counted() {
+        let metrics = Metrics::new();
+        let mut p = Pending::new(4, metrics.clone());
+        p.add(use_of("k0", "a0", 1_000));
+        p.add(use_of("k0", "a0", 1_000));
+        p.seal();
+        p.add(use_of("k1", "a1", 1_000));
+        assert_eq!((p.sealed.len(), p.counters()), (1, 4));
+        // A fifth counter: the sealed batch (2 counters of 2 uses each) goes, whole.
+        p.add(use_of("k2", "a1", 1_000));
+        assert!(p.sealed.is_empty());
+        assert_eq!(p.counters(), 3);
+        assert!(
+            metrics.render().contains("scopegate_usage_dropped_total 4"),
+            "{}",
+            metrics.render()
+        );
+    }
+
+    /// Fails the first `failures` writes, as a store that timed out would (after applying
+    /// them, or not); records every batch it was sent.
+    struct FlakyStore {
+        failures: std::sync::atomic::AtomicUsize,
+        sent: std::sync::Mutex<Vec<Vec<UsageBatch>>>,
+    }
+
+    impl FlakyStore {
+        fn new(failures: usize) -> FlakyStore {
+            FlakyStore {
+                failures: failures.into(),
+                sent: Default::default(),
+            }
+        }
+
+        fn sent(&self) -> Vec<Vec<UsageBatch>> {
+            self.sent.lock().expect("lock").clone()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl KeyStore for FlakyStore {
+        async fn add_usage(&self, batches: &[UsageBatch]) -> Result<(), StoreError> {
+            self.sent.lock().expect("lock").push(batches.to_vec());
+            let fail = self
+                .failures
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            match fail {
+                true => Err(StoreError::Unavailable("timed out".into())),
+                false => Ok(()),
+            }
+        }
+        async fn touch_keys(&self, _: &[(String, UnixSeconds)]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn create_app(&self, _: &App) -> Result<(), StoreError> {
+            unimplemented!()
+        }
+        async fn get_app(&self, _: &str) -> Result<Option<App>, StoreError> {
+            unimplemented!()
+        }
+        async fn list_apps(
+            &self,
+            _: PageRequest<'_>,
+            _: Keep<'_, App>,
+        ) -> Result<Page<App>, StoreError> {
+            unimplemented!()
+        }
+        async fn update_app(
+            &self,
+            _: &str,
+            _: &AppChange,
+            _: Option<u64>,
+        ) -> Result<App, StoreError> {
+            unimplemented!()
+        }
+        async fn delete_app(&self, _: &str, _: Option<u64>) -> Result<bool, StoreError> {
+            unimplemented!()
+        }
+        async fn purge_deleted_apps(&self) -> Result<usize, StoreError> {
+            unimplemented!()
+        }
+        async fn create_key(&self, _: &KeyRecord) -> Result<(), StoreError> {
+            unimplemented!()
+        }
+        async fn get_key(&self, _: &str) -> Result<Option<KeyRecord>, StoreError> {
+            unimplemented!()
+        }
+        async fn list_keys(
+            &self,
+            _: Option<&str>,
+            _: PageRequest<'_>,
+            _: Keep<'_, KeyRecord>,
+        ) -> Result<Page<KeyRecord>, StoreError> {
+            unimplemented!()
+        }
+        async fn delete_key(&self, _: &str) -> Result<bool, StoreError> {
+            unimplemented!()
+        }
+        async fn usage(&self, _: UsageSubject<'_>, _: &[String]) -> Result<Vec<u64>, StoreError> {
+            unimplemented!()
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn invalidations(&self) -> Option<tokio::sync::mpsc::Receiver<Invalidation>> {
+            None
+        }
+    }
+
+    fn total(batches: &[UsageBatch]) -> u64 {
+        batches
+            .iter()
+            .flat_map(|b| b.counts.keys.iter())
+            .map(|e| e.2)
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn failed_flushes_resend_the_same_batch_and_new_uses_go_in_a_later_one() {
+        let store = FlakyStore::new(2);
+        let mut p = Pending::new(100, Metrics::new());
+        p.add(use_of("k1", "a", 1_000));
+        p.add(use_of("k1", "a", 1_000));
+        flush(&store, &mut p).await;
+        p.add(use_of("k1", "a", 1_001));
+        flush(&store, &mut p).await;
+        p.add(use_of("k1", "a", 1_002));
+        // Third attempt succeeds; what came in meanwhile is sealed and sent right after.
+        flush(&store, &mut p).await;
+        assert!(p.is_empty());
+
+        let sent = store.sent();
+        assert_eq!(sent.len(), 4, "{sent:?}");
+        assert_eq!(sent[0], sent[1], "a retry is the same batch");
+        assert_eq!(sent[1], sent[2], "a retry is the same batch");
+        assert_eq!(total(&sent[0]), 2, "no new count under the old id");
+        assert_ne!(sent[3][0].id, sent[0][0].id);
+        assert_eq!(total(&sent[3]), 2, "the uses that arrived meanwhile");
     }
 }

@@ -5,9 +5,13 @@ mod common;
 
 use common::redis::RedisServer;
 use scopegate::model::{
-    App, AppChange, KeyRecord, PageRequest, RateLimit, UsageCounts, UsageSubject,
+    now_unix, utc_date, utc_day_number, App, AppChange, KeyRecord, PageRequest, RateLimit,
+    UsageBatch, UsageCounts, UsageSubject,
 };
-use scopegate::store::{EmbeddedStore, Invalidation, KeyStore, RedisStore, StoreError};
+use scopegate::store::{
+    EmbeddedStore, Invalidation, KeyStore, RedisStore, StoreError, USAGE_BATCH_MEMORY_SECS,
+    USAGE_CHUNK, USAGE_RETENTION_DAYS,
+};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout, Instant};
@@ -68,9 +72,36 @@ async fn app_usage(store: &dyn KeyStore, id: &str, days: &[&str]) -> Vec<u64> {
         .expect("app usage")
 }
 
-const D1: &str = "2024-02-28";
-const D2: &str = "2024-02-29";
-const D3: &str = "2024-03-01";
+/// Three days in a row within the retention period, across a month boundary (so across two
+/// Redis hashes): the last two days of last month and the first of this one (UTC).
+fn recent_days() -> &'static [String; 3] {
+    static DAYS: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+    DAYS.get_or_init(|| {
+        let today = utc_day_number(&utc_date(now_unix())).expect("today");
+        let day_of_month: u64 = utc_date(now_unix())[8..].parse().expect("day");
+        let first = today - (day_of_month - 1);
+        [first - 2, first - 1, first].map(|n| utc_date(n * DAY))
+    })
+}
+
+fn d1() -> &'static str {
+    &recent_days()[0]
+}
+
+fn d2() -> &'static str {
+    &recent_days()[1]
+}
+
+fn d3() -> &'static str {
+    &recent_days()[2]
+}
+
+const DAY: u64 = 86_400;
+
+/// These counts under a fresh batch id.
+fn fresh(counts: &UsageCounts) -> UsageBatch {
+    UsageBatch::new(counts.clone())
+}
 
 fn ids_of_apps(apps: &[App]) -> Vec<&str> {
     apps.iter().map(|a| a.id.as_str()).collect()
@@ -418,72 +449,86 @@ async fn usage_adds_up(store: &dyn KeyStore) {
     store.create_key(&key("k1", "a1", 1)).await.expect("key");
     store.create_key(&key("k2", "a1", 2)).await.expect("key");
     store
-        .add_usage(&UsageCounts::default())
+        .add_usage(&[fresh(&UsageCounts::default())])
         .await
         .expect("empty batch");
 
     // A repeated (id, date) within one batch adds up too.
     let first = UsageCounts {
-        keys: counts(&[("k1", D1, 3), ("k2", D1, 1), ("k1", D2, 2), ("k1", D1, 4)]),
-        apps: counts(&[("a1", D1, 8), ("a1", D2, 2)]),
+        keys: counts(&[
+            ("k1", d1(), 3),
+            ("k2", d1(), 1),
+            ("k1", d2(), 2),
+            ("k1", d1(), 4),
+        ]),
+        apps: counts(&[("a1", d1(), 8), ("a1", d2(), 2)]),
     };
-    store.add_usage(&first).await.expect("first batch");
+    store
+        .add_usage(&[fresh(&first)])
+        .await
+        .expect("first batch");
     let second = UsageCounts {
-        keys: counts(&[("k1", D2, 5), ("k2", D3, 7), ("k1", D3, 0)]),
-        apps: counts(&[("a1", D2, 5), ("a1", D3, 7)]),
+        keys: counts(&[("k1", d2(), 5), ("k2", d3(), 7), ("k1", d3(), 0)]),
+        apps: counts(&[("a1", d2(), 5), ("a1", d3(), 7)]),
     };
-    store.add_usage(&second).await.expect("second batch");
+    store
+        .add_usage(&[fresh(&second)])
+        .await
+        .expect("second batch");
 
-    assert_eq!(key_usage(store, "k1", &[D1, D2, D3]).await, [7, 7, 0]);
-    assert_eq!(key_usage(store, "k2", &[D1, D2, D3]).await, [1, 0, 7]);
-    assert_eq!(app_usage(store, "a1", &[D1, D2, D3]).await, [8, 7, 7]);
+    assert_eq!(key_usage(store, "k1", &[d1(), d2(), d3()]).await, [7, 7, 0]);
+    assert_eq!(key_usage(store, "k2", &[d1(), d2(), d3()]).await, [1, 0, 7]);
+    assert_eq!(app_usage(store, "a1", &[d1(), d2(), d3()]).await, [8, 7, 7]);
 
     // The requested order is kept, repeats included; missing dates and ids read as zeros.
     assert_eq!(
-        key_usage(store, "k1", &[D3, D1, "1999-01-01", D2, D1]).await,
+        key_usage(store, "k1", &[d3(), d1(), "1999-01-01", d2(), d1()]).await,
         [0, 7, 0, 7, 7]
     );
-    assert_eq!(key_usage(store, "ghost", &[D1, D2]).await, [0, 0]);
-    assert_eq!(app_usage(store, "ghost", &[D1]).await, [0]);
+    assert_eq!(key_usage(store, "ghost", &[d1(), d2()]).await, [0, 0]);
+    assert_eq!(app_usage(store, "ghost", &[d1()]).await, [0]);
     assert!(key_usage(store, "k1", &[]).await.is_empty());
     // Key and app counts are kept apart, even under the same id.
-    assert_eq!(app_usage(store, "k1", &[D1, D2]).await, [0, 0]);
-    assert_eq!(key_usage(store, "a1", &[D1, D2]).await, [0, 0]);
+    assert_eq!(app_usage(store, "k1", &[d1(), d2()]).await, [0, 0]);
+    assert_eq!(key_usage(store, "a1", &[d1(), d2()]).await, [0, 0]);
     let same_id = UsageCounts {
-        keys: counts(&[("x1", D1, 1)]),
-        apps: counts(&[("x1", D1, 10)]),
+        keys: counts(&[("x1", d1(), 1)]),
+        apps: counts(&[("x1", d1(), 10)]),
     };
-    store.add_usage(&same_id).await.expect("same id");
-    assert_eq!(key_usage(store, "x1", &[D1]).await, [1]);
-    assert_eq!(app_usage(store, "x1", &[D1]).await, [10]);
+    store.add_usage(&[fresh(&same_id)]).await.expect("same id");
+    assert_eq!(key_usage(store, "x1", &[d1()]).await, [1]);
+    assert_eq!(app_usage(store, "x1", &[d1()]).await, [10]);
     // A batch with only zero counts is a no-op, not an error.
     let zeros = UsageCounts {
-        keys: counts(&[("k1", D1, 0)]),
-        apps: counts(&[("a1", D1, 0)]),
+        keys: counts(&[("k1", d1(), 0)]),
+        apps: counts(&[("a1", d1(), 0)]),
     };
-    store.add_usage(&zeros).await.expect("zeros");
-    assert_eq!(key_usage(store, "k1", &[D1]).await, [7]);
-    assert_eq!(app_usage(store, "a1", &[D1]).await, [8]);
+    store.add_usage(&[fresh(&zeros)]).await.expect("zeros");
+    assert_eq!(key_usage(store, "k1", &[d1()]).await, [7]);
+    assert_eq!(app_usage(store, "a1", &[d1()]).await, [8]);
 }
 
 /// A count the Redis counter (signed 64-bit) cannot take refuses the whole batch, in both stores.
 async fn usage_rejects_out_of_range_counts(store: &dyn KeyStore) {
     let batch = UsageCounts {
-        keys: counts(&[("k1", D1, 1)]),
-        apps: counts(&[("a1", D1, u64::MAX)]),
+        keys: counts(&[("k1", d1(), 1)]),
+        apps: counts(&[("a1", d1(), u64::MAX)]),
     };
     assert!(matches!(
-        store.add_usage(&batch).await,
+        store.add_usage(&[fresh(&batch)]).await,
         Err(StoreError::Corrupt(_))
     ));
-    assert_eq!(key_usage(store, "k1", &[D1]).await, [0]);
-    assert_eq!(app_usage(store, "a1", &[D1]).await, [0]);
+    assert_eq!(key_usage(store, "k1", &[d1()]).await, [0]);
+    assert_eq!(app_usage(store, "a1", &[d1()]).await, [0]);
     let largest = UsageCounts {
-        keys: counts(&[("k1", D1, i64::MAX as u64)]),
+        keys: counts(&[("k1", d1(), i64::MAX as u64)]),
         apps: Vec::new(),
     };
-    store.add_usage(&largest).await.expect("i64::MAX fits");
-    assert_eq!(key_usage(store, "k1", &[D1]).await, [i64::MAX as u64]);
+    store
+        .add_usage(&[fresh(&largest)])
+        .await
+        .expect("i64::MAX fits");
+    assert_eq!(key_usage(store, "k1", &[d1()]).await, [i64::MAX as u64]);
 }
 
 async fn delete_key_deletes_its_usage(store: &dyn KeyStore) {
@@ -492,22 +537,28 @@ async fn delete_key_deletes_its_usage(store: &dyn KeyStore) {
     store.create_key(&key("k1", "a1", 1)).await.expect("key");
     store.create_key(&key("k10", "a1", 2)).await.expect("key");
     let batch = UsageCounts {
-        keys: counts(&[("k1", D1, 1), ("k1", D2, 2), ("k10", D1, 3)]),
-        apps: counts(&[("a1", D1, 4)]),
+        keys: counts(&[
+            ("k1", d1(), 1),
+            ("k1", d2(), 2),
+            ("k1", d3(), 5),
+            ("k10", d1(), 3),
+        ]),
+        apps: counts(&[("a1", d1(), 4)]),
     };
-    store.add_usage(&batch).await.expect("usage");
+    store.add_usage(&[fresh(&batch)]).await.expect("usage");
+    assert_eq!(key_usage(store, "k1", &[d1(), d2(), d3()]).await, [1, 2, 5]);
 
     assert!(store.delete_key("k1").await.expect("delete"));
-    assert_eq!(key_usage(store, "k1", &[D1, D2]).await, [0, 0]);
-    assert_eq!(key_usage(store, "k10", &[D1, D2]).await, [3, 0]);
+    assert_eq!(key_usage(store, "k1", &[d1(), d2(), d3()]).await, [0, 0, 0]);
+    assert_eq!(key_usage(store, "k10", &[d1(), d2()]).await, [3, 0]);
     // The app's own counts stay: they count requests that did happen.
-    assert_eq!(app_usage(store, "a1", &[D1]).await, [4]);
+    assert_eq!(app_usage(store, "a1", &[d1()]).await, [4]);
     // A key recreated under the same id starts from zero.
     store
         .create_key(&key("k1", "a1", 3))
         .await
         .expect("recreate");
-    assert_eq!(key_usage(store, "k1", &[D1, D2]).await, [0, 0]);
+    assert_eq!(key_usage(store, "k1", &[d1(), d2()]).await, [0, 0]);
 }
 
 async fn delete_app_deletes_its_usage(store: &dyn KeyStore) {
@@ -517,18 +568,97 @@ async fn delete_app_deletes_its_usage(store: &dyn KeyStore) {
     store.create_key(&key("k2", "a1", 2)).await.expect("key");
     store.create_key(&key("k3", "a10", 3)).await.expect("key");
     let batch = UsageCounts {
-        keys: counts(&[("k1", D1, 1), ("k2", D2, 2), ("k3", D1, 3)]),
-        apps: counts(&[("a1", D1, 1), ("a1", D2, 2), ("a10", D1, 3)]),
+        keys: counts(&[("k1", d1(), 1), ("k2", d2(), 2), ("k3", d1(), 3)]),
+        apps: counts(&[("a1", d1(), 1), ("a1", d2(), 2), ("a10", d1(), 3)]),
     };
-    store.add_usage(&batch).await.expect("usage");
+    store.add_usage(&[fresh(&batch)]).await.expect("usage");
 
     assert!(delete_app_fully(store, "a1").await);
-    assert_eq!(app_usage(store, "a1", &[D1, D2]).await, [0, 0]);
-    assert_eq!(key_usage(store, "k1", &[D1, D2]).await, [0, 0]);
-    assert_eq!(key_usage(store, "k2", &[D1, D2]).await, [0, 0]);
+    assert_eq!(app_usage(store, "a1", &[d1(), d2()]).await, [0, 0]);
+    assert_eq!(key_usage(store, "k1", &[d1(), d2()]).await, [0, 0]);
+    assert_eq!(key_usage(store, "k2", &[d1(), d2()]).await, [0, 0]);
     // Another app (whose id starts with the deleted one's) and its key keep theirs.
-    assert_eq!(app_usage(store, "a10", &[D1, D2]).await, [3, 0]);
-    assert_eq!(key_usage(store, "k3", &[D1, D2]).await, [3, 0]);
+    assert_eq!(app_usage(store, "a10", &[d1(), d2()]).await, [3, 0]);
+    assert_eq!(key_usage(store, "k3", &[d1(), d2()]).await, [3, 0]);
+}
+
+/// A batch counts once however often it is sent (a write that timed out is sent again);
+/// another batch with the same counts counts on its own.
+async fn usage_batches_count_once(store: &dyn KeyStore) {
+    let same = UsageCounts {
+        keys: counts(&[("k1", d1(), 2), ("k1", d3(), 1)]),
+        apps: counts(&[("a1", d1(), 3)]),
+    };
+    let first = fresh(&same);
+    store
+        .add_usage(std::slice::from_ref(&first))
+        .await
+        .expect("first");
+    store
+        .add_usage(std::slice::from_ref(&first))
+        .await
+        .expect("first again");
+    assert_eq!(key_usage(store, "k1", &[d1(), d3()]).await, [2, 1]);
+    assert_eq!(app_usage(store, "a1", &[d1()]).await, [3]);
+
+    // Sent with a new batch, in either order, the applied one is skipped and the new one counts.
+    let second = fresh(&same);
+    store
+        .add_usage(&[first.clone(), second.clone()])
+        .await
+        .expect("old and new");
+    store.add_usage(&[second, first]).await.expect("both again");
+    assert_eq!(key_usage(store, "k1", &[d1(), d3()]).await, [4, 2]);
+    assert_eq!(app_usage(store, "a1", &[d1()]).await, [6]);
+}
+
+/// A batch far bigger than one Redis script goes out in chunks; sent twice, every count is
+/// still there once.
+async fn huge_usage_batch_counts_once(store: &dyn KeyStore) {
+    let n = 3 * USAGE_CHUNK + 7;
+    let count_of = |i: usize| u64::try_from(i % 5 + 1).expect("small");
+    let keys = (0..n)
+        .map(|i| (format!("k{i}"), d2().to_owned(), count_of(i)))
+        .collect();
+    let big = fresh(&UsageCounts {
+        keys,
+        apps: counts(&[("a1", d2(), 42)]),
+    });
+    store
+        .add_usage(std::slice::from_ref(&big))
+        .await
+        .expect("big batch");
+    store.add_usage(&[big]).await.expect("big batch again");
+    for i in [
+        0,
+        1,
+        USAGE_CHUNK - 1,
+        USAGE_CHUNK,
+        2 * USAGE_CHUNK + 3,
+        n - 1,
+    ] {
+        let id = format!("k{i}");
+        assert_eq!(key_usage(store, &id, &[d2()]).await, [count_of(i)], "{id}");
+    }
+    assert_eq!(app_usage(store, "a1", &[d2()]).await, [42]);
+}
+
+/// Counts stay readable for the admin API's longest read (366 days back); days past the
+/// retention period are not stored at all.
+async fn usage_retention(store: &dyn KeyStore) {
+    let now = now_unix();
+    let year_ago = utc_date(now - 366 * DAY);
+    let too_old = utc_date(now - (USAGE_RETENTION_DAYS + 40) * DAY);
+    let batch = UsageCounts {
+        keys: counts(&[("k1", &year_ago, 4), ("k1", &too_old, 5), ("k1", d3(), 1)]),
+        apps: counts(&[("a1", &too_old, 5)]),
+    };
+    store.add_usage(&[fresh(&batch)]).await.expect("usage");
+    assert_eq!(
+        key_usage(store, "k1", &[&too_old, &year_ago, d3()]).await,
+        [0, 4, 1]
+    );
+    assert_eq!(app_usage(store, "a1", &[&too_old]).await, [0]);
 }
 
 /// Each suite function becomes one test per store, each with a fresh store.
@@ -567,6 +697,9 @@ suite!(
     usage_rejects_out_of_range_counts,
     delete_key_deletes_its_usage,
     delete_app_deletes_its_usage,
+    usage_batches_count_once,
+    huge_usage_batch_counts_once,
+    usage_retention,
 );
 
 fn embedded_store() -> (tempfile::TempDir, EmbeddedStore) {
@@ -659,19 +792,160 @@ async fn embedded_opens_a_file_without_usage_table() {
         assert_eq!(all_apps(&store).await, [app("a1", "One", 1)]);
         let k1 = store.get_key("k1").await.expect("key");
         assert_eq!(k1.and_then(|k| k.last_used_at), Some(42));
-        assert_eq!(key_usage(&store, "k1", &[D1]).await, [0]);
+        assert_eq!(key_usage(&store, "k1", &[d1()]).await, [0]);
         let batch = UsageCounts {
-            keys: counts(&[("k1", D1, 2)]),
-            apps: counts(&[("a1", D1, 2)]),
+            keys: counts(&[("k1", d1(), 2)]),
+            apps: counts(&[("a1", d1(), 2)]),
         };
-        store.add_usage(&batch).await.expect("usage");
+        store.add_usage(&[fresh(&batch)]).await.expect("usage");
     }
     let store = EmbeddedStore::open(&path).expect("reopen");
-    assert_eq!(key_usage(&store, "k1", &[D1]).await, [2]);
-    assert_eq!(app_usage(&store, "a1", &[D1]).await, [2]);
+    assert_eq!(key_usage(&store, "k1", &[d1()]).await, [2]);
+    assert_eq!(app_usage(&store, "a1", &[d1()]).await, [2]);
+}
+
+/// Writes keep the file bounded: rows past retention and batch ids older than a day go, a
+/// bounded share per write; recent ones stay and are honoured.
+#[tokio::test]
+async fn embedded_prunes_old_rows_and_batch_ids() {
+    const USAGE: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("usage");
+    const BATCHES: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("usage_batches");
+    const BATCH_AGES: redb::TableDefinition<(u64, &str), ()> =
+        redb::TableDefinition::new("usage_batch_ages");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("data");
+    std::fs::create_dir_all(&path).expect("dir");
+    let file = path.join("scopegate.redb");
+    let now = now_unix();
+    let too_old = utc_date(now - (USAGE_RETENTION_DAYS + 1) * DAY);
+    let old_row = format!("k\0k1\0{too_old}");
+    let kept_row = format!("k\0k1\0{}", d1());
+    let (old_id, recent_id) = ("old-batch", "recent-batch");
+    {
+        let db = redb::Database::create(&file).expect("create");
+        let tx = db.begin_write().expect("write");
+        {
+            let mut usage = tx.open_table(USAGE).expect("usage");
+            usage.insert(old_row.as_str(), 9).expect("insert");
+            usage.insert(kept_row.as_str(), 2).expect("insert");
+            let mut ids = tx.open_table(BATCHES).expect("batches");
+            let mut ages = tx.open_table(BATCH_AGES).expect("ages");
+            for (id, at) in [(old_id, now - 2 * DAY), (recent_id, now - 60)] {
+                ids.insert(id, at).expect("insert");
+                ages.insert((at, id), ()).expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+
+    {
+        let store = EmbeddedStore::open(&path).expect("open");
+        // A retry of the recent batch is recognised (not counted again) ...
+        let retry = UsageBatch {
+            id: recent_id.to_owned(),
+            counts: UsageCounts {
+                keys: counts(&[("k1", d1(), 2)]),
+                apps: Vec::new(),
+            },
+        };
+        store.add_usage(&[retry]).await.expect("retry");
+        assert_eq!(key_usage(&store, "k1", &[d1()]).await, [2]);
+        // ... and that write pruned what is past its time.
+        assert_eq!(key_usage(&store, "k1", &[&too_old]).await, [0]);
+    }
+
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let db = redb::Database::open(&file).expect("reopen");
+    let tx = db.begin_read().expect("read");
+    let usage = tx.open_table(USAGE).expect("usage");
+    assert!(usage.get(old_row.as_str()).expect("get").is_none());
+    assert_eq!(
+        usage
+            .get(kept_row.as_str())
+            .expect("get")
+            .map(|v| v.value()),
+        Some(2)
+    );
+    let ids = tx.open_table(BATCHES).expect("batches");
+    assert!(ids.get(old_id).expect("get").is_none());
+    assert!(ids.get(recent_id).expect("get").is_some());
+    let ages = tx.open_table(BATCH_AGES).expect("ages");
+    assert_eq!(ages.len().expect("len"), 1);
 }
 
 // ---------------------------------------------------------------- redis only
+
+/// Each chunk of a batch is its own idempotent unit: with one chunk already applied (its
+/// marker set), sending the batch applies the others only.
+#[tokio::test]
+async fn redis_usage_chunks_apply_one_by_one() {
+    let (server, store) = redis_store().await;
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let keys = (0..2 * USAGE_CHUNK + 1)
+        .map(|i| (format!("k{i}"), d3().to_owned(), 1))
+        .collect();
+    let big = fresh(&UsageCounts {
+        keys,
+        apps: Vec::new(),
+    });
+    let _: () = redis::cmd("SET")
+        .arg(format!("sg:usage:batch:{}:1", big.id))
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    store
+        .add_usage(std::slice::from_ref(&big))
+        .await
+        .expect("usage");
+    store.add_usage(&[big]).await.expect("usage again");
+    let first_of_chunk = |n: usize| format!("k{}", n * USAGE_CHUNK);
+    assert_eq!(key_usage(&store, &first_of_chunk(0), &[d3()]).await, [1]);
+    assert_eq!(key_usage(&store, &first_of_chunk(1), &[d3()]).await, [0]);
+    assert_eq!(key_usage(&store, &first_of_chunk(2), &[d3()]).await, [1]);
+}
+
+/// Hashes of the layout before monthly hashes (`sg:usage:key:{id}`) are still read, added to
+/// the monthly counts, and deleted with their key.
+#[tokio::test]
+async fn redis_reads_and_deletes_the_old_usage_layout() {
+    let (server, store) = redis_store().await;
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    let _: () = redis::cmd("HSET")
+        .arg("sg:usage:key:k1")
+        .arg(d1())
+        .arg(5)
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let batch = UsageCounts {
+        keys: counts(&[("k1", d1(), 2), ("k1", d3(), 1)]),
+        apps: Vec::new(),
+    };
+    store.add_usage(&[fresh(&batch)]).await.expect("usage");
+    assert_eq!(
+        key_usage(&store, "k1", &[d1(), d2(), d3()]).await,
+        [7, 0, 1]
+    );
+
+    assert!(store.delete_key("k1").await.expect("delete"));
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("sg:usage:key:*")
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
 
 /// Waits until `n` connections subscribe to the invalidation channel: the feed subscribes
 /// shortly after `invalidations()` returns, and events sent before that are not delivered.
@@ -806,30 +1080,39 @@ async fn redis_usage_outage_and_restart() {
     let store = RedisStore::connect(&server.url(), OP_TIMEOUT)
         .await
         .expect("connect");
-    let batch = UsageCounts {
-        keys: counts(&[("k1", D1, 3)]),
-        apps: counts(&[("a1", D1, 3)]),
+    let counts = UsageCounts {
+        keys: counts(&[("k1", d1(), 3)]),
+        apps: counts(&[("a1", d1(), 3)]),
     };
-    store.add_usage(&batch).await.expect("usage");
+    store.add_usage(&[fresh(&counts)]).await.expect("usage");
 
     server.stop();
-    assert_unavailable(store.add_usage(&batch).await_bounded().await);
+    let failed = fresh(&counts);
     assert_unavailable(
         store
-            .usage(UsageSubject::Key("k1"), &dates(&[D1]))
+            .add_usage(std::slice::from_ref(&failed))
+            .await_bounded()
+            .await,
+    );
+    assert_unavailable(
+        store
+            .usage(UsageSubject::Key("k1"), &dates(&[d1()]))
             .await_bounded()
             .await,
     );
 
     server.start_again();
     // Heals by itself; counts written before the crash survived (append-only file) and the
-    // failed batch left nothing behind.
-    let d1 = dates(&[D1]);
-    let back = eventually(|| store.usage(UsageSubject::Key("k1"), &d1)).await;
+    // failed batch left nothing behind, so its retry counts.
+    let first_day = dates(&[d1()]);
+    let back = eventually(|| store.usage(UsageSubject::Key("k1"), &first_day)).await;
     assert_eq!(back, [3]);
-    store.add_usage(&batch).await.expect("usage after restart");
-    assert_eq!(key_usage(&store, "k1", &[D1]).await, [6]);
-    assert_eq!(app_usage(&store, "a1", &[D1]).await, [6]);
+    store
+        .add_usage(&[failed])
+        .await
+        .expect("retry after restart");
+    assert_eq!(key_usage(&store, "k1", &[d1()]).await, [6]);
+    assert_eq!(app_usage(&store, "a1", &[d1()]).await, [6]);
 }
 
 fn assert_unavailable<T: std::fmt::Debug>(result: Result<T, StoreError>) {
@@ -885,12 +1168,15 @@ async fn redis_layout_and_cleanup() {
         .query_async(&mut conn)
         .await
         .expect("resetstat");
-    let batch = UsageCounts {
-        keys: counts(&[("k1", D1, 2), ("k1", D2, 3)]),
-        apps: counts(&[("a1", D1, 5)]),
-    };
-    store.add_usage(&batch).await.expect("usage");
-    // One MULTI/EXEC transaction of HINCRBYs.
+    let batch = fresh(&UsageCounts {
+        keys: counts(&[("k1", d1(), 2), ("k1", d2(), 3)]),
+        apps: counts(&[("a1", d1(), 5)]),
+    });
+    store
+        .add_usage(std::slice::from_ref(&batch))
+        .await
+        .expect("usage");
+    // One script: the batch marker and the HINCRBYs (no MULTI/EXEC any more).
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut conn)
@@ -905,36 +1191,42 @@ async fn redis_layout_and_cleanup() {
             .unwrap_or(0)
     };
     assert_eq!(
-        (calls("multi"), calls("hincrby"), calls("exec")),
-        (1, 3, 1),
+        (
+            calls("eval"),
+            calls("set"),
+            calls("hincrby"),
+            calls("multi")
+        ),
+        (1, 1, 3, 0),
         "{stats}"
     );
 
-    let mut all: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut conn)
-        .await
-        .expect("keys");
-    all.sort();
-    let expected = [
-        "sg:app:a1",
-        "sg:appidx",
-        "sg:appkeyidx:a1",
-        "sg:appname:myapp",
-        "sg:key:k1",
-        "sg:keyidx",
-        "sg:last_used",
-        "sg:usage:app:a1",
-        "sg:usage:key:k1",
+    // d1 and d2 are the last days of last month: one hash per subject for that month.
+    let month = &d1()[..7];
+    let marker = format!("sg:usage:batch:{}:0", batch.id);
+    let key_hash = format!("sg:usage:key:k1:{month}");
+    let app_hash = format!("sg:usage:app:a1:{month}");
+    let mut expected = vec![
+        "sg:app:a1".to_owned(),
+        "sg:appidx".to_owned(),
+        "sg:appkeyidx:a1".to_owned(),
+        "sg:appname:myapp".to_owned(),
+        "sg:key:k1".to_owned(),
+        "sg:keyidx".to_owned(),
+        "sg:last_used".to_owned(),
+        app_hash.clone(),
+        marker.clone(),
+        key_hash.clone(),
     ];
-    assert_eq!(all, expected);
+    expected.sort();
+    assert_eq!(all_keys(&mut conn).await, expected);
     let mut per_day: Vec<(String, u64)> = redis::cmd("HGETALL")
-        .arg("sg:usage:key:k1")
+        .arg(&key_hash)
         .query_async(&mut conn)
         .await
         .expect("hgetall");
     per_day.sort();
-    assert_eq!(per_day, [(D1.to_owned(), 2), (D2.to_owned(), 3)]);
+    assert_eq!(per_day, [(d1().to_owned(), 2), (d2().to_owned(), 3)]);
     let claimed: String = redis::cmd("GET")
         .arg("sg:appname:myapp")
         .query_async(&mut conn)
@@ -948,25 +1240,57 @@ async fn redis_layout_and_cleanup() {
         .expect("hkeys");
     assert_eq!(touched, ["k1"]);
 
+    // Retention: a month's hash lives 400 days past the month's end, never for ever; the
+    // marker a day.
+    let max_hash_ttl = i64::try_from((USAGE_RETENTION_DAYS + 31) * DAY).expect("fits");
+    for hash in [&key_hash, &app_hash] {
+        let ttl = ttl_of(&mut conn, hash).await;
+        assert!(ttl > 0 && ttl <= max_hash_ttl, "{hash}: TTL {ttl}");
+    }
+    let ttl = ttl_of(&mut conn, &marker).await;
+    let max_marker_ttl = i64::try_from(USAGE_BATCH_MEMORY_SECS).expect("fits");
+    assert!(ttl > 0 && ttl <= max_marker_ttl, "marker TTL {ttl}");
+
     assert!(delete_app_fully(&store, "a1").await);
-    let left: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut conn)
-        .await
-        .expect("keys");
-    assert!(left.is_empty(), "left behind: {left:?}");
+    // Only the marker is left, and it expires by itself.
+    assert_eq!(all_keys(&mut conn).await, std::slice::from_ref(&marker));
 
     // Counts for ids that do not exist are stored anyway (the documented choice): cheap
-    // orphans, which is why this comes after the cleanup check.
-    let orphan = UsageCounts {
-        keys: counts(&[("ghost", D1, 1)]),
+    // orphans, which is why this comes after the cleanup check. They expire like any other.
+    let orphan = fresh(&UsageCounts {
+        keys: counts(&[("ghost", d3(), 1)]),
         apps: Vec::new(),
-    };
-    store.add_usage(&orphan).await.expect("orphan usage");
-    let left: Vec<String> = redis::cmd("KEYS")
+    });
+    store
+        .add_usage(std::slice::from_ref(&orphan))
+        .await
+        .expect("orphan usage");
+    let ghost = format!("sg:usage:key:ghost:{}", &d3()[..7]);
+    let mut expected = vec![
+        marker,
+        format!("sg:usage:batch:{}:0", orphan.id),
+        ghost.clone(),
+    ];
+    expected.sort();
+    assert_eq!(all_keys(&mut conn).await, expected);
+    assert!(ttl_of(&mut conn, &ghost).await > 0);
+}
+
+async fn all_keys(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let mut all: Vec<String> = redis::cmd("KEYS")
         .arg("*")
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .expect("keys");
-    assert_eq!(left, ["sg:usage:key:ghost"]);
+    all.sort();
+    all
+}
+
+/// Seconds to live of a Redis key (-1: no expiry, -2: no such key).
+async fn ttl_of(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("TTL")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("ttl")
 }

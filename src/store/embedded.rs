@@ -7,9 +7,10 @@
 
 mod order;
 
+use super::embedded_usage::{self, remove_usage};
 use super::{Invalidation, Keep, KeyStore, StoreError, PURGE_CHUNK};
 use crate::model::{
-    App, AppChange, KeyRecord, Page, PageRequest, UnixSeconds, UsageCounts, UsageSubject,
+    now_unix, App, AppChange, KeyRecord, Page, PageRequest, UnixSeconds, UsageBatch, UsageSubject,
 };
 use async_trait::async_trait;
 use redb::{
@@ -31,9 +32,7 @@ const APP_NAMES: TableDefinition<&str, &str> = TableDefinition::new("app_names")
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 /// Key id -> last use, unix seconds. Apart from the record because it is written in batches.
 const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
-/// `k\0{key id}\0{date}` or `a\0{app id}\0{date}` -> request count that day. Ids never hold
-/// NUL (they are alphanumeric), so `k\0{id}\0` is a prefix of that id's rows only.
-const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
+// Usage counts live in tables of their own, described in `embedded_usage`.
 
 /// Apps and keys in a local redb database.
 pub struct EmbeddedStore {
@@ -57,8 +56,8 @@ impl EmbeddedStore {
             tx.open_table(APP_NAMES).map_err(db_error)?;
             tx.open_table(KEYS).map_err(db_error)?;
             tx.open_table(LAST_USED).map_err(db_error)?;
-            // Added after the first release: opening an older file adds it here.
-            tx.open_table(USAGE).map_err(db_error)?;
+            // Added after the first release: opening an older file adds them here.
+            embedded_usage::create_tables(tx)?;
             tx.open_table(order::APP_ORDER).map_err(db_error)?;
             tx.open_table(order::KEY_ORDER).map_err(db_error)?;
             tx.open_table(order::APP_KEY_ORDER).map_err(db_error)?;
@@ -194,15 +193,12 @@ impl KeyStore for EmbeddedStore {
             .await
     }
 
-    async fn add_usage(&self, counts: &UsageCounts) -> Result<(), StoreError> {
-        let rows: Vec<(String, u64)> = super::usage_increments(counts)?
-            .into_iter()
-            .map(|(subject, date, count)| (usage_row(subject, date), count))
-            .collect();
-        if rows.is_empty() {
+    async fn add_usage(&self, batches: &[UsageBatch]) -> Result<(), StoreError> {
+        let now = now_unix();
+        let Some(rows) = embedded_usage::row_batches(batches, now)? else {
             return Ok(());
-        }
-        self.blocking(move |db| write(db, |tx| add_counts(tx, &rows)))
+        };
+        self.blocking(move |db| write(db, |tx| embedded_usage::add_batches(tx, &rows, now)))
             .await
     }
 
@@ -214,8 +210,11 @@ impl KeyStore for EmbeddedStore {
         if dates.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<String> = dates.iter().map(|date| usage_row(subject, date)).collect();
-        self.blocking(move |db| read(db, |tx| read_counts(tx, &rows)))
+        let rows: Vec<String> = dates
+            .iter()
+            .map(|date| embedded_usage::usage_row(subject, date))
+            .collect();
+        self.blocking(move |db| read(db, |tx| embedded_usage::read_counts(tx, &rows)))
             .await
     }
 
@@ -429,59 +428,6 @@ fn record_uses(tx: &WriteTransaction, uses: &[(String, UnixSeconds)]) -> Result<
     Ok(())
 }
 
-/// The `usage` rows of one subject all start with this.
-fn usage_prefix(subject: UsageSubject<'_>) -> String {
-    match subject {
-        UsageSubject::Key(id) => format!("k\0{id}\0"),
-        UsageSubject::App(id) => format!("a\0{id}\0"),
-    }
-}
-
-fn usage_row(subject: UsageSubject<'_>, date: &str) -> String {
-    format!("{}{date}", usage_prefix(subject))
-}
-
-/// Adds each count to its row. Rows may repeat within a batch; they add up.
-fn add_counts(tx: &WriteTransaction, rows: &[(String, u64)]) -> Result<(), StoreError> {
-    let mut usage = tx.open_table(USAGE).map_err(db_error)?;
-    for (row, count) in rows {
-        let current = usage
-            .get(row.as_str())
-            .map_err(db_error)?
-            .map_or(0, |v| v.value());
-        let total = current
-            .checked_add(*count)
-            .ok_or_else(|| StoreError::Corrupt(format!("usage count overflow in {row:?}")))?;
-        usage.insert(row.as_str(), total).map_err(db_error)?;
-    }
-    Ok(())
-}
-
-fn read_counts(tx: &ReadTransaction, rows: &[String]) -> Result<Vec<u64>, StoreError> {
-    let usage = tx.open_table(USAGE).map_err(db_error)?;
-    rows.iter()
-        .map(|row| {
-            usage
-                .get(row.as_str())
-                .map(|found| found.map_or(0, |v| v.value()))
-                .map_err(db_error)
-        })
-        .collect()
-}
-
-/// Removes every usage row of `subject`: the range from its prefix up to the same prefix with
-/// the final NUL raised to 0x01, which is exactly the strings starting with the prefix.
-fn remove_usage(tx: &WriteTransaction, subject: UsageSubject<'_>) -> Result<(), StoreError> {
-    let mut usage = tx.open_table(USAGE).map_err(db_error)?;
-    let start = usage_prefix(subject);
-    let mut end = start.clone();
-    end.pop();
-    end.push('\u{1}');
-    usage
-        .retain_in(start.as_str()..end.as_str(), |_, _| false)
-        .map_err(db_error)
-}
-
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -500,7 +446,7 @@ fn encode_key(key: &KeyRecord) -> Result<Vec<u8>, StoreError> {
 
 /// A damaged file is `Corrupt`; everything else (I/O, locks, a poisoned transaction) means the
 /// store cannot serve right now.
-fn db_error(e: impl Into<redb::Error>) -> StoreError {
+pub(super) fn db_error(e: impl Into<redb::Error>) -> StoreError {
     match e.into() {
         redb::Error::Corrupted(msg) => StoreError::Corrupt(msg),
         other => StoreError::Unavailable(other.to_string()),

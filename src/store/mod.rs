@@ -5,16 +5,32 @@
 //! [`Invalidation`] events; the cache decides what to do with them.
 
 mod embedded;
+mod embedded_usage;
 mod redis;
+mod redis_usage;
 
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
 
 use crate::model::{
-    App, AppChange, KeyRecord, Page, PageRequest, UnixSeconds, UsageCounts, UsageSubject,
+    utc_date, utc_day_number, App, AppChange, KeyRecord, Page, PageRequest, UnixSeconds,
+    UsageBatch, UsageCounts, UsageSubject,
 };
 use async_trait::async_trait;
 use tokio::sync::mpsc;
+
+/// Days a day's usage count is kept at least: more than the admin API's longest read (366
+/// days), so a full-year read always finds its counts. Redis keeps a month's counts until this
+/// long after the month ends, the embedded store prunes rows older than this.
+pub const USAGE_RETENTION_DAYS: u64 = 400;
+/// How long a store remembers the id of a usage batch it applied, so a retry of it is
+/// recognised. The usage task retries a batch every flush until it is confirmed; this covers
+/// retries across a store outage of up to a day. (Redis: one small key per batch chunk.)
+pub const USAGE_BATCH_MEMORY_SECS: u64 = 86_400;
+/// Increments per idempotent unit (Redis: per script call), so no single command or script
+/// holds the store for long whatever the batch size.
+pub const USAGE_CHUNK: usize = 500;
+const DAY: UnixSeconds = 86_400;
 
 /// A failure of the store itself (as opposed to "not found", which is `Ok(None)` / `Ok(false)`).
 #[derive(Debug, thiserror::Error)]
@@ -109,15 +125,19 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Records last use times in one batch. Unknown ids are ignored; a time never moves backwards.
     async fn touch_keys(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError>;
 
-    /// Adds request counts in one batch (Redis: one pipelined round trip; embedded: one
-    /// transaction), all or nothing.
+    /// Adds request counts, each batch at most once: a batch whose id the store has applied
+    /// before (within [`USAGE_BATCH_MEMORY_SECS`]) is skipped, so a caller that did not learn
+    /// whether a write went through sends the same batches again. Redis: one pipelined round
+    /// trip of scripts, each recording the id of one chunk of at most [`USAGE_CHUNK`]
+    /// increments together with them; embedded: one transaction. Counts dated before the
+    /// retention period ([`USAGE_RETENTION_DAYS`]) are not stored.
     ///
     /// Ids are deliberately not checked: counts for a key or app that no longer exists (deleted
     /// between its requests and this flush) are stored all the same, and stay behind as
-    /// orphans. Checking would cost a lookup per id on every flush, and turn the Redis batch into
-    /// a script; what it would save is a few small counters per deleted id, never read by
-    /// mistake since ids are random and not reused. Entries with a count of 0 are skipped.
-    async fn add_usage(&self, counts: &UsageCounts) -> Result<(), StoreError>;
+    /// orphans until the retention period ends. Checking would cost a lookup per id on every
+    /// flush; what it would save is a few small counters per deleted id, never read by mistake
+    /// since ids are random and not reused. Entries with a count of 0 are skipped.
+    async fn add_usage(&self, batches: &[UsageBatch]) -> Result<(), StoreError>;
     /// Counts for the given dates, in the same order (0 where nothing was recorded, including
     /// for an id never seen).
     async fn usage(
@@ -141,12 +161,15 @@ pub trait KeyStore: Send + Sync + 'static {
     }
 }
 
-/// The non-zero entries of a batch, keys first, checked the same way for both stores: a count
-/// must fit Redis's signed 64-bit `HINCRBY`, so the whole batch is refused (as not encodable)
-/// before anything is written if one does not.
-fn usage_increments(
-    counts: &UsageCounts,
-) -> Result<Vec<(UsageSubject<'_>, &str, u64)>, StoreError> {
+/// One count to add: whose, which day (`YYYY-MM-DD`), how many.
+type Increment<'a> = (UsageSubject<'a>, &'a str, u64);
+
+/// The entries of a batch, keys first, checked the same way for both stores: a count must fit
+/// Redis's signed 64-bit `HINCRBY` and a date must be a `YYYY-MM-DD` day, so the whole batch is
+/// refused (as not encodable) before anything is written if one does not. Zero counts are left
+/// out. The answer depends on the batch alone (not on the time), so a retried batch splits into
+/// the same chunks; days before the retention period are dropped later, per chunk.
+fn usage_increments(counts: &UsageCounts) -> Result<Vec<Increment<'_>>, StoreError> {
     let keys = counts
         .keys
         .iter()
@@ -157,13 +180,7 @@ fn usage_increments(
         .map(|(id, date, n)| (UsageSubject::App(id.as_str()), date.as_str(), *n));
     keys.chain(apps)
         .filter(|(_, _, n)| *n > 0)
-        .map(|entry| match i64::try_from(entry.2) {
-            Ok(_) => Ok(entry),
-            Err(_) => Err(StoreError::Corrupt(format!(
-                "usage count {} is out of range",
-                entry.2
-            ))),
-        })
+        .map(check_increment)
         .collect()
 }
 
@@ -210,4 +227,25 @@ where
         }
         chunk_size = LIST_CHUNK;
     }
+}
+
+fn check_increment(entry: Increment<'_>) -> Result<Increment<'_>, StoreError> {
+    if i64::try_from(entry.2).is_err() {
+        return Err(StoreError::Corrupt(format!(
+            "usage count {} is out of range",
+            entry.2
+        )));
+    }
+    if utc_day_number(entry.1).is_none() {
+        return Err(StoreError::Corrupt(format!(
+            "usage date {:?} is not a YYYY-MM-DD day",
+            entry.1
+        )));
+    }
+    Ok(entry)
+}
+
+/// The oldest date whose counts are still kept at `now`; earlier ones are not stored.
+fn usage_cutoff(now: UnixSeconds) -> String {
+    utc_date(now.saturating_sub(USAGE_RETENTION_DAYS * DAY))
 }

@@ -2,12 +2,12 @@
 //! pub/sub feed that tells the other instances what changed.
 //!
 //! Layout (all under `sg:`): `app:{id}` app JSON, `appname:{lowercase}` name claim -> app id,
-//! `key:{id}` key JSON, hash `last_used` key id -> unix seconds, hashes `usage:key:{id}` and
-//! `usage:app:{id}` date (`YYYY-MM-DD`) -> request count. Listings read sorted sets whose members
-//! are `{created_at:011}.{id}` (all scores 0, so they sort by that text): `appidx` of apps,
-//! `keyidx` of keys, `appkeyidx:{app}` of one app's keys; a page is one `ZRANGEBYLEX ... LIMIT`
-//! plus one `MGET` of at most [`LIST_CHUNK`](super::LIST_CHUNK) records. `deleted_apps` is the set of deleted apps
-//! whose keys are still to be removed, [`PURGE_CHUNK`] keys per script.
+//! `key:{id}` key JSON, hash `last_used` key id -> unix seconds; usage counts under `usage:`,
+//! laid out in [`super::redis_usage`]. Listings read sorted sets whose members are
+//! `{created_at:011}.{id}` (all scores 0, so they sort by that text): `appidx` of apps, `keyidx`
+//! of keys, `appkeyidx:{app}` of one app's keys; a page is one `ZRANGEBYLEX ... LIMIT` plus one
+//! `MGET` of at most [`LIST_CHUNK`](super::LIST_CHUNK) records. `deleted_apps` is the set of
+//! deleted apps whose keys are still to be removed, [`PURGE_CHUNK`] keys per script.
 //!
 //! Conditional multi-key writes run as Lua scripts (sent with `EVAL`), not WATCH/MULTI: the
 //! `ConnectionManager` multiplexes every caller over one connection, and WATCH state is per
@@ -17,10 +17,11 @@
 //! The scripts touch keys they derive themselves (`sg:key:{id}` of an app's keys), which is fine on
 //! a standalone Redis but would not be on Redis Cluster.
 
+use super::redis_usage::{self, KEY_USAGE_PREFIX};
 use super::{Indexed, Invalidation, Keep, KeyStore, StoreError, PURGE_CHUNK};
 use crate::model::{
-    listing_position, App, AppChange, KeyRecord, Page, PageRequest, UnixSeconds, UsageCounts,
-    UsageSubject,
+    listing_position, now_unix, App, AppChange, KeyRecord, Page, PageRequest, UnixSeconds,
+    UsageBatch, UsageSubject,
 };
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -40,8 +41,6 @@ const KEY_INDEX: &str = "sg:keyidx";
 const DELETED_APPS: &str = "sg:deleted_apps";
 const LAST_USED: &str = "sg:last_used";
 const KEY_PREFIX: &str = "sg:key:";
-const KEY_USAGE_PREFIX: &str = "sg:usage:key:";
-const APP_USAGE_PREFIX: &str = "sg:usage:app:";
 
 /// Buffered invalidations between the pub/sub task and the cache.
 const FEED_CAPACITY: usize = 1024;
@@ -92,30 +91,34 @@ return 1";
 
 /// The app goes at once (its keys then resolve to no app on every instance); its keys are
 /// queued for purging in chunks, so this script is small whatever their number.
-/// KEYS: app, name claim, app index, deleted apps set, app's usage hash.
+/// KEYS: app, name claim, app index, deleted apps set, then the app's usage hashes.
 /// ARGV: id, json read by the caller, channel, listing position.
 const DELETE_APP: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 if cur ~= ARGV[2] then return -2 end
-redis.call('DEL', KEYS[1], KEYS[5])
+redis.call('DEL', KEYS[1])
+for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('ZREM', KEYS[3], ARGV[4])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('PUBLISH', ARGV[3], 'app:' .. ARGV[1])
 return 1";
 
-/// Removes keys of a deleted app. KEYS: key index, app's key index, last_used hash.
-/// ARGV: key prefix, key usage prefix, then listing positions (`{created_at}.{id}`).
+/// Removes keys of a deleted app, with their usage hashes. KEYS: key index, app's key index,
+/// last_used hash. ARGV: key prefix, key usage prefix, the number n of usage hash suffixes, the
+/// n suffixes, then listing positions (`{created_at}.{id}`).
 const PURGE_KEYS: &str = r"
-for i = 3, #ARGV do
+local n = tonumber(ARGV[3])
+for i = 4 + n, #ARGV do
   local id = string.match(ARGV[i], '%.(.*)$')
-  redis.call('DEL', ARGV[1] .. id, ARGV[2] .. id)
+  redis.call('DEL', ARGV[1] .. id)
+  for j = 4, 3 + n do redis.call('DEL', ARGV[2] .. id .. ARGV[j]) end
   redis.call('HDEL', KEYS[3], id)
   redis.call('ZREM', KEYS[1], ARGV[i])
   redis.call('ZREM', KEYS[2], ARGV[i])
 end
-return #ARGV - 2";
+return #ARGV - 3 - n";
 
 /// KEYS: app, key, key index, app's key index, last_used hash.
 /// ARGV: key id, json, last used time or empty, listing position.
@@ -128,14 +131,14 @@ redis.call('ZADD', KEYS[4], 0, ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[3]) end
 return 1";
 
-/// KEYS: key, key index, app's key index, last_used hash, key's usage hash.
+/// KEYS: key, key index, app's key index, last_used hash, then the key's usage hashes.
 /// ARGV: key id, channel, listing position.
 const DELETE_KEY: &str = r"
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('DEL', KEYS[5])
+for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('PUBLISH', ARGV[2], 'key:' .. ARGV[1])
 return 1";
 
@@ -326,9 +329,10 @@ impl RedisStore {
             name_key(&old.name),
             APP_INDEX.to_owned(),
             DELETED_APPS.to_owned(),
-            usage_key(UsageSubject::App(id)),
         ];
-        let mut cmd = eval(DELETE_APP, &keys.each_ref().map(String::as_str));
+        let now = now_unix();
+        let usage = redis_usage::usage_hashes(UsageSubject::App(id), now);
+        let mut cmd = eval(DELETE_APP, &keys_then(&keys, &usage));
         cmd.arg(id)
             .arg(old_json)
             .arg(CHANNEL)
@@ -484,7 +488,12 @@ impl KeyStore for RedisStore {
             return Ok(1);
         }
         let mut cmd = eval(PURGE_KEYS, &[KEY_INDEX, &index, LAST_USED]);
-        cmd.arg(KEY_PREFIX).arg(KEY_USAGE_PREFIX).arg(&positions);
+        let suffixes = redis_usage::usage_suffixes(now_unix());
+        cmd.arg(KEY_PREFIX)
+            .arg(KEY_USAGE_PREFIX)
+            .arg(suffixes.len())
+            .arg(&suffixes)
+            .arg(&positions);
         self.query::<i64>(&cmd).await?;
         Ok(positions.len())
     }
@@ -548,9 +557,9 @@ impl KeyStore for RedisStore {
             KEY_INDEX.to_owned(),
             app_keys_key(&record.app_id),
             LAST_USED.to_owned(),
-            usage_key(UsageSubject::Key(id)),
         ];
-        let mut cmd = eval(DELETE_KEY, &keys.each_ref().map(String::as_str));
+        let usage = redis_usage::usage_hashes(UsageSubject::Key(id), now_unix());
+        let mut cmd = eval(DELETE_KEY, &keys_then(&keys, &usage));
         cmd.arg(id)
             .arg(CHANNEL)
             .arg(listing_position(record.created_at, id));
@@ -568,48 +577,27 @@ impl KeyStore for RedisStore {
         self.query_pipe::<()>(&pipe).await
     }
 
-    /// One `MULTI`/`EXEC` pipeline of `HINCRBY`s: one round trip, applied as a unit (no other
-    /// client sees half a batch, and a link lost before `EXEC` applies nothing). A write that
-    /// times out may still have been applied, so it is not retried here: a retry could count a
-    /// batch twice. Redis does not roll back a command that fails inside `EXEC`; the only such
-    /// failure left here would be a counter passing `i64::MAX`, far beyond any real count.
-    async fn add_usage(&self, counts: &UsageCounts) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut queued = false;
-        for (subject, date, count) in super::usage_increments(counts)? {
-            pipe.cmd("HINCRBY")
-                .arg(usage_key(subject))
-                .arg(date)
-                .arg(count)
-                .ignore();
-            queued = true;
+    /// One pipeline of idempotent scripts (see [`redis_usage`]): one round trip. A write that
+    /// times out may still have been applied; the caller sends the same batches again and the
+    /// chunks already applied are skipped.
+    async fn add_usage(&self, batches: &[UsageBatch]) -> Result<(), StoreError> {
+        match redis_usage::add_pipeline(batches, now_unix())? {
+            Some(pipe) => self.query_pipe::<()>(&pipe).await,
+            None => Ok(()),
         }
-        if !queued {
-            return Ok(());
-        }
-        self.query_pipe::<()>(&pipe).await
     }
 
+    /// One pipelined round trip: an `HMGET` per month hash the dates fall in.
     async fn usage(
         &self,
         subject: UsageSubject<'_>,
         dates: &[String],
     ) -> Result<Vec<u64>, StoreError> {
-        if dates.is_empty() {
-            return Ok(Vec::new());
+        let read = redis_usage::UsageRead::new(subject, dates);
+        match read.pipeline(dates) {
+            Some(pipe) => read.counts(self.read_pipe(&pipe).await?),
+            None => Ok(vec![0; dates.len()]),
         }
-        let counts: Vec<Option<u64>> = self
-            .read(redis::cmd("HMGET").arg(usage_key(subject)).arg(dates))
-            .await?;
-        if counts.len() != dates.len() {
-            return Err(StoreError::Corrupt(format!(
-                "HMGET answered {} counts for {} dates",
-                counts.len(),
-                dates.len()
-            )));
-        }
-        Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -659,11 +647,9 @@ fn id_of(position: &str) -> &str {
     position.rsplit('.').next().unwrap_or(position)
 }
 
-fn usage_key(subject: UsageSubject<'_>) -> String {
-    match subject {
-        UsageSubject::Key(id) => format!("{KEY_USAGE_PREFIX}{id}"),
-        UsageSubject::App(id) => format!("{APP_USAGE_PREFIX}{id}"),
-    }
+/// A script's KEYS: the fixed ones, then a variable list (usage hashes).
+fn keys_then<'a>(fixed: &'a [String], more: &'a [String]) -> Vec<&'a str> {
+    fixed.iter().chain(more).map(String::as_str).collect()
 }
 
 /// `EVAL script numkeys keys...`; the caller appends ARGV. The full script is sent every time
