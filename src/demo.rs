@@ -156,6 +156,7 @@ async fn start_sample_upstream(
         max_connections: 1024,
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
+        send_timeout: Duration::from_secs(30),
         max_header_bytes: 32 * 1024,
         grace: Duration::from_secs(1),
     };

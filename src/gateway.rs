@@ -147,6 +147,7 @@ pub async fn start_with_store(
         max_connections: config.limits.max_connections,
         header_read_timeout: config.limits.header_read_timeout,
         idle_timeout: config.limits.idle_timeout,
+        send_timeout: config.limits.send_timeout,
         max_header_bytes: config.limits.max_header_bytes,
         grace: config.shutdown_grace,
     };

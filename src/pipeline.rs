@@ -1,8 +1,13 @@
 //! The request pipeline: route → credential → principal → scope → forward.
 //!
 //! [`Pipeline::handle`] is the outer function (turns every error into its response, logs);
-//! [`Pipeline::run`] is the inner one and reads top to bottom with `?`.
+//! [`Pipeline::run`] is the inner one and reads top to bottom with `?`. A refused request's
+//! unread body is settled before the answer goes out ([`unread`]), so an HTTP/1 connection
+//! either carries the client's next request or says it will not.
 
+mod unread;
+
+use self::unread::Unread;
 use crate::auth::{credential, AuthError, Authenticator, Principal};
 use crate::config::{cidr_contains, Limits};
 use crate::error::{rate_limit_headers, ProxyError};
@@ -10,13 +15,13 @@ use crate::metrics::{AuthFailure, Metrics, RouteMetrics, StoreOp, UNMATCHED};
 use crate::model::RateLimit;
 use crate::proxy::body::GatewayBody;
 use crate::proxy::headers::Forwarded;
-use crate::proxy::{Forwarder, Outgoing};
+use crate::proxy::{declared_length, Forwarder, Outgoing};
 use crate::ratelimit::{Decision, RateLimits};
 use crate::routing::normalize::normalize;
 use crate::routing::{Access, Route, RouteMatch, RouteTable};
 use crate::usage::UsageRecorder;
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Method, Request, Response};
+use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -76,6 +81,12 @@ pub struct Admission<'a> {
     pub budget: Option<(u32, u32, u64)>,
 }
 
+/// A request the gateway answers with an error, and what it left unread on the connection.
+struct Refusal {
+    error: ProxyError,
+    unread: Unread,
+}
+
 /// Everything a proxied request needs; shared by all connections.
 pub struct Pipeline {
     pub live: ArcSwap<LiveConfig>,
@@ -101,10 +112,17 @@ impl Pipeline {
         let mut seen = Seen::default();
         let response = match self.run(request, peer, &live, &mut seen).await {
             Ok(response) => response,
-            Err(e) => {
-                tracing::debug!(%method, error = %e, "request refused");
-                self.count_refusal(&e, &seen);
-                e.into_response()
+            Err(Refusal { error, unread }) => {
+                tracing::debug!(%method, %error, "request refused");
+                self.count_refusal(&error, &seen);
+                let keep_alive = unread.settle().await;
+                let mut response = error.into_response();
+                if !keep_alive {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
             }
         };
         let route = seen
@@ -123,10 +141,16 @@ impl Pipeline {
         peer: SocketAddr,
         live: &LiveConfig,
         seen: &mut Seen,
-    ) -> Result<Response<GatewayBody>, ProxyError> {
+    ) -> Result<Response<GatewayBody>, Refusal> {
         // A cheap clone (shared bytes) so the path can outlive the request it is forwarded in.
         let uri = request.uri().clone();
-        let admission = self.admit(&request, live, seen).await?;
+        let admission = match self.admit(&request, live, seen).await {
+            Ok(admission) => admission,
+            Err(error) => {
+                let unread = Unread::of(request);
+                return Err(Refusal { error, unread });
+            }
+        };
         let route = admission.route;
         let principal = admission.principal.as_ref();
         let forwarded = Forwarded {
@@ -144,12 +168,13 @@ impl Pipeline {
             strip_bearer: credential::is_bearer(request.headers()),
             forwarded,
         };
+        let unread = Unread::after_forwarding(&request);
         let sent = Instant::now();
         let response = self.forwarder.forward(request, out).await;
         if let Some(m) = live.route_metrics.get(route.index) {
             self.metrics.record_upstream(m, sent.elapsed());
         }
-        let mut response = response?;
+        let mut response = response.map_err(|error| Refusal { error, unread })?;
         if let Some((limit, remaining, reset)) = admission.budget {
             rate_limit_headers(response.headers_mut(), limit, remaining, reset);
         }
@@ -181,6 +206,11 @@ impl Pipeline {
             Access::Public => None,
             access => Some(self.authenticate(presented, access, seen).await?),
         };
+        // Before the rate limit and usage: a body refused unread costs the key nothing.
+        let max_body = route.spec.max_body.unwrap_or(live.limits.max_body);
+        if declared_length(request.headers()).is_some_and(|len| len > max_body) {
+            return Err(ProxyError::BodyTooLarge { limit: max_body });
+        }
         let mut budget = None;
         if let Some(p) = &principal {
             let limit = p.app.rate_limit.unwrap_or(live.default_rate_limit);

@@ -36,6 +36,7 @@ pub struct FixedSettings {
     max_connections: usize,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    send_timeout: Duration,
     shutdown_grace: Duration,
 }
 
@@ -52,13 +53,14 @@ impl FixedSettings {
             max_connections: c.limits.max_connections,
             header_read_timeout: c.limits.header_read_timeout,
             idle_timeout: c.limits.idle_timeout,
+            send_timeout: c.limits.send_timeout,
             shutdown_grace: c.shutdown_grace,
         }
     }
 
     /// The names of settings that differ.
     fn changed(&self, new: &FixedSettings) -> Vec<&'static str> {
-        let checks: [(&'static str, bool); 11] = [
+        let checks: [(&'static str, bool); 12] = [
             ("listen", self.listen != new.listen),
             ("tls (on/off)", self.tls != new.tls),
             ("admin.listen", self.admin_listen != new.admin_listen),
@@ -78,6 +80,7 @@ impl FixedSettings {
                 self.header_read_timeout != new.header_read_timeout,
             ),
             ("limits.idle_timeout", self.idle_timeout != new.idle_timeout),
+            ("limits.send_timeout", self.send_timeout != new.send_timeout),
             ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
         ];
         checks

@@ -3,8 +3,13 @@
 //!
 //! Generic over the handler, so the proxy, admin and metrics listeners share it. The accept loop
 //! only accepts: the TLS handshake runs in the connection's own task, so a slow or silent client
-//! cannot hold up anyone else's accept.
+//! cannot hold up anyone else's accept. Each connection's watchdog closes it once it has been
+//! idle too long, or once its client has accepted none of the bytes waiting for it for
+//! `send_timeout` (a client that stopped reading; see [`socket`] for how stalls are seen).
 
+mod socket;
+
+use self::socket::ClientSocket;
 use crate::tls::TlsAcceptorSource;
 use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, Write};
@@ -29,6 +34,9 @@ pub struct ConnectionSettings {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection whose client accepts none of the bytes waiting for it for this long is
+    /// closed, dropping the responses in flight (and the upstream calls feeding them).
+    pub send_timeout: Duration,
     /// Largest header block accepted (HTTP/2 header list size; HTTP/1 is checked per request).
     pub max_header_bytes: usize,
     /// How long in-flight requests may run after shutdown begins.
@@ -137,10 +145,16 @@ pub async fn serve_with_tls<F, Fut, B>(
             }
         });
         let watch = ConnectionWatch {
-            idle: idle_timer(activity.clone(), settings.idle_timeout),
-            activity,
+            cut: watchdog(
+                activity.clone(),
+                settings.idle_timeout,
+                settings.send_timeout,
+            ),
+            activity: activity.clone(),
             peer,
         };
+        // Below TLS, so a stall is seen on the bytes that actually leave.
+        let stream = ClientSocket::new(stream, activity);
         // Taken now, so a connection accepted before a shutdown is told about it.
         let watcher = graceful.watcher();
         let builder = builder.clone();
@@ -179,20 +193,20 @@ pub async fn serve_with_tls<F, Fut, B>(
 }
 
 /// What the connection task watches besides the connection itself.
-struct ConnectionWatch<Idle> {
-    idle: Idle,
+struct ConnectionWatch<Watchdog> {
+    cut: Watchdog,
     activity: Arc<Activity>,
     peer: SocketAddr,
 }
 
 /// Serves one connection (plain or TLS) to its end, draining gracefully on shutdown, and
-/// closing it once it has been idle too long or its client abandons too many requests.
+/// closing it once its watchdog cuts it or its client abandons too many requests.
 async fn run_connection<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
     watcher: Watcher,
-    watch: ConnectionWatch<impl Future<Output = ()>>,
+    watch: ConnectionWatch<impl Future<Output = Cut>>,
 ) where
     I: Read + Write + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
@@ -202,7 +216,7 @@ async fn run_connection<I, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let ConnectionWatch {
-        idle,
+        cut,
         activity,
         peer,
     } = watch;
@@ -213,8 +227,15 @@ async fn run_connection<I, S, B>(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         }
-        // Nothing is in flight: dropping the connection just closes an unused socket.
-        _ = idle => tracing::debug!(%peer, "idle connection closed"),
+        // Idle: nothing is in flight, dropping the connection just closes an unused socket.
+        // Stalled: dropping it also drops the responses in flight and their upstream calls.
+        cut = cut => match cut {
+            Cut::Idle => tracing::debug!(%peer, "idle connection closed"),
+            Cut::Stalled => tracing::debug!(
+                %peer,
+                "connection closed: its client accepts no data (send_timeout)"
+            ),
+        },
         // Dropping it also drops the requests still in flight, and their upstream calls.
         _ = activity.flood.notified() => tracing::warn!(
             %peer,
@@ -224,13 +245,19 @@ async fn run_connection<I, S, B>(
     }
 }
 
-/// Requests in flight on one connection, since when it has had none, and how many of its
-/// requests the client abandoned.
+/// `Activity::write_stalled_since` when writes are not stalled.
+const NOT_STALLED: u64 = u64::MAX;
+
+/// Requests in flight on one connection, since when it has had none, since when its client has
+/// accepted none of the bytes written to it, and how many of its requests the client abandoned.
 struct Activity {
     epoch: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after `epoch` when the last request in flight finished.
     idle_since: AtomicU64,
+    /// Milliseconds after `epoch` when a write to the socket first found it full, until a
+    /// write gets through; [`NOT_STALLED`] otherwise.
+    write_stalled_since: AtomicU64,
     started: AtomicU64,
     abandoned: AtomicU64,
     /// Notified once the abandoned requests exceed the connection's budget.
@@ -243,6 +270,7 @@ impl Activity {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            write_stalled_since: AtomicU64::new(NOT_STALLED),
             started: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             flood: Notify::new(),
@@ -269,9 +297,34 @@ impl Activity {
         }
     }
 
-    fn now_millis(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// A write found the socket full. Reads the clock only when a stall begins.
+    fn write_blocked(&self) {
+        if self.write_stalled_since.load(Ordering::Relaxed) == NOT_STALLED {
+            let now = self.now_millis().min(NOT_STALLED - 1);
+            self.write_stalled_since.store(now, Ordering::Relaxed);
+        }
     }
+
+    /// A write got through: the client is reading. One load when nothing was stalled.
+    fn write_progressed(&self) {
+        if self.write_stalled_since.load(Ordering::Relaxed) != NOT_STALLED {
+            self.write_stalled_since
+                .store(NOT_STALLED, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the last write found the socket full and none has got through since.
+    fn write_stalled(&self) -> bool {
+        self.write_stalled_since.load(Ordering::Relaxed) != NOT_STALLED
+    }
+
+    fn now_millis(&self) -> u64 {
+        millis(self.epoch.elapsed())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A request in flight, until its response body is done (or dropped).
@@ -295,21 +348,41 @@ impl Drop for Busy {
     }
 }
 
-/// Resolves once the connection has had nothing in flight for `limit`.
-async fn idle_timer(activity: Arc<Activity>, limit: Duration) {
-    let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+/// Why a connection's watchdog closed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Nothing in flight for `idle_timeout`.
+    Idle,
+    /// Bytes waiting for the client, and none accepted for `send_timeout`.
+    Stalled,
+}
+
+/// Resolves once the connection has had nothing in flight for `idle`, or its writes have been
+/// stalled for `send`. Busy, it looks again every quarter of the shorter limit, so a stall is
+/// cut within 1.25 × `send` (the socket tells nobody when a stall begins; a timer armed per
+/// write would cost every request).
+async fn watchdog(activity: Arc<Activity>, idle: Duration, send: Duration) -> Cut {
+    let (idle_ms, send_ms) = (millis(idle), millis(send));
+    let look_again = (idle_ms.min(send_ms) / 4).max(1);
     loop {
-        let since = activity.idle_since.load(Ordering::Acquire);
-        let wait = (since.saturating_add(limit_ms)).saturating_sub(activity.now_millis());
-        if wait == 0 && activity.in_flight.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        // Busy: look again in a while. Idle: wake exactly when the limit is reached.
-        let next = if wait == 0 {
-            (limit_ms / 4).max(1)
-        } else {
-            wait
+        let now = activity.now_millis();
+        let stalled_since = activity.write_stalled_since.load(Ordering::Relaxed);
+        let stall_left = match stalled_since {
+            NOT_STALLED => None,
+            since => Some(since.saturating_add(send_ms).saturating_sub(now)),
         };
+        if stall_left == Some(0) {
+            return Cut::Stalled;
+        }
+        let idle_since = activity.idle_since.load(Ordering::Acquire);
+        let idle_left = idle_since.saturating_add(idle_ms).saturating_sub(now);
+        let busy = activity.in_flight.load(Ordering::Acquire) > 0;
+        if idle_left == 0 && !busy {
+            return Cut::Idle;
+        }
+        // Idle: wake exactly when the limit is reached. Busy: look again in a while.
+        let next = if busy { look_again } else { idle_left };
+        let next = stall_left.map_or(next, |left| next.min(left));
         tokio::time::sleep(Duration::from_millis(next)).await;
     }
 }

@@ -1,4 +1,4 @@
-//! Protective limits and faults on the wire: request-head sizes, slow and idle clients,
+//! Protective limits and faults on the wire: request-head sizes, slow, stalled and idle clients,
 //! the connection bound, upstreams that fail mid-way, and that nothing is left running.
 
 mod common;
@@ -22,6 +22,7 @@ const LIMITS: &str = "limits:
   max_header_bytes: 1024
   header_read_timeout: 1s
   idle_timeout: 1s
+  send_timeout: 1s
 ";
 
 /// A raw upstream that answers each connection with `answer`, then closes it.
@@ -44,11 +45,16 @@ async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
 async fn setup(raw_answer: &'static [u8]) -> (Upstream, TestGateway) {
     let upstream = Upstream::start().await;
     let faulty = raw_upstream(raw_answer).await;
-    let extra =
-        format!("{LIMITS}upstreams:\n  faulty:\n    url: http://{faulty}\n    timeout: 2s\n");
+    // `patient` lets a response stream far longer than any test runs.
+    let extra = format!(
+        "{LIMITS}upstreams:\n  faulty:\n    url: http://{faulty}\n    timeout: 2s\n  \
+         patient:\n    url: {}\n    timeout: 10m\n",
+        upstream.url()
+    );
     let gw = TestGateway::in_front_of(&upstream.url(), |yaml| {
         yaml.replace("upstreams:\n", &extra)
             + "  - method: GET\n    path: /faulty\n    scope: public\n    upstream: faulty\n"
+            + "  - method: GET\n    path: /firehose\n    scope: public\n    upstream: patient\n"
     })
     .await;
     (upstream, gw)
@@ -291,4 +297,68 @@ async fn too_many_header_fields_get_431() {
     let answer = raw(gw.proxy, request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert_eq!(upstream.count(), 0);
+}
+
+/// Waits (up to [`PATIENCE`]) until `done` holds.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} (waited {PATIENCE:?})"));
+}
+
+const FIREHOSE: &[u8] = b"GET /firehose HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_with_its_upstream_call() {
+    let (upstream, gw) = setup(b"").await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let mut stream = socket.connect(gw.proxy).await.expect("connect");
+    stream.write_all(FIREHOSE).await.expect("write");
+    // The client never reads; the upstream keeps sending as fast as it is taken.
+    eventually("the upstream starts streaming", || {
+        upstream.firehoses_running() == 1
+    })
+    .await;
+    let stalled = std::time::Instant::now();
+    eventually(
+        "the upstream call is dropped once the client stalls",
+        || upstream.firehoses_running() == 0,
+    )
+    .await;
+    eprintln!("upstream call dropped after {:?}", stalled.elapsed());
+    // What was already on its way to the client drains, then the connection ends.
+    tokio::time::timeout(PATIENCE, until_closed(&mut stream))
+        .await
+        .expect("the gateway closes the client's connection");
+}
+
+#[tokio::test]
+async fn a_slow_client_that_keeps_reading_is_not_cut_off() {
+    let (upstream, gw) = setup(b"").await;
+    let mut stream = TcpStream::connect(gw.proxy).await.expect("connect");
+    stream.write_all(FIREHOSE).await.expect("write");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut taken = 0;
+    // Four times `send_timeout`, reading at most 64 KiB every 200 ms: a trickle next to what
+    // the upstream offers, but more than the kernel's buffers hide in a second.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+            .await
+            .expect("data keeps coming")
+            .expect("the connection stays up");
+        assert!(
+            n > 0,
+            "the gateway closed a client that reads (after {taken} bytes)"
+        );
+        taken += n;
+    }
+    assert_eq!(upstream.firehoses_running(), 1, "the upstream call goes on");
 }

@@ -95,6 +95,7 @@ pub struct RawLimits {
     pub max_body: Option<serde_yaml::Value>,
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub send_timeout: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
 }
 

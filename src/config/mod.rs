@@ -60,6 +60,10 @@ pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Contract default: an idle keep-alive connection is closed after this.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A client that accepts none of its response for this long is cut off (with the upstream
+/// call feeding it): long enough for a slow mobile link, short enough that a client that stopped
+/// reading cannot hold a connection and an upstream one for good.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The validated configuration the rest of the gateway runs on.
 pub struct Config {
@@ -150,6 +154,9 @@ pub struct Limits {
     pub max_body: u64,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A connection whose client accepts no bytes for this long while the gateway has some to
+    /// send is closed.
+    pub send_timeout: Duration,
     /// Peers whose `X-Forwarded-For` is kept: `(network address, prefix length)`; see [`cidr_contains`].
     pub trusted_proxies: Vec<(IpAddr, u8)>,
 }
@@ -163,6 +170,7 @@ impl Default for Limits {
             max_body: DEFAULT_MAX_BODY,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             trusted_proxies: Vec::new(),
         }
     }

@@ -149,6 +149,7 @@ limits:
   max_body: 1000
   header_read_timeout: 2s
   idle_timeout: 3m
+  send_timeout: 45s
   trusted_proxies: [10.0.0.0/8, 192.0.2.7, 'fd00::/8']
 shutdown_grace: 0s
 ",
@@ -183,6 +184,7 @@ shutdown_grace: 0s
     assert_eq!(l.max_body, 1000);
     assert_eq!(l.header_read_timeout, Duration::from_secs(2));
     assert_eq!(l.idle_timeout, Duration::from_secs(180));
+    assert_eq!(l.send_timeout, Duration::from_secs(45));
     let nets: Vec<String> = l
         .trusted_proxies
         .iter()
@@ -478,6 +480,12 @@ fn numeric_limits() {
         11,
         17,
         &["limits.idle_timeout:"],
+    );
+    one(
+        &min_plus("limits:\n  send_timeout: 0s\n"),
+        11,
+        17,
+        &["limits.send_timeout: must be longer than zero"],
     );
     one(
         &min_plus("limits:\n  trusted_proxies:\n    - 10.0.0.0/8\n    - 10.0.0.0/99\n"),

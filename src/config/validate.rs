@@ -386,6 +386,7 @@ fn limits(c: &mut Check, raw: RawLimits) -> Limits {
         d.header_read_timeout,
     );
     let idle_timeout = timeout("idle_timeout", raw.idle_timeout, d.idle_timeout);
+    let send_timeout = timeout("send_timeout", raw.send_timeout, d.send_timeout);
     let mut trusted_proxies = Vec::new();
     for (i, text) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
         let path = at(&["limits", "trusted_proxies"]).index(i);
@@ -398,6 +399,7 @@ fn limits(c: &mut Check, raw: RawLimits) -> Limits {
         max_body,
         header_read_timeout,
         idle_timeout,
+        send_timeout,
         trusted_proxies,
     }
 }

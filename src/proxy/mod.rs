@@ -143,14 +143,11 @@ impl Forwarder {
         out: Outgoing<'_>,
     ) -> Result<Response<GatewayBody>, ProxyError> {
         let (mut parts, body) = request.into_parts();
-        if declared_length(&parts.headers).is_some_and(|len| len > out.max_body) {
-            return Err(ProxyError::BodyTooLarge {
-                limit: out.max_body,
-            });
-        }
         parts.uri = upstream_uri(out.upstream, out.path, parts.uri.query())?;
         parts.version = http::Version::HTTP_11;
         headers::prepare_request(&mut parts.headers, out.strip_bearer, &out.forwarded);
+        // A declared length over `max_body` was refused before forwarding (the pipeline's
+        // `admit`); what is left to check is what actually streams.
         let request = Request::from_parts(parts, LimitedBody::new(body, out.max_body));
 
         let client = self.client_for(out.upstream)?;
@@ -177,7 +174,9 @@ impl Forwarder {
     }
 }
 
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+/// The request's `Content-Length`, when it has one (hyper has already refused a malformed or
+/// conflicting one).
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(http::header::CONTENT_LENGTH)?
         .to_str()

@@ -1,8 +1,9 @@
 //! A real HTTP upstream that records what it receives.
 //!
 //! Paths ending in `/stream` answer with a first chunk, then the rest when the test says; paths ending in `/sleep`
-//! answer after 3 seconds; `/upload` counts body bytes without keeping them; everything else
-//! answers 200 with a small JSON body.
+//! answer after 3 seconds; `/upload` counts body bytes without keeping them; `/firehose` streams
+//! 64 KiB chunks for as long as someone takes them; everything else answers 200 with a small
+//! JSON body.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -41,6 +42,8 @@ pub struct Upstream {
 pub struct StreamControl {
     release: tokio::sync::Notify,
     finished: std::sync::atomic::AtomicBool,
+    /// `/firehose` answers still streaming.
+    firehoses: std::sync::atomic::AtomicUsize,
 }
 
 pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -101,6 +104,13 @@ impl Upstream {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// How many `/firehose` answers are still streaming (one ends when its connection fails).
+    pub fn firehoses_running(&self) -> usize {
+        self.stream
+            .firehoses
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn count(&self) -> usize {
         self.seen.lock().expect("lock").len()
     }
@@ -138,6 +148,9 @@ async fn handle(
     let path = parts.uri.path();
     if path.ends_with("/stream") {
         return Ok(streaming(control));
+    }
+    if path.ends_with("/firehose") {
+        return Ok(firehose(control));
     }
     if path.ends_with("/sleep") {
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -182,4 +195,21 @@ fn streaming(control: Arc<StreamControl>) -> Response<UpstreamBody> {
         http::HeaderValue::from_static("text/event-stream"),
     );
     response
+}
+
+/// 64 KiB chunks, as fast as they are taken, until the connection fails.
+fn firehose(control: Arc<StreamControl>) -> Response<UpstreamBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    control
+        .firehoses
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        while tx.send(Ok(Frame::data(chunk.clone()))).await.is_ok() {}
+        control
+            .firehoses
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Response::new(BodyExt::boxed(StreamBody::new(stream)))
 }
