@@ -331,6 +331,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reads_while_not_live_are_answered_but_not_cached() {
+        let tier = tier(100);
+        let store = SlowStore::new(Some("v"), 100);
+        let read = |live| {
+            let store = store.clone();
+            let tier = tier.clone();
+            async move {
+                let found = tier
+                    .get("k1", live, move || {
+                        let store = store.clone();
+                        async move { store.read().await }
+                    })
+                    .await
+                    .expect("lookup");
+                found.value.map(|v| (*v).clone())
+            }
+        };
+        assert_eq!(read(false).await.as_deref(), Some("v"));
+        assert_eq!(read(false).await.as_deref(), Some("v"));
+        assert_eq!(
+            store.reads.load(Ordering::SeqCst),
+            2,
+            "cached while not live"
+        );
+        assert_eq!(read(true).await.as_deref(), Some("v"));
+        assert_eq!(
+            read(false).await.as_deref(),
+            Some("v"),
+            "a cached entry still serves"
+        );
+        assert_eq!(store.reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
     async fn unknown_ids_never_evict_found_entries() {
         let tier = tier(50);
         let good = SlowStore::new(Some("good"), 1_000_000);

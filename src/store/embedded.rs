@@ -452,3 +452,49 @@ pub(super) fn db_error(e: impl Into<redb::Error>) -> StoreError {
         other => StoreError::Unavailable(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn app(id: &str) -> App {
+        App {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            scopes: Vec::new(),
+            rate_limit: None,
+            created_at: 1,
+            created_by: "test".to_owned(),
+            version: 0,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_timeout_bounds_a_write_stuck_behind_another() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = EmbeddedStore::open(dir.path())
+            .expect("open")
+            .with_timeout(Duration::from_millis(100));
+        // Another writer holds the file's one write transaction.
+        let held = store.db.begin_write().expect("write transaction");
+        let started = Instant::now();
+        let result = store.create_app(&app("a1")).await;
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(held);
+        // The timed-out write still runs once the file is free; nothing is corrupted.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.get_app("a1").await.expect("read").is_none() {
+            assert!(Instant::now() < deadline, "the write never landed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
