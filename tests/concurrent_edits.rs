@@ -5,10 +5,8 @@
 
 mod common;
 
-use common::delay_proxy::DelayProxy;
 use common::gateway::TestGateway;
-use common::instances::{gateway_on_url, wait_subscribers};
-use common::redis::RedisServer;
+use common::instances::slow_pair;
 use common::upstream::Upstream;
 use http::Method;
 use std::time::Duration;
@@ -18,14 +16,8 @@ const REPLY_DELAY: Duration = Duration::from_millis(150);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rename_and_a_scope_narrowing_on_two_instances_both_apply() {
-    let redis = RedisServer::start();
-    let upstream = Upstream::start().await;
-    let target = format!("127.0.0.1:{}", redis.port()).parse().expect("addr");
-    let proxy = DelayProxy::start(target, REPLY_DELAY).await;
-    let slow_store = |yaml: String| yaml.replace("  redis: ", "  timeout: 2s\n  redis: ");
-    let a = gateway_on_url(&redis.url(), &upstream, slow_store).await;
-    let b = std::sync::Arc::new(gateway_on_url(&proxy.url(), &upstream, slow_store).await);
-    wait_subscribers(&redis.url(), 2).await;
+    let p = slow_pair(REPLY_DELAY).await;
+    let (a, b, proxy) = (&p.a, &p.b, &p.proxy);
 
     for round in 0..3 {
         let name = format!("original-{round}");

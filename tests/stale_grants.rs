@@ -8,12 +8,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::delay_proxy::DelayProxy;
 use common::gateway::TestGateway;
 use common::http::send;
-use common::instances::{gateway_on_url, wait_subscribers};
-use common::redis::RedisServer;
-use common::upstream::Upstream;
+use common::instances::slow_pair;
 use http::Method;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -22,33 +19,6 @@ use tokio::time::Instant;
 const PROPAGATION: Duration = Duration::from_secs(1);
 const REPLY_DELAY: Duration = Duration::from_millis(150);
 const ROUNDS: usize = 3;
-
-struct Pair {
-    _redis: RedisServer,
-    _upstream: Upstream,
-    proxy: DelayProxy,
-    a: TestGateway,
-    b: TestGateway,
-}
-
-async fn pair() -> Pair {
-    let redis = RedisServer::start();
-    let upstream = Upstream::start().await;
-    let target = format!("127.0.0.1:{}", redis.port()).parse().expect("addr");
-    let proxy = DelayProxy::start(target, REPLY_DELAY).await;
-    // Room for the slowed round trips within one store call.
-    let slow_store = |yaml: String| yaml.replace("  redis: ", "  timeout: 2s\n  redis: ");
-    let a = gateway_on_url(&redis.url(), &upstream, slow_store).await;
-    let b = gateway_on_url(&proxy.url(), &upstream, slow_store).await;
-    wait_subscribers(&redis.url(), 2).await;
-    Pair {
-        _redis: redis,
-        _upstream: upstream,
-        proxy,
-        a,
-        b,
-    }
-}
 
 async fn deploy(gateway: &TestGateway, key: &str) -> u16 {
     send(
@@ -60,6 +30,18 @@ async fn deploy(gateway: &TestGateway, key: &str) -> u16 {
     .await
     .status
     .as_u16()
+}
+
+/// A deploy call on `gateway` started in the background (its fill is what the test races).
+fn deploy_in_background(gateway: &TestGateway, key: &str) -> tokio::task::JoinHandle<u16> {
+    let url = gateway.url("/api/v1/tools/t1/deploy");
+    let key = key.to_owned();
+    tokio::spawn(async move {
+        send(Method::POST, &url, &[("x-api-key", &key)], Bytes::new())
+            .await
+            .status
+            .as_u16()
+    })
 }
 
 /// Polls B until it answers `want`; how long after `since` that was.
@@ -80,23 +62,13 @@ async fn refused_after(gateway: &TestGateway, key: &str, want: u16, since: Insta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_while_another_instance_fills_it_is_refused_there() {
-    let p = pair().await;
+    let p = slow_pair(REPLY_DELAY).await;
     for round in 0..ROUNDS {
         let app =
             p.a.create_app(&format!("revoke-{round}"), &["deploy_tool"])
                 .await;
         let (key_id, key) = p.a.create_key(&app, None).await;
-        let b = p.b.url("");
-        let in_flight = {
-            let key = key.clone();
-            tokio::spawn(async move {
-                let url = format!("{b}/api/v1/tools/t1/deploy");
-                send(Method::POST, &url, &[("x-api-key", &key)], Bytes::new())
-                    .await
-                    .status
-                    .as_u16()
-            })
-        };
+        let in_flight = deploy_in_background(&p.b, &key);
         // B's read of the key record has been answered by Redis; the reply is on the wire.
         let stale = p.proxy.wait_held(&format!("\"id\":\"{key_id}\"")).await;
         let revoked =
@@ -122,24 +94,14 @@ async fn a_key_revoked_while_another_instance_fills_it_is_refused_there() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scope_removed_while_another_instance_fills_the_app_is_refused_there() {
-    let p = pair().await;
+    let p = slow_pair(REPLY_DELAY).await;
     for round in 0..ROUNDS {
         let name = format!("narrow-{round}");
         let app =
             p.a.create_app(&name, &["deploy_tool", "view_job_status"])
                 .await;
         let (_, key) = p.a.create_key(&app, None).await;
-        let b = p.b.url("");
-        let in_flight = {
-            let key = key.clone();
-            tokio::spawn(async move {
-                let url = format!("{b}/api/v1/tools/t1/deploy");
-                send(Method::POST, &url, &[("x-api-key", &key)], Bytes::new())
-                    .await
-                    .status
-                    .as_u16()
-            })
-        };
+        let in_flight = deploy_in_background(&p.b, &key);
         // B has the key and is reading the app: its reply (old scopes) is on the wire.
         let stale = p.proxy.wait_held(&format!("\"name\":\"{name}\"")).await;
         let narrowed =

@@ -950,25 +950,7 @@ async fn redis_reads_and_deletes_the_old_usage_layout() {
 /// Waits until `n` connections subscribe to the invalidation channel: the feed subscribes
 /// shortly after `invalidations()` returns, and events sent before that are not delivered.
 async fn wait_subscribed(server: &RedisServer, n: u64) {
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let deadline = Instant::now() + HANG;
-    while Instant::now() < deadline {
-        let (_, count): (String, u64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("sg:invalidate")
-            .query_async(&mut conn)
-            .await
-            .expect("numsub");
-        if count >= n {
-            return;
-        }
-        sleep(Duration::from_millis(10)).await;
-    }
-    panic!("feed never subscribed");
+    common::instances::wait_subscribers(&server.url(), n).await;
 }
 
 async fn next_event(rx: &mut mpsc::Receiver<Invalidation>, within: Duration) -> Invalidation {

@@ -13,6 +13,7 @@ pub async fn seed_key(store: &dyn KeyStore) -> (App, NewKey) {
         rate_limit: None,
         created_at: now_unix(),
         created_by: "bench".into(),
+        version: 0,
     };
     let new = key::generate();
     store.create_app(&app).await.expect("app");

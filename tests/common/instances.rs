@@ -1,7 +1,9 @@
 //! Several gateway instances on one Redis: start one (directly or through a proxy's URL) and
 //! wait until each listens for invalidations.
 
+use super::delay_proxy::DelayProxy;
 use super::gateway::{config_yaml, TestGateway, Upstreams};
+use super::redis::RedisServer;
 use super::upstream::Upstream;
 use std::time::Duration;
 
@@ -46,4 +48,32 @@ pub async fn wait_subscribers(redis_url: &str, n: u64) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("gateways never subscribed to invalidations");
+}
+
+/// Two instances on one Redis: `a` direct, `b` through a proxy that holds command replies back
+/// `delay` (see [`DelayProxy`]), both with room in `store.timeout` for the slowed round trips.
+pub struct SlowPair {
+    pub redis: RedisServer,
+    pub upstream: Upstream,
+    pub proxy: DelayProxy,
+    pub a: TestGateway,
+    pub b: std::sync::Arc<TestGateway>,
+}
+
+pub async fn slow_pair(delay: Duration) -> SlowPair {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let target = format!("127.0.0.1:{}", redis.port()).parse().expect("addr");
+    let proxy = DelayProxy::start(target, delay).await;
+    let slow_store = |yaml: String| yaml.replace("  redis: ", "  timeout: 2s\n  redis: ");
+    let a = gateway_on_url(&redis.url(), &upstream, slow_store).await;
+    let b = gateway_on_url(&proxy.url(), &upstream, slow_store).await;
+    wait_subscribers(&redis.url(), 2).await;
+    SlowPair {
+        redis,
+        upstream,
+        proxy,
+        a,
+        b: std::sync::Arc::new(b),
+    }
 }
