@@ -12,6 +12,9 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
+/// The client address of the measured requests.
+const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 /// The repo's gateway.yaml on free ports, an embedded store in `dir`, and a rate limit far above
 /// what the benchmark sends.
 fn config_text(dir: &Path) -> String {
@@ -56,7 +59,7 @@ fn bench_admit(c: &mut Criterion) {
     runtime.block_on(async {
         let mut seen = Seen::default();
         pipeline
-            .admit(&request, &live, &mut seen)
+            .admit(&request, PEER, &live, &mut seen)
             .await
             .expect("admitted");
     });
@@ -69,7 +72,9 @@ fn bench_admit(c: &mut Criterion) {
                 let started = std::time::Instant::now();
                 for i in 0..iterations {
                     let mut seen = Seen::default();
-                    let admission = pipeline.admit(black_box(&request), &live, &mut seen).await;
+                    let admission = pipeline
+                        .admit(black_box(&request), PEER, &live, &mut seen)
+                        .await;
                     black_box(admission.is_ok());
                     if i % 1024 == 1023 {
                         tokio::task::yield_now().await;

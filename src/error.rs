@@ -63,6 +63,8 @@ pub enum AdminError {
     Conflict,
     #[error("the app changed since the ETag given in If-Match")]
     PreconditionFailed,
+    #[error("the key is revoked; nothing changes it any more")]
+    KeyRevoked,
     #[error("store unavailable")]
     Store(StoreError),
 }
@@ -73,6 +75,7 @@ impl From<StoreError> for AdminError {
             StoreError::Conflict => AdminError::Conflict,
             StoreError::NotFound => AdminError::NotFound,
             StoreError::VersionMismatch => AdminError::PreconditionFailed,
+            StoreError::Revoked => AdminError::KeyRevoked,
             other => AdminError::Store(other),
         }
     }
@@ -101,6 +104,8 @@ impl ProxyError {
             ProxyError::Auth(AuthError::Missing) => (S::UNAUTHORIZED, "missing_key"),
             ProxyError::Auth(AuthError::Invalid) => (S::UNAUTHORIZED, "invalid_key"),
             ProxyError::Auth(AuthError::Expired) => (S::UNAUTHORIZED, "expired_key"),
+            ProxyError::Auth(AuthError::Disabled) => (S::UNAUTHORIZED, "disabled_key"),
+            ProxyError::Auth(AuthError::IpNotAllowed) => (S::FORBIDDEN, "ip_not_allowed"),
             ProxyError::Auth(AuthError::ScopeDenied(_)) => (S::FORBIDDEN, "scope_denied"),
             ProxyError::Auth(AuthError::Store(_)) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
             ProxyError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
@@ -173,6 +178,7 @@ impl AdminError {
             AdminError::BadJson(_) => (S::BAD_REQUEST, "bad_request"),
             AdminError::Conflict => (S::CONFLICT, "conflict"),
             AdminError::PreconditionFailed => (S::PRECONDITION_FAILED, "precondition_failed"),
+            AdminError::KeyRevoked => (S::CONFLICT, "conflict"),
             AdminError::Store(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
         };
         ErrorAnswer {
@@ -248,6 +254,8 @@ mod tests {
             (AuthError::Missing.into(), 401, "missing_key"),
             (AuthError::Invalid.into(), 401, "invalid_key"),
             (AuthError::Expired.into(), 401, "expired_key"),
+            (AuthError::Disabled.into(), 401, "disabled_key"),
+            (AuthError::IpNotAllowed.into(), 403, "ip_not_allowed"),
             (
                 AuthError::ScopeDenied("deploy_tool".into()).into(),
                 403,
@@ -309,6 +317,7 @@ mod tests {
             ),
             (AdminError::Conflict, 409, "conflict"),
             (AdminError::PreconditionFailed, 412, "precondition_failed"),
+            (AdminError::KeyRevoked, 409, "conflict"),
             (
                 StoreError::Unavailable("x".into()).into(),
                 503,

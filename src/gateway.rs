@@ -5,6 +5,7 @@ use crate::admin::{Admin, AdminIdentity};
 use crate::auth::Authenticator;
 use crate::cache::KeyCache;
 use crate::config::{Config, StoreConfig};
+use crate::lifecycle;
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::pipeline::{LiveConfig, Pipeline};
 use crate::proxy::Forwarder;
@@ -170,7 +171,6 @@ pub async fn start_with_store(
         },
     });
     background.push(spawn_rate_limit_upkeep(pipeline.clone()));
-    background.push(spawn_purge_upkeep(store.clone()));
     let admin = Arc::new(Admin {
         store: store.clone(),
         cache: cache.clone(),
@@ -180,7 +180,9 @@ pub async fn start_with_store(
             .map(|(name, token)| AdminIdentity::new(name.clone(), token))
             .collect(),
         metrics: metrics.clone(),
+        keys: ArcSwap::from_pointee(config.keys),
     });
+    background.push(spawn_lifecycle_upkeep(admin.clone()));
     let endpoint = Arc::new(MetricsEndpoint {
         metrics: metrics.clone(),
         store: store.clone(),
@@ -273,16 +275,17 @@ async fn wait_for_feed(store: &dyn KeyStore, timeout: std::time::Duration) {
     }
 }
 
-/// How often the keys of deleted apps are looked for: a delete starts its own purge at once,
-/// so this only resumes one cut short (an instance stopped, the store down).
-const PURGE_UPKEEP: std::time::Duration = std::time::Duration::from_secs(60);
-
-fn spawn_purge_upkeep(store: Arc<dyn KeyStore>) -> JoinHandle<()> {
+/// Key lifecycle upkeep (see [`crate::lifecycle`]); the retention is read each round, so a
+/// reloaded `keys.retain_revoked` applies from the next one.
+fn spawn_lifecycle_upkeep(admin: Arc<Admin>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PURGE_UPKEEP);
+        let mut tick = tokio::time::interval(lifecycle::UPKEEP_EVERY);
         loop {
             tick.tick().await;
-            crate::admin::purge_deleted_apps(store.clone()).await;
+            lifecycle::revoke_keys_of_deleted_apps(admin.store.clone()).await;
+            let retain = admin.keys.load().retain_revoked;
+            lifecycle::purge_revoked(&*admin.store, retain).await;
+            lifecycle::count_expiring_soon(&*admin.store, &admin.metrics).await;
         }
     })
 }

@@ -24,6 +24,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gateway;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

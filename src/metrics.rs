@@ -34,6 +34,8 @@ pub enum AuthFailure {
     InvalidKey,
     ExpiredKey,
     ScopeDenied,
+    DisabledKey,
+    IpNotAllowed,
 }
 
 /// Which store call failed, as the `op` label.
@@ -71,13 +73,15 @@ impl StoreOp {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    auth_failures: [Counter; 4],
+    auth_failures: [Counter; 6],
     cache_hit: Counter,
     cache_miss: Counter,
     store_errors: [Counter; 4],
     reload_ok: Counter,
     reload_error: Counter,
     usage_dropped: Counter,
+    /// Keys (not revoked) that expire within a week; set by the lifecycle upkeep.
+    keys_expiring_soon: metrics::Gauge,
     rate_limited: DashMap<Arc<str>, Counter>,
 }
 
@@ -116,7 +120,11 @@ impl Metrics {
                 reason("invalid_key"),
                 reason("expired_key"),
                 reason("scope_denied"),
+                reason("disabled_key"),
+                reason("ip_not_allowed"),
             ],
+            keys_expiring_soon: recorder
+                .register_gauge(&key("scopegate_keys_expiring_soon", &[]), &METADATA),
             cache_hit: counter("scopegate_key_cache_total", &[("result", "hit")]),
             cache_miss: counter("scopegate_key_cache_total", &[("result", "miss")]),
             store_errors: StoreOp::ALL.map(op),
@@ -215,6 +223,11 @@ impl Metrics {
         } else {
             self.reload_error.increment(1);
         }
+    }
+
+    pub fn keys_expiring_soon(&self, n: u64) {
+        // A count of keys: far below 2^53, so exact as f64.
+        self.keys_expiring_soon.set(n as f64);
     }
 
     pub fn usage_dropped(&self, n: u64) {

@@ -106,12 +106,100 @@ pub struct KeyRecord {
     pub expires_at: Option<UnixSeconds>,
     /// Kept apart from the record by the stores (written in batches); filled in on read.
     pub last_used_at: Option<UnixSeconds>,
+    /// Client addresses or CIDRs the key may be used from; empty: any. (Left out of the stored
+    /// JSON when empty, as are the fields below when unset: records written before they
+    /// existed read the same.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<String>,
+    /// Stopped for now; `enable` undoes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// Revoked for good; the record stays (listed, with its usage) until it is purged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<UnixSeconds>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<String>,
+}
+
+/// Where a key stands, most final first: a revoked key never works again, a disabled one until
+/// it is enabled, an expired one never (its expiry cannot move later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Expired,
+    Disabled,
+    Revoked,
+}
+
+impl KeyStatus {
+    pub const ALL: [KeyStatus; 4] = [
+        KeyStatus::Active,
+        KeyStatus::Expired,
+        KeyStatus::Disabled,
+        KeyStatus::Revoked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Expired => "expired",
+            KeyStatus::Disabled => "disabled",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
 }
 
 impl KeyRecord {
     /// Whether the key is past its expiry at `now`.
     pub fn is_expired(&self, now: UnixSeconds) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    pub fn status(&self, now: UnixSeconds) -> KeyStatus {
+        if self.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if self.disabled {
+            KeyStatus::Disabled
+        } else if self.is_expired(now) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+}
+
+/// A change to a key's state, applied by the store to the key as stored at that moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyChange {
+    Revoke {
+        at: UnixSeconds,
+        by: String,
+    },
+    Disable,
+    Enable,
+    /// The key ends by `at` at the latest (a roll's grace): its expiry moves earlier, never later.
+    EndBy(UnixSeconds),
+}
+
+impl KeyChange {
+    /// `key` with this change applied; `None` if the key is revoked (nothing changes it then).
+    pub fn applied_to(&self, key: &KeyRecord) -> Option<KeyRecord> {
+        if key.revoked_at.is_some() {
+            return None;
+        }
+        let mut next = key.clone();
+        match self {
+            KeyChange::Revoke { at, by } => {
+                next.revoked_at = Some(*at);
+                next.revoked_by = Some(by.clone());
+            }
+            KeyChange::Disable => next.disabled = true,
+            KeyChange::Enable => next.disabled = false,
+            KeyChange::EndBy(at) => {
+                next.expires_at = Some(next.expires_at.map_or(*at, |own| own.min(*at)));
+            }
+        }
+        Some(next)
     }
 }
 

@@ -144,7 +144,7 @@ impl Pipeline {
     ) -> Result<Response<GatewayBody>, Refusal> {
         // A cheap clone (shared bytes) so the path can outlive the request it is forwarded in.
         let uri = request.uri().clone();
-        let admission = match self.admit(&request, live, seen).await {
+        let admission = match self.admit(&request, peer.ip(), live, seen).await {
             Ok(admission) => admission,
             Err(error) => {
                 let unread = Unread::of(request);
@@ -186,6 +186,7 @@ impl Pipeline {
     pub async fn admit<'a, B>(
         &self,
         request: &Request<B>,
+        peer: IpAddr,
         live: &'a LiveConfig,
         seen: &mut Seen,
     ) -> Result<Admission<'a>, ProxyError> {
@@ -204,7 +205,10 @@ impl Pipeline {
         let presented = credential::extract(request.headers())?;
         let principal = match &route.spec.access {
             Access::Public => None,
-            access => Some(self.authenticate(presented, access, seen).await?),
+            access => {
+                let client = || client_address(request.headers(), peer, &live.limits);
+                Some(self.authenticate(presented, access, client, seen).await?)
+            }
         };
         // Before the rate limit and usage: a body refused unread costs the key nothing.
         let max_body = route.spec.max_body.unwrap_or(live.limits.max_body);
@@ -256,6 +260,8 @@ impl Pipeline {
             ProxyError::Auth(AuthError::Missing) => AuthFailure::MissingKey,
             ProxyError::Auth(AuthError::Invalid) => AuthFailure::InvalidKey,
             ProxyError::Auth(AuthError::Expired) => AuthFailure::ExpiredKey,
+            ProxyError::Auth(AuthError::Disabled) => AuthFailure::DisabledKey,
+            ProxyError::Auth(AuthError::IpNotAllowed) => AuthFailure::IpNotAllowed,
             ProxyError::Auth(AuthError::ScopeDenied(_)) => AuthFailure::ScopeDenied,
             ProxyError::Auth(AuthError::Store(_)) => {
                 return self.metrics.store_error(StoreOp::Lookup)
@@ -271,15 +277,21 @@ impl Pipeline {
         self.metrics.auth_failure(reason);
     }
 
+    /// The key, its allowlist (the client address is worked out only for a key that has
+    /// one), then the route's scope.
     async fn authenticate(
         &self,
         presented: Option<&str>,
         access: &Access,
+        client: impl FnOnce() -> IpAddr,
         seen: &mut Seen,
     ) -> Result<Principal, AuthError> {
         let presented = presented.ok_or(AuthError::Missing)?;
         let principal = self.auth.authenticate(presented).await?;
         seen.app = Some(principal.app.id.clone());
+        if principal.allowed_ips.is_some() {
+            principal.check_address(client())?;
+        }
         principal.authorize(access)?;
         Ok(principal)
     }
@@ -364,6 +376,33 @@ fn check_framing<B>(request: &Request<B>) -> Result<(), ProxyError> {
     }
     Ok(())
 }
+
+/// The client's address as `limits.trusted_proxies` see it: the peer, unless it is a trusted
+/// proxy; then the right-most `X-Forwarded-For` entry that is not itself a trusted proxy (an
+/// entry that is not an address stops the walk: what lies left of it cannot be trusted).
+fn client_address(headers: &http::HeaderMap, peer: IpAddr, limits: &Limits) -> IpAddr {
+    let mut client = peer;
+    if !is_trusted(limits, peer) {
+        return client;
+    }
+    let entries = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .rev()
+        .flat_map(|v| v.to_str().unwrap_or("-").rsplit(','));
+    for entry in entries {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            return client;
+        };
+        client = ip;
+        if !is_trusted(limits, ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 fn is_trusted(limits: &Limits, ip: IpAddr) -> bool {
     limits

@@ -161,6 +161,7 @@ impl Reloader {
         }
         self.cache.set_ttl(config.cache.ttl);
         self.admin.scopes.store(Arc::new(config.scopes));
+        self.admin.keys.store(Arc::new(config.keys));
         self.pipeline.live.store(Arc::new(LiveConfig::new(
             config.routes,
             config.limits,

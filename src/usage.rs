@@ -282,7 +282,7 @@ async fn flush_last_used(store: &dyn KeyStore, pending: &mut Pending) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{App, AppChange, KeyRecord, Page, PageRequest, UsageSubject};
+    use crate::model::{App, AppChange, KeyChange, KeyRecord, Page, PageRequest, UsageSubject};
     use crate::store::{Invalidation, Keep, StoreError};
     use std::sync::atomic::Ordering::SeqCst;
 
@@ -452,10 +452,19 @@ mod tests {
         ) -> Result<App, StoreError> {
             unimplemented!()
         }
-        async fn delete_app(&self, _: &str, _: Option<u64>) -> Result<bool, StoreError> {
+        async fn delete_app(&self, _: &str, _: &str, _: Option<u64>) -> Result<bool, StoreError> {
             unimplemented!()
         }
-        async fn purge_deleted_apps(&self) -> Result<usize, StoreError> {
+        async fn revoke_keys_of_deleted_apps(&self, _: UnixSeconds) -> Result<usize, StoreError> {
+            unimplemented!()
+        }
+        async fn update_key(&self, _: &str, _: &KeyChange) -> Result<KeyRecord, StoreError> {
+            unimplemented!()
+        }
+        async fn revoked_before(&self, _: UnixSeconds) -> Result<Vec<String>, StoreError> {
+            unimplemented!()
+        }
+        async fn count_expiring(&self, _: UnixSeconds, _: UnixSeconds) -> Result<u64, StoreError> {
             unimplemented!()
         }
         async fn create_key(&self, _: &KeyRecord) -> Result<(), StoreError> {

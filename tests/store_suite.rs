@@ -5,8 +5,8 @@ mod common;
 
 use common::redis::RedisServer;
 use scopegate::model::{
-    now_unix, utc_date, utc_day_number, App, AppChange, KeyRecord, PageRequest, RateLimit,
-    UsageBatch, UsageCounts, UsageSubject,
+    now_unix, utc_date, utc_day_number, App, AppChange, KeyChange, KeyRecord, PageRequest,
+    RateLimit, UsageBatch, UsageCounts, UsageSubject,
 };
 use scopegate::store::{
     EmbeddedStore, Invalidation, KeyStore, RedisStore, StoreError, USAGE_BATCH_MEMORY_SECS,
@@ -43,6 +43,10 @@ fn key(id: &str, app_id: &str, created_at: u64) -> KeyRecord {
         created_by: "admin".to_owned(),
         expires_at: None,
         last_used_at: None,
+        allowed_ips: Vec::new(),
+        disabled: false,
+        revoked_at: None,
+        revoked_by: None,
     }
 }
 
@@ -170,10 +174,18 @@ async fn replace_app(store: &dyn KeyStore, app: &App) -> Result<(), StoreError> 
     store.update_app(&app.id, &change, None).await.map(drop)
 }
 
-/// Deletes an app and purges its keys, as the admin API's background task does.
+/// Deletes an app and revokes its keys, as the admin API's background task does.
 async fn delete_app_fully(store: &dyn KeyStore, id: &str) -> bool {
-    let deleted = store.delete_app(id, None).await.expect("delete app");
-    while store.purge_deleted_apps().await.expect("purge") > 0 {}
+    let deleted = store
+        .delete_app(id, "admin", None)
+        .await
+        .expect("delete app");
+    while store
+        .revoke_keys_of_deleted_apps(1_000)
+        .await
+        .expect("revoke keys")
+        > 0
+    {}
     deleted
 }
 
@@ -325,34 +337,123 @@ async fn create_key_needs_app(store: &dyn KeyStore) {
     assert!(list_all_keys(store, None).await.expect("list").is_empty());
 }
 
-async fn delete_app_deletes_its_keys(store: &dyn KeyStore) {
+async fn delete_app_revokes_its_keys(store: &dyn KeyStore) {
     store.create_app(&app("a1", "one", 1)).await.expect("app");
     store.create_app(&app("a2", "two", 2)).await.expect("app");
-    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    let mut expiring = key("k1", "a1", 1);
+    expiring.expires_at = Some(5_000);
+    store.create_key(&expiring).await.expect("key");
     store.create_key(&key("k2", "a1", 2)).await.expect("key");
     store.create_key(&key("k3", "a2", 3)).await.expect("key");
     store
         .touch_keys(&[("k1".to_owned(), 100)])
         .await
         .expect("touch");
+    assert_eq!(store.count_expiring(0, 10_000).await.expect("count"), 1);
 
-    assert!(delete_app_fully(store, "a1").await);
-    assert_eq!(store.get_key("k1").await.expect("get"), None);
-    assert_eq!(store.get_key("k2").await.expect("get"), None);
+    assert!(store.delete_app("a1", "ops", None).await.expect("delete"));
+    while store
+        .revoke_keys_of_deleted_apps(1_000)
+        .await
+        .expect("revoke")
+        > 0
+    {}
+    // The keys stay, revoked by whoever deleted the app, listed among all keys.
+    for id in ["k1", "k2"] {
+        let k = store.get_key(id).await.expect("get").expect("kept");
+        assert_eq!(
+            (k.revoked_at, k.revoked_by.as_deref()),
+            (Some(1_000), Some("ops"))
+        );
+    }
+    assert_eq!(
+        ids_of_keys(&list_all_keys(store, None).await.expect("all")),
+        ["k1", "k2", "k3"]
+    );
     assert!(list_all_keys(store, Some("a1"))
         .await
         .expect("a1")
         .is_empty());
+    assert_eq!(store.count_expiring(0, 10_000).await.expect("count"), 0);
     assert_eq!(
-        ids_of_keys(&list_all_keys(store, None).await.expect("all")),
-        ["k3"]
+        store.revoked_before(1_000).await.expect("revoked"),
+        Vec::<String>::new()
     );
-    // The last-use time went too: a new app reusing the ids starts clean.
+    let mut due = store.revoked_before(1_001).await.expect("revoked");
+    due.sort();
+    assert_eq!(due, ["k1", "k2"]);
+
+    // Purged: gone with its last-use time, so a new key reusing the id starts clean.
+    assert!(store.delete_key("k1").await.expect("purge"));
+    assert_eq!(store.revoked_before(1_001).await.expect("revoked"), ["k2"]);
     store.create_app(&app("a1", "one", 1)).await.expect("app");
     store.create_key(&key("k1", "a1", 1)).await.expect("key");
     assert_eq!(
         store.get_key("k1").await.expect("get"),
         Some(key("k1", "a1", 1))
+    );
+}
+
+async fn key_changes_apply_to_the_stored_key(store: &dyn KeyStore) {
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    let disabled = store
+        .update_key("k1", &KeyChange::Disable)
+        .await
+        .expect("disable");
+    assert!(disabled.disabled);
+    assert!(
+        store
+            .get_key("k1")
+            .await
+            .expect("get")
+            .expect("key")
+            .disabled
+    );
+    let enabled = store
+        .update_key("k1", &KeyChange::Enable)
+        .await
+        .expect("enable");
+    assert!(!enabled.disabled);
+    // A roll's grace only ever moves the end earlier.
+    let ended = store
+        .update_key("k1", &KeyChange::EndBy(9_000))
+        .await
+        .expect("end");
+    assert_eq!(ended.expires_at, Some(9_000));
+    assert_eq!(store.count_expiring(8_000, 9_000).await.expect("count"), 1);
+    let ended = store
+        .update_key("k1", &KeyChange::EndBy(9_500))
+        .await
+        .expect("end");
+    assert_eq!(ended.expires_at, Some(9_000));
+    let revoke = KeyChange::Revoke {
+        at: 2_000,
+        by: "alice".into(),
+    };
+    let revoked = store.update_key("k1", &revoke).await.expect("revoke");
+    assert_eq!(revoked.revoked_at, Some(2_000));
+    assert_eq!(store.count_expiring(8_000, 9_000).await.expect("count"), 0);
+    // Nothing changes a revoked key.
+    for change in [KeyChange::Enable, KeyChange::Disable, revoke] {
+        assert!(matches!(
+            store.update_key("k1", &change).await,
+            Err(StoreError::Revoked)
+        ));
+    }
+    assert!(matches!(
+        store.update_key("nope", &KeyChange::Disable).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store
+            .get_key("k1")
+            .await
+            .expect("get")
+            .expect("key")
+            .revoked_by
+            .as_deref(),
+        Some("alice")
     );
 }
 
@@ -575,8 +676,11 @@ async fn delete_app_deletes_its_usage(store: &dyn KeyStore) {
 
     assert!(delete_app_fully(store, "a1").await);
     assert_eq!(app_usage(store, "a1", &[d1(), d2()]).await, [0, 0]);
+    // Revoked keys keep their usage until they are purged.
+    assert_eq!(key_usage(store, "k1", &[d1(), d2()]).await, [1, 0]);
+    assert!(store.delete_key("k1").await.expect("purge"));
     assert_eq!(key_usage(store, "k1", &[d1(), d2()]).await, [0, 0]);
-    assert_eq!(key_usage(store, "k2", &[d1(), d2()]).await, [0, 0]);
+    assert_eq!(key_usage(store, "k2", &[d1(), d2()]).await, [0, 2]);
     // Another app (whose id starts with the deleted one's) and its key keep theirs.
     assert_eq!(app_usage(store, "a10", &[d1(), d2()]).await, [3, 0]);
     assert_eq!(key_usage(store, "k3", &[d1(), d2()]).await, [3, 0]);
@@ -690,7 +794,8 @@ suite!(
     app_name_conflicts,
     keys_crud,
     create_key_needs_app,
-    delete_app_deletes_its_keys,
+    delete_app_revokes_its_keys,
+    key_changes_apply_to_the_stored_key,
     touch_keys_rules,
     records_round_trip,
     usage_adds_up,
@@ -1234,7 +1339,10 @@ async fn redis_layout_and_cleanup() {
     assert!(ttl > 0 && ttl <= max_marker_ttl, "marker TTL {ttl}");
 
     assert!(delete_app_fully(&store, "a1").await);
-    // Only the marker is left, and it expires by itself.
+    // The revoked key stays (with its usage) until purged; then only the marker is left, and
+    // it expires by itself.
+    assert!(all_keys(&mut conn).await.contains(&"sg:revoked".to_owned()));
+    assert!(store.delete_key("k1").await.expect("purge"));
     assert_eq!(all_keys(&mut conn).await, std::slice::from_ref(&marker));
 
     // Counts for ids that do not exist are stored anyway (the documented choice): cheap

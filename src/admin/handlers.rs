@@ -1,14 +1,13 @@
 //! What each admin call does: validate, write to the store, drop stale cache entries.
 
-use super::views::{AppView, CreateApp, CreateKey, KeyView, ScopeView, UpdateApp, UsageView};
+use super::views::{AppView, CreateApp, ScopeView, UpdateApp, UsageView};
 use super::Admin;
 use crate::auth::key;
 use crate::error::AdminError;
 use crate::model::{
     now_unix, utc_date, App, AppChange, Page, PageRequest, RateLimit, UsageSubject,
 };
-use crate::store::{Invalidation, KeyStore};
-use std::sync::Arc;
+use crate::store::Invalidation;
 
 /// Days of usage shown when the caller does not say.
 const DEFAULT_USAGE_DAYS: u64 = 7;
@@ -17,18 +16,16 @@ const MAX_USAGE_DAYS: u64 = 366;
 
 /// Longest app or key name accepted.
 const MAX_NAME_LEN: usize = 200;
-/// Ten years: anything longer is almost certainly a typo.
-const MAX_EXPIRY_DAYS: u32 = 3650;
-const DAY_SECONDS: u64 = 86_400;
+pub(super) const DAY_SECONDS: u64 = 86_400;
 
-fn invalid(field: &'static str, message: impl Into<String>) -> AdminError {
+pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> AdminError {
     AdminError::Invalid {
         field,
         message: message.into(),
     }
 }
 
-fn valid_name(name: &str) -> Result<String, AdminError> {
+pub(super) fn valid_name(name: &str) -> Result<String, AdminError> {
     let name = name.trim();
     if name.is_empty() {
         return Err(invalid("name", "must not be empty"));
@@ -52,7 +49,7 @@ fn valid_rate_limit(limit: Option<RateLimit>) -> Result<Option<RateLimit>, Admin
     }
 }
 
-fn matches(name: &str, search: Option<&str>) -> bool {
+pub(super) fn matches(name: &str, search: Option<&str>) -> bool {
     search.is_none_or(|s| name.to_lowercase().contains(&s.to_lowercase()))
 }
 
@@ -135,84 +132,25 @@ impl Admin {
         Ok(app)
     }
 
-    /// Deletes the app at once (its keys stop working everywhere), then removes its keys in
-    /// the background, in chunks.
+    /// Deletes the app at once (its keys stop working everywhere), then marks its keys
+    /// revoked in the background, in chunks.
     pub(super) async fn delete_app(
         &self,
         id: &str,
+        by: &str,
         expected_version: Option<u64>,
     ) -> Result<(), AdminError> {
-        if !self.store.delete_app(id, expected_version).await? {
+        if !self.store.delete_app(id, by, expected_version).await? {
             return Err(AdminError::NotFound);
         }
         self.cache
             .invalidate(&Invalidation::App(id.to_owned()))
             .await;
-        tracing::info!(app = %id, "app deleted");
-        tokio::spawn(purge_deleted_apps(self.store.clone()));
+        tracing::info!(app = %id, by, "app deleted");
+        tokio::spawn(crate::lifecycle::revoke_keys_of_deleted_apps(
+            self.store.clone(),
+        ));
         Ok(())
-    }
-
-    pub(super) async fn create_key(
-        &self,
-        app_id: &str,
-        req: CreateKey,
-        by: &str,
-    ) -> Result<KeyView, AdminError> {
-        let name = valid_name(&req.name)?;
-        let expires_at = match req.expires_in_days {
-            Some(0) => return Err(invalid("expires_in_days", "must be at least 1")),
-            Some(d) if d > MAX_EXPIRY_DAYS => {
-                return Err(invalid(
-                    "expires_in_days",
-                    format!("must be at most {MAX_EXPIRY_DAYS}"),
-                ))
-            }
-            Some(d) => Some(now_unix() + u64::from(d) * DAY_SECONDS),
-            None => None,
-        };
-        let new = key::generate();
-        let record = new.record(app_id, &name, by, expires_at);
-        self.store.create_key(&record).await?;
-        // A miss cached before this key existed must not hide it.
-        self.cache
-            .invalidate(&Invalidation::Key(record.id.clone()))
-            .await;
-        tracing::info!(key = %record.id, app = %app_id, by, "key created");
-        let mut view = KeyView::new(record, now_unix());
-        view.key = Some(new.full);
-        Ok(view)
-    }
-
-    pub(super) async fn list_keys(
-        &self,
-        app_id: Option<&str>,
-        filter: &KeyFilter,
-        page: PageRequest<'_>,
-    ) -> Result<Page<KeyView>, AdminError> {
-        if let Some(id) = app_id {
-            self.store.get_app(id).await?.ok_or(AdminError::NotFound)?;
-        }
-        let now = now_unix();
-        let status = filter.status.as_deref().map(valid_status).transpose()?;
-        let search = filter.search.as_deref();
-        let keep = |k: &crate::model::KeyRecord| {
-            matches(&k.name, search) && status.is_none_or(|s| KeyView::status_of(k, now) == s)
-        };
-        let found = self.store.list_keys(app_id, page, &keep).await?;
-        Ok(Page {
-            items: found
-                .items
-                .into_iter()
-                .map(|k| KeyView::new(k, now))
-                .collect(),
-            next: found.next,
-        })
-    }
-
-    pub(super) async fn get_key(&self, id: &str) -> Result<KeyView, AdminError> {
-        let k = self.store.get_key(id).await?.ok_or(AdminError::NotFound)?;
-        Ok(KeyView::new(k, now_unix()))
     }
 
     pub(super) async fn usage(
@@ -250,55 +188,5 @@ impl Admin {
             .zip(counts)
             .map(|(date, requests)| UsageView { date, requests })
             .collect())
-    }
-
-    pub(super) async fn delete_key(&self, id: &str) -> Result<(), AdminError> {
-        if !self.store.delete_key(id).await? {
-            return Err(AdminError::NotFound);
-        }
-        self.cache
-            .invalidate(&Invalidation::Key(id.to_owned()))
-            .await;
-        tracing::info!(key = %id, "key revoked");
-        Ok(())
-    }
-}
-
-/// Filters of a key listing, as given in the query string.
-#[derive(Debug, Default)]
-pub(super) struct KeyFilter {
-    pub(super) search: Option<String>,
-    pub(super) status: Option<String>,
-}
-
-fn valid_status(status: &str) -> Result<&'static str, AdminError> {
-    KeyView::STATUSES
-        .iter()
-        .copied()
-        .find(|s| *s == status)
-        .ok_or_else(|| {
-            invalid(
-                "status",
-                format!("must be one of {}", KeyView::STATUSES.join(", ")),
-            )
-        })
-}
-
-/// Removes the keys of deleted apps, chunk by chunk, until none is left. Safe to run on every
-/// instance at once: each chunk is one idempotent store call.
-pub async fn purge_deleted_apps(store: Arc<dyn KeyStore>) {
-    let mut removed = 0;
-    loop {
-        match store.purge_deleted_apps().await {
-            Ok(0) => break,
-            Ok(n) => removed += n,
-            Err(e) => {
-                tracing::warn!(error = %e, "purging the keys of deleted apps stopped; will resume later");
-                break;
-            }
-        }
-    }
-    if removed > 0 {
-        tracing::info!(removed, "keys of deleted apps purged");
     }
 }

@@ -4,12 +4,12 @@
 //! learn of it through the store's change feed. The full key appears only in the create answer.
 
 mod handlers;
+mod keys;
 mod paging;
 pub mod views;
 
-pub use self::handlers::purge_deleted_apps;
-
 use crate::cache::KeyCache;
+use crate::config::KeyPolicy;
 use crate::error::AdminError;
 use crate::metrics::{Metrics, StoreOp};
 use crate::model::{App, UsageSubject};
@@ -52,6 +52,8 @@ pub struct Admin {
     /// The config's scopes (name, description); swapped on reload.
     pub scopes: ArcSwap<Vec<(String, String)>>,
     pub identities: Vec<AdminIdentity>,
+    /// The config's `keys:` policy; swapped on reload.
+    pub keys: ArcSwap<KeyPolicy>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -64,6 +66,9 @@ enum Call<'a> {
     KeyUsage(&'a str),
     Keys,
     Key(&'a str),
+    KeyRoll(&'a str),
+    KeyDisable(&'a str),
+    KeyEnable(&'a str),
 }
 
 fn parse_path(path: &str) -> Option<Call<'_>> {
@@ -78,6 +83,9 @@ fn parse_path(path: &str) -> Option<Call<'_>> {
         ["keys", id, "usage"] if !id.is_empty() => Some(Call::KeyUsage(id)),
         ["keys"] => Some(Call::Keys),
         ["keys", id] if !id.is_empty() => Some(Call::Key(id)),
+        ["keys", id, "roll"] if !id.is_empty() => Some(Call::KeyRoll(id)),
+        ["keys", id, "disable"] if !id.is_empty() => Some(Call::KeyDisable(id)),
+        ["keys", id, "enable"] if !id.is_empty() => Some(Call::KeyEnable(id)),
         _ => None,
     }
 }
@@ -151,7 +159,7 @@ impl Admin {
             }
             (Call::App(id), Method::DELETE) => {
                 let expected = paging::if_match(request.headers())?;
-                self.delete_app(id, expected).await?;
+                self.delete_app(id, &by, expected).await?;
                 Ok(no_content())
             }
             (Call::AppKeys(id), Method::GET) => self.key_page(Some(id), &path, query).await,
@@ -168,9 +176,24 @@ impl Admin {
             }
             (Call::Key(id), Method::GET) => Ok(json(StatusCode::OK, &self.get_key(id).await?)),
             (Call::Key(id), Method::DELETE) => {
-                self.delete_key(id).await?;
+                self.revoke_key(id, &by).await?;
                 Ok(no_content())
             }
+            (Call::KeyRoll(id), Method::POST) => {
+                let body = read_json_or_empty(request).await?;
+                Ok(json(
+                    StatusCode::CREATED,
+                    &self.roll_key(id, body, &by).await?,
+                ))
+            }
+            (Call::KeyDisable(id), Method::POST) => Ok(json(
+                StatusCode::OK,
+                &self.set_disabled(id, true, &by).await?,
+            )),
+            (Call::KeyEnable(id), Method::POST) => Ok(json(
+                StatusCode::OK,
+                &self.set_disabled(id, false, &by).await?,
+            )),
             (Call::AppUsage(id), Method::GET) => {
                 let days = query_param(query, "days");
                 Ok(json(
@@ -196,9 +219,10 @@ impl Admin {
         query: Option<&str>,
     ) -> Result<Response<Full<Bytes>>, AdminError> {
         let (cursor, limit) = paging::params(query)?;
-        let filter = handlers::KeyFilter {
+        let filter = keys::KeyFilter {
             search: query_param(query, "search"),
             status: query_param(query, "status"),
+            expiring_within_days: query_param(query, "expiring_within_days"),
         };
         let page = self
             .list_keys(app, &filter, paging::request(&cursor, limit))
@@ -227,12 +251,33 @@ async fn read_json<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T,
         .await
         .map_err(|e| AdminError::BadJson(e.to_string()))?
         .to_bytes();
+    parse_json(&bytes)
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
     let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| AdminError::BadJson(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| AdminError::BadJson(e.to_string()))?;
     serde_json::from_value(value).map_err(|e| AdminError::Invalid {
         field: "body",
         message: e.to_string(),
     })
+}
+
+/// A JSON body that may be left out entirely (`{}` then), as for a roll with the default grace.
+async fn read_json_or_empty<T: DeserializeOwned>(
+    request: Request<Incoming>,
+) -> Result<T, AdminError> {
+    let bytes = Limited::new(request.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|e| AdminError::BadJson(e.to_string()))?
+        .to_bytes();
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    parse_json(&bytes)
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {

@@ -46,6 +46,20 @@ where
 pub struct CreateKey {
     pub name: String,
     pub expires_in_days: Option<u32>,
+    pub allowed_ips: Option<Vec<String>>,
+}
+
+/// The grace of a roll when the caller does not say: a day for clients to move to the new key.
+fn default_grace() -> String {
+    "24h".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollKey {
+    /// How long the old key keeps working (`0s`: it is revoked at once).
+    #[serde(default = "default_grace")]
+    pub grace: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,26 +110,18 @@ pub struct KeyView {
     pub created_by: String,
     pub expires_at: Option<String>,
     pub last_used_at: Option<String>,
+    pub allowed_ips: Vec<String>,
+    pub revoked_at: Option<String>,
+    pub revoked_by: Option<String>,
     /// The full key: only in the answer to the create call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
 
 impl KeyView {
-    /// Every status a key can have today.
-    pub const STATUSES: [&'static str; 2] = ["active", "expired"];
-
-    pub fn status_of(k: &KeyRecord, now: UnixSeconds) -> &'static str {
-        if k.is_expired(now) {
-            "expired"
-        } else {
-            "active"
-        }
-    }
-
     pub fn new(k: KeyRecord, now: UnixSeconds) -> KeyView {
         KeyView {
-            status: Self::status_of(&k, now),
+            status: k.status(now).as_str(),
             id: k.id,
             app_id: k.app_id,
             name: k.name,
@@ -124,6 +130,9 @@ impl KeyView {
             created_by: k.created_by,
             expires_at: rfc3339_opt(k.expires_at),
             last_used_at: rfc3339_opt(k.last_used_at),
+            allowed_ips: k.allowed_ips,
+            revoked_at: rfc3339_opt(k.revoked_at),
+            revoked_by: k.revoked_by,
             key: None,
         }
     }

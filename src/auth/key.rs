@@ -44,6 +44,10 @@ impl NewKey {
             created_by: created_by.to_owned(),
             expires_at,
             last_used_at: None,
+            allowed_ips: Vec::new(),
+            disabled: false,
+            revoked_at: None,
+            revoked_by: None,
         }
     }
 }

@@ -3,10 +3,12 @@
 
 use super::key;
 use crate::cache::{CachedApp, KeyCache};
+use crate::config::cidr_contains;
 use crate::model::now_unix;
 use crate::routing::Access;
 use crate::store::StoreError;
 use http::HeaderValue;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The caller, once its key checks out.
@@ -16,6 +18,8 @@ pub struct Principal {
     /// `key_id` as a header value, from the cache.
     pub key_header: Option<HeaderValue>,
     pub app: Arc<CachedApp>,
+    /// The key's allowlist, if it has one (checked against the client address by the pipeline).
+    pub allowed_ips: Option<Arc<[(IpAddr, u8)]>>,
 }
 
 /// Why a caller may not proceed.
@@ -28,6 +32,10 @@ pub enum AuthError {
     Invalid,
     #[error("the API key has expired")]
     Expired,
+    #[error("the API key is disabled")]
+    Disabled,
+    #[error("the API key may not be used from this address")]
+    IpNotAllowed,
     #[error("the API key lacks the scope {0}")]
     ScopeDenied(Arc<str>),
     #[error(transparent)]
@@ -55,7 +63,8 @@ impl Authenticator {
         let offered = key::digest(parsed.secret);
         let stored = entry.as_ref().and_then(|k| k.digest).unwrap_or(NO_DIGEST);
         let matches = key::digests_match(&offered, &stored);
-        let Some(found) = entry.filter(|k| matches && k.digest.is_some()) else {
+        // A revoked key is as good as unknown: the same answer, whatever its secret.
+        let Some(found) = entry.filter(|k| matches && k.digest.is_some() && !k.revoked) else {
             return Err(AuthError::Invalid);
         };
         let app = self
@@ -63,6 +72,9 @@ impl Authenticator {
             .app(&found.app_id)
             .await?
             .ok_or(AuthError::Invalid)?;
+        if found.disabled {
+            return Err(AuthError::Disabled);
+        }
         if found.expires_at.is_some_and(|at| now_unix() >= at) {
             return Err(AuthError::Expired);
         }
@@ -70,11 +82,23 @@ impl Authenticator {
             key_id: found.id.clone(),
             key_header: found.id_header.clone(),
             app,
+            allowed_ips: found.allowed_ips.clone(),
         })
     }
 }
 
 impl Principal {
+    /// Whether the key may be used from `client` (the address as seen through the trusted
+    /// proxies).
+    pub fn check_address(&self, client: IpAddr) -> Result<(), AuthError> {
+        match &self.allowed_ips {
+            Some(nets) if !nets.iter().any(|net| cidr_contains(*net, client)) => {
+                Err(AuthError::IpNotAllowed)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether this caller may use a route with the given access rule.
     pub fn authorize(&self, access: &Access) -> Result<(), AuthError> {
         match access {

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::model::{App, KeyRecord, RateLimit, UnixSeconds};
 use crate::store::{Invalidation, KeyStore, StoreError};
 use http::HeaderValue;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,11 @@ pub struct CachedKey {
     /// `None` when the stored digest is corrupt: such a key never verifies.
     pub digest: Option<[u8; 32]>,
     pub expires_at: Option<UnixSeconds>,
+    pub revoked: bool,
+    pub disabled: bool,
+    /// Networks the key may be used from; `None`: anywhere. An entry that does not parse
+    /// matches nothing (it never widens the list).
+    pub allowed_ips: Option<Arc<[(IpAddr, u8)]>>,
 }
 
 /// What the request path needs of an app.
@@ -148,7 +154,22 @@ fn cached_key(k: KeyRecord) -> CachedKey {
         id: Arc::from(k.id),
         app_id: Arc::from(k.app_id),
         expires_at: k.expires_at,
+        revoked: k.revoked_at.is_some(),
+        disabled: k.disabled,
+        allowed_ips: allowlist(&k.allowed_ips),
     }
+}
+
+fn allowlist(entries: &[String]) -> Option<Arc<[(IpAddr, u8)]>> {
+    if entries.is_empty() {
+        return None;
+    }
+    Some(
+        entries
+            .iter()
+            .filter_map(|e| crate::config::values::cidr(e).ok())
+            .collect(),
+    )
 }
 
 fn header_value(text: &str) -> Option<HeaderValue> {

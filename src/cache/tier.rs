@@ -208,6 +208,7 @@ fn unshare(e: &StoreError) -> StoreError {
         StoreError::Conflict => StoreError::Conflict,
         StoreError::NotFound => StoreError::NotFound,
         StoreError::VersionMismatch => StoreError::VersionMismatch,
+        StoreError::Revoked => StoreError::Revoked,
     }
 }
 

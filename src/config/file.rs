@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub store: Option<RawStore>,
     pub cache: Option<RawCache>,
+    pub keys: Option<RawKeys>,
     pub rate_limit: Option<RateLimit>,
     pub scopes: Option<Entries<String>>,
     pub upstreams: Entries<RawUpstream>,
@@ -54,6 +55,14 @@ pub struct RawStore {
     pub redis: Option<String>,
     pub path: Option<String>,
     pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "keys")]
+pub struct RawKeys {
+    pub default_expires_in_days: Option<u32>,
+    pub max_expires_in_days: Option<u32>,
+    pub retain_revoked: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

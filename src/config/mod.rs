@@ -9,7 +9,7 @@ mod file;
 mod position;
 mod routes;
 mod validate;
-mod values;
+pub(crate) mod values;
 
 #[cfg(test)]
 mod tests;
@@ -77,6 +77,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub store: StoreConfig,
     pub cache: CacheConfig,
+    pub keys: KeyPolicy,
     /// Default budget for every key; an app may override it.
     pub rate_limit: RateLimit,
     /// `(name, description)` in file order.
@@ -135,6 +136,29 @@ impl std::fmt::Debug for StoreConfig {
             .field("path", &self.path)
             .field("timeout", &self.timeout)
             .finish()
+    }
+}
+
+/// The contract's `keys:` block: expiry policy and how long revoked keys stay listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// Given to a key created without `expires_in_days`; `None`: such keys do not expire.
+    pub default_expires_in_days: Option<u32>,
+    /// Longest `expires_in_days` accepted; `None`: up to ten years.
+    pub max_expires_in_days: Option<u32>,
+    pub retain_revoked: Duration,
+}
+
+/// The contract's example: revoked keys stay listed (with their usage) for 90 days.
+pub const DEFAULT_RETAIN_REVOKED: Duration = Duration::from_secs(90 * 86_400);
+
+impl Default for KeyPolicy {
+    fn default() -> KeyPolicy {
+        KeyPolicy {
+            default_expires_in_days: None,
+            max_expires_in_days: None,
+            retain_revoked: DEFAULT_RETAIN_REVOKED,
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Turns the file as written ([`RawConfig`]) into a [`Config`], collecting every problem on the way.
 
 use super::error::{ConfigErrors, Problem};
-use super::file::{Entries, RawAdmin, RawCache, RawConfig, RawLimits, RawStore, RawUpstream};
+use super::file::{
+    Entries, RawAdmin, RawCache, RawConfig, RawKeys, RawLimits, RawStore, RawUpstream,
+};
 use super::position::{at, PositionIndex, YamlPath};
 use super::*;
 use crate::redact;
@@ -106,6 +108,7 @@ pub(super) fn validate(
     distinct_listeners(&mut c, listen, admin.listen, metrics.listen);
     let store = store(&mut c, dir, raw.store.unwrap_or_default());
     let cache = cache(&mut c, raw.cache.unwrap_or_default());
+    let keys = key_policy(&mut c, raw.keys.unwrap_or_default());
     let rate_limit = raw.rate_limit.unwrap_or(RateLimit {
         per_second: DEFAULT_RATE_PER_SECOND,
         burst: DEFAULT_RATE_BURST,
@@ -144,6 +147,7 @@ pub(super) fn validate(
             metrics,
             store,
             cache,
+            keys,
             rate_limit,
             scopes,
             upstreams,
@@ -268,6 +272,39 @@ fn redis_url(url: &str) -> Result<(), String> {
         format!("{shown:?} is not a usable Redis URL: {why}")
     })?;
     Ok(())
+}
+
+fn key_policy(c: &mut Check, raw: RawKeys) -> KeyPolicy {
+    let retain_revoked = match raw.retain_revoked {
+        Some(text) => c
+            .ok(
+                &at(&["keys", "retain_revoked"]),
+                values::duration(&text, true),
+            )
+            .unwrap_or(DEFAULT_RETAIN_REVOKED),
+        None => DEFAULT_RETAIN_REVOKED,
+    };
+    for (field, days) in [
+        ("default_expires_in_days", raw.default_expires_in_days),
+        ("max_expires_in_days", raw.max_expires_in_days),
+    ] {
+        if days == Some(0) {
+            c.at(&at(&["keys", field]), "must be at least 1");
+        }
+    }
+    if let (Some(default), Some(max)) = (raw.default_expires_in_days, raw.max_expires_in_days) {
+        if default > max {
+            c.at(
+                &at(&["keys", "default_expires_in_days"]),
+                format!("must not be more than max_expires_in_days ({max})"),
+            );
+        }
+    }
+    KeyPolicy {
+        default_expires_in_days: raw.default_expires_in_days,
+        max_expires_in_days: raw.max_expires_in_days,
+        retain_revoked,
+    }
 }
 
 fn cache(c: &mut Check, raw: RawCache) -> CacheConfig {

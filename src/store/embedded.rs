@@ -10,7 +10,8 @@ mod order;
 use super::embedded_usage::{self, remove_usage};
 use super::{Invalidation, Keep, KeyStore, StoreError, PURGE_CHUNK};
 use crate::model::{
-    now_unix, App, AppChange, KeyRecord, Page, PageRequest, UnixSeconds, UsageBatch, UsageSubject,
+    now_unix, App, AppChange, KeyChange, KeyRecord, Page, PageRequest, UnixSeconds, UsageBatch,
+    UsageSubject,
 };
 use async_trait::async_trait;
 use redb::{
@@ -62,6 +63,8 @@ impl EmbeddedStore {
             tx.open_table(order::KEY_ORDER).map_err(db_error)?;
             tx.open_table(order::APP_KEY_ORDER).map_err(db_error)?;
             tx.open_table(order::DELETED_APPS).map_err(db_error)?;
+            tx.open_table(order::REVOKED).map_err(db_error)?;
+            tx.open_table(order::EXPIRING).map_err(db_error)?;
             order::build_if_missing(tx)
         })?;
         Ok(EmbeddedStore {
@@ -137,15 +140,33 @@ impl KeyStore for EmbeddedStore {
     async fn delete_app(
         &self,
         id: &str,
+        by: &str,
         expected_version: Option<u64>,
     ) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.blocking(move |db| write(db, |tx| remove_app(tx, &id, expected_version)))
+        let (id, by) = (id.to_owned(), by.to_owned());
+        self.blocking(move |db| write(db, |tx| remove_app(tx, &id, &by, expected_version)))
             .await
     }
 
-    async fn purge_deleted_apps(&self) -> Result<usize, StoreError> {
-        self.blocking(|db| write(db, purge_chunk)).await
+    async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError> {
+        self.blocking(move |db| write(db, |tx| revoke_chunk(tx, at)))
+            .await
+    }
+
+    async fn update_key(&self, id: &str, change: &KeyChange) -> Result<KeyRecord, StoreError> {
+        let (id, change) = (id.to_owned(), change.clone());
+        self.blocking(move |db| write(db, |tx| change_key(tx, &id, &change)))
+            .await
+    }
+
+    async fn revoked_before(&self, before: UnixSeconds) -> Result<Vec<String>, StoreError> {
+        self.blocking(move |db| read(db, |tx| order::revoked_before(tx, before, PURGE_CHUNK)))
+            .await
+    }
+
+    async fn count_expiring(&self, from: UnixSeconds, to: UnixSeconds) -> Result<u64, StoreError> {
+        self.blocking(move |db| read(db, |tx| order::count_expiring(tx, from, to)))
+            .await
     }
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
@@ -330,10 +351,11 @@ fn release_name(
 }
 
 /// Removes the app record (its keys stop working: they resolve to no app) and queues its keys
-/// for [`purge_chunk`], so one call stays small whatever the number of keys.
+/// for [`revoke_chunk`], so one call stays small whatever the number of keys.
 fn remove_app(
     tx: &WriteTransaction,
     id: &str,
+    by: &str,
     expected_version: Option<u64>,
 ) -> Result<bool, StoreError> {
     let mut apps = tx.open_table(APPS).map_err(db_error)?;
@@ -348,21 +370,53 @@ fn remove_app(
     let mut names = tx.open_table(APP_NAMES).map_err(db_error)?;
     release_name(&mut names, id, &old.name.to_lowercase())?;
     order::unindex_app(tx, &old)?;
-    order::queue_deleted_app(tx, id)?;
+    order::queue_deleted_app(tx, id, by)?;
     remove_usage(tx, UsageSubject::App(id))?;
     Ok(true)
 }
 
-/// Removes up to [`PURGE_CHUNK`] keys of one deleted app.
-fn purge_chunk(tx: &WriteTransaction) -> Result<usize, StoreError> {
-    let Some((_, ids)) = order::deleted_app_keys(tx, PURGE_CHUNK)? else {
+/// Marks up to [`PURGE_CHUNK`] keys of one deleted app revoked, and takes them off its index.
+fn revoke_chunk(tx: &WriteTransaction, at: UnixSeconds) -> Result<usize, StoreError> {
+    let Some((by, ids)) = order::deleted_app_keys(tx, PURGE_CHUNK)? else {
         return Ok(0);
     };
+    let revoke = KeyChange::Revoke { at, by };
     for id in &ids {
-        remove_key(tx, id)?;
+        let key = match change_key(tx, id, &revoke) {
+            Ok(key) => key,
+            Err(StoreError::Revoked) => match read_key_for_write(tx, id)? {
+                Some(key) => key,
+                None => continue,
+            },
+            Err(StoreError::NotFound) => continue,
+            Err(e) => return Err(e),
+        };
+        order::unindex_from_app(tx, &key)?;
     }
     // A finished app counts as progress too, so callers go on to the next one.
     Ok(ids.len().max(1))
+}
+
+fn read_key_for_write(tx: &WriteTransaction, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+    let keys = tx.open_table(KEYS).map_err(db_error)?;
+    let found = keys.get(id).map_err(db_error)?;
+    found.map(|json| decode(json.value())).transpose()
+}
+
+/// Applies `change` to the stored key in this transaction.
+fn change_key(
+    tx: &WriteTransaction,
+    id: &str,
+    change: &KeyChange,
+) -> Result<KeyRecord, StoreError> {
+    let old = read_key_for_write(tx, id)?.ok_or(StoreError::NotFound)?;
+    let key = change.applied_to(&old).ok_or(StoreError::Revoked)?;
+    let mut keys = tx.open_table(KEYS).map_err(db_error)?;
+    keys.insert(id, encode_key(&key)?.as_slice())
+        .map_err(db_error)?;
+    drop(keys);
+    order::track_state(tx, Some(&old), Some(&key))?;
+    Ok(key)
 }
 
 fn insert_key(tx: &WriteTransaction, key: &KeyRecord) -> Result<(), StoreError> {
@@ -377,6 +431,7 @@ fn insert_key(tx: &WriteTransaction, key: &KeyRecord) -> Result<(), StoreError> 
     keys.insert(key.id.as_str(), encode_key(key)?.as_slice())
         .map_err(db_error)?;
     order::index_key(tx, key)?;
+    order::track_state(tx, None, Some(key))?;
     if let Some(at) = key.last_used_at {
         let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
         last_used.insert(key.id.as_str(), at).map_err(db_error)?;
@@ -405,6 +460,7 @@ fn remove_key(tx: &WriteTransaction, id: &str) -> Result<bool, StoreError> {
     let record: KeyRecord = decode(json.value())?;
     drop(json);
     order::unindex_key(tx, &record)?;
+    order::track_state(tx, Some(&record), None)?;
     last_used.remove(id).map_err(db_error)?;
     remove_usage(tx, UsageSubject::Key(id))?;
     Ok(true)

@@ -13,7 +13,7 @@ pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
 
 use crate::model::{
-    utc_date, utc_day_number, App, AppChange, KeyRecord, Page, PageRequest, UnixSeconds,
+    utc_date, utc_day_number, App, AppChange, KeyChange, KeyRecord, Page, PageRequest, UnixSeconds,
     UsageBatch, UsageCounts, UsageSubject,
 };
 use async_trait::async_trait;
@@ -47,6 +47,9 @@ pub enum StoreError {
     /// The record an operation refers to does not exist (e.g. a key for a missing app).
     #[error("not found")]
     NotFound,
+    /// The key is revoked: nothing changes it any more.
+    #[error("the key is revoked")]
+    Revoked,
     /// The record changed since the version the caller read (a stale `If-Match`).
     #[error("the record changed since it was read")]
     VersionMismatch,
@@ -98,14 +101,19 @@ pub trait KeyStore: Send + Sync + 'static {
         change: &AppChange,
         expected_version: Option<u64>,
     ) -> Result<App, StoreError>;
-    /// Deletes an app: from this moment none of its keys works on any instance. The key
-    /// records are removed afterwards, in chunks, by [`purge_deleted_apps`](Self::purge_deleted_apps).
+    /// Deletes an app (`by` names who): from this moment none of its keys works on any
+    /// instance. The keys are marked revoked afterwards, in chunks, by
+    /// [`revoke_keys_of_deleted_apps`](Self::revoke_keys_of_deleted_apps).
     /// `Ok(false)` if it did not exist; `VersionMismatch` as for `update_app`.
-    async fn delete_app(&self, id: &str, expected_version: Option<u64>)
-        -> Result<bool, StoreError>;
-    /// Removes up to `PURGE_CHUNK` keys of deleted apps (with their usage and last-use
-    /// times). Returns how many it removed: 0 once nothing is left.
-    async fn purge_deleted_apps(&self) -> Result<usize, StoreError>;
+    async fn delete_app(
+        &self,
+        id: &str,
+        by: &str,
+        expected_version: Option<u64>,
+    ) -> Result<bool, StoreError>;
+    /// Marks up to `PURGE_CHUNK` keys of deleted apps revoked (at `at`, by whoever deleted the
+    /// app). Returns how many it handled: 0 once nothing is left.
+    async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError>;
 
     /// Stores a new key. `NotFound` if its app does not exist.
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
@@ -119,8 +127,16 @@ pub trait KeyStore: Send + Sync + 'static {
         page: PageRequest<'_>,
         keep: Keep<'_, KeyRecord>,
     ) -> Result<Page<KeyRecord>, StoreError>;
-    /// Deletes a key and its usage counts. `Ok(false)` if it did not exist.
+    /// Applies `change` to the key as stored now, atomically, and announces it to the other
+    /// instances. `NotFound`, or `Revoked` if the key is revoked.
+    async fn update_key(&self, id: &str, change: &KeyChange) -> Result<KeyRecord, StoreError>;
+    /// Removes a key for good, with its usage counts (a revoked key past its retention).
+    /// `Ok(false)` if it did not exist.
     async fn delete_key(&self, id: &str) -> Result<bool, StoreError>;
+    /// Up to `PURGE_CHUNK` ids of keys revoked before `before`, oldest first.
+    async fn revoked_before(&self, before: UnixSeconds) -> Result<Vec<String>, StoreError>;
+    /// How many keys (not revoked) expire in `(from, to]`.
+    async fn count_expiring(&self, from: UnixSeconds, to: UnixSeconds) -> Result<u64, StoreError>;
 
     /// Records last use times in one batch. Unknown ids are ignored; a time never moves backwards.
     async fn touch_keys(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError>;

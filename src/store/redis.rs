@@ -17,11 +17,11 @@
 //! The scripts touch keys they derive themselves (`sg:key:{id}` of an app's keys), which is fine on
 //! a standalone Redis but would not be on Redis Cluster.
 
-use super::redis_usage::{self, KEY_USAGE_PREFIX};
+use super::redis_usage;
 use super::{Indexed, Invalidation, Keep, KeyStore, StoreError, PURGE_CHUNK};
 use crate::model::{
-    listing_position, now_unix, App, AppChange, KeyRecord, Page, PageRequest, UnixSeconds,
-    UsageBatch, UsageSubject,
+    listing_position, now_unix, App, AppChange, KeyChange, KeyRecord, Page, PageRequest,
+    UnixSeconds, UsageBatch, UsageSubject,
 };
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -38,7 +38,12 @@ use tokio::sync::mpsc;
 const CHANNEL: &str = "sg:invalidate";
 const APP_INDEX: &str = "sg:appidx";
 const KEY_INDEX: &str = "sg:keyidx";
+/// Hash: deleted app id -> who deleted it, while its keys are still to be revoked.
 const DELETED_APPS: &str = "sg:deleted_apps";
+/// Sorted set: revoked key id, scored by when; for purging after `keys.retain_revoked`.
+const REVOKED_INDEX: &str = "sg:revoked";
+/// Sorted set: key id of a key that is not revoked and has an expiry, scored by it.
+const EXPIRY_INDEX: &str = "sg:keyexp";
 const LAST_USED: &str = "sg:last_used";
 const KEY_PREFIX: &str = "sg:key:";
 
@@ -92,7 +97,7 @@ return 1";
 /// The app goes at once (its keys then resolve to no app on every instance); its keys are
 /// queued for purging in chunks, so this script is small whatever their number.
 /// KEYS: app, name claim, app index, deleted apps set, then the app's usage hashes.
-/// ARGV: id, json read by the caller, channel, listing position.
+/// ARGV: id, json read by the caller, channel, listing position, who deletes it.
 const DELETE_APP: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
@@ -101,27 +106,52 @@ redis.call('DEL', KEYS[1])
 for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('ZREM', KEYS[3], ARGV[4])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
 redis.call('PUBLISH', ARGV[3], 'app:' .. ARGV[1])
 return 1";
 
-/// Removes keys of a deleted app, with their usage hashes. KEYS: key index, app's key index,
-/// last_used hash. ARGV: key prefix, key usage prefix, the number n of usage hash suffixes, the
-/// n suffixes, then listing positions (`{created_at}.{id}`).
-const PURGE_KEYS: &str = r"
-local n = tonumber(ARGV[3])
-for i = 4 + n, #ARGV do
+/// Marks keys of a deleted app revoked (they stay listed until purged like any revoked key) and
+/// takes them off the app's index. Edits the stored JSON with Redis's cjson: fields the record
+/// leaves out when unset (such as `allowed_ips` when empty) are never encoded as `{}`.
+/// KEYS: app's key index, revoked index, expiry index. ARGV: key prefix, when, by whom, then
+/// listing positions (`{created_at}.{id}`).
+const REVOKE_APP_KEYS: &str = r"
+for i = 4, #ARGV do
   local id = string.match(ARGV[i], '%.(.*)$')
-  redis.call('DEL', ARGV[1] .. id)
-  for j = 4, 3 + n do redis.call('DEL', ARGV[2] .. id .. ARGV[j]) end
-  redis.call('HDEL', KEYS[3], id)
+  local json = redis.call('GET', ARGV[1] .. id)
+  if json then
+    local key = cjson.decode(json)
+    if key['revoked_at'] == nil then
+      key['revoked_at'] = tonumber(ARGV[2])
+      key['revoked_by'] = ARGV[3]
+      redis.call('SET', ARGV[1] .. id, cjson.encode(key))
+      redis.call('ZADD', KEYS[2], ARGV[2], id)
+    end
+    redis.call('ZREM', KEYS[3], id)
+  end
   redis.call('ZREM', KEYS[1], ARGV[i])
-  redis.call('ZREM', KEYS[2], ARGV[i])
 end
-return #ARGV - 3 - n";
+return #ARGV - 3";
 
-/// KEYS: app, key, key index, app's key index, last_used hash.
-/// ARGV: key id, json, last used time or empty, listing position.
+/// A compare-and-set of one key record, keeping the revoked and expiry indexes in step.
+/// KEYS: key, revoked index, expiry index. ARGV: json read by the caller, new json, channel,
+/// key id, revoked at (or empty), expires at (or empty).
+const UPDATE_KEY: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+if cur ~= ARGV[1] then return -2 end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+  redis.call('ZREM', KEYS[3], ARGV[4])
+elseif ARGV[6] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[4])
+end
+redis.call('PUBLISH', ARGV[3], 'key:' .. ARGV[4])
+return 1";
+
+/// KEYS: app, key, key index, app's key index, last_used hash, expiry index.
+/// ARGV: key id, json, last used time or empty, listing position, expires at or empty.
 const CREATE_KEY: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
@@ -129,16 +159,19 @@ redis.call('SET', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], 0, ARGV[4])
 redis.call('ZADD', KEYS[4], 0, ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[3]) end
+if ARGV[5] ~= '' then redis.call('ZADD', KEYS[6], ARGV[5], ARGV[1]) end
 return 1";
 
-/// KEYS: key, key index, app's key index, last_used hash, then the key's usage hashes.
-/// ARGV: key id, channel, listing position.
+/// KEYS: key, key index, app's key index, last_used hash, revoked index, expiry index, then
+/// the key's usage hashes. ARGV: key id, channel, listing position.
 const DELETE_KEY: &str = r"
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[1])
-for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('PUBLISH', ARGV[2], 'key:' .. ARGV[1])
 return 1";
 
@@ -316,6 +349,7 @@ impl RedisStore {
     async fn try_delete_app(
         &self,
         id: &str,
+        by: &str,
         expected_version: Option<u64>,
     ) -> Result<i64, StoreError> {
         let Some((old_json, old)) = self.current_app(id).await? else {
@@ -336,8 +370,31 @@ impl RedisStore {
         cmd.arg(id)
             .arg(old_json)
             .arg(CHANNEL)
-            .arg(listing_position(old.created_at, id));
+            .arg(listing_position(old.created_at, id))
+            .arg(by);
         self.query(&cmd).await
+    }
+
+    /// One compare-and-set attempt of `update_key`.
+    async fn try_update_key(
+        &self,
+        id: &str,
+        change: &KeyChange,
+    ) -> Result<(i64, Option<KeyRecord>), StoreError> {
+        let Some(old_json) = self.get_json(&key_key(id)).await? else {
+            return Ok((MISSING, None));
+        };
+        let old = decode_key(&old_json, None)?;
+        let key = change.applied_to(&old).ok_or(StoreError::Revoked)?;
+        let mut cmd = eval(UPDATE_KEY, &[&key_key(id), REVOKED_INDEX, EXPIRY_INDEX]);
+        let text = |at: Option<UnixSeconds>| at.map(|t| t.to_string()).unwrap_or_default();
+        cmd.arg(old_json)
+            .arg(encode_key(&key)?)
+            .arg(CHANNEL)
+            .arg(id)
+            .arg(text(key.revoked_at))
+            .arg(text(key.expires_at));
+        Ok((self.query(&cmd).await?, Some(key)))
     }
 
     /// Up to `n` members of a listing index after `after`: one bounded `ZRANGEBYLEX`.
@@ -459,10 +516,11 @@ impl KeyStore for RedisStore {
     async fn delete_app(
         &self,
         id: &str,
+        by: &str,
         expected_version: Option<u64>,
     ) -> Result<bool, StoreError> {
         for _ in 0..CAS_ATTEMPTS {
-            match self.try_delete_app(id, expected_version).await? {
+            match self.try_delete_app(id, by, expected_version).await? {
                 DONE => return Ok(true),
                 MISSING => return Ok(false),
                 STALE => continue,
@@ -472,28 +530,28 @@ impl KeyStore for RedisStore {
         Err(contended())
     }
 
-    async fn purge_deleted_apps(&self) -> Result<usize, StoreError> {
-        let app: Option<String> = self
-            .read(redis::cmd("SRANDMEMBER").arg(DELETED_APPS))
+    async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError> {
+        let picked: Vec<String> = self
+            .read(
+                redis::cmd("HRANDFIELD")
+                    .arg(DELETED_APPS)
+                    .arg(1)
+                    .arg("WITHVALUES"),
+            )
             .await?;
-        let Some(app) = app else {
+        let [app, by] = picked.as_slice() else {
             return Ok(0);
         };
-        let index = app_keys_key(&app);
+        let index = app_keys_key(app);
         let positions = self.positions_after(&index, None, PURGE_CHUNK).await?;
         if positions.is_empty() {
             // No key can be added to a deleted app, so an empty index stays empty.
-            self.query::<i64>(redis::cmd("SREM").arg(DELETED_APPS).arg(&app))
+            self.query::<i64>(redis::cmd("HDEL").arg(DELETED_APPS).arg(app))
                 .await?;
             return Ok(1);
         }
-        let mut cmd = eval(PURGE_KEYS, &[KEY_INDEX, &index, LAST_USED]);
-        let suffixes = redis_usage::usage_suffixes(now_unix());
-        cmd.arg(KEY_PREFIX)
-            .arg(KEY_USAGE_PREFIX)
-            .arg(suffixes.len())
-            .arg(&suffixes)
-            .arg(&positions);
+        let mut cmd = eval(REVOKE_APP_KEYS, &[&index, REVOKED_INDEX, EXPIRY_INDEX]);
+        cmd.arg(KEY_PREFIX).arg(at).arg(by).arg(&positions);
         self.query::<i64>(&cmd).await?;
         Ok(positions.len())
     }
@@ -505,13 +563,15 @@ impl KeyStore for RedisStore {
             KEY_INDEX.to_owned(),
             app_keys_key(&key.app_id),
             LAST_USED.to_owned(),
+            EXPIRY_INDEX.to_owned(),
         ];
         let mut cmd = eval(CREATE_KEY, &keys.each_ref().map(String::as_str));
         let last_used = key.last_used_at.map(|t| t.to_string()).unwrap_or_default();
         cmd.arg(&key.id)
             .arg(encode_key(key)?)
             .arg(last_used)
-            .arg(listing_position(key.created_at, &key.id));
+            .arg(listing_position(key.created_at, &key.id))
+            .arg(key.expires_at.map(|t| t.to_string()).unwrap_or_default());
         match self.query::<i64>(&cmd).await? {
             DONE => Ok(()),
             MISSING => Err(StoreError::NotFound),
@@ -557,6 +617,8 @@ impl KeyStore for RedisStore {
             KEY_INDEX.to_owned(),
             app_keys_key(&record.app_id),
             LAST_USED.to_owned(),
+            REVOKED_INDEX.to_owned(),
+            EXPIRY_INDEX.to_owned(),
         ];
         let usage = redis_usage::usage_hashes(UsageSubject::Key(id), now_unix());
         let mut cmd = eval(DELETE_KEY, &keys_then(&keys, &usage));
@@ -564,6 +626,39 @@ impl KeyStore for RedisStore {
             .arg(CHANNEL)
             .arg(listing_position(record.created_at, id));
         Ok(self.query::<i64>(&cmd).await? == DONE)
+    }
+
+    async fn update_key(&self, id: &str, change: &KeyChange) -> Result<KeyRecord, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            match self.try_update_key(id, change).await? {
+                (DONE, Some(key)) => return Ok(key),
+                (MISSING, _) => return Err(StoreError::NotFound),
+                (STALE, _) => continue,
+                (other, _) => return Err(unexpected_status(other)),
+            }
+        }
+        Err(contended())
+    }
+
+    async fn revoked_before(&self, before: UnixSeconds) -> Result<Vec<String>, StoreError> {
+        let mut cmd = redis::cmd("ZRANGEBYSCORE");
+        cmd.arg(REVOKED_INDEX)
+            .arg("-inf")
+            .arg(format!("({before}"))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(PURGE_CHUNK);
+        self.read(&cmd).await
+    }
+
+    async fn count_expiring(&self, from: UnixSeconds, to: UnixSeconds) -> Result<u64, StoreError> {
+        self.read(
+            redis::cmd("ZCOUNT")
+                .arg(EXPIRY_INDEX)
+                .arg(format!("({from}"))
+                .arg(to),
+        )
+        .await
     }
 
     async fn touch_keys(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError> {

@@ -16,8 +16,12 @@ pub(super) const APP_ORDER: TableDefinition<&str, ()> = TableDefinition::new("ap
 pub(super) const KEY_ORDER: TableDefinition<&str, ()> = TableDefinition::new("key_order");
 /// `{app id}/{created_at:011}.{key id}`: each app's keys, together.
 pub(super) const APP_KEY_ORDER: TableDefinition<&str, ()> = TableDefinition::new("app_key_order");
-/// Deleted apps whose keys are still to be removed.
-pub(super) const DELETED_APPS: TableDefinition<&str, ()> = TableDefinition::new("deleted_apps");
+/// Deleted app id -> who deleted it, while its keys are still to be revoked.
+pub(super) const DELETED_APPS: TableDefinition<&str, &str> = TableDefinition::new("deleted_apps");
+/// `{revoked_at:011}.{key id}` of every revoked key, for purging after `keys.retain_revoked`.
+pub(super) const REVOKED: TableDefinition<&str, ()> = TableDefinition::new("revoked_keys");
+/// `{expires_at:011}.{key id}` of every key that is not revoked and has an expiry.
+pub(super) const EXPIRING: TableDefinition<&str, ()> = TableDefinition::new("expiring_keys");
 
 /// The id at the end of a listing position.
 fn id_of(position: &str) -> &str {
@@ -170,7 +174,8 @@ pub(super) fn deleted_app_keys(
 ) -> Result<Option<(String, Vec<String>)>, StoreError> {
     let mut deleted = tx.open_table(DELETED_APPS).map_err(db_error)?;
     let first = deleted.first().map_err(db_error)?;
-    let Some(app_id) = first.map(|(id, _)| id.value().to_owned()) else {
+    let Some((app_id, by)) = first.map(|(id, by)| (id.value().to_owned(), by.value().to_owned()))
+    else {
         return Ok(None);
     };
     let per_app = tx.open_table(APP_KEY_ORDER).map_err(db_error)?;
@@ -186,13 +191,90 @@ pub(super) fn deleted_app_keys(
     if ids.len() < n {
         deleted.remove(app_id.as_str()).map_err(db_error)?;
     }
-    Ok(Some((app_id, ids)))
+    Ok(Some((by, ids)))
 }
 
-pub(super) fn queue_deleted_app(tx: &WriteTransaction, app_id: &str) -> Result<(), StoreError> {
+pub(super) fn queue_deleted_app(
+    tx: &WriteTransaction,
+    app_id: &str,
+    by: &str,
+) -> Result<(), StoreError> {
     let mut deleted = tx.open_table(DELETED_APPS).map_err(db_error)?;
-    deleted.insert(app_id, ()).map_err(db_error)?;
+    deleted.insert(app_id, by).map_err(db_error)?;
     Ok(())
+}
+
+/// Takes a key off its app's index (its app is gone, so it is listed only among all keys).
+pub(super) fn unindex_from_app(tx: &WriteTransaction, key: &KeyRecord) -> Result<(), StoreError> {
+    let mut per_app = tx.open_table(APP_KEY_ORDER).map_err(db_error)?;
+    per_app
+        .remove(app_key_position(&key.app_id, key.created_at, &key.id).as_str())
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Keeps the revoked and expiring indexes in step with a key going from `old` to `new` (either
+/// may be absent: created, deleted).
+pub(super) fn track_state(
+    tx: &WriteTransaction,
+    old: Option<&KeyRecord>,
+    new: Option<&KeyRecord>,
+) -> Result<(), StoreError> {
+    let mut revoked = tx.open_table(REVOKED).map_err(db_error)?;
+    let mut expiring = tx.open_table(EXPIRING).map_err(db_error)?;
+    let revoked_row = |k: &KeyRecord| k.revoked_at.map(|at| listing_position(at, &k.id));
+    let expiring_row = |k: &KeyRecord| match k.revoked_at {
+        Some(_) => None,
+        None => k.expires_at.map(|at| listing_position(at, &k.id)),
+    };
+    if let Some(old) = old {
+        if let Some(row) = revoked_row(old) {
+            revoked.remove(row.as_str()).map_err(db_error)?;
+        }
+        if let Some(row) = expiring_row(old) {
+            expiring.remove(row.as_str()).map_err(db_error)?;
+        }
+    }
+    if let Some(new) = new {
+        if let Some(row) = revoked_row(new) {
+            revoked.insert(row.as_str(), ()).map_err(db_error)?;
+        }
+        if let Some(row) = expiring_row(new) {
+            expiring.insert(row.as_str(), ()).map_err(db_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// Up to `n` ids of keys revoked before `before`.
+pub(super) fn revoked_before(
+    tx: &ReadTransaction,
+    before: u64,
+    n: usize,
+) -> Result<Vec<String>, StoreError> {
+    let revoked = tx.open_table(REVOKED).map_err(db_error)?;
+    let end = listing_position(before, "");
+    let rows = revoked.range::<&str>(..end.as_str()).map_err(db_error)?;
+    rows.take(n)
+        .map(|row| Ok(id_of(row.map_err(db_error)?.0.value()).to_owned()))
+        .collect()
+}
+
+/// How many keys expire in `(from, to]`.
+pub(super) fn count_expiring(tx: &ReadTransaction, from: u64, to: u64) -> Result<u64, StoreError> {
+    let expiring = tx.open_table(EXPIRING).map_err(db_error)?;
+    // Positions of `from` itself sort before `{from}.` + any id; `to + 1` bounds `to`'s.
+    let start = listing_position(from + 1, "");
+    let end = listing_position(to + 1, "");
+    let mut count = 0;
+    for row in expiring
+        .range::<&str>(start.as_str()..end.as_str())
+        .map_err(db_error)?
+    {
+        row.map_err(db_error)?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// Builds the indexes of a file written before they existed (once: when they are empty but
@@ -228,6 +310,7 @@ pub(super) fn build_if_missing(tx: &WriteTransaction) -> Result<(), StoreError> 
         };
         for key in &keys {
             index_key(tx, key)?;
+            track_state(tx, None, Some(key))?;
         }
     }
     Ok(())
