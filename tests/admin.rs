@@ -281,14 +281,22 @@ async fn keys_are_shown_once_then_only_masked() {
             .status,
         204
     );
-    assert_eq!(
-        gw.admin(Method::GET, &format!("/v1/keys/{id}"), None)
-            .await
-            .status,
-        404
-    );
+    // Revoked, not gone: still shown (masked), with who and when; revoking again is a no-op.
+    let revoked = gw.admin(Method::GET, &format!("/v1/keys/{id}"), None).await;
+    assert_eq!(revoked.status, 200);
+    let revoked = revoked.json();
+    assert_eq!(revoked["status"], "revoked");
+    assert_eq!(revoked["revoked_by"], "admin");
+    assert!(revoked["revoked_at"].is_string());
+    assert!(revoked.get("key").is_none());
     assert_eq!(
         gw.admin(Method::DELETE, &format!("/v1/keys/{id}"), None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        gw.admin(Method::DELETE, "/v1/keys/nosuchkey", None)
             .await
             .status,
         404
