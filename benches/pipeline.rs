@@ -20,8 +20,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A key shaped like the ones `key::generate` makes (12-character id, 32-character secret).
-const KEY: &str = "sg_AbCdEf012345_0123456789abcdefghijKLMNOPqrstuv";
+/// A key shaped like the ones `key::generate` makes (12-character id, 38-character secret ending
+/// in its checksum), so `parse` is measured with the checksum check.
+const KEY: &str = "sg_AbCdEf012345_0123456789abcdefghijKLMNOPqrstuv2D7Ymt";
 
 fn routes() -> RouteTable {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml");

@@ -3,6 +3,7 @@
 
 use crate::auth::credential::CredentialError;
 use crate::auth::AuthError;
+use crate::config::Role;
 use crate::routing::normalize::PathError;
 use crate::store::StoreError;
 use bytes::Bytes;
@@ -48,6 +49,8 @@ pub enum ProxyError {
 pub enum AdminError {
     #[error("a valid admin token is required")]
     Unauthorized,
+    #[error("this token's role ({role}) may not make this call; it needs {needed}")]
+    Forbidden { role: Role, needed: Role },
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -172,6 +175,7 @@ impl AdminError {
         use StatusCode as S;
         let (status, code) = match self {
             AdminError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
+            AdminError::Forbidden { .. } => (S::FORBIDDEN, "forbidden"),
             AdminError::NotFound => (S::NOT_FOUND, "not_found"),
             AdminError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
             AdminError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "invalid_request"),
@@ -306,6 +310,14 @@ mod tests {
     fn admin_errors_map_to_the_contract() {
         let cases: Vec<(AdminError, u16, &str)> = vec![
             (AdminError::Unauthorized, 401, "unauthorized"),
+            (
+                AdminError::Forbidden {
+                    role: Role::Read,
+                    needed: Role::Operator,
+                },
+                403,
+                "forbidden",
+            ),
             (AdminError::NotFound, 404, "not_found"),
             (
                 AdminError::Invalid {

@@ -1,10 +1,10 @@
 //! Starting and stopping a whole gateway: store, cache, background tasks and the three
 //! listeners (proxy, admin, metrics), wired from a validated [`Config`].
 
-use crate::admin::{Admin, AdminIdentity};
+use crate::admin::{routes, Admin, AdminIdentity};
 use crate::auth::Authenticator;
 use crate::cache::KeyCache;
-use crate::config::{Config, StoreConfig};
+use crate::config::{Config, Role, StoreConfig};
 use crate::lifecycle;
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::pipeline::{LiveConfig, Pipeline};
@@ -99,7 +99,8 @@ fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
 }
 
 /// Starts a gateway. `admin_tokens` are (identity name, token) pairs, already read from the
-/// environment by the caller.
+/// environment by the caller; each identity's role is the one `admin.tokens` gives that name
+/// (`admin` for a name the config does not list, as for a bare `name: VAR` entry).
 pub async fn start(
     config: Config,
     admin_tokens: Vec<(String, String)>,
@@ -120,6 +121,7 @@ pub async fn start_with_store(
     store: Arc<dyn KeyStore>,
 ) -> Result<RunningGateway, StartError> {
     let fixed = FixedSettings::of(&config);
+    let identities = identities(&config, &admin_tokens);
     let config_path = config.path.clone();
     let tls = match &config.tls {
         Some(t) => Some(Arc::new(TlsAcceptorSource::from_files(&t.cert, &t.key)?)),
@@ -175,10 +177,8 @@ pub async fn start_with_store(
         store: store.clone(),
         cache: cache.clone(),
         scopes: ArcSwap::from_pointee(config.scopes),
-        identities: admin_tokens
-            .iter()
-            .map(|(name, token)| AdminIdentity::new(name.clone(), token))
-            .collect(),
+        routes: ArcSwap::from_pointee(routes::views(&config.route_specs)),
+        identities,
         metrics: metrics.clone(),
         keys: ArcSwap::from_pointee(config.keys),
     });
@@ -255,6 +255,22 @@ pub async fn start_with_store(
         background,
         reload_tx,
     })
+}
+
+/// The admin identities of `tokens`, each with its role from the config.
+fn identities(config: &Config, tokens: &[(String, String)]) -> Vec<AdminIdentity> {
+    let role_of = |name: &str| {
+        config
+            .admin
+            .tokens
+            .iter()
+            .find(|t| t.name == name)
+            .map_or(Role::Admin, |t| t.role)
+    };
+    tokens
+        .iter()
+        .map(|(name, token)| AdminIdentity::new(name.clone(), token, role_of(name)))
+        .collect()
 }
 
 /// The exporter keeps histogram samples in buffers until upkeep folds them in.

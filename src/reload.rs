@@ -162,6 +162,9 @@ impl Reloader {
         self.cache.set_ttl(config.cache.ttl);
         self.admin.scopes.store(Arc::new(config.scopes));
         self.admin.keys.store(Arc::new(config.keys));
+        self.admin
+            .routes
+            .store(Arc::new(crate::admin::routes::views(&config.route_specs)));
         self.pipeline.live.store(Arc::new(LiveConfig::new(
             config.routes,
             config.limits,

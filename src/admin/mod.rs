@@ -1,4 +1,5 @@
-//! The admin API: apps, keys and scopes over JSON, behind bearer tokens of named operators.
+//! The admin API: apps, keys, scopes and routes over JSON, behind bearer tokens of named
+//! operators, each limited by its role (see [`role`]).
 //!
 //! Every write goes to the store and drops the matching cache entries here; other instances
 //! learn of it through the store's change feed. The full key appears only in the create answer.
@@ -6,10 +7,12 @@
 mod handlers;
 mod keys;
 mod paging;
+mod role;
+pub mod routes;
 pub mod views;
 
 use crate::cache::KeyCache;
-use crate::config::KeyPolicy;
+use crate::config::{KeyPolicy, Role};
 use crate::error::AdminError;
 use crate::metrics::{Metrics, StoreOp};
 use crate::model::{App, UsageSubject};
@@ -19,6 +22,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use routes::RouteView;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -32,14 +36,16 @@ const MAX_ADMIN_BODY: usize = 64 * 1024;
 /// An operator allowed to call the admin API.
 pub struct AdminIdentity {
     pub name: String,
+    pub role: Role,
     /// SHA-256 of the token, so comparisons are constant-time whatever the lengths.
     token_digest: [u8; 32],
 }
 
 impl AdminIdentity {
-    pub fn new(name: impl Into<String>, token: &str) -> AdminIdentity {
+    pub fn new(name: impl Into<String>, token: &str, role: Role) -> AdminIdentity {
         AdminIdentity {
             name: name.into(),
+            role,
             token_digest: Sha256::digest(token.as_bytes()).into(),
         }
     }
@@ -51,6 +57,8 @@ pub struct Admin {
     pub cache: KeyCache,
     /// The config's scopes (name, description); swapped on reload.
     pub scopes: ArcSwap<Vec<(String, String)>>,
+    /// The config's routes, for `GET /v1/routes`; swapped on reload.
+    pub routes: ArcSwap<Vec<RouteView>>,
     pub identities: Vec<AdminIdentity>,
     /// The config's `keys:` policy; swapped on reload.
     pub keys: ArcSwap<KeyPolicy>,
@@ -59,6 +67,7 @@ pub struct Admin {
 
 enum Call<'a> {
     Scopes,
+    Routes,
     Apps,
     App(&'a str),
     AppKeys(&'a str),
@@ -76,6 +85,7 @@ fn parse_path(path: &str) -> Option<Call<'_>> {
     let segments: Vec<&str> = rest.split('/').collect();
     match segments.as_slice() {
         ["scopes"] => Some(Call::Scopes),
+        ["routes"] => Some(Call::Routes),
         ["apps"] => Some(Call::Apps),
         ["apps", id] if !id.is_empty() => Some(Call::App(id)),
         ["apps", id, "keys"] if !id.is_empty() => Some(Call::AppKeys(id)),
@@ -107,7 +117,7 @@ impl Admin {
         }
     }
 
-    fn identify(&self, request: &Request<Incoming>) -> Result<&str, AdminError> {
+    fn identify(&self, request: &Request<Incoming>) -> Result<&AdminIdentity, AdminError> {
         let token = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -121,22 +131,26 @@ impl Admin {
         let mut found = None;
         for identity in &self.identities {
             if bool::from(identity.token_digest.ct_eq(&digest)) {
-                found = Some(identity.name.as_str());
+                found = Some(identity);
             }
         }
         found.ok_or(AdminError::Unauthorized)
     }
 
     async fn run(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, AdminError> {
-        let by = self.identify(&request)?.to_owned();
+        let identity = self.identify(&request)?;
+        let by = identity.name.clone();
         let path = request.uri().path().to_owned();
         let query = request.uri().query().map(str::to_owned);
         let query = query.as_deref();
         let search = query_param(query, "search");
         let call = parse_path(&path).ok_or(AdminError::NotFound)?;
         let method = request.method().clone();
+        // After the path is known (an unknown path is 404 for every role), before anything runs.
+        role::permit(identity.role, &method, &path)?;
         match (call, method) {
             (Call::Scopes, Method::GET) => Ok(json(StatusCode::OK, &self.list_scopes())),
+            (Call::Routes, Method::GET) => Ok(json(StatusCode::OK, &**self.routes.load())),
             (Call::Apps, Method::GET) => {
                 let (cursor, limit) = paging::params(query)?;
                 let page = self

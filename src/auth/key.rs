@@ -1,8 +1,12 @@
 //! The key format `sg_<key id>_<secret>`: generating, parsing, hashing and masking keys.
 //!
-//! Only a SHA-256 digest of the secret is ever stored; the secret has 190 bits from the OS CSPRNG,
-//! so a fast hash is enough (there is nothing to brute-force).
+//! The secret is 32 random alphanumerics (190 bits from the OS CSPRNG) followed by a 6-character
+//! [`checksum`] of the rest of the key. Keys issued before the checksum have the 32 random
+//! characters alone and are still accepted, with no checksum to check; the lengths tell the two
+//! apart. Only a SHA-256 digest of the whole secret is ever stored; with 190 random bits a fast
+//! hash is enough (there is nothing to brute-force).
 
+use super::checksum;
 use crate::model::{now_unix, KeyRecord, UnixSeconds};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::TryRngCore;
@@ -13,9 +17,11 @@ const PREFIX: &str = "sg_";
 /// 12 alphanumerics ≈ 71 bits: unique ids without a round trip to check.
 const ID_LEN: usize = 12;
 /// 32 alphanumerics ≈ 190 bits, well past the 128 the contract asks for.
-const SECRET_LEN: usize = 32;
-/// Longest id or secret accepted when parsing, so hostile input costs little to reject.
-const MAX_PART_LEN: usize = 128;
+const RANDOM_LEN: usize = 32;
+/// A secret as issued now: the random part, then the checksum of everything before it.
+const SECRET_LEN: usize = RANDOM_LEN + checksum::LEN;
+/// A secret issued before the checksum: the random part alone.
+const LEGACY_SECRET_LEN: usize = RANDOM_LEN;
 
 /// A freshly generated key: shown once, then only its digest is kept.
 pub struct NewKey {
@@ -63,14 +69,22 @@ pub struct PresentedKey<'a> {
 pub fn generate() -> NewKey {
     let mut rng = rand::rngs::OsRng.unwrap_err();
     let id = Alphanumeric.sample_string(&mut rng, ID_LEN);
-    let secret = Alphanumeric.sample_string(&mut rng, SECRET_LEN);
-    let full = format!("{PREFIX}{id}_{secret}");
+    let random = Alphanumeric.sample_string(&mut rng, RANDOM_LEN);
+    let full = compose(&id, &random);
+    let secret = &full[full.len() - SECRET_LEN..];
     NewKey {
-        digest_hex: hex::encode(digest(&secret)),
+        digest_hex: hex::encode(digest(secret)),
         masked: mask(&full),
         id,
         full,
     }
+}
+
+/// `sg_<id>_<random><checksum>`.
+fn compose(id: &str, random: &str) -> String {
+    let body = format!("{PREFIX}{id}_{random}");
+    let sum = checksum::of(&body);
+    body + &sum
 }
 
 /// Also used for ids of apps.
@@ -78,14 +92,22 @@ pub fn random_id() -> String {
     Alphanumeric.sample_string(&mut rand::rngs::OsRng.unwrap_err(), ID_LEN)
 }
 
-/// Splits a presented key; `None` for anything not shaped like one of ours.
+/// Splits a presented key; `None` for anything we never issued: the wrong shape, or a
+/// checksummed secret whose checksum does not hold. So a mistyped or made-up key is refused
+/// before any lookup; only a key in the pre-checksum format can still cost one.
 pub fn parse(key: &str) -> Option<PresentedKey<'_>> {
     let rest = key.strip_prefix(PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
-    let valid = |s: &str| {
-        !s.is_empty() && s.len() <= MAX_PART_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric())
+    let alphanumeric = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric());
+    if id.len() != ID_LEN || !alphanumeric(id) || !alphanumeric(secret) {
+        return None;
+    }
+    let genuine = match secret.len() {
+        SECRET_LEN => checksum::holds(key),
+        LEGACY_SECRET_LEN => true,
+        _ => false,
     };
-    (valid(id) && valid(secret)).then_some(PresentedKey { id, secret })
+    genuine.then_some(PresentedKey { id, secret })
 }
 
 /// SHA-256 of a secret.
@@ -125,7 +147,22 @@ mod tests {
         assert!(digests_match(&digest(parsed.secret), &stored));
         assert!(!digests_match(&digest("wrong"), &stored));
         assert_eq!(key.full.len(), 3 + ID_LEN + 1 + SECRET_LEN);
+        assert_eq!(parsed.secret.len(), 38);
         assert_ne!(generate().full, key.full);
+    }
+
+    #[test]
+    fn the_readme_example_checks_out() {
+        let example = "sg_h2K9xQ0mWb7T_Yc1Dq8LzR4uVn6Jp3Ae0Gs5Wk9Tb2Hf72QxHRw";
+        assert_eq!(parse(example).map(|p| p.id), Some("h2K9xQ0mWb7T"));
+        assert_eq!(checksum::of("123456789"), "3jZRME");
+    }
+
+    #[test]
+    fn keys_in_the_pre_checksum_format_still_parse() {
+        let old = "sg_AbCdEf012345_0123456789abcdefghijKLMNOPqrstuv";
+        let parsed = parse(old).expect("an old key parses");
+        assert_eq!(parsed.secret, "0123456789abcdefghijKLMNOPqrstuv");
     }
 
     #[test]
@@ -139,11 +176,75 @@ mod tests {
 
     #[test]
     fn rejects_malformed_keys() {
+        let secret = "0123456789abcdefghijKLMNOPqrstuv";
         for bad in [
-            "", "sg_", "sg__x", "sg_x_", "xx_a_b", "sg_a_b_c", "sg_a-b_c", "sg_a_ b",
+            "",
+            "sg_",
+            "sg__x",
+            "sg_x_",
+            "xx_a_b",
+            "sg_a_b_c",
+            "sg_a-b_c",
+            "sg_a_ b",
+            // Right shape but for one part.
+            &format!("sg_AbCdEf01234_{secret}"),
+            &format!("sg_AbCdEf0123456_{secret}"),
+            &format!("sg_AbCdEf012345_{secret}x"),
+            &format!("sg_AbCdEf012345_{secret}_"),
+            &format!("sg_AbCdEf-12345_{secret}"),
+            // 38 characters whose last 6 are not the checksum.
+            &format!("sg_AbCdEf012345_{secret}000000"),
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
         assert_eq!(parse(&format!("sg_a_{}", "x".repeat(200))), None);
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const ALPHANUMERIC: &[u8] =
+            b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+            #[test]
+            fn every_issued_key_passes_its_checksum(
+                id in "[0-9A-Za-z]{12}",
+                random in "[0-9A-Za-z]{32}",
+            ) {
+                let full = compose(&id, &random);
+                let parsed = parse(&full);
+                prop_assert!(parsed.is_some(), "{}", full);
+                prop_assert_eq!(parsed.map(|p| p.id), Some(id.as_str()));
+            }
+
+            /// Any one character of the id or secret replaced by another alphanumeric: refused.
+            #[test]
+            fn any_single_substitution_fails_the_checksum(
+                id in "[0-9A-Za-z]{12}",
+                random in "[0-9A-Za-z]{32}",
+                at in 0..ID_LEN + SECRET_LEN,
+                shift in 1..ALPHANUMERIC.len(),
+            ) {
+                let full = compose(&id, &random);
+                // Skip the `_` between id and secret: the position runs over the id, then the secret.
+                let index = PREFIX.len() + if at < ID_LEN { at } else { at + 1 };
+                let mut bytes = full.clone().into_bytes();
+                let was = ALPHANUMERIC.iter().position(|&c| c == bytes[index]).unwrap_or(0);
+                bytes[index] = ALPHANUMERIC[(was + shift) % ALPHANUMERIC.len()];
+                let changed = String::from_utf8(bytes).unwrap_or_default();
+                prop_assert_ne!(&changed, &full);
+                prop_assert_eq!(parse(&changed), None, "{} from {}", changed, full);
+            }
+
+            #[test]
+            fn generated_keys_pass_their_checksum(_round in 0..64u8) {
+                let key = generate();
+                prop_assert!(parse(&key.full).is_some(), "{}", key.full);
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! Every way a key can be wrong that is not "expired" ends in one answer, so a caller learns
 //! nothing about which key ids exist.
 
+mod checksum;
 pub mod credential;
 pub mod key;
 mod principal;

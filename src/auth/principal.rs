@@ -1,5 +1,6 @@
-//! From a presented key to a [`Principal`]: look the key id up (cache, then store), verify the
-//! secret in constant time, then load the app and its scopes.
+//! From a presented key to a [`Principal`]: check its shape and checksum (no lookup for a key we
+//! never issued), look the key id up (cache, then store), verify the secret in constant time,
+//! then load the app and its scopes.
 
 use super::key;
 use crate::cache::{CachedApp, KeyCache};
@@ -58,6 +59,7 @@ impl Authenticator {
 
     /// Checks a presented key.
     pub async fn authenticate(&self, presented: &str) -> Result<Principal, AuthError> {
+        // A bad shape or checksum is refused here, before the cache or the store is asked.
         let parsed = key::parse(presented).ok_or(AuthError::Invalid)?;
         let entry = self.cache.key(parsed.id).await?;
         let offered = key::digest(parsed.secret);

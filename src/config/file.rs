@@ -39,8 +39,58 @@ pub struct RawTls {
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub token_env: Option<String>,
-    /// Operator name -> environment variable holding that operator's token.
-    pub tokens: Option<Entries<String>>,
+    /// Operator name -> environment variable holding that operator's token, or `{env, role}`.
+    pub tokens: Option<Entries<RawToken>>,
+}
+
+/// One `admin.tokens` entry: `VAR` (role `admin`) or `{env: VAR, role: R}`.
+#[derive(Debug)]
+pub struct RawToken {
+    pub env: String,
+    /// Checked by validation, so an unknown role is reported with its position.
+    pub role: Option<String>,
+    /// Written as a mapping, so problems with the variable point at its `env` key.
+    pub mapping: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename = "token")]
+struct RawTokenMapping {
+    env: String,
+    role: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawToken {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawTokenVisitor)
+    }
+}
+
+struct RawTokenVisitor;
+
+impl<'de> Visitor<'de> for RawTokenVisitor {
+    type Value = RawToken;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an environment variable name, or {env: VAR, role: admin | operator | read}")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, env: &str) -> Result<RawToken, E> {
+        Ok(RawToken {
+            env: env.to_owned(),
+            role: None,
+            mapping: false,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawToken, A::Error> {
+        let raw = RawTokenMapping::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(RawToken {
+            env: raw.env,
+            role: raw.role,
+            mapping: true,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

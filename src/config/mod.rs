@@ -106,11 +106,53 @@ pub struct AdminConfig {
     pub tokens: Vec<AdminIdentity>,
 }
 
-/// A named operator and the environment variable holding its bearer token.
+/// A named operator, the environment variable holding its bearer token, and what it may do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminIdentity {
     pub name: String,
     pub env: String,
+    pub role: Role,
+}
+
+/// What an admin token may do. Ordered: each role may do everything the ones before it may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Only `GET`.
+    Read,
+    /// Also create, roll, disable, enable and revoke keys.
+    Operator,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// The names `admin.tokens` accepts.
+    pub const NAMES: &'static str = "admin, operator or read";
+
+    /// The role a config names.
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
+            "read" => Some(Role::Read),
+            _ => None,
+        }
+    }
+
+    /// The name the config uses for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Read => "read",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

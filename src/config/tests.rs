@@ -111,7 +111,8 @@ fn defaults_apply_when_sections_are_absent() {
         c.admin.tokens,
         [AdminIdentity {
             name: "admin".into(),
-            env: DEFAULT_ADMIN_TOKEN_ENV.into()
+            env: DEFAULT_ADMIN_TOKEN_ENV.into(),
+            role: Role::Admin,
         }]
     );
     assert_eq!(c.metrics.listen.to_string(), DEFAULT_METRICS_LISTEN);
@@ -498,6 +499,72 @@ fn numeric_limits() {
         10,
         17,
         &["shutdown_grace:"],
+    );
+}
+
+#[test]
+fn admin_tokens_take_a_role() {
+    let c = ok(&min_plus(
+        "\
+admin:
+  tokens:
+    alice: ALICE_TOKEN
+    ci: {env: CI_TOKEN, role: operator}
+    viewer:
+      env: VIEW_TOKEN
+      role: read
+    boss: {env: BOSS_TOKEN, role: admin}
+    plain: {env: PLAIN_TOKEN}
+",
+    ));
+    let roles: Vec<(&str, &str, Role)> = c
+        .admin
+        .tokens
+        .iter()
+        .map(|t| (t.name.as_str(), t.env.as_str(), t.role))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("admin", "SCOPEGATE_ADMIN_TOKEN", Role::Admin),
+            ("alice", "ALICE_TOKEN", Role::Admin),
+            ("ci", "CI_TOKEN", Role::Operator),
+            ("viewer", "VIEW_TOKEN", Role::Read),
+            ("boss", "BOSS_TOKEN", Role::Admin),
+            ("plain", "PLAIN_TOKEN", Role::Admin),
+        ]
+    );
+}
+
+#[test]
+fn admin_token_roles_are_checked_where_they_are_written() {
+    one(
+        &min_plus("admin:\n  tokens:\n    ci: {env: CI_TOKEN, role: superuser}\n"),
+        12,
+        31,
+        &[
+            "admin.tokens.ci.role:",
+            "unknown role \"superuser\"",
+            "admin, operator or read",
+        ],
+    );
+    one(
+        &min_plus("admin:\n  tokens:\n    ci:\n      env: CI_TOKEN\n      role: Admin\n"),
+        14,
+        13,
+        &["admin.tokens.ci.role:", "unknown role \"Admin\""],
+    );
+    one(
+        &min_plus("admin:\n  tokens:\n    ci: {env: CI-TOKEN, role: read}\n"),
+        12,
+        15,
+        &["admin.tokens.ci.env:", "environment variable"],
+    );
+    one(
+        &min_plus("admin:\n  tokens:\n    ci: {env: CI_TOKEN, rol: read}\n"),
+        12,
+        25,
+        &["unknown field `rol`"],
     );
 }
 

@@ -208,8 +208,9 @@ fn admin(c: &mut Check, raw: RawAdmin) -> AdminConfig {
     let mut tokens = vec![AdminIdentity {
         name: ADMIN_IDENTITY.to_owned(),
         env: token_env,
+        role: Role::Admin,
     }];
-    for (name, env) in c.entries(&at(&["admin", "tokens"]), raw.tokens) {
+    for (name, raw) in c.entries(&at(&["admin", "tokens"]), raw.tokens) {
         let path = at(&["admin", "tokens"]).key(&name);
         if name == ADMIN_IDENTITY {
             c.at_key(
@@ -219,17 +220,36 @@ fn admin(c: &mut Check, raw: RawAdmin) -> AdminConfig {
         } else if let Err(msg) = values::plain_name("operator", &name) {
             c.at_key(&path, msg);
         }
+        let env_path = if raw.mapping { path.key("env") } else { path };
+        let env = raw.env;
         if let Err(msg) = values::env_name(&env) {
-            c.at(&path, msg);
+            c.at(&env_path, msg);
         } else if let Some(other) = tokens.iter().find(|t| t.env == env) {
             c.at(
-                &path,
+                &env_path,
                 format!("{env} is already the token of `{}`", other.name),
             );
         }
-        tokens.push(AdminIdentity { name, env });
+        let role = token_role(c, &at(&["admin", "tokens"]).key(&name), raw.role);
+        tokens.push(AdminIdentity { name, env, role });
     }
     AdminConfig { listen, tokens }
+}
+
+/// An entry's role: `admin` when it names none, as a bare `name: VAR` entry does.
+fn token_role(c: &mut Check, entry: &YamlPath, role: Option<String>) -> Role {
+    let Some(name) = role else {
+        return Role::Admin;
+    };
+    Role::parse(&name).unwrap_or_else(|| {
+        let expected = Role::NAMES;
+        c.at(
+            &entry.key("role"),
+            format!("unknown role {name:?}; expected {expected}"),
+        );
+        // Never used: the config is refused.
+        Role::Read
+    })
 }
 
 fn store(c: &mut Check, dir: &Path, raw: RawStore) -> StoreConfig {

@@ -128,10 +128,24 @@ impl TestGateway {
     }
 
     pub async fn start_in(yaml: &str, dir: tempfile::TempDir) -> TestGateway {
+        Self::start_with_tokens(yaml, dir, &[("admin", ADMIN_TOKEN)]).await
+    }
+
+    /// Like [`TestGateway::start_in`], with these (identity, token) pairs as the admin tokens
+    /// (their roles come from the config's `admin.tokens`).
+    pub async fn start_with_tokens(
+        yaml: &str,
+        dir: tempfile::TempDir,
+        tokens: &[(&str, &str)],
+    ) -> TestGateway {
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, yaml).expect("write config");
         let config = scopegate::config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
-        let running = gateway::start(config, vec![("admin".into(), ADMIN_TOKEN.into())])
+        let tokens = tokens
+            .iter()
+            .map(|(name, token)| ((*name).to_owned(), (*token).to_owned()))
+            .collect();
+        let running = gateway::start(config, tokens)
             .await
             .expect("gateway starts");
         TestGateway {
@@ -141,6 +155,11 @@ impl TestGateway {
             inner: Some(running),
             dir,
         }
+    }
+
+    /// The config file it was started from (edit it, then [`RunningGateway::reload`]).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.yaml")
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -164,8 +183,19 @@ impl TestGateway {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Answer {
+        self.admin_as(ADMIN_TOKEN, method, path, body).await
+    }
+
+    /// An admin API call with `token`.
+    pub async fn admin_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Answer {
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let auth = format!("Bearer {token}");
         send(
             method,
             &format!("http://{}{}", self.admin, path),

@@ -32,6 +32,32 @@ pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
         .expect("redis connection")
 }
 
+/// How many times Redis has run a command since the last reset.
+pub async fn command_calls(redis_url: &str, command: &str) -> u64 {
+    let mut conn = redis_conn(redis_url).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("info");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Zeroes Redis's command counters (`CONFIG RESETSTAT`).
+pub async fn reset_stats(redis_url: &str) {
+    let mut conn = redis_conn(redis_url).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .expect("resetstat");
+}
+
 /// Waits until `n` subscribers listen for invalidations (each gateway subscribes as it starts).
 pub async fn wait_subscribers(redis_url: &str, n: u64) {
     let mut conn = redis_conn(redis_url).await;
