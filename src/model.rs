@@ -203,6 +203,21 @@ impl KeyChange {
     }
 }
 
+/// One admin write, as the audit log keeps it: who did what to which app or key, and the
+/// details that matter (scopes before and after, a roll's new key id). Never secret material.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub at: UnixSeconds,
+    pub actor: String,
+    /// `app.created`, `app.updated`, `app.deleted`, `key.created`, `key.rolled`,
+    /// `key.disabled`, `key.enabled`, `key.revoked`, `key.purged`.
+    pub action: String,
+    pub app_id: Option<String>,
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub details: serde_json::Value,
+}
+
 /// A UTC calendar day, `YYYY-MM-DD`.
 ///
 /// Plain integer arithmetic: the inverse of days-from-civil (Howard Hinnant's `civil_from_days`,

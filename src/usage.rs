@@ -282,7 +282,9 @@ async fn flush_last_used(store: &dyn KeyStore, pending: &mut Pending) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{App, AppChange, KeyChange, KeyRecord, Page, PageRequest, UsageSubject};
+    use crate::model::{
+        App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest, UsageSubject,
+    };
     use crate::store::{Invalidation, Keep, StoreError};
     use std::sync::atomic::Ordering::SeqCst;
 
@@ -449,7 +451,7 @@ mod tests {
             _: &str,
             _: &AppChange,
             _: Option<u64>,
-        ) -> Result<App, StoreError> {
+        ) -> Result<(App, App), StoreError> {
             unimplemented!()
         }
         async fn delete_app(&self, _: &str, _: &str, _: Option<u64>) -> Result<bool, StoreError> {
@@ -485,6 +487,16 @@ mod tests {
             unimplemented!()
         }
         async fn usage(&self, _: UsageSubject<'_>, _: &[String]) -> Result<Vec<u64>, StoreError> {
+            unimplemented!()
+        }
+        async fn append_audit(&self, _: &AuditEvent) -> Result<(), StoreError> {
+            unimplemented!()
+        }
+        async fn list_audit(
+            &self,
+            _: PageRequest<'_>,
+            _: Keep<'_, AuditEvent>,
+        ) -> Result<Page<AuditEvent>, StoreError> {
             unimplemented!()
         }
         async fn ping(&self) -> Result<(), StoreError> {

@@ -267,7 +267,7 @@ async fn expiry_policy(g: &TestGateway) {
             .map(|k| k["id"].as_str().expect("id").to_owned())
             .collect::<Vec<_>>()
     };
-    assert_eq!(within(7).await, [soon.clone()]);
+    assert_eq!(within(7).await, std::slice::from_ref(&soon));
     let month = within(31).await;
     assert!(month.contains(&id) && month.contains(&soon));
 }
@@ -290,7 +290,7 @@ async fn retained_then_purged(g: &TestGateway) {
     assert_eq!(key_json(g, &id).await["status"], "revoked");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let purged = scopegate::lifecycle::purge_revoked(&*store, Duration::ZERO).await;
-    assert_eq!(purged, [id.clone()]);
+    assert_eq!(purged, std::slice::from_ref(&id));
     assert_eq!(
         g.admin(Method::GET, &format!("/v1/keys/{id}"), None)
             .await

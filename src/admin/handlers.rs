@@ -8,6 +8,14 @@ use crate::model::{
     now_unix, utc_date, App, AppChange, Page, PageRequest, RateLimit, UsageSubject,
 };
 use crate::store::Invalidation;
+use serde_json::json;
+
+fn app_target(id: &str) -> super::audit::Target<'_> {
+    super::audit::Target {
+        app: Some(id),
+        key: None,
+    }
+}
 
 /// Days of usage shown when the caller does not say.
 const DEFAULT_USAGE_DAYS: u64 = 7;
@@ -88,7 +96,9 @@ impl Admin {
             version: 0,
         };
         self.store.create_app(&app).await?;
-        tracing::info!(app = %app.id, by, "app created");
+        let details = json!({"name": app.name, "scopes": app.scopes, "rate_limit": app.rate_limit});
+        self.audit(by, "app.created", app_target(&app.id), details)
+            .await;
         Ok(app.into())
     }
 
@@ -118,17 +128,24 @@ impl Admin {
         id: &str,
         req: UpdateApp,
         expected_version: Option<u64>,
+        by: &str,
     ) -> Result<App, AdminError> {
         let change = AppChange {
             name: req.name.as_deref().map(valid_name).transpose()?,
             scopes: req.scopes.map(|s| self.valid_scopes(s)).transpose()?,
             rate_limit: req.rate_limit.map(valid_rate_limit).transpose()?,
         };
-        let app = self.store.update_app(id, &change, expected_version).await?;
+        let (before, app) = self.store.update_app(id, &change, expected_version).await?;
         self.cache
             .invalidate(&Invalidation::App(app.id.clone()))
             .await;
-        tracing::info!(app = %app.id, version = app.version, "app updated");
+        let details = json!({
+            "name": {"before": before.name, "after": app.name},
+            "scopes": {"before": before.scopes, "after": app.scopes},
+            "rate_limit": {"before": before.rate_limit, "after": app.rate_limit},
+            "version": app.version,
+        });
+        self.audit(by, "app.updated", app_target(id), details).await;
         Ok(app)
     }
 
@@ -146,7 +163,8 @@ impl Admin {
         self.cache
             .invalidate(&Invalidation::App(id.to_owned()))
             .await;
-        tracing::info!(app = %id, by, "app deleted");
+        let details = json!({"keys": "revoked with the app"});
+        self.audit(by, "app.deleted", app_target(id), details).await;
         tokio::spawn(crate::lifecycle::revoke_keys_of_deleted_apps(
             self.store.clone(),
         ));

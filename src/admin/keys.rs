@@ -11,6 +11,7 @@ use crate::config::values::cidr;
 use crate::error::AdminError;
 use crate::model::{now_unix, KeyChange, KeyRecord, KeyStatus, Page, PageRequest, UnixSeconds};
 use crate::store::{Invalidation, StoreError};
+use serde_json::json;
 use std::time::Duration;
 
 /// Ten years: the longest expiry unless `keys.max_expires_in_days` says less.
@@ -117,7 +118,12 @@ impl Admin {
         let mut record = new.record(app_id, &name, by, expires_at);
         record.allowed_ips = allowed_ips;
         let view = self.issue_key(record, new.full).await?;
-        tracing::info!(key = %view.id, app = %app_id, by, "key created");
+        let details = json!({
+            "name": view.name,
+            "expires_at": view.expires_at,
+            "allowed_ips": view.allowed_ips,
+        });
+        self.audit(by, "key.created", target(&view), details).await;
         Ok(view)
     }
 
@@ -178,11 +184,15 @@ impl Admin {
             by: by.to_owned(),
         };
         match self.change_key(id, &change).await {
-            Ok(_) | Err(AdminError::KeyRevoked) => {}
-            Err(e) => return Err(e),
+            Ok(key) => {
+                let view = KeyView::new(key, now_unix());
+                self.audit(by, "key.revoked", target(&view), json!({}))
+                    .await;
+                Ok(())
+            }
+            Err(AdminError::KeyRevoked) => Ok(()),
+            Err(e) => Err(e),
         }
-        tracing::info!(key = %id, by, "key revoked");
-        Ok(())
     }
 
     pub(super) async fn set_disabled(
@@ -197,8 +207,14 @@ impl Admin {
             KeyChange::Enable
         };
         let key = self.change_key(id, &change).await?;
-        tracing::info!(key = %id, by, disabled, "key state changed");
-        Ok(KeyView::new(key, now_unix()))
+        let view = KeyView::new(key, now_unix());
+        let action = if disabled {
+            "key.disabled"
+        } else {
+            "key.enabled"
+        };
+        self.audit(by, action, target(&view), json!({})).await;
+        Ok(view)
     }
 
     /// Issues a new key for the same app, name, allowlist and lifetime, then ends the old one
@@ -233,9 +249,25 @@ impl Admin {
         } else {
             KeyChange::EndBy(now + grace.as_secs().max(1))
         };
-        self.change_key(id, &end).await?;
-        tracing::info!(key = %id, new_key = %view.id, by, grace = ?grace, "key rolled");
+        let old = self.change_key(id, &end).await?;
+        let details = json!({
+            "new_key_id": view.id,
+            "grace": humantime::format_duration(grace).to_string(),
+            "old_key_ends_at": old.revoked_at.or(old.expires_at).map(super::views::rfc3339),
+        });
+        let audited = super::audit::Target {
+            app: Some(&old.app_id),
+            key: Some(id),
+        };
+        self.audit(by, "key.rolled", audited, details).await;
         Ok(view)
+    }
+}
+
+fn target(view: &KeyView) -> super::audit::Target<'_> {
+    super::audit::Target {
+        app: Some(&view.app_id),
+        key: Some(&view.id),
     }
 }
 

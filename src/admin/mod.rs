@@ -4,6 +4,8 @@
 //! Every write goes to the store and drops the matching cache entries here; other instances
 //! learn of it through the store's change feed. The full key appears only in the create answer.
 
+mod audit;
+mod export;
 mod handlers;
 mod keys;
 mod paging;
@@ -19,8 +21,10 @@ use crate::model::{App, UsageSubject};
 use crate::store::KeyStore;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body::Frame;
+use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use routes::RouteView;
 use serde::de::DeserializeOwned;
@@ -29,6 +33,10 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use views::AppView;
+
+/// What the admin API answers: a whole JSON document, or a streamed export.
+pub type AdminBody =
+    Either<Full<Bytes>, StreamBody<BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>>>;
 
 /// Admin request bodies are small JSON documents.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -78,6 +86,8 @@ enum Call<'a> {
     KeyRoll(&'a str),
     KeyDisable(&'a str),
     KeyEnable(&'a str),
+    Audit,
+    UsageExport,
 }
 
 fn parse_path(path: &str) -> Option<Call<'_>> {
@@ -86,6 +96,8 @@ fn parse_path(path: &str) -> Option<Call<'_>> {
     match segments.as_slice() {
         ["scopes"] => Some(Call::Scopes),
         ["routes"] => Some(Call::Routes),
+        ["audit"] => Some(Call::Audit),
+        ["usage", "export"] => Some(Call::UsageExport),
         ["apps"] => Some(Call::Apps),
         ["apps", id] if !id.is_empty() => Some(Call::App(id)),
         ["apps", id, "keys"] if !id.is_empty() => Some(Call::AppKeys(id)),
@@ -102,7 +114,7 @@ fn parse_path(path: &str) -> Option<Call<'_>> {
 
 impl Admin {
     /// Serves one admin request; errors become their JSON answer.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<AdminBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         match self.run(request).await {
@@ -112,7 +124,7 @@ impl Admin {
                     self.metrics.store_error(StoreOp::Admin);
                 }
                 tracing::debug!(%method, %path, error = %e, "admin call refused");
-                e.into_response()
+                e.into_response::<Full<Bytes>>().map(Either::Left)
             }
         }
     }
@@ -137,7 +149,7 @@ impl Admin {
         found.ok_or(AdminError::Unauthorized)
     }
 
-    async fn run(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, AdminError> {
+    async fn run(&self, request: Request<Incoming>) -> Result<Response<AdminBody>, AdminError> {
         let identity = self.identify(&request)?;
         let by = identity.name.clone();
         let path = request.uri().path().to_owned();
@@ -151,6 +163,26 @@ impl Admin {
         match (call, method) {
             (Call::Scopes, Method::GET) => Ok(json(StatusCode::OK, &self.list_scopes())),
             (Call::Routes, Method::GET) => Ok(json(StatusCode::OK, &**self.routes.load())),
+            (Call::UsageExport, Method::GET) => {
+                let export = export::Export::parse(
+                    query_param(query, "from").as_deref(),
+                    query_param(query, "to").as_deref(),
+                    query_param(query, "format").as_deref(),
+                )?;
+                Ok(export.respond(self.store.clone()))
+            }
+            (Call::Audit, Method::GET) => {
+                let (cursor, limit) = paging::params(query)?;
+                let filter = audit::AuditFilter {
+                    since: query_param(query, "since"),
+                    app: query_param(query, "app"),
+                    key: query_param(query, "key"),
+                };
+                let page = self
+                    .list_audit(&filter, paging::request(&cursor, limit))
+                    .await?;
+                Ok(paging::respond(&path, query, page))
+            }
             (Call::Apps, Method::GET) => {
                 let (cursor, limit) = paging::params(query)?;
                 let page = self
@@ -169,7 +201,9 @@ impl Admin {
             (Call::App(id), Method::PATCH) => {
                 let expected = paging::if_match(request.headers())?;
                 let body = read_json(request).await?;
-                Ok(app_response(self.update_app(id, body, expected).await?))
+                Ok(app_response(
+                    self.update_app(id, body, expected, &by).await?,
+                ))
             }
             (Call::App(id), Method::DELETE) => {
                 let expected = paging::if_match(request.headers())?;
@@ -231,7 +265,7 @@ impl Admin {
         app: Option<&str>,
         path: &str,
         query: Option<&str>,
-    ) -> Result<Response<Full<Bytes>>, AdminError> {
+    ) -> Result<Response<AdminBody>, AdminError> {
         let (cursor, limit) = paging::params(query)?;
         let filter = keys::KeyFilter {
             search: query_param(query, "search"),
@@ -246,7 +280,7 @@ impl Admin {
 }
 
 /// An app with its version as the `ETag`, for a later `If-Match`.
-fn app_response(app: App) -> Response<Full<Bytes>> {
+fn app_response(app: App) -> Response<AdminBody> {
     let etag = paging::etag(app.version);
     let mut response = json(StatusCode::OK, &AppView::from(app));
     response.headers_mut().insert(header::ETAG, etag);
@@ -294,9 +328,9 @@ async fn read_json_or_empty<T: DeserializeOwned>(
     parse_json(&bytes)
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<AdminBody> {
     let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -305,8 +339,8 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     response
 }
 
-fn no_content() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
+fn no_content() -> Response<AdminBody> {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
     *response.status_mut() = StatusCode::NO_CONTENT;
     response
 }

@@ -1,12 +1,11 @@
 //! Paginated listings (`limit`, `cursor`, `Link: <...>; rel="next"`) and entity tags
 //! (`ETag` on an app, `If-Match` on its edits).
 
+use super::AdminBody;
 use super::{json, query_param};
 use crate::error::AdminError;
 use crate::model::{Page, PageRequest};
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
 use serde::Serialize;
 
 /// Records per page when the caller does not say.
@@ -38,14 +37,17 @@ pub(super) fn params(query: Option<&str>) -> Result<(Option<String>, usize), Adm
     Ok((cursor, limit))
 }
 
-/// Cursors are listing positions, `{created_at}.{id}`: digits, a dot, alphanumerics.
+/// Cursors are listing positions, `{created_at}.{id}` (digits, a dot, alphanumerics), or an
+/// audit stream's entry ids (`{millis}-{sequence}`).
 fn valid_cursor(cursor: &str) -> bool {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
     cursor.len() <= 128
-        && cursor.split_once('.').is_some_and(|(at, id)| {
-            !at.is_empty()
-                && at.bytes().all(|b| b.is_ascii_digit())
-                && id.bytes().all(|b| b.is_ascii_alphanumeric())
-        })
+        && (cursor
+            .split_once('.')
+            .is_some_and(|(at, id)| digits(at) && id.bytes().all(|b| b.is_ascii_alphanumeric()))
+            || cursor
+                .split_once('-')
+                .is_some_and(|(ms, seq)| digits(ms) && digits(seq)))
 }
 
 pub(super) fn request(cursor: &Option<String>, limit: usize) -> PageRequest<'_> {
@@ -60,7 +62,7 @@ pub(super) fn respond<T: Serialize>(
     path: &str,
     query: Option<&str>,
     page: Page<T>,
-) -> Response<Full<Bytes>> {
+) -> Response<AdminBody> {
     let mut response = json(StatusCode::OK, &page.items);
     if let Some(next) = page.next {
         if let Ok(link) = HeaderValue::from_str(&next_link(path, query, &next)) {

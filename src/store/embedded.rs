@@ -5,13 +5,14 @@
 //! transaction. redb allows one write transaction at a time, which is what makes the
 //! check-then-write operations (name claims, "app must exist") atomic.
 
+mod audit;
 mod order;
 
 use super::embedded_usage::{self, remove_usage};
 use super::{Invalidation, Keep, KeyStore, StoreError, PURGE_CHUNK};
 use crate::model::{
-    now_unix, App, AppChange, KeyChange, KeyRecord, Page, PageRequest, UnixSeconds, UsageBatch,
-    UsageSubject,
+    now_unix, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest, UnixSeconds,
+    UsageBatch, UsageSubject,
 };
 use async_trait::async_trait;
 use redb::{
@@ -64,6 +65,7 @@ impl EmbeddedStore {
             tx.open_table(order::APP_KEY_ORDER).map_err(db_error)?;
             tx.open_table(order::DELETED_APPS).map_err(db_error)?;
             tx.open_table(order::REVOKED).map_err(db_error)?;
+            tx.open_table(audit::AUDIT).map_err(db_error)?;
             tx.open_table(order::EXPIRING).map_err(db_error)?;
             order::build_if_missing(tx)
         })?;
@@ -131,7 +133,7 @@ impl KeyStore for EmbeddedStore {
         id: &str,
         change: &AppChange,
         expected_version: Option<u64>,
-    ) -> Result<App, StoreError> {
+    ) -> Result<(App, App), StoreError> {
         let (id, change) = (id.to_owned(), change.clone());
         self.blocking(move |db| write(db, |tx| change_app(tx, &id, &change, expected_version)))
             .await
@@ -239,6 +241,23 @@ impl KeyStore for EmbeddedStore {
             .await
     }
 
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let event = event.clone();
+        self.blocking(move |db| write(db, |tx| audit::append(tx, &event)))
+            .await
+    }
+
+    async fn list_audit(
+        &self,
+        page: PageRequest<'_>,
+        keep: Keep<'_, AuditEvent>,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        super::scan_index(page, keep, |before, n| {
+            self.blocking(move |db| read(db, |tx| audit::before(tx, before.as_deref(), n)))
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.blocking(|db| read(db, |_| Ok(()))).await
     }
@@ -299,7 +318,7 @@ fn change_app(
     id: &str,
     change: &AppChange,
     expected_version: Option<u64>,
-) -> Result<App, StoreError> {
+) -> Result<(App, App), StoreError> {
     let mut apps = tx.open_table(APPS).map_err(db_error)?;
     let old: App = match apps.get(id).map_err(db_error)? {
         Some(json) => decode(json.value())?,
@@ -315,7 +334,7 @@ fn change_app(
     }
     apps.insert(app.id.as_str(), encode(&app)?.as_slice())
         .map_err(db_error)?;
-    Ok(app)
+    Ok((old, app))
 }
 
 /// Claims `new` for `id` and releases `old`; `Conflict` if another app holds `new`.

@@ -13,8 +13,8 @@ pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
 
 use crate::model::{
-    utc_date, utc_day_number, App, AppChange, KeyChange, KeyRecord, Page, PageRequest, UnixSeconds,
-    UsageBatch, UsageCounts, UsageSubject,
+    utc_date, utc_day_number, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest,
+    UnixSeconds, UsageBatch, UsageCounts, UsageSubject,
 };
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -65,6 +65,11 @@ pub const LIST_CHUNK: usize = 500;
 /// Records examined per listing call at most: a filter that matches little returns a short
 /// (or empty) page with a cursor instead of scanning everything in one call.
 pub const LIST_SCAN_BUDGET: usize = 20_000;
+/// Audit events Redis keeps (a capped stream; trimmed approximately, so a few more).
+pub const AUDIT_MAX_EVENTS: usize = 100_000;
+/// How long the embedded store keeps audit events.
+pub const AUDIT_RETENTION: std::time::Duration = std::time::Duration::from_secs(400 * 86_400);
+
 /// Keys of deleted apps removed per store command.
 pub const PURGE_CHUNK: usize = 500;
 
@@ -92,7 +97,7 @@ pub trait KeyStore: Send + Sync + 'static {
         page: PageRequest<'_>,
         keep: Keep<'_, App>,
     ) -> Result<Page<App>, StoreError>;
-    /// Applies `change` to the app as stored now, atomically, and returns the result.
+    /// Applies `change` to the app as stored now, atomically; returns it before and after.
     /// `NotFound` if it does not exist, `Conflict` on a taken name, `VersionMismatch` if
     /// `expected_version` is given and the app is at another.
     async fn update_app(
@@ -100,7 +105,7 @@ pub trait KeyStore: Send + Sync + 'static {
         id: &str,
         change: &AppChange,
         expected_version: Option<u64>,
-    ) -> Result<App, StoreError>;
+    ) -> Result<(App, App), StoreError>;
     /// Deletes an app (`by` names who): from this moment none of its keys works on any
     /// instance. The keys are marked revoked afterwards, in chunks, by
     /// [`revoke_keys_of_deleted_apps`](Self::revoke_keys_of_deleted_apps).
@@ -161,6 +166,16 @@ pub trait KeyStore: Send + Sync + 'static {
         subject: UsageSubject<'_>,
         dates: &[String],
     ) -> Result<Vec<u64>, StoreError>;
+
+    /// Appends an admin write to the audit log (bounded: Redis keeps the newest
+    /// [`AUDIT_MAX_EVENTS`], the embedded store drops events older than [`AUDIT_RETENTION`]).
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// A page of the audit log, newest first, that `keep` accepts.
+    async fn list_audit(
+        &self,
+        page: PageRequest<'_>,
+        keep: Keep<'_, AuditEvent>,
+    ) -> Result<Page<AuditEvent>, StoreError>;
 
     /// Cheap liveness check (readiness probes).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -19,9 +19,11 @@
 
 use super::redis_usage;
 use super::{Indexed, Invalidation, Keep, KeyStore, StoreError, PURGE_CHUNK};
+mod audit;
+
 use crate::model::{
-    listing_position, now_unix, App, AppChange, KeyChange, KeyRecord, Page, PageRequest,
-    UnixSeconds, UsageBatch, UsageSubject,
+    listing_position, now_unix, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page,
+    PageRequest, UnixSeconds, UsageBatch, UsageSubject,
 };
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -325,7 +327,7 @@ impl RedisStore {
         id: &str,
         change: &AppChange,
         expected_version: Option<u64>,
-    ) -> Result<(i64, Option<App>), StoreError> {
+    ) -> Result<(i64, Option<(App, App)>), StoreError> {
         let Some((old_json, old)) = self.current_app(id).await? else {
             return Ok((MISSING, None));
         };
@@ -342,7 +344,7 @@ impl RedisStore {
             .arg(encode(&app)?)
             .arg(CHANNEL)
             .arg(format!("app:{id}"));
-        Ok((self.query(&cmd).await?, Some(app)))
+        Ok((self.query(&cmd).await?, Some((old, app))))
     }
 
     /// One compare-and-set attempt of `delete_app`.
@@ -500,10 +502,10 @@ impl KeyStore for RedisStore {
         id: &str,
         change: &AppChange,
         expected_version: Option<u64>,
-    ) -> Result<App, StoreError> {
+    ) -> Result<(App, App), StoreError> {
         for _ in 0..CAS_ATTEMPTS {
             match self.try_update_app(id, change, expected_version).await? {
-                (DONE, Some(app)) => return Ok(app),
+                (DONE, Some(both)) => return Ok(both),
                 (MISSING, _) => return Err(StoreError::NotFound),
                 (TAKEN, _) => return Err(StoreError::Conflict),
                 (STALE, _) => continue,
@@ -693,6 +695,21 @@ impl KeyStore for RedisStore {
             Some(pipe) => read.counts(self.read_pipe(&pipe).await?),
             None => Ok(vec![0; dates.len()]),
         }
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.append_audit_event(event).await
+    }
+
+    async fn list_audit(
+        &self,
+        page: PageRequest<'_>,
+        keep: Keep<'_, AuditEvent>,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        super::scan_index(page, keep, |before, n| async move {
+            self.audit_before(before.as_deref(), n).await
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
