@@ -64,7 +64,7 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn KeyStore>, Store
     Ok(match &config.redis {
         Some(url) => {
             tracing::info!(url = %redact::url(url), "opening the Redis store");
-            let store = RedisStore::open(url, config.timeout)?;
+            let store = RedisStore::open(url, config.timeout)?.with_prefix(&config.prefix);
             // Redis being down is not a reason to refuse to start: the gateway serves (not
             // ready, uncached keys 503) and connects once Redis answers.
             if let Err(e) = store.ping().await {

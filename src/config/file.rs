@@ -103,6 +103,7 @@ pub struct RawMetrics {
 #[serde(deny_unknown_fields, rename = "store")]
 pub struct RawStore {
     pub redis: Option<String>,
+    pub prefix: Option<String>,
     pub path: Option<String>,
     pub timeout: Option<String>,
 }

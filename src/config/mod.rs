@@ -164,6 +164,8 @@ pub struct MetricsConfig {
 pub struct StoreConfig {
     /// Shared store URL (`redis://`, `rediss://`, `unix://`); the embedded store is used when absent.
     pub redis: Option<String>,
+    /// Starts every Redis key and channel name (`sg:` by default).
+    pub prefix: String,
     /// Embedded store directory, resolved relative to the config file's directory.
     pub path: PathBuf,
     /// Deadline for one store call.
@@ -175,6 +177,7 @@ impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreConfig")
             .field("redis", &self.redis.as_deref().map(crate::redact::url))
+            .field("prefix", &self.prefix)
             .field("path", &self.path)
             .field("timeout", &self.timeout)
             .finish()

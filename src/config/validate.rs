@@ -266,11 +266,29 @@ fn store(c: &mut Check, dir: &Path, raw: RawStore) -> StoreConfig {
             .unwrap_or(DEFAULT_STORE_TIMEOUT),
         None => DEFAULT_STORE_TIMEOUT,
     };
+    let prefix = raw
+        .prefix
+        .unwrap_or_else(|| crate::store::DEFAULT_PREFIX.to_owned());
+    if let Err(message) = valid_prefix(&prefix) {
+        c.at(&at(&["store", "prefix"]), message);
+    }
     StoreConfig {
         redis: raw.redis,
+        prefix,
         path: dir.join(path),
         timeout,
     }
+}
+
+/// Printable, without spaces (key names show up in `redis-cli` and logs), and short.
+fn valid_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > 64 {
+        return Err("must be 1 to 64 characters (e.g. \"sg:\" or \"tenant-a:\")".to_owned());
+    }
+    if !prefix.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!("{prefix:?} must be printable ASCII without spaces"));
+    }
+    Ok(())
 }
 
 /// A Redis URL the store can connect with: checked here, as the store will parse it, so that a

@@ -10,7 +10,7 @@ mod redis;
 mod redis_usage;
 
 pub use self::embedded::EmbeddedStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisStore, DEFAULT_PREFIX};
 
 use crate::model::{
     utc_date, utc_day_number, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest,

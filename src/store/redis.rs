@@ -20,6 +20,10 @@
 use super::redis_usage;
 use super::{Indexed, Invalidation, Keep, KeyStore, StoreError, PURGE_CHUNK};
 mod audit;
+mod names;
+
+use self::names::Names;
+pub use self::names::DEFAULT_PREFIX;
 
 use crate::model::{
     listing_position, now_unix, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page,
@@ -36,18 +40,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-const CHANNEL: &str = "sg:invalidate";
-const APP_INDEX: &str = "sg:appidx";
-const KEY_INDEX: &str = "sg:keyidx";
-/// Hash: deleted app id -> who deleted it, while its keys are still to be revoked.
-const DELETED_APPS: &str = "sg:deleted_apps";
-/// Sorted set: revoked key id, scored by when; for purging after `keys.retain_revoked`.
-const REVOKED_INDEX: &str = "sg:revoked";
-/// Sorted set: key id of a key that is not revoked and has an expiry, scored by it.
-const EXPIRY_INDEX: &str = "sg:keyexp";
-const LAST_USED: &str = "sg:last_used";
-const KEY_PREFIX: &str = "sg:key:";
 
 /// Buffered invalidations between the pub/sub task and the cache.
 const FEED_CAPACITY: usize = 1024;
@@ -204,6 +196,7 @@ pub struct RedisStore {
     op_timeout: Duration,
     /// True while the invalidation feed is subscribed (see [`KeyStore::invalidations`]).
     feed_live: Arc<AtomicBool>,
+    names: Names,
     /// The runtime `connect` ran on, so `invalidations` (not async) can spawn the feed task.
     runtime: tokio::runtime::Handle,
 }
@@ -250,8 +243,15 @@ impl RedisStore {
             conn_config,
             op_timeout,
             feed_live: Arc::new(AtomicBool::new(false)),
+            names: Names::new(DEFAULT_PREFIX),
             runtime,
         })
+    }
+
+    /// Puts every key and channel under `prefix` (`store.prefix`) instead of `sg:`.
+    pub fn with_prefix(mut self, prefix: &str) -> RedisStore {
+        self.names = Names::new(prefix);
+        self
     }
 
     /// The command connection, made now if it is not yet (callers waiting on one attempt).
@@ -315,7 +315,7 @@ impl RedisStore {
 
     /// The app as stored now: its raw JSON (for compare-and-set) and decoded form.
     async fn current_app(&self, id: &str) -> Result<Option<(String, App)>, StoreError> {
-        match self.get_json(&app_key(id)).await? {
+        match self.get_json(&self.names.app(id)).await? {
             Some(json) => decode::<App>(&json).map(|app| Some((json, app))),
             None => Ok(None),
         }
@@ -337,12 +337,16 @@ impl RedisStore {
         let app = change.applied_to(&old);
         let mut cmd = eval(
             UPDATE_APP,
-            &[&app_key(id), &name_key(&old.name), &name_key(&app.name)],
+            &[
+                &self.names.app(id),
+                &self.names.app_name(&old.name),
+                &self.names.app_name(&app.name),
+            ],
         );
         cmd.arg(id)
             .arg(old_json)
             .arg(encode(&app)?)
-            .arg(CHANNEL)
+            .arg(self.names.channel())
             .arg(format!("app:{id}"));
         Ok((self.query(&cmd).await?, Some((old, app))))
     }
@@ -361,17 +365,17 @@ impl RedisStore {
             return Err(StoreError::VersionMismatch);
         }
         let keys = [
-            app_key(id),
-            name_key(&old.name),
-            APP_INDEX.to_owned(),
-            DELETED_APPS.to_owned(),
+            self.names.app(id),
+            self.names.app_name(&old.name),
+            self.names.app_index(),
+            self.names.deleted_apps(),
         ];
         let now = now_unix();
-        let usage = redis_usage::usage_hashes(UsageSubject::App(id), now);
+        let usage = redis_usage::usage_hashes(self.names.prefix(), UsageSubject::App(id), now);
         let mut cmd = eval(DELETE_APP, &keys_then(&keys, &usage));
         cmd.arg(id)
             .arg(old_json)
-            .arg(CHANNEL)
+            .arg(self.names.channel())
             .arg(listing_position(old.created_at, id))
             .arg(by);
         self.query(&cmd).await
@@ -383,16 +387,23 @@ impl RedisStore {
         id: &str,
         change: &KeyChange,
     ) -> Result<(i64, Option<KeyRecord>), StoreError> {
-        let Some(old_json) = self.get_json(&key_key(id)).await? else {
+        let Some(old_json) = self.get_json(&self.names.key(id)).await? else {
             return Ok((MISSING, None));
         };
         let old = decode_key(&old_json, None)?;
         let key = change.applied_to(&old).ok_or(StoreError::Revoked)?;
-        let mut cmd = eval(UPDATE_KEY, &[&key_key(id), REVOKED_INDEX, EXPIRY_INDEX]);
+        let mut cmd = eval(
+            UPDATE_KEY,
+            &[
+                &self.names.key(id),
+                &self.names.revoked(),
+                &self.names.expiring(),
+            ],
+        );
         let text = |at: Option<UnixSeconds>| at.map(|t| t.to_string()).unwrap_or_default();
         cmd.arg(old_json)
             .arg(encode_key(&key)?)
-            .arg(CHANNEL)
+            .arg(self.names.channel())
             .arg(id)
             .arg(text(key.revoked_at))
             .arg(text(key.expires_at));
@@ -417,11 +428,13 @@ impl RedisStore {
         after: Option<&str>,
         n: usize,
     ) -> Result<Vec<Indexed<App>>, StoreError> {
-        let positions = self.positions_after(APP_INDEX, after, n).await?;
+        let positions = self
+            .positions_after(&self.names.app_index(), after, n)
+            .await?;
         if positions.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = positions.iter().map(|p| app_key(id_of(p))).collect();
+        let keys: Vec<String> = positions.iter().map(|p| self.names.app(id_of(p))).collect();
         let jsons: Vec<Option<String>> = self.read(redis::cmd("MGET").arg(&keys)).await?;
         positions
             .into_iter()
@@ -444,12 +457,12 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let ids: Vec<&str> = positions.iter().map(|p| id_of(p)).collect();
-        let record_keys: Vec<String> = ids.iter().map(|id| key_key(id)).collect();
+        let record_keys: Vec<String> = ids.iter().map(|id| self.names.key(id)).collect();
         let mut pipe = redis::pipe();
         pipe.cmd("MGET")
             .arg(&record_keys)
             .cmd("HMGET")
-            .arg(LAST_USED)
+            .arg(self.names.last_used())
             .arg(&ids);
         let (jsons, times): (Vec<Option<String>>, Vec<Option<u64>>) = self.read_pipe(&pipe).await?;
         positions
@@ -468,7 +481,11 @@ impl KeyStore for RedisStore {
         let json = encode(app)?;
         let mut cmd = eval(
             CREATE_APP,
-            &[&app_key(&app.id), &name_key(&app.name), APP_INDEX],
+            &[
+                &self.names.app(&app.id),
+                &self.names.app_name(&app.name),
+                &self.names.app_index(),
+            ],
         );
         cmd.arg(&app.id)
             .arg(json)
@@ -536,7 +553,7 @@ impl KeyStore for RedisStore {
         let picked: Vec<String> = self
             .read(
                 redis::cmd("HRANDFIELD")
-                    .arg(DELETED_APPS)
+                    .arg(self.names.deleted_apps())
                     .arg(1)
                     .arg("WITHVALUES"),
             )
@@ -544,28 +561,34 @@ impl KeyStore for RedisStore {
         let [app, by] = picked.as_slice() else {
             return Ok(0);
         };
-        let index = app_keys_key(app);
+        let index = self.names.app_keys(app);
         let positions = self.positions_after(&index, None, PURGE_CHUNK).await?;
         if positions.is_empty() {
             // No key can be added to a deleted app, so an empty index stays empty.
-            self.query::<i64>(redis::cmd("HDEL").arg(DELETED_APPS).arg(app))
+            self.query::<i64>(redis::cmd("HDEL").arg(self.names.deleted_apps()).arg(app))
                 .await?;
             return Ok(1);
         }
-        let mut cmd = eval(REVOKE_APP_KEYS, &[&index, REVOKED_INDEX, EXPIRY_INDEX]);
-        cmd.arg(KEY_PREFIX).arg(at).arg(by).arg(&positions);
+        let mut cmd = eval(
+            REVOKE_APP_KEYS,
+            &[&index, &self.names.revoked(), &self.names.expiring()],
+        );
+        cmd.arg(self.names.key_prefix())
+            .arg(at)
+            .arg(by)
+            .arg(&positions);
         self.query::<i64>(&cmd).await?;
         Ok(positions.len())
     }
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         let keys = [
-            app_key(&key.app_id),
-            key_key(&key.id),
-            KEY_INDEX.to_owned(),
-            app_keys_key(&key.app_id),
-            LAST_USED.to_owned(),
-            EXPIRY_INDEX.to_owned(),
+            self.names.app(&key.app_id),
+            self.names.key(&key.id),
+            self.names.key_index(),
+            self.names.app_keys(&key.app_id),
+            self.names.last_used(),
+            self.names.expiring(),
         ];
         let mut cmd = eval(CREATE_KEY, &keys.each_ref().map(String::as_str));
         let last_used = key.last_used_at.map(|t| t.to_string()).unwrap_or_default();
@@ -585,9 +608,9 @@ impl KeyStore for RedisStore {
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("GET")
-            .arg(key_key(id))
+            .arg(self.names.key(id))
             .cmd("HGET")
-            .arg(LAST_USED)
+            .arg(self.names.last_used())
             .arg(id);
         let (json, at): (Option<String>, Option<u64>) = self.read_pipe(&pipe).await?;
         json.map(|json| decode_key(&json, at)).transpose()
@@ -599,7 +622,7 @@ impl KeyStore for RedisStore {
         page: PageRequest<'_>,
         keep: Keep<'_, KeyRecord>,
     ) -> Result<Page<KeyRecord>, StoreError> {
-        let index = app_id.map_or_else(|| KEY_INDEX.to_owned(), app_keys_key);
+        let index = app_id.map_or_else(|| self.names.key_index(), |a| self.names.app_keys(a));
         let index = index.as_str();
         super::scan_index(page, keep, |after, n| async move {
             self.keys_after(index, after.as_deref(), n).await
@@ -610,22 +633,23 @@ impl KeyStore for RedisStore {
     async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
         // Key records never change app or creation time, so reading them first is race-free;
         // the script's DEL decides which of two concurrent deletes wins.
-        let Some(json) = self.get_json(&key_key(id)).await? else {
+        let Some(json) = self.get_json(&self.names.key(id)).await? else {
             return Ok(false);
         };
         let record: KeyRecord = decode(&json)?;
         let keys = [
-            key_key(id),
-            KEY_INDEX.to_owned(),
-            app_keys_key(&record.app_id),
-            LAST_USED.to_owned(),
-            REVOKED_INDEX.to_owned(),
-            EXPIRY_INDEX.to_owned(),
+            self.names.key(id),
+            self.names.key_index(),
+            self.names.app_keys(&record.app_id),
+            self.names.last_used(),
+            self.names.revoked(),
+            self.names.expiring(),
         ];
-        let usage = redis_usage::usage_hashes(UsageSubject::Key(id), now_unix());
+        let usage =
+            redis_usage::usage_hashes(self.names.prefix(), UsageSubject::Key(id), now_unix());
         let mut cmd = eval(DELETE_KEY, &keys_then(&keys, &usage));
         cmd.arg(id)
-            .arg(CHANNEL)
+            .arg(self.names.channel())
             .arg(listing_position(record.created_at, id));
         Ok(self.query::<i64>(&cmd).await? == DONE)
     }
@@ -644,7 +668,7 @@ impl KeyStore for RedisStore {
 
     async fn revoked_before(&self, before: UnixSeconds) -> Result<Vec<String>, StoreError> {
         let mut cmd = redis::cmd("ZRANGEBYSCORE");
-        cmd.arg(REVOKED_INDEX)
+        cmd.arg(self.names.revoked())
             .arg("-inf")
             .arg(format!("({before}"))
             .arg("LIMIT")
@@ -656,7 +680,7 @@ impl KeyStore for RedisStore {
     async fn count_expiring(&self, from: UnixSeconds, to: UnixSeconds) -> Result<u64, StoreError> {
         self.read(
             redis::cmd("ZCOUNT")
-                .arg(EXPIRY_INDEX)
+                .arg(self.names.expiring())
                 .arg(format!("({from}"))
                 .arg(to),
         )
@@ -669,7 +693,7 @@ impl KeyStore for RedisStore {
         }
         let mut pipe = redis::pipe();
         for chunk in uses.chunks(TOUCH_CHUNK) {
-            pipe.add_command(touch_command(chunk)).ignore();
+            pipe.add_command(touch_command(&self.names, chunk)).ignore();
         }
         self.query_pipe::<()>(&pipe).await
     }
@@ -678,7 +702,7 @@ impl KeyStore for RedisStore {
     /// times out may still have been applied; the caller sends the same batches again and the
     /// chunks already applied are skipped.
     async fn add_usage(&self, batches: &[UsageBatch]) -> Result<(), StoreError> {
-        match redis_usage::add_pipeline(batches, now_unix())? {
+        match redis_usage::add_pipeline(self.names.prefix(), batches, now_unix())? {
             Some(pipe) => self.query_pipe::<()>(&pipe).await,
             None => Ok(()),
         }
@@ -690,7 +714,7 @@ impl KeyStore for RedisStore {
         subject: UsageSubject<'_>,
         dates: &[String],
     ) -> Result<Vec<u64>, StoreError> {
-        let read = redis_usage::UsageRead::new(subject, dates);
+        let read = redis_usage::UsageRead::new(self.names.prefix(), subject, dates);
         match read.pipeline(dates) {
             Some(pipe) => read.counts(self.read_pipe(&pipe).await?),
             None => Ok(vec![0; dates.len()]),
@@ -725,6 +749,7 @@ impl KeyStore for RedisStore {
         let (tx, rx) = mpsc::channel(FEED_CAPACITY);
         self.runtime.spawn(run_feed(
             self.client.clone(),
+            self.names.channel(),
             self.op_timeout,
             tx,
             self.feed_live.clone(),
@@ -735,23 +760,6 @@ impl KeyStore for RedisStore {
     fn feed_live(&self) -> bool {
         self.feed_live.load(Ordering::SeqCst)
     }
-}
-
-fn app_key(id: &str) -> String {
-    format!("sg:app:{id}")
-}
-
-/// Names are unique case-insensitively, so the claim is keyed by the lowercased name.
-fn name_key(name: &str) -> String {
-    format!("sg:appname:{}", name.to_lowercase())
-}
-
-fn key_key(id: &str) -> String {
-    format!("{KEY_PREFIX}{id}")
-}
-
-fn app_keys_key(app_id: &str) -> String {
-    format!("sg:appkeyidx:{app_id}")
 }
 
 /// The id at the end of a listing position (`{created_at}.{id}`).
@@ -772,9 +780,9 @@ fn eval(script: &str, keys: &[&str]) -> redis::Cmd {
     cmd
 }
 
-fn touch_command(uses: &[(String, UnixSeconds)]) -> redis::Cmd {
-    let mut keys = vec![LAST_USED.to_owned()];
-    keys.extend(uses.iter().map(|(id, _)| key_key(id)));
+fn touch_command(names: &Names, uses: &[(String, UnixSeconds)]) -> redis::Cmd {
+    let mut keys = vec![names.last_used()];
+    keys.extend(uses.iter().map(|(id, _)| names.key(id)));
     let mut cmd = eval(
         TOUCH_KEYS,
         &keys.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -872,6 +880,7 @@ enum FeedEnd {
 /// missed between `connect` and the first successful subscription.
 async fn run_feed(
     client: redis::Client,
+    channel: String,
     op_timeout: Duration,
     tx: mpsc::Sender<Invalidation>,
     live: Arc<AtomicBool>,
@@ -879,7 +888,7 @@ async fn run_feed(
     let mut backoff = FEED_MIN_BACKOFF;
     let mut gap = false;
     loop {
-        if let Some(pubsub) = subscribe(&client, op_timeout).await {
+        if let Some(pubsub) = subscribe(&client, &channel, op_timeout).await {
             backoff = FEED_MIN_BACKOFF;
             if gap && tx.send(Invalidation::All).await.is_err() {
                 return;
@@ -902,10 +911,10 @@ async fn run_feed(
 
 /// A fresh pub/sub connection subscribed to the channel, or `None` if Redis is not there.
 /// `get_async_pubsub` has no connect timeout of its own, hence the explicit one.
-async fn subscribe(client: &redis::Client, op_timeout: Duration) -> Option<PubSub> {
+async fn subscribe(client: &redis::Client, channel: &str, op_timeout: Duration) -> Option<PubSub> {
     let attempt = async {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(CHANNEL).await?;
+        pubsub.subscribe(channel).await?;
         Ok::<_, RedisError>(pubsub)
     };
     tokio::time::timeout(op_timeout, attempt).await.ok()?.ok()
@@ -960,10 +969,5 @@ mod tests {
             Some(Invalidation::App("a:b".into()))
         );
         assert_eq!(parse_invalidation("other"), None);
-    }
-
-    #[test]
-    fn name_claims_ignore_case() {
-        assert_eq!(name_key("Billing ÄPI"), name_key("billing äpi"));
     }
 }

@@ -1,7 +1,7 @@
 //! Usage counts in Redis: where they live, the script that adds a batch exactly once, and the
 //! read. Used by [`super::redis`]; kept apart because none of it touches app or key records.
 //!
-//! Layout (all under `sg:usage:`):
+//! Layout (all under `{prefix}usage:`, the prefix `sg:` by default):
 //! - `key:{id}:{YYYY-MM}` and `app:{id}:{YYYY-MM}`: one hash per key (or app) per UTC month,
 //!   date (`YYYY-MM-DD`) -> request count. Each expires (`EXPIREAT`) [`USAGE_RETENTION_DAYS`]
 //!   after its month ends, so nothing grows for ever and a read of up to 366 days touches at
@@ -19,9 +19,10 @@ use super::{
 use crate::model::{utc_date, utc_day_number, UnixSeconds, UsageBatch, UsageSubject};
 use std::collections::BTreeMap;
 
-pub(super) const KEY_USAGE_PREFIX: &str = "sg:usage:key:";
-pub(super) const APP_USAGE_PREFIX: &str = "sg:usage:app:";
-const BATCH_PREFIX: &str = "sg:usage:batch:";
+/// Under the store's prefix (`store.prefix`, default `sg:`).
+const KEY_USAGE: &str = "usage:key:";
+const APP_USAGE: &str = "usage:app:";
+const BATCH: &str = "usage:batch:";
 const DAY: UnixSeconds = 86_400;
 
 /// KEYS: the chunk's marker, then one usage hash per increment (repeats allowed).
@@ -45,6 +46,7 @@ return 1";
 /// there is nothing to write. Every batch is checked before anything is queued, so a bad batch
 /// writes nothing.
 pub(super) fn add_pipeline(
+    prefix: &str,
     batches: &[UsageBatch],
     now: UnixSeconds,
 ) -> Result<Option<redis::Pipeline>, StoreError> {
@@ -62,7 +64,7 @@ pub(super) fn add_pipeline(
                 .iter()
                 .filter(|(_, date, _)| *date >= cutoff.as_str())
                 .collect();
-            if let Some(cmd) = chunk_command(&batch.id, n, &kept) {
+            if let Some(cmd) = chunk_command(prefix, &batch.id, n, &kept) {
                 pipe.add_command(cmd).ignore();
                 queued = true;
             }
@@ -71,16 +73,21 @@ pub(super) fn add_pipeline(
     Ok(queued.then_some(pipe))
 }
 
-fn chunk_command(batch_id: &str, n: usize, increments: &[&Increment<'_>]) -> Option<redis::Cmd> {
+fn chunk_command(
+    prefix: &str,
+    batch_id: &str,
+    n: usize,
+    increments: &[&Increment<'_>],
+) -> Option<redis::Cmd> {
     if increments.is_empty() {
         return None;
     }
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(ADD_USAGE)
         .arg(increments.len() + 1)
-        .arg(format!("{BATCH_PREFIX}{batch_id}:{n}"));
+        .arg(format!("{prefix}{BATCH}{batch_id}:{n}"));
     for (subject, date, _) in increments {
-        cmd.arg(usage_hash(*subject, month_of(date)));
+        cmd.arg(usage_hash(prefix, *subject, month_of(date)));
     }
     cmd.arg(USAGE_BATCH_MEMORY_SECS);
     for (_, date, count) in increments {
@@ -92,10 +99,14 @@ fn chunk_command(batch_id: &str, n: usize, increments: &[&Increment<'_>]) -> Opt
 /// Every hash that may hold usage of `subject` at `now`: one per month whose counts are still
 /// within retention (plus next month, for an instance whose clock runs ahead), and the
 /// single hash of earlier versions. For deleting a key's or app's usage.
-pub(super) fn usage_hashes(subject: UsageSubject<'_>, now: UnixSeconds) -> Vec<String> {
+pub(super) fn usage_hashes(
+    prefix: &str,
+    subject: UsageSubject<'_>,
+    now: UnixSeconds,
+) -> Vec<String> {
     usage_suffixes(now)
         .iter()
-        .map(|suffix| format!("{}{suffix}", subject_prefix(subject)))
+        .map(|suffix| format!("{}{suffix}", subject_prefix(prefix, subject)))
         .collect()
 }
 
@@ -122,7 +133,7 @@ pub(super) struct UsageRead {
 impl UsageRead {
     /// Groups `dates` by month; the hash of earlier versions is asked for every date. Strings
     /// that are not dates read as 0 without asking.
-    pub(super) fn new(subject: UsageSubject<'_>, dates: &[String]) -> UsageRead {
+    pub(super) fn new(prefix: &str, subject: UsageSubject<'_>, dates: &[String]) -> UsageRead {
         let mut by_month: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         let mut valid = Vec::new();
         for (i, date) in dates.iter().enumerate() {
@@ -133,10 +144,10 @@ impl UsageRead {
         }
         let mut hashes: Vec<(String, Vec<usize>)> = by_month
             .into_iter()
-            .map(|(month, at)| (usage_hash(subject, month), at))
+            .map(|(month, at)| (usage_hash(prefix, subject, month), at))
             .collect();
         if !valid.is_empty() {
-            hashes.push((subject_prefix(subject), valid));
+            hashes.push((subject_prefix(prefix, subject), valid));
         }
         UsageRead {
             hashes,
@@ -182,15 +193,15 @@ fn mismatch(got: usize, asked: usize) -> StoreError {
     StoreError::Corrupt(format!("usage read answered {got} values for {asked}"))
 }
 
-fn subject_prefix(subject: UsageSubject<'_>) -> String {
+fn subject_prefix(prefix: &str, subject: UsageSubject<'_>) -> String {
     match subject {
-        UsageSubject::Key(id) => format!("{KEY_USAGE_PREFIX}{id}"),
-        UsageSubject::App(id) => format!("{APP_USAGE_PREFIX}{id}"),
+        UsageSubject::Key(id) => format!("{prefix}{KEY_USAGE}{id}"),
+        UsageSubject::App(id) => format!("{prefix}{APP_USAGE}{id}"),
     }
 }
 
-fn usage_hash(subject: UsageSubject<'_>, month: &str) -> String {
-    format!("{}:{month}", subject_prefix(subject))
+fn usage_hash(prefix: &str, subject: UsageSubject<'_>, month: &str) -> String {
+    format!("{}:{month}", subject_prefix(prefix, subject))
 }
 
 /// `YYYY-MM` of a checked `YYYY-MM-DD` date.
@@ -242,7 +253,7 @@ mod tests {
     #[test]
     fn usage_hashes_cover_every_month_still_within_retention() {
         let now = at("2026-12-01") + 3_600;
-        let hashes = usage_hashes(UsageSubject::Key("k1"), now);
+        let hashes = usage_hashes("sg:", UsageSubject::Key("k1"), now);
         // 400 days before 2026-12-01 is 2025-10-27: October 2025 through next month.
         let mut expected = vec!["sg:usage:key:k1".to_owned()];
         for month in ["2025-10", "2025-11", "2025-12"] {
@@ -266,7 +277,7 @@ mod tests {
         let dates: Vec<String> = (0..366)
             .map(|back| utc_date((today - back) * DAY))
             .collect();
-        let read = UsageRead::new(UsageSubject::App("a1"), &dates);
+        let read = UsageRead::new("sg:", UsageSubject::App("a1"), &dates);
         assert_eq!(read.hashes.len(), 14);
         assert_eq!(read.hashes[0].0, "sg:usage:app:a1:2024-01");
         assert_eq!(read.hashes[13].0, "sg:usage:app:a1");
@@ -279,7 +290,7 @@ mod tests {
             .iter()
             .map(|d| (*d).to_owned())
             .collect();
-        let read = UsageRead::new(UsageSubject::Key("k"), &dates);
+        let read = UsageRead::new("sg:", UsageSubject::Key("k"), &dates);
         // Months in order (February, March), then the old hash with every valid date.
         let answers = vec![
             vec![Some(2)],

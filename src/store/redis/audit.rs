@@ -1,4 +1,4 @@
-//! The audit log in Redis: a stream, `sg:audit`, one entry per admin write with the event as
+//! The audit log in Redis: a stream, `{prefix}audit`, one entry per admin write with the event as
 //! JSON in field `e`, capped at about [`AUDIT_MAX_EVENTS`] entries by `XADD ... MAXLEN ~`
 //! (trimming whole nodes, which costs Redis almost nothing). Read newest first with
 //! `XREVRANGE`, a bounded `COUNT` per command; a page's cursor is the last entry id read.
@@ -7,13 +7,12 @@ use super::{decode, encode, RedisStore};
 use crate::model::AuditEvent;
 use crate::store::{Indexed, StoreError, AUDIT_MAX_EVENTS};
 
-const AUDIT: &str = "sg:audit";
 const FIELD: &str = "e";
 
 impl RedisStore {
     pub(super) async fn append_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(AUDIT)
+        cmd.arg(self.names.audit())
             .arg("MAXLEN")
             .arg("~")
             .arg(AUDIT_MAX_EVENTS)
@@ -31,7 +30,11 @@ impl RedisStore {
     ) -> Result<Vec<Indexed<AuditEvent>>, StoreError> {
         let max = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
         let mut cmd = redis::cmd("XREVRANGE");
-        cmd.arg(AUDIT).arg(max).arg("-").arg("COUNT").arg(n);
+        cmd.arg(self.names.audit())
+            .arg(max)
+            .arg("-")
+            .arg("COUNT")
+            .arg(n);
         let entries: Vec<(String, Vec<(String, String)>)> = self.read(&cmd).await?;
         entries
             .into_iter()
