@@ -2,6 +2,7 @@
 //! commands, which call the admin API.
 
 mod client;
+mod logging;
 mod manage;
 mod table;
 
@@ -128,7 +129,6 @@ pub enum KeysCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -151,26 +151,21 @@ fn runtime_builder() -> tokio::runtime::Builder {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
-}
-
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check => check(&cli.config),
         Command::Serve => match load(&cli.config) {
-            Some(config) => serve(config).await,
+            Some(config) => {
+                logging::init(config.log.format);
+                serve(config).await
+            }
             None => ExitCode::FAILURE,
         },
         Command::Demo => match load(&cli.config) {
-            Some(config) => crate::demo::run(config).await,
+            Some(config) => {
+                logging::init(config.log.format);
+                crate::demo::run(config).await
+            }
             None => ExitCode::FAILURE,
         },
         Command::Apps { admin, command } => manage::apps(&cli.config, &admin, command).await,
@@ -228,7 +223,8 @@ async fn serve(config: Config) -> ExitCode {
     let gateway = match crate::gateway::start(config, tokens).await {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("scopegate: {}: {e}", path.display());
+            // Through the log, so that with `log.format: json` this line is JSON too.
+            tracing::error!("scopegate: {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };

@@ -89,7 +89,30 @@ pub struct Config {
     pub limits: Limits,
     /// Time given to in-flight requests on shutdown.
     pub shutdown_grace: Duration,
+    pub log: LogConfig,
 }
+
+/// The contract's `log:` block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// One line per proxied request.
+    pub access: bool,
+}
+
+/// How log lines are written (`log.format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The contract's example: access lines on, so a new operator sees traffic in the log.
+pub const DEFAULT_ACCESS_LOG: bool = true;
 
 /// Certificate chain and private key (PEM), resolved relative to the config file's directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
