@@ -1,13 +1,15 @@
 //! The gateway's configuration: the YAML file, read, checked and turned into [`Config`].
 //!
 //! [`load`] and [`parse`] either return a fully validated [`Config`] or every problem found, each with
-//! `FILE:LINE:COLUMN` where a position applies. A YAML syntax or type error stops at that error;
-//! semantic checks (addresses, URLs, names, references, routes) are all run and all reported.
+//! `FILE:LINE:COLUMN` where a position applies, in file order: unknown keys and wrongly typed
+//! values ([`syntax`]) together with the semantic checks (addresses, URLs, names, references,
+//! routes). Only a YAML syntax error, past which nothing can be read, is reported alone.
 
 mod error;
 mod file;
 mod position;
 mod routes;
+mod syntax;
 mod validate;
 mod values;
 
@@ -216,8 +218,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             "the file is empty",
         )));
     }
-    let raw: file::RawConfig =
-        serde_yaml::from_str(text).map_err(|e| ConfigErrors::one(Problem::from_yaml(path, &e)))?;
+    let (raw, mut problems) = syntax::read(path, text);
+    let Some(raw) = raw else {
+        return Err(ConfigErrors { problems });
+    };
     let index = position::PositionIndex::build(text);
-    validate::validate(path, raw, &index)
+    match validate::validate(path, raw, &index) {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors { problems }),
+        Err(semantic) => {
+            problems.extend(semantic.problems);
+            // File order, as an editor lists them; problems about the whole file last.
+            problems.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
+            Err(ConfigErrors { problems })
+        }
+    }
 }

@@ -701,3 +701,30 @@ fn load_reads_files_and_reports_unreadable_ones() {
     let c = load(&example).unwrap();
     assert_eq!(c.path, example);
 }
+
+#[test]
+fn key_problems_and_semantic_problems_are_reported_together() {
+    let yaml = MIN
+        .replace("listen: 127.0.0.1:8080", "listen: nowhere\nlistn: 1")
+        .replace("    scope: public", "    scope: public\n    max_bdy: 1KiB")
+        .replace(
+            "    url: http://127.0.0.1:7001",
+            "    url: http://127.0.0.1:7001\n    timeout: soon",
+        )
+        + "cache:\n  max_entries: lots\n  ttl: 0s\nlog:\n  format: xml\n";
+    let all = problems(&yaml);
+    let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 7, "{shown:#?}");
+    assert_at(&all[0], 1, 9, &["listen: \"nowhere\" is not an IP:PORT"]);
+    assert_at(&all[1], 2, 1, &["unknown field `listn`"]);
+    assert_at(
+        &all[2],
+        6,
+        14,
+        &["upstreams.tools.timeout: \"soon\" is not a duration"],
+    );
+    assert_at(&all[3], 11, 5, &["routes[0]: unknown field `max_bdy`"]);
+    assert_at(&all[4], 14, 16, &["cache.max_entries: invalid type"]);
+    assert_at(&all[5], 15, 8, &["cache.ttl: must be longer than zero"]);
+    assert_at(&all[6], 17, 11, &["log.format: unknown variant `xml`"]);
+}
