@@ -27,13 +27,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Loopback only: the admin API must be exposed on purpose, never by default.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8001";
 /// The environment variable the contract's example uses for the `admin` identity's token.
 pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "SCOPEGATE_ADMIN_TOKEN";
 /// The name of the identity whose token comes from `admin.token_env` (shown as `created_by`).
 pub const ADMIN_IDENTITY: &str = "admin";
-/// Loopback, next to the admin port, as in the contract's example.
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9091";
+/// Loopback; 8100 rather than 9090/9091, which a Prometheus and a Pushgateway on the same host use.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:8100";
 /// Embedded store beside the config file, as in the contract's example.
 pub const DEFAULT_STORE_PATH: &str = "./data";
 /// A store call slower than this counts as unavailable: the request path must not hang on it.

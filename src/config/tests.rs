@@ -73,8 +73,8 @@ fn with_route(route: &str) -> String {
 fn example_file_parses() {
     let c = ok(include_str!("../../gateway.yaml"));
     assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
-    assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9091");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8001");
+    assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:8100");
     assert_eq!(c.scopes.len(), 14);
     assert_eq!(c.scopes[0].0, "deploy_tool");
     assert_eq!(c.scopes[13].0, "view_job_status");
@@ -203,7 +203,7 @@ fn listen_addresses_must_parse() {
         &["listen: \"localhost:8080\" is not an IP:PORT address"],
     );
     one(
-        &min_plus("admin:\n  listen: 9090\n"),
+        &min_plus("admin:\n  listen: 8001\n"),
         11,
         11,
         &["admin.listen:"],
