@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// The proxied requests [`mixed_traffic`] sends.
-const PROXIED: usize = 11;
+/// The proxied requests [`mixed_traffic`] sends (11 in its table, 2 with a rate-limited key).
+const PROXIED: usize = 13;
 
 /// What [`mixed_traffic`] issued: every secret that must never show up in output.
 struct Issued {
@@ -67,7 +67,7 @@ async fn mixed_traffic(gw: &ServeProcess) -> Issued {
     let bearer = format!("Bearer {full}");
     let wrong = format!("sg_{key_id}_{}", "A".repeat(32));
 
-    let steps: [(Method, &str, Vec<(&str, &str)>, u16); PROXIED] = [
+    let steps: [(Method, &str, Vec<(&str, &str)>, u16); PROXIED - 2] = [
         (
             Method::GET,
             "/api/v1/jobs/1",
@@ -114,6 +114,28 @@ async fn mixed_traffic(gw: &ServeProcess) -> Issued {
         let answer = send(method.clone(), &gw.url(path), &headers, "").await;
         assert_eq!(answer.status, want, "{method} {path}: {:?}", answer.body);
     }
+    // A second app limited to one request: its second one is 429 rate_limited.
+    let slow = admin(
+        gw,
+        Method::POST,
+        "/v1/apps",
+        json!({"name": "slow", "scopes": ["view_job_status"],
+               "rate_limit": {"per_second": 1, "burst": 1}}),
+    )
+    .await;
+    let slow_id = slow.json()["id"].as_str().expect("id").to_owned();
+    let slow_key = admin(
+        gw,
+        Method::POST,
+        &format!("/v1/apps/{slow_id}/keys"),
+        json!({"name": "k"}),
+    )
+    .await;
+    let slow_key = slow_key.json()["key"].as_str().expect("key").to_owned();
+    for (path, want) in [("/api/v1/jobs/8", 200), ("/api/v1/jobs/9", 429)] {
+        let answer = get(&gw.url(path), &[("x-api-key", &slow_key)]).await;
+        assert_eq!(answer.status, want, "{path}: {:?}", answer.body);
+    }
     let refused = send(
         Method::GET,
         &format!("http://{}/v1/apps", gw.admin),
@@ -124,7 +146,13 @@ async fn mixed_traffic(gw: &ServeProcess) -> Issued {
     assert_eq!(refused.status, 401);
     Issued {
         key_id,
-        secrets: vec![full, secret, ADMIN_TOKEN.to_owned(), "qs-secret".to_owned()],
+        secrets: vec![
+            full,
+            secret,
+            slow_key,
+            ADMIN_TOKEN.to_owned(),
+            "qs-secret".to_owned(),
+        ],
     }
 }
 
