@@ -102,7 +102,7 @@ async fn management_commands_explain_themselves_and_fit_the_terminal() {
     let full = key["key"].as_str().expect("key");
     let shown = gw.cli(&["keys", "show", key_id]).await;
     assert!(
-        ok(&shown).contains(&format!("id:")) && shown.stdout.contains(key_id),
+        ok(&shown).contains("id:") && shown.stdout.contains(key_id),
         "{}",
         shown.stdout
     );

@@ -16,6 +16,9 @@ use std::path::Path;
 /// The proxied requests [`mixed_traffic`] sends (11 in its table, 2 with a rate-limited key).
 const PROXIED: usize = 13;
 
+/// One request of [`mixed_traffic`]: method, path, headers, expected status.
+type Step<'a> = (Method, &'a str, Vec<(&'a str, &'a str)>, u16);
+
 /// What [`mixed_traffic`] issued: every secret that must never show up in output.
 struct Issued {
     key_id: String,
@@ -67,7 +70,7 @@ async fn mixed_traffic(gw: &ServeProcess) -> Issued {
     let bearer = format!("Bearer {full}");
     let wrong = format!("sg_{key_id}_{}", "A".repeat(32));
 
-    let steps: [(Method, &str, Vec<(&str, &str)>, u16); PROXIED - 2] = [
+    let steps: [Step<'_>; PROXIED - 2] = [
         (
             Method::GET,
             "/api/v1/jobs/1",
