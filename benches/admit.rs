@@ -21,8 +21,8 @@ fn config_text(dir: &Path) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml");
     let text = std::fs::read_to_string(&path).expect("repo gateway.yaml");
     text.replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9090", "127.0.0.1:0")
-        .replace("127.0.0.1:9091", "127.0.0.1:0")
+        .replace("127.0.0.1:8001", "127.0.0.1:0")
+        .replace("127.0.0.1:8100", "127.0.0.1:0")
         .replace(
             "path: ./data",
             &format!("path: {}", dir.join("data").display()),

@@ -128,11 +128,11 @@ impl ProxyError {
         }
     }
 
-    /// The response sent to the client.
-    pub fn into_response<B: From<Full<Bytes>>>(self) -> Response<B> {
+    /// The response sent to the client (by reference: the caller may still log the error).
+    pub fn to_response<B: From<Full<Bytes>>>(&self) -> Response<B> {
         let mut response = self.answer().into_response();
         let headers = response.headers_mut();
-        match &self {
+        match self {
             ProxyError::Auth(AuthError::Missing) => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
@@ -297,12 +297,12 @@ mod tests {
     fn scope_denied_names_the_scope_and_headers_are_set() {
         let e: ProxyError = AuthError::ScopeDenied("deploy_model".into()).into();
         assert!(e.answer().message.contains("deploy_model"));
-        let r: Response<Full<Bytes>> = ProxyError::Auth(AuthError::Missing).into_response();
+        let r: Response<Full<Bytes>> = ProxyError::Auth(AuthError::Missing).to_response();
         assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
         let r: Response<Full<Bytes>> = ProxyError::MethodNotAllowed {
             allow: "GET, POST".into(),
         }
-        .into_response();
+        .to_response();
         assert_eq!(r.headers()[ALLOW], "GET, POST");
     }
 

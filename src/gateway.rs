@@ -14,6 +14,7 @@ use crate::redact;
 use crate::reload::{self, FixedSettings, Reloader};
 use crate::server::{serve, serve_with_tls, ConnectionSettings};
 use crate::store::{EmbeddedStore, KeyStore, RedisStore, StoreError};
+use crate::throttle::Throttle;
 use crate::tls::{TlsAcceptorSource, TlsError};
 use crate::usage;
 use arc_swap::ArcSwap;
@@ -123,6 +124,7 @@ pub async fn start_with_store(
     let fixed = FixedSettings::of(&config);
     let identities = identities(&config, &admin_tokens);
     let config_path = config.path.clone();
+    let store_name = describe_store(&config.store);
     let tls = match &config.tls {
         Some(t) => Some(Arc::new(TlsAcceptorSource::from_files(&t.cert, &t.key)?)),
         None => None,
@@ -159,6 +161,7 @@ pub async fn start_with_store(
             config.routes,
             config.limits,
             config.rate_limit,
+            config.log.access,
             &metrics,
         )),
         rate_limits: RateLimits::new(config.cache.max_entries),
@@ -189,6 +192,7 @@ pub async fn start_with_store(
     });
 
     let (reload_tx, reload_rx) = mpsc::channel(1);
+    let config_path_shown = config_path.clone();
     let reloader = Reloader::new(
         config_path,
         fixed,
@@ -210,6 +214,7 @@ pub async fn start_with_store(
         local_addr(&metrics_listener, config.metrics.listen),
     );
     let proxy_pipeline = pipeline.clone();
+    let failed_logins = Arc::new(Throttle::new(FAILED_LOGIN_LINES, FAILED_LOGIN_WINDOW));
     let servers = vec![
         tokio::spawn(serve_with_tls(
             proxy_listener,
@@ -224,9 +229,16 @@ pub async fn start_with_store(
         tokio::spawn(serve(
             admin_listener,
             settings.clone(),
-            move |request, _peer| {
+            move |request, peer| {
                 let admin = admin.clone();
-                async move { admin.handle(request).await }
+                let failed_logins = failed_logins.clone();
+                async move {
+                    let response = admin.handle(request).await;
+                    if response.status() == http::StatusCode::UNAUTHORIZED {
+                        log_failed_login(&failed_logins, peer);
+                    }
+                    response
+                }
             },
             stop_rx.clone(),
         )),
@@ -240,7 +252,16 @@ pub async fn start_with_store(
             stop_rx,
         )),
     ];
-    tracing::info!(proxy = %addrs.0, admin = %addrs.1, metrics = %addrs.2, "scopegate listening");
+    // The one line that says what this process is: its config, its store, its listeners.
+    tracing::info!(
+        config = %config_path_shown.display(),
+        store = %store_name,
+        proxy = %addrs.0,
+        admin = %addrs.1,
+        metrics = %addrs.2,
+        version = env!("CARGO_PKG_VERSION"),
+        "scopegate listening"
+    );
     Ok(RunningGateway {
         proxy_addr: addrs.0,
         admin_addr: addrs.1,
@@ -271,6 +292,21 @@ fn identities(config: &Config, tokens: &[(String, String)]) -> Vec<AdminIdentity
         .iter()
         .map(|(name, token)| AdminIdentity::new(name.clone(), token, role_of(name)))
         .collect()
+}
+
+/// Failed admin logins logged per window: enough to see who is trying, too few to fill a disk.
+const FAILED_LOGIN_LINES: u32 = 10;
+const FAILED_LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A warning per failed admin login (a missing or wrong token), within the throttle's budget.
+fn log_failed_login(throttle: &Throttle, client: SocketAddr) {
+    if let Some(held_back) = throttle.admit(std::time::Instant::now()) {
+        tracing::warn!(
+            %client,
+            held_back,
+            "admin login failed: missing or unknown token"
+        );
+    }
 }
 
 /// The exporter keeps histogram samples in buffers until upkeep folds them in.

@@ -14,7 +14,7 @@
 //! Beside the request path: [`admin`] (apps and keys API), [`metrics`] (health and readiness),
 //! [`config`] (the YAML file, validated), [`tls`] (the listener's certificate, upstream CAs),
 //! [`gateway`] (wiring and shutdown), [`cli`] and [`demo`]; [`redact`] keeps credentials in
-//! URLs out of everything printed.
+//! URLs out of everything printed; [`throttle`] bounds log lines a client can cause.
 
 pub mod admin;
 pub mod auth;
@@ -35,5 +35,6 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 pub mod usage;

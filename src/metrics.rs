@@ -4,13 +4,17 @@
 //! run in one process). Handles are registered ahead of the request path — per route, per
 //! upstream, per reason — so recording a request formats no string and takes no global lock;
 //! only a label combination seen for the first time (a new status or app on a route) registers.
+//!
+//! Every family has HELP text (`promtool check metrics` is clean); counters whose labels are a
+//! known, bounded set are registered at start, so they are exported at 0 before anything
+//! happens; process metrics (CPU, memory, file descriptors) are sampled at each scrape.
 
 use crate::store::KeyStore;
 use bytes::Bytes;
 use dashmap::DashMap;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics::{Counter, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +76,8 @@ impl StoreOp {
 /// One gateway's metrics.
 pub struct Metrics {
     recorder: PrometheusRecorder,
+    /// Samples CPU, memory and file descriptors of this process into `recorder` at each scrape.
+    process: metrics_process::Collector,
     handle: PrometheusHandle,
     auth_failures: [Counter; 6],
     cache_hit: Counter,
@@ -109,6 +115,18 @@ impl Metrics {
             .map(|b| b.build_recorder())
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
+        describe(&recorder);
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(&recorder, || process.describe());
+        recorder
+            .register_gauge(
+                &key(
+                    "scopegate_build_info",
+                    &[("version", env!("CARGO_PKG_VERSION"))],
+                ),
+                &METADATA,
+            )
+            .set(1.0);
         let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
             recorder.register_counter(&key(name, labels), &METADATA)
         };
@@ -132,6 +150,7 @@ impl Metrics {
             reload_error: counter("scopegate_config_reloads_total", &[("result", "error")]),
             usage_dropped: counter("scopegate_usage_dropped_total", &[]),
             rate_limited: DashMap::new(),
+            process,
             recorder,
             handle,
         };
@@ -250,14 +269,88 @@ impl Metrics {
         self.rate_limited.insert(app.clone(), counter);
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition, with the process metrics sampled now.
     pub fn render(&self) -> String {
+        metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.render()
     }
 
     /// Periodic housekeeping of the exporter (histogram buffers); run from a background task.
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
+    }
+}
+
+/// HELP text of every scopegate family: (name, unit, text).
+const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
+    (
+        "scopegate_requests_total",
+        None,
+        "Proxied requests by route pattern, method, status and app id.",
+    ),
+    (
+        "scopegate_request_duration_seconds",
+        Some(Unit::Seconds),
+        "Time from a proxied request's arrival to its response headers, by route pattern.",
+    ),
+    (
+        "scopegate_upstream_duration_seconds",
+        Some(Unit::Seconds),
+        "Time from forwarding a request to the upstream's response headers, by upstream.",
+    ),
+    (
+        "scopegate_auth_failures_total",
+        None,
+        "Requests refused for their key, by reason.",
+    ),
+    (
+        "scopegate_rate_limited_total",
+        None,
+        "Requests refused with 429 rate_limited, by app id.",
+    ),
+    (
+        "scopegate_key_cache_total",
+        None,
+        "Key lookups answered from the cache (hit) or the store (miss).",
+    ),
+    (
+        "scopegate_store_errors_total",
+        None,
+        "Failed or timed-out store calls, by operation.",
+    ),
+    (
+        "scopegate_config_reloads_total",
+        None,
+        "Config reloads, by result (a refused edit counts as error).",
+    ),
+    (
+        "scopegate_usage_dropped_total",
+        None,
+        "Usage counts dropped because the store was unreachable too long.",
+    ),
+    (
+        "scopegate_build_info",
+        None,
+        "Always 1; the version label says which build runs.",
+    ),
+    (
+        "scopegate_keys_expiring_soon",
+        None,
+        "Keys, not revoked, that expire within 7 days (refreshed every minute).",
+    ),
+];
+
+/// Registers HELP text with the exporter (which writes it before each family).
+fn describe(recorder: &PrometheusRecorder) {
+    for (name, unit, help) in DESCRIPTIONS {
+        let key = KeyName::from_const_str(name);
+        if name.ends_with("_seconds") {
+            recorder.describe_histogram(key, *unit, (*help).into());
+        } else if name.ends_with("_total") {
+            recorder.describe_counter(key, *unit, (*help).into());
+        } else {
+            recorder.describe_gauge(key, *unit, (*help).into());
+        }
     }
 }
 

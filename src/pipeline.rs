@@ -5,6 +5,7 @@
 //! unread body is settled before the answer goes out ([`unread`]), so an HTTP/1 connection
 //! either carries the client's next request or says it will not.
 
+pub mod access;
 mod unread;
 
 use self::unread::Unread;
@@ -35,6 +36,8 @@ pub struct LiveConfig {
     pub limits: Limits,
     /// For keys whose app sets no limit of its own.
     pub default_rate_limit: RateLimit,
+    /// `log.access`: one line per proxied request.
+    pub access_log: bool,
     /// Per route, in the table's order.
     route_metrics: Vec<RouteMetrics>,
     unmatched: RouteMetrics,
@@ -45,6 +48,7 @@ impl LiveConfig {
         routes: RouteTable,
         limits: Limits,
         default_rate_limit: RateLimit,
+        access_log: bool,
         metrics: &Metrics,
     ) -> LiveConfig {
         let route_metrics = routes
@@ -57,6 +61,7 @@ impl LiveConfig {
             routes,
             limits,
             default_rate_limit,
+            access_log,
             route_metrics,
             unmatched,
         }
@@ -68,6 +73,10 @@ impl LiveConfig {
 pub struct Seen {
     pub route: Option<usize>,
     pub app: Option<Arc<str>>,
+    /// The key id (never the secret), once the key checked out.
+    pub key: Option<Arc<str>>,
+    /// The upstream's own status, once it answered.
+    pub upstream_status: Option<u16>,
 }
 
 /// A request the gateway has decided to forward.
@@ -100,7 +109,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Serves one request; never fails (errors become responses). Times and counts it.
+    /// Serves one request; never fails (errors become responses). Times, counts and logs it.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
@@ -109,29 +118,62 @@ impl Pipeline {
         let started = Instant::now();
         let live = self.live.load_full();
         let method = request.method().clone();
+        // A shared-bytes clone, kept only for the access line.
+        let uri = live.access_log.then(|| request.uri().clone());
         let mut seen = Seen::default();
         let response = match self.run(request, peer, &live, &mut seen).await {
             Ok(response) => response,
-            Err(Refusal { error, unread }) => {
-                tracing::debug!(%method, %error, "request refused");
-                self.count_refusal(&error, &seen);
-                let keep_alive = unread.settle().await;
-                let mut response = error.into_response();
-                if !keep_alive {
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                response
-            }
+            Err(refusal) => self.refuse(refusal, &live, &seen).await,
         };
-        let route = seen
+        let elapsed = started.elapsed();
+        let route = seen.route.and_then(|i| live.routes.routes().get(i));
+        let route_metrics = seen
             .route
             .and_then(|i| live.route_metrics.get(i))
             .unwrap_or(&live.unmatched);
         let status = response.status();
         self.metrics
-            .record_request(route, &method, status, seen.app.as_ref(), started.elapsed());
+            .record_request(route_metrics, &method, status, seen.app.as_ref(), elapsed);
+        if status.is_server_error() && seen.upstream_status.is_some() {
+            access::server_error(route, status.as_u16(), &"the upstream answered with it");
+        }
+        if let Some(uri) = &uri {
+            access::write(&access::Entry {
+                method: &method,
+                route,
+                path: uri.path(),
+                status: status.as_u16(),
+                app: seen.app.as_deref(),
+                key: seen.key.as_deref(),
+                client: peer,
+                upstream_status: seen.upstream_status,
+                elapsed,
+                bytes: http_body::Body::size_hint(response.body()).exact(),
+            });
+        }
+        response
+    }
+
+    /// The answer to a refused request, once its unread body is settled.
+    async fn refuse(
+        &self,
+        Refusal { error, unread }: Refusal,
+        live: &LiveConfig,
+        seen: &Seen,
+    ) -> Response<GatewayBody> {
+        tracing::debug!(%error, "request refused");
+        self.count_refusal(&error, seen);
+        let keep_alive = unread.settle().await;
+        let mut response: Response<GatewayBody> = error.to_response();
+        if response.status().is_server_error() {
+            let route = seen.route.and_then(|i| live.routes.routes().get(i));
+            access::server_error(route, response.status().as_u16(), &error);
+        }
+        if !keep_alive {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 
@@ -175,6 +217,7 @@ impl Pipeline {
             self.metrics.record_upstream(m, sent.elapsed());
         }
         let mut response = response.map_err(|error| Refusal { error, unread })?;
+        seen.upstream_status = Some(response.status().as_u16());
         if let Some((limit, remaining, reset)) = admission.budget {
             rate_limit_headers(response.headers_mut(), limit, remaining, reset);
         }
@@ -196,7 +239,9 @@ impl Pipeline {
         let route = match live.routes.find(request.method(), &path) {
             RouteMatch::Found(route) => route,
             RouteMatch::MethodNotAllowed(allow) => {
-                return Err(ProxyError::MethodNotAllowed { allow })
+                // Counted under the pattern the path belongs to, not `unmatched`.
+                seen.route = live.routes.route_for_path(&path).map(|r| r.index);
+                return Err(ProxyError::MethodNotAllowed { allow });
             }
             RouteMatch::NotFound => return Err(ProxyError::RouteNotFound),
         };
@@ -289,6 +334,7 @@ impl Pipeline {
         let presented = presented.ok_or(AuthError::Missing)?;
         let principal = self.auth.authenticate(presented).await?;
         seen.app = Some(principal.app.id.clone());
+        seen.key = Some(principal.key_id.clone());
         if principal.allowed_ips.is_some() {
             principal.check_address(client())?;
         }

@@ -38,6 +38,7 @@ pub struct FixedSettings {
     idle_timeout: Duration,
     send_timeout: Duration,
     shutdown_grace: Duration,
+    log_format: config::LogFormat,
 }
 
 impl FixedSettings {
@@ -55,12 +56,14 @@ impl FixedSettings {
             idle_timeout: c.limits.idle_timeout,
             send_timeout: c.limits.send_timeout,
             shutdown_grace: c.shutdown_grace,
+            log_format: c.log.format,
         }
     }
 
     /// The names of settings that differ.
     fn changed(&self, new: &FixedSettings) -> Vec<&'static str> {
-        let checks: [(&'static str, bool); 12] = [
+        let checks: [(&'static str, bool); 13] = [
+            ("log.format", self.log_format != new.log_format),
             ("listen", self.listen != new.listen),
             ("tls (on/off)", self.tls != new.tls),
             ("admin.listen", self.admin_listen != new.admin_listen),
@@ -169,6 +172,7 @@ impl Reloader {
             config.routes,
             config.limits,
             config.rate_limit,
+            config.log.access,
             &self.metrics,
         )));
         self.metrics.config_reload(true);

@@ -757,7 +757,7 @@ async fn upload_of_50_mib_streams_without_buffering() {
 async fn demo_prints_working_curl_lines() {
     let dir = tempfile::tempdir().expect("dir");
     let repo = std::fs::read_to_string(repo_config()).expect("read gateway.yaml");
-    let yaml = ["127.0.0.1:8080", "127.0.0.1:9090", "127.0.0.1:9091"]
+    let yaml = ["127.0.0.1:8080", "127.0.0.1:8001", "127.0.0.1:8100"]
         .iter()
         .fold(repo, |text, addr| {
             replace_once(&text, &format!("listen: {addr}"), ZERO_LISTEN)

@@ -61,6 +61,15 @@ impl AdminClient {
         Ok(serde_json::Value::Array(all))
     }
 
+    /// A call whose answer is text (CSV), printed as it comes.
+    pub async fn text(&self, path: &str) -> Result<String, ClientError> {
+        let (status, _, bytes) = self.raw(Method::GET, path, None).await?;
+        if status.is_success() {
+            return Ok(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        Err(refusal(status, &bytes))
+    }
+
     /// One call: the JSON answer and the `Link` header, if any.
     async fn exchange(
         &self,
@@ -68,7 +77,30 @@ impl AdminClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<(serde_json::Value, Option<String>), ClientError> {
+        let (status, link, bytes) = self.raw(method, path, body).await?;
+        if status == StatusCode::NO_CONTENT {
+            return Ok((serde_json::Value::Null, None));
+        }
+        if !status.is_success() {
+            return Err(refusal(status, &bytes));
+        }
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|_| ClientError::Garbled(String::from_utf8_lossy(&bytes).into_owned()))?;
+        Ok((value, link))
+    }
+
+    /// One call: status, `Link` header and body.
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, Option<String>, Bytes), ClientError> {
         let url = format!("{}{}", self.base, path);
+        let unreachable = |reason: String| ClientError::Unreachable {
+            url: url.clone(),
+            reason,
+        };
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let request = Request::builder()
             .method(method)
@@ -76,18 +108,12 @@ impl AdminClient {
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(payload)))
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| unreachable(e.to_string()))?;
         let response = self
             .http
             .request(request)
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| unreachable(e.to_string()))?;
         let status = response.status();
         let link = response
             .headers()
@@ -100,20 +126,18 @@ impl AdminClient {
             .await
             .map_err(|e| ClientError::Garbled(e.to_string()))?
             .to_bytes();
-        if status == StatusCode::NO_CONTENT {
-            return Ok((serde_json::Value::Null, None));
-        }
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|_| ClientError::Garbled(String::from_utf8_lossy(&bytes).into_owned()))?;
-        if status.is_success() {
-            return Ok((value, link));
-        }
-        let message = value["error"]["message"]
-            .as_str()
-            .unwrap_or("request failed")
-            .to_owned();
-        Err(ClientError::Refused { status, message })
+        Ok((status, link, bytes))
     }
+}
+
+/// The admin API's `{"error": {"message"}}` of a refused call.
+fn refusal(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let message = value["error"]["message"]
+        .as_str()
+        .unwrap_or("request failed")
+        .to_owned();
+    ClientError::Refused { status, message }
 }
 
 /// The target of a `Link` header's `rel="next"`: a path on the admin API.

@@ -1,222 +1,254 @@
-//! `apps ...` and `keys ...`: each a call to the admin API, printed as a table or JSON.
+//! Running a management command: log in to the admin API, make the call [`super::calls`]
+//! built, print the answer as a table, a record or JSON.
 
-use super::client::{encode, AdminClient, ClientError};
-use super::table;
-use super::{AdminArgs, AppsCommand, KeysCommand};
-use http::Method;
-use serde_json::{json, Value};
+use super::calls::{AdminCall, Answer, UsageError, View};
+use super::client::{AdminClient, ClientError};
+use super::commands::AdminArgs;
+use super::table::{self, Column};
+use http::StatusCode;
+use serde_json::Value;
 use std::path::Path;
 use std::process::ExitCode;
 
-const APP_COLUMNS: &[&str] = &[
-    "id",
-    "name",
-    "scopes",
-    "rate_limit",
-    "created_at",
-    "created_by",
-];
-const USAGE_COLUMNS: &[&str] = &["date", "requests"];
-const KEY_COLUMNS: &[&str] = &[
-    "id",
-    "app_id",
-    "name",
-    "masked",
-    "status",
-    "created_at",
-    "expires_at",
-    "last_used_at",
-];
-
-pub async fn apps(config: &Path, args: &AdminArgs, command: AppsCommand) -> ExitCode {
-    let Some(client) = connect(config, args) else {
-        return ExitCode::FAILURE;
-    };
-    let result = match command {
-        AppsCommand::Create { name, scopes } => {
-            client
-                .call(
-                    Method::POST,
-                    "/v1/apps",
-                    Some(json!({"name": name, "scopes": scopes})),
-                )
-                .await
-        }
-        AppsCommand::List { search } => client.list(&with_search("/v1/apps", search)).await,
-        AppsCommand::Update { id, name, scopes } => {
-            let mut body = serde_json::Map::new();
-            if let Some(n) = name {
-                body.insert("name".into(), json!(n));
-            }
-            if let Some(s) = scopes {
-                body.insert("scopes".into(), json!(s));
-            }
-            client
-                .call(
-                    Method::PATCH,
-                    &format!("/v1/apps/{}", encode(&id)),
-                    Some(Value::Object(body)),
-                )
-                .await
-        }
-        AppsCommand::Usage { id, days } => {
-            let path = format!("/v1/apps/{}/usage?days={days}", encode(&id));
-            return print_result(
-                client.call(Method::GET, &path, None).await,
-                args.json,
-                USAGE_COLUMNS,
-            );
-        }
-        AppsCommand::Delete { id } => {
-            client
-                .call(Method::DELETE, &format!("/v1/apps/{}", encode(&id)), None)
-                .await
-        }
-    };
-    print_result(result, args.json, APP_COLUMNS)
+/// Why a management command failed, ready to print after `scopegate: `.
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("the admin API has no {0} (is the gateway older than this CLI?)")]
+    NoEndpoint(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Login(String),
 }
 
-pub async fn keys(config: &Path, args: &AdminArgs, command: KeysCommand) -> ExitCode {
-    let Some(client) = connect(config, args) else {
-        return ExitCode::FAILURE;
-    };
-    let result = match command {
-        KeysCommand::Create {
-            app,
-            name,
-            expires_in_days,
-        } => {
-            let mut body = json!({"name": name});
-            if let Some(days) = expires_in_days {
-                body["expires_in_days"] = json!(days);
-            }
-            let answer = client
-                .call(
-                    Method::POST,
-                    &format!("/v1/apps/{}/keys", encode(&app)),
-                    Some(body),
-                )
-                .await;
-            if let (Ok(v), false) = (&answer, args.json) {
-                println!("key: {}", v["key"].as_str().unwrap_or("-"));
-                println!("(shown once: store it now; only its hash is kept)");
-            }
-            answer
+/// Builds the call, makes it, prints the answer; the exit code says how it went.
+pub async fn run(config: &Path, args: &AdminArgs, call: Result<AdminCall, UsageError>) -> ExitCode {
+    match execute(config, args, call).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scopegate: {e}");
+            ExitCode::FAILURE
         }
-        KeysCommand::List {
-            app: Some(app),
-            search,
-        } => {
-            client
-                .list(&with_search(
-                    &format!("/v1/apps/{}/keys", encode(&app)),
-                    search,
-                ))
-                .await
-        }
-        KeysCommand::List { app: None, search } => {
-            client.list(&with_search("/v1/keys", search)).await
-        }
-        KeysCommand::Usage { id, days } => {
-            let path = format!("/v1/keys/{}/usage?days={days}", encode(&id));
-            return print_result(
-                client.call(Method::GET, &path, None).await,
-                args.json,
-                USAGE_COLUMNS,
-            );
-        }
-        KeysCommand::Revoke { id } => {
-            client
-                .call(Method::DELETE, &format!("/v1/keys/{}", encode(&id)), None)
-                .await
-        }
-    };
-    print_result(result, args.json, KEY_COLUMNS)
-}
-
-fn with_search(path: &str, search: Option<String>) -> String {
-    match search {
-        Some(s) => format!("{path}?search={}", encode(&s)),
-        None => path.to_owned(),
     }
 }
 
-/// Builds the client from flags, falling back to the config file and its token variable.
-fn connect(config_path: &Path, args: &AdminArgs) -> Option<AdminClient> {
-    let needs_config = args.admin_url.is_none() || args.token.is_none();
-    let config = if needs_config {
+async fn execute(
+    config: &Path,
+    args: &AdminArgs,
+    call: Result<AdminCall, UsageError>,
+) -> Result<(), ManageError> {
+    let call = call?;
+    let client = connect(config, args)?;
+    let answer = match call.answer {
+        Answer::Text => client.text(&call.path).await.map(Value::String),
+        Answer::List(_) => client.list(&call.path).await,
+        _ => {
+            client
+                .call(call.method.clone(), &call.path, call.body.clone())
+                .await
+        }
+    };
+    let value = answer.map_err(|e| explain(e, &call))?;
+    print(&value, call.answer, args);
+    Ok(())
+}
+
+/// A 404 names what was not found (or the call the server does not know).
+fn explain(error: ClientError, call: &AdminCall) -> ManageError {
+    match (&error, &call.subject) {
+        (ClientError::Refused { status, .. }, Some((what, id)))
+            if *status == StatusCode::NOT_FOUND =>
+        {
+            ManageError::NotFound {
+                what,
+                id: id.clone(),
+            }
+        }
+        (ClientError::Refused { status, message }, None)
+            if *status == StatusCode::NOT_FOUND && message == "not found" =>
+        {
+            let path = call.path.split('?').next().unwrap_or_default();
+            ManageError::NoEndpoint(format!("{} {path}", call.method))
+        }
+        _ => ManageError::Client(error),
+    }
+}
+
+fn print(value: &Value, answer: Answer, args: &AdminArgs) {
+    match (value, answer) {
+        (Value::String(text), Answer::Text) => print!("{text}"),
+        (_, _) if args.json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        (Value::Null, _) => println!("done"),
+        (_, Answer::Issued) => {
+            let mut shown = value.clone();
+            if let Value::Object(map) = &mut shown {
+                map.remove("key");
+            }
+            print!("{}", table::record(&shown));
+            println!();
+            println!("key: {}", value["key"].as_str().unwrap_or("-"));
+            println!("(shown once: store it now; only its hash is kept)");
+        }
+        (Value::Array(rows), Answer::List(view)) => {
+            print!("{}", table::render(rows, columns(view), args.wide));
+        }
+        (row, _) => print!("{}", table::record(row)),
+    }
+}
+
+const fn c(field: &'static str, max: usize) -> Column {
+    Column { field, max }
+}
+const ID: usize = 12;
+/// Times are shown to the minute in tables (`2026-01-31 12:00`).
+const TIME: usize = 16;
+const APPS: &[Column] = &[
+    c("id", ID),
+    c("name", 16),
+    c("scopes", 22),
+    c("rate_limit", 10),
+    c("created_at", TIME),
+    c("created_by", 10),
+];
+const KEYS: &[Column] = &[
+    c("id", ID),
+    c("app_id", ID),
+    c("name", 12),
+    c("status", 8),
+    c("created_by", 10),
+    c("expires_at", TIME),
+    c("last_used_at", TIME),
+];
+const USAGE: &[Column] = &[c("date", 10), c("requests", 12)];
+const SCOPES: &[Column] = &[c("name", 24), c("description", 72)];
+const ROUTES: &[Column] = &[
+    c("methods", 16),
+    c("path", 44),
+    c("scope", 20),
+    c("upstream", 12),
+];
+const AUDIT: &[Column] = &[
+    c("at", TIME),
+    c("actor", 10),
+    c("action", 12),
+    c("app_id", ID),
+    c("key_id", ID),
+    c("details", 28),
+];
+const EXPORT: &[Column] = &[
+    c("date", 10),
+    c("app_id", ID),
+    c("key_id", ID),
+    c("requests", 12),
+];
+
+/// Each view's columns, cut so that a table fits 100 columns.
+fn columns(view: View) -> &'static [Column] {
+    match view {
+        View::Apps => APPS,
+        View::Keys => KEYS,
+        View::Usage => USAGE,
+        View::Scopes => SCOPES,
+        View::Routes => ROUTES,
+        View::Audit => AUDIT,
+        View::Export => EXPORT,
+    }
+}
+
+/// The client from flags, falling back to the config file and its token variable.
+fn connect(config_path: &Path, args: &AdminArgs) -> Result<AdminClient, ManageError> {
+    let has_token = args.token.is_some() || args.token_file.is_some();
+    let config = if args.admin_url.is_none() || !has_token {
         match crate::config::load(config_path) {
             Ok(c) => Some(c),
             Err(errors) => {
                 for p in &errors.problems {
                     eprintln!("{p}");
                 }
-                eprintln!("scopegate: pass --admin-url and --token, or fix the config above");
-                return None;
+                return Err(ManageError::Login(
+                    "pass --admin-url and --token-file (or --token), or fix the config above"
+                        .into(),
+                ));
             }
         }
     } else {
         None
     };
-    let Some(url) = args.admin_url.clone().or_else(|| {
-        config
-            .as_ref()
-            .map(|c| format!("http://{}", c.admin.listen))
-    }) else {
-        eprintln!("scopegate: no admin URL: pass --admin-url");
-        return None;
+    let url = match (&args.admin_url, &config) {
+        (Some(url), _) => url.clone(),
+        (None, Some(c)) => format!("http://{}", super::health::reachable(c.admin.listen)),
+        (None, None) => return Err(ManageError::Login("no admin URL: pass --admin-url".into())),
     };
-    let token = match args.token.clone() {
-        Some(t) => t,
-        None => {
-            let Some(env) = config
-                .as_ref()
-                .and_then(|c| c.admin.tokens.first())
-                .map(|i| i.env.clone())
-            else {
-                eprintln!("scopegate: no admin token: pass --token");
-                return None;
-            };
-            match std::env::var(&env) {
-                Ok(t) => t,
-                Err(_) => {
-                    eprintln!("scopegate: no admin token: pass --token or set {env}");
-                    return None;
-                }
-            }
-        }
-    };
-    Some(AdminClient::new(&url, token))
+    Ok(AdminClient::new(&url, token(args, config.as_ref())?))
 }
 
-fn print_result(result: Result<Value, ClientError>, as_json: bool, columns: &[&str]) -> ExitCode {
-    match result {
-        Err(e) => {
-            eprintln!("scopegate: {e}");
-            ExitCode::FAILURE
+/// `--token-file`, `--token`, or the variable named by `admin.token_env`, in that order.
+fn token(args: &AdminArgs, config: Option<&crate::config::Config>) -> Result<String, ManageError> {
+    if let Some(file) = &args.token_file {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            ManageError::Login(format!("cannot read --token-file {}: {e}", file.display()))
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(ManageError::Login(format!(
+                "--token-file {} is empty",
+                file.display()
+            )));
         }
-        Ok(Value::Null) => {
-            if as_json {
-                println!("{{}}");
-            } else {
-                println!("done");
-            }
-            ExitCode::SUCCESS
+        return Ok(token.to_owned());
+    }
+    if let Some(token) = &args.token {
+        return Ok(token.clone());
+    }
+    let env = config
+        .and_then(|c| c.admin.tokens.first())
+        .map(|i| i.env.clone())
+        .ok_or_else(|| ManageError::Login("no admin token: pass --token-file or --token".into()))?;
+    std::env::var(&env).map_err(|_| {
+        ManageError::Login(format!(
+            "no admin token: pass --token-file or --token, or set {env}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_fits_100_columns() {
+        for view in [
+            View::Apps,
+            View::Keys,
+            View::Usage,
+            View::Scopes,
+            View::Routes,
+            View::Audit,
+            View::Export,
+        ] {
+            let cols = columns(view);
+            let width: usize =
+                cols.iter().map(|c| c.max.max(c.field.len())).sum::<usize>() + 2 * (cols.len() - 1);
+            assert!(width <= 100, "{view:?}: {width}");
         }
-        Ok(value) if as_json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(Value::Array(rows)) => {
-            print!("{}", table::render(&rows, columns));
-            ExitCode::SUCCESS
-        }
-        Ok(row) => {
-            print!("{}", table::render(&[row], columns));
-            ExitCode::SUCCESS
-        }
+    }
+
+    #[test]
+    fn a_token_file_is_trimmed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret\n").expect("write");
+        let args = AdminArgs {
+            token_file: Some(file),
+            ..AdminArgs::default()
+        };
+        assert_eq!(token(&args, None).expect("token"), "s3cret");
     }
 }

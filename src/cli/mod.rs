@@ -1,12 +1,22 @@
-//! The `scopegate` command line: `serve`, `check`, `demo`, and the `apps`/`keys` management
-//! commands, which call the admin API.
+//! The `scopegate` command line: `serve`, `check`, `demo`, `health`, and the management
+//! commands (`apps`, `keys`, `scopes`, `routes`, `audit`, `usage`), which call the admin API.
+//!
+//! [`commands`] holds what clap parses, [`calls`] the admin call each command makes,
+//! [`manage`] makes it and prints the answer ([`table`]); [`client`] speaks HTTP.
 
+mod calls;
 mod client;
+mod commands;
+mod health;
+mod logging;
 mod manage;
 mod table;
 
+use self::commands::{
+    AdminArgs, AppsCommand, AuditArgs, KeysCommand, RoutesCommand, ScopesCommand, UsageCommand,
+};
 use crate::config::{self, Config};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,15 +24,17 @@ use std::process::ExitCode;
 #[command(
     name = "scopegate",
     version,
-    about = "An API-key and scope enforcing reverse proxy"
+    about = "An API-key and scope enforcing reverse proxy",
+    after_help = "Examples:\n  scopegate check -c gateway.yaml\n  SCOPEGATE_ADMIN_TOKEN=... scopegate serve -c gateway.yaml\n  scopegate apps create --name billing --scopes deploy_tool,view_job_status\n  scopegate keys create --app APP_ID --name ci\n\nRun `scopegate COMMAND --help` for each command's flags and an example."
 )]
 pub struct Cli {
-    /// The config file.
+    /// The config file. E.g. -c /etc/scopegate/gateway.yaml
     #[arg(
         short = 'c',
         long = "config",
         global = true,
-        default_value = "gateway.yaml"
+        default_value = "gateway.yaml",
+        value_name = "FILE"
     )]
     pub config: PathBuf,
     #[command(subcommand)]
@@ -31,14 +43,31 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the proxy, admin and metrics listeners until SIGTERM/SIGINT.
+    /// Run the proxy, admin and metrics listeners until SIGTERM/SIGINT (then drain in-flight
+    /// requests for up to `shutdown_grace`); SIGHUP reloads the config.
+    #[command(
+        after_help = "Example:\n  SCOPEGATE_ADMIN_TOKEN=$(cat /run/secrets/admin) scopegate serve -c /etc/scopegate/gateway.yaml"
+    )]
     Serve,
-    /// Validate a config: prints `ok`, or each problem as FILE:LINE:COLUMN: message.
+    /// Validate a config: prints `ok`, or every problem as FILE:LINE:COLUMN: message (exit 1).
+    #[command(after_help = "Example:\n  scopegate check -c gateway.yaml")]
     Check,
     /// Run the gateway with sample upstreams, an embedded store in a temporary folder, and a
     /// ready-made app and key; prints curl lines to try.
+    #[command(after_help = "Example:\n  scopegate demo -c gateway.yaml")]
     Demo,
+    /// Exit 0 when the gateway's /readyz (on metrics.listen) answers 200; for health checks.
+    #[command(
+        after_help = "Examples:\n  scopegate health -c /etc/scopegate/gateway.yaml\n  scopegate health --url http://127.0.0.1:8100"
+    )]
+    Health {
+        /// The metrics listener's base URL [default: http:// + the config's metrics.listen].
+        /// E.g. --url http://127.0.0.1:8100
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
     /// Manage apps through the admin API.
+    #[command(after_help = "Example:\n  scopegate apps list --search billing")]
     Apps {
         #[command(flatten)]
         admin: AdminArgs,
@@ -46,89 +75,54 @@ pub enum Command {
         command: AppsCommand,
     },
     /// Manage keys through the admin API.
+    #[command(after_help = "Example:\n  scopegate keys list --app 3fZk9QpLm2Xa --status active")]
     Keys {
         #[command(flatten)]
         admin: AdminArgs,
         #[command(subcommand)]
         command: KeysCommand,
     },
-}
-
-/// Where the admin API is and how to log in.
-#[derive(Args, Debug, Clone)]
-pub struct AdminArgs {
-    /// Admin API base URL (default: http:// + the config's admin.listen).
-    #[arg(long, global = true)]
-    pub admin_url: Option<String>,
-    /// Admin token (default: the environment variable named by admin.token_env).
-    #[arg(long, global = true)]
-    pub token: Option<String>,
-    /// Print JSON instead of a table.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum AppsCommand {
-    Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long, value_delimiter = ',')]
-        scopes: Vec<String>,
+    /// The scopes the config defines.
+    #[command(after_help = "Example:\n  scopegate scopes list")]
+    Scopes {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: ScopesCommand,
     },
-    List {
-        #[arg(long)]
-        search: Option<String>,
+    /// The routes in force.
+    #[command(after_help = "Example:\n  scopegate routes list")]
+    Routes {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: RoutesCommand,
     },
-    Update {
-        id: String,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, value_delimiter = ',')]
-        scopes: Option<Vec<String>>,
+    /// The admin writes (apps and keys created, changed, revoked...), newest first.
+    #[command(
+        after_help = "Example:\n  scopegate audit --since 2026-01-31T00:00:00Z --app 3fZk9QpLm2Xa"
+    )]
+    Audit {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(flatten)]
+        filter: AuditArgs,
     },
-    Delete {
-        id: String,
-    },
-    /// Requests per UTC day, oldest first.
+    /// Usage counts across apps and keys.
+    #[command(
+        after_help = "Example:\n  scopegate usage export --from 2026-01-01 --to 2026-01-31 --format csv"
+    )]
     Usage {
-        id: String,
-        #[arg(long, default_value_t = 7)]
-        days: u32,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum KeysCommand {
-    Create {
-        #[arg(long)]
-        app: String,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        expires_in_days: Option<u32>,
-    },
-    List {
-        #[arg(long)]
-        app: Option<String>,
-        #[arg(long)]
-        search: Option<String>,
-    },
-    Revoke {
-        id: String,
-    },
-    /// Requests per UTC day, oldest first.
-    Usage {
-        id: String,
-        #[arg(long, default_value_t = 7)]
-        days: u32,
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: UsageCommand,
     },
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -151,30 +145,42 @@ fn runtime_builder() -> tokio::runtime::Builder {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
-}
-
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check => check(&cli.config),
         Command::Serve => match load(&cli.config) {
-            Some(config) => serve(config).await,
+            Some(config) => {
+                logging::init(config.log.format);
+                serve(config).await
+            }
             None => ExitCode::FAILURE,
         },
         Command::Demo => match load(&cli.config) {
-            Some(config) => crate::demo::run(config).await,
+            Some(config) => {
+                logging::init(config.log.format);
+                crate::demo::run(config).await
+            }
             None => ExitCode::FAILURE,
         },
-        Command::Apps { admin, command } => manage::apps(&cli.config, &admin, command).await,
-        Command::Keys { admin, command } => manage::keys(&cli.config, &admin, command).await,
+        Command::Health { url } => health::run(&cli.config, url).await,
+        Command::Apps { admin, command } => {
+            manage::run(&cli.config, &admin, calls::apps(command)).await
+        }
+        Command::Keys { admin, command } => {
+            manage::run(&cli.config, &admin, calls::keys(command)).await
+        }
+        Command::Scopes { admin, command } => {
+            manage::run(&cli.config, &admin, Ok(calls::scopes(command))).await
+        }
+        Command::Routes { admin, command } => {
+            manage::run(&cli.config, &admin, Ok(calls::routes(command))).await
+        }
+        Command::Audit { admin, filter } => {
+            manage::run(&cli.config, &admin, Ok(calls::audit(filter))).await
+        }
+        Command::Usage { admin, command } => {
+            manage::run(&cli.config, &admin, Ok(calls::usage(command))).await
+        }
     }
 }
 
@@ -228,7 +234,8 @@ async fn serve(config: Config) -> ExitCode {
     let gateway = match crate::gateway::start(config, tokens).await {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("scopegate: {}: {e}", path.display());
+            // Through the log, so that with `log.format: json` this line is JSON too.
+            tracing::error!("scopegate: {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };
@@ -270,5 +277,47 @@ pub async fn wait_for_stop_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command says what it does and shows an example; every flag and argument has help
+    /// with an example (`E.g.`).
+    #[test]
+    fn every_command_and_flag_has_help_with_an_example() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            let about = command
+                .get_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let after = command
+                .get_after_help()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            if about.is_empty() || !after.contains("Example") {
+                missing.push(format!("{path}: about or example"));
+            }
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                if !help.contains("E.g.") {
+                    missing.push(format!("{path} {id}: {help:?}"));
+                }
+            }
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
     }
 }

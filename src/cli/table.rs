@@ -1,12 +1,30 @@
-//! Printing admin answers as aligned text tables.
+//! Printing admin answers: lists as aligned tables that fit 100 columns (long cells cut with
+//! `~`, unless `--wide`), single objects as `field: value` lines.
 
 use serde_json::Value;
 
-/// Renders objects as a table with the given columns (JSON field names).
-pub fn render(rows: &[Value], columns: &[&str]) -> String {
+/// One column of a table.
+#[derive(Clone, Copy, Debug)]
+pub struct Column {
+    /// The JSON field shown.
+    pub field: &'static str,
+    /// Longest cell before it is cut (in characters), unless the table is wide.
+    pub max: usize,
+}
+
+/// What a cut cell ends with: ASCII, so widths stay one byte per character in any terminal.
+const CUT: char = '~';
+
+/// Renders objects as a table with the given columns.
+pub fn render(rows: &[Value], columns: &[Column], wide: bool) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|row| columns.iter().map(|c| cell(&row[*c])).collect())
+        .map(|row| {
+            columns
+                .iter()
+                .map(|c| fit(cell(&row[c.field]), c.max, wide))
+                .collect()
+        })
         .collect();
     let widths: Vec<usize> = columns
         .iter()
@@ -14,19 +32,47 @@ pub fn render(rows: &[Value], columns: &[&str]) -> String {
         .map(|(i, c)| {
             cells
                 .iter()
-                .map(|r| r[i].len())
-                .chain([c.len()])
+                .map(|r| r[i].chars().count())
+                .chain([c.field.len()])
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     let mut out = String::new();
-    let header: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
+    let header: Vec<String> = columns.iter().map(|c| c.field.to_uppercase()).collect();
     push_line(&mut out, &header, &widths);
     for row in &cells {
         push_line(&mut out, row, &widths);
     }
     out
+}
+
+/// One object as `field: value` lines, every field, nothing cut.
+pub fn record(row: &Value) -> String {
+    let Value::Object(map) = row else {
+        return format!("{}\n", cell(row));
+    };
+    let width = map.keys().map(String::len).max().unwrap_or(0);
+    map.iter()
+        .map(|(k, v)| format!("{:<w$} {}\n", format!("{k}:"), cell(v), w = width + 1))
+        .collect()
+}
+
+fn fit(text: String, max: usize, wide: bool) -> String {
+    if wide {
+        return text;
+    }
+    // RFC 3339 times to the minute: `2026-01-31T12:00:00Z` → `2026-01-31 12:00`.
+    let b = text.as_bytes();
+    if b.len() >= 19 && b[4] == b'-' && b[10] == b'T' && b[13] == b':' && b[16] == b':' {
+        return format!("{} {}", &text[..10], &text[11..16]);
+    }
+    if text.chars().count() <= max || max < 2 {
+        return text;
+    }
+    let mut cut: String = text.chars().take(max - 1).collect();
+    cut.push(CUT);
+    cut
 }
 
 fn push_line(out: &mut String, cells: &[String], widths: &[usize]) {
@@ -43,7 +89,12 @@ fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
+        Value::Array(items) if items.is_empty() => "-".to_owned(),
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        // A rate limit reads as the CLI takes it.
+        Value::Object(map) if map.contains_key("per_second") && map.contains_key("burst") => {
+            format!("{}/{}", cell(&map["per_second"]), cell(&map["burst"]))
+        }
         Value::Object(map) => map
             .iter()
             .map(|(k, v)| format!("{k}={}", cell(v)))
@@ -57,16 +108,71 @@ fn cell(value: &Value) -> String {
 mod tests {
     use super::*;
 
+    const COLUMNS: &[Column] = &[
+        Column {
+            field: "id",
+            max: 6,
+        },
+        Column {
+            field: "name",
+            max: 10,
+        },
+        Column {
+            field: "scopes",
+            max: 10,
+        },
+    ];
+
     #[test]
     fn aligns_columns_and_shows_missing_values() {
         let rows = vec![
             serde_json::json!({"id": "a1", "name": "tools", "scopes": ["x", "y"]}),
             serde_json::json!({"id": "b22", "name": null, "scopes": []}),
         ];
-        let text = render(&rows, &["id", "name", "scopes"]);
+        let text = render(&rows, COLUMNS, false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "ID   NAME   SCOPES");
         assert_eq!(lines[1], "a1   tools  x,y");
-        assert_eq!(lines[2], "b22  -");
+        assert_eq!(lines[2], "b22  -      -");
+    }
+
+    #[test]
+    fn cuts_long_cells_unless_wide() {
+        let rows = vec![
+            serde_json::json!({"id": "0123456789", "name": "n", "scopes": [],
+            "rate_limit": {"per_second": 5, "burst": 10}}),
+        ];
+        assert_eq!(
+            render(&rows, COLUMNS, false).lines().nth(1),
+            Some("01234~  n     -")
+        );
+        assert_eq!(
+            render(&rows, COLUMNS, true).lines().nth(1),
+            Some("0123456789  n     -")
+        );
+        let columns = [Column {
+            field: "rate_limit",
+            max: 10,
+        }];
+        assert_eq!(render(&rows, &columns, false).lines().nth(1), Some("5/10"));
+        let rows = vec![serde_json::json!({"at": "2026-01-31T12:34:56.789Z"})];
+        let columns = [Column {
+            field: "at",
+            max: 16,
+        }];
+        assert_eq!(
+            render(&rows, &columns, false).lines().nth(1),
+            Some("2026-01-31 12:34")
+        );
+        assert_eq!(
+            render(&rows, &columns, true).lines().nth(1),
+            Some("2026-01-31T12:34:56.789Z")
+        );
+    }
+
+    #[test]
+    fn a_record_shows_every_field() {
+        let text = record(&serde_json::json!({"id": "k1", "allowed_ips": ["10.0.0.0/8"]}));
+        assert_eq!(text, "allowed_ips: 10.0.0.0/8\nid:          k1\n");
     }
 }

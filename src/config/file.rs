@@ -25,6 +25,14 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     pub limits: Option<RawLimits>,
     pub shutdown_grace: Option<String>,
+    pub log: Option<RawLog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "log")]
+pub struct RawLog {
+    pub format: Option<super::LogFormat>,
+    pub access: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

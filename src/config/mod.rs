@@ -1,13 +1,15 @@
 //! The gateway's configuration: the YAML file, read, checked and turned into [`Config`].
 //!
 //! [`load`] and [`parse`] either return a fully validated [`Config`] or every problem found, each with
-//! `FILE:LINE:COLUMN` where a position applies. A YAML syntax or type error stops at that error;
-//! semantic checks (addresses, URLs, names, references, routes) are all run and all reported.
+//! `FILE:LINE:COLUMN` where a position applies, in file order: unknown keys and wrongly typed
+//! values ([`syntax`]) together with the semantic checks (addresses, URLs, names, references,
+//! routes). Only a YAML syntax error, past which nothing can be read, is reported alone.
 
 mod error;
 mod file;
 mod position;
 mod routes;
+mod syntax;
 mod validate;
 pub(crate) mod values;
 
@@ -25,13 +27,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Loopback only: the admin API must be exposed on purpose, never by default.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8001";
 /// The environment variable the contract's example uses for the `admin` identity's token.
 pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "SCOPEGATE_ADMIN_TOKEN";
 /// The name of the identity whose token comes from `admin.token_env` (shown as `created_by`).
 pub const ADMIN_IDENTITY: &str = "admin";
-/// Loopback, next to the admin port, as in the contract's example.
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9091";
+/// Loopback; 8100 rather than 9090/9091, which a Prometheus and a Pushgateway on the same host use.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:8100";
 /// Embedded store beside the config file, as in the contract's example.
 pub const DEFAULT_STORE_PATH: &str = "./data";
 /// A store call slower than this counts as unavailable: the request path must not hang on it.
@@ -90,7 +92,30 @@ pub struct Config {
     pub limits: Limits,
     /// Time given to in-flight requests on shutdown.
     pub shutdown_grace: Duration,
+    pub log: LogConfig,
 }
+
+/// The contract's `log:` block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// One line per proxied request.
+    pub access: bool,
+}
+
+/// How log lines are written (`log.format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The contract's example: access lines on, so a new operator sees traffic in the log.
+pub const DEFAULT_ACCESS_LOG: bool = true;
 
 /// Certificate chain and private key (PEM), resolved relative to the config file's directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,8 +287,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             "the file is empty",
         )));
     }
-    let raw: file::RawConfig =
-        serde_yaml::from_str(text).map_err(|e| ConfigErrors::one(Problem::from_yaml(path, &e)))?;
+    let (raw, mut problems) = syntax::read(path, text);
+    let Some(raw) = raw else {
+        return Err(ConfigErrors { problems });
+    };
     let index = position::PositionIndex::build(text);
-    validate::validate(path, raw, &index)
+    match validate::validate(path, raw, &index) {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors { problems }),
+        Err(semantic) => {
+            problems.extend(semantic.problems);
+            // File order, as an editor lists them; problems about the whole file last.
+            problems.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
+            Err(ConfigErrors { problems })
+        }
+    }
 }

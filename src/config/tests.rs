@@ -73,8 +73,8 @@ fn with_route(route: &str) -> String {
 fn example_file_parses() {
     let c = ok(include_str!("../../gateway.yaml"));
     assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
-    assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9091");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8001");
+    assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:8100");
     assert_eq!(c.scopes.len(), 14);
     assert_eq!(c.scopes[0].0, "deploy_tool");
     assert_eq!(c.scopes[13].0, "view_job_status");
@@ -204,7 +204,7 @@ fn listen_addresses_must_parse() {
         &["listen: \"localhost:8080\" is not an IP:PORT address"],
     );
     one(
-        &min_plus("admin:\n  listen: 9090\n"),
+        &min_plus("admin:\n  listen: 8001\n"),
         11,
         11,
         &["admin.listen:"],
@@ -767,4 +767,31 @@ fn load_reads_files_and_reports_unreadable_ones() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml");
     let c = load(&example).unwrap();
     assert_eq!(c.path, example);
+}
+
+#[test]
+fn key_problems_and_semantic_problems_are_reported_together() {
+    let yaml = MIN
+        .replace("listen: 127.0.0.1:8080", "listen: nowhere\nlistn: 1")
+        .replace("    scope: public", "    scope: public\n    max_bdy: 1KiB")
+        .replace(
+            "    url: http://127.0.0.1:7001",
+            "    url: http://127.0.0.1:7001\n    timeout: soon",
+        )
+        + "cache:\n  max_entries: lots\n  ttl: 0s\nlog:\n  format: xml\n";
+    let all = problems(&yaml);
+    let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 7, "{shown:#?}");
+    assert_at(&all[0], 1, 9, &["listen: \"nowhere\" is not an IP:PORT"]);
+    assert_at(&all[1], 2, 1, &["unknown field `listn`"]);
+    assert_at(
+        &all[2],
+        6,
+        14,
+        &["upstreams.tools.timeout: \"soon\" is not a duration"],
+    );
+    assert_at(&all[3], 11, 5, &["routes[0]: unknown field `max_bdy`"]);
+    assert_at(&all[4], 14, 16, &["cache.max_entries: invalid type"]);
+    assert_at(&all[5], 15, 8, &["cache.ttl: must be longer than zero"]);
+    assert_at(&all[6], 17, 11, &["log.format: unknown variant `xml`"]);
 }

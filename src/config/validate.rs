@@ -136,6 +136,12 @@ pub(super) fn validate(
         None => DEFAULT_SHUTDOWN_GRACE,
     };
 
+    let raw_log = raw.log.unwrap_or_default();
+    let log = LogConfig {
+        format: raw_log.format.unwrap_or_default(),
+        access: raw_log.access.unwrap_or(DEFAULT_ACCESS_LOG),
+    };
+
     let table = RouteTable::build(route_specs.clone())
         .map_err(|problems| route_problems(&mut c, problems, &origin));
     match table {
@@ -155,6 +161,7 @@ pub(super) fn validate(
             route_specs,
             limits,
             shutdown_grace,
+            log,
         }),
         _ => Err(ConfigErrors {
             problems: c.problems,

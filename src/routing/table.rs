@@ -138,6 +138,17 @@ impl RouteTable {
         }
     }
 
+    /// The first route (in config order) whose pattern matches `path` for some method: the
+    /// route a 405 is counted under, so its metrics name the pattern rather than `unmatched`.
+    pub fn route_for_path(&self, path: &str) -> Option<&Route> {
+        self.by_method
+            .values()
+            .chain([&self.any])
+            .filter_map(|r| r.router.at(path).ok().map(|m| *m.value))
+            .min()
+            .and_then(|i| self.routes.get(i))
+    }
+
     /// The `Allow` value for a path: the methods some route accepts it with.
     pub fn allowed_methods(&self, path: &str) -> Option<String> {
         let mut allowed: Vec<&str> = self

@@ -5,6 +5,7 @@
 //! - [`gateway`]: a whole scopegate (in-process, port 0) from a YAML config, with admin helpers;
 //! - [`h2`]: raw HTTP/2 frames on a socket, for floods no client library would send;
 //! - [`http`]: a small HTTP client and raw-socket helpers;
+//! - [`process`]: the real binary as a child process (`serve`, management commands);
 //! - [`prom`]: a strict Prometheus text parser for `/metrics` assertions.
 #![allow(dead_code)]
 
@@ -13,6 +14,7 @@ pub mod gateway;
 pub mod h2;
 pub mod http;
 pub mod instances;
+pub mod process;
 pub mod prom;
 pub mod redis;
 pub mod upstream;

@@ -1,0 +1,117 @@
+//! Reading the file into [`RawConfig`] while collecting every key-level problem, not only the
+//! first: serde stops at the first unknown key or wrongly typed value, so each one found is
+//! reported and its entry blanked out of a copy of the text (line numbers kept), and the copy
+//! is read again. What is left is validated as usual, so `check` reports unknown keys and type
+//! errors together with the semantic problems.
+//!
+//! A YAML syntax error (bad indentation, an unclosed quote) leaves nothing to read past: it is
+//! reported alone. An entry that cannot be blanked safely (inside a `{...}` flow mapping) ends
+//! the search there too.
+
+use super::error::Problem;
+use super::file::RawConfig;
+use std::path::Path;
+
+/// More than any real file has; bounds the work on a pathological one.
+const MAX_PROBLEMS: usize = 100;
+
+/// The file's raw config when one could be read (after blanking the entries that were
+/// reported), and the key-level problems found on the way.
+pub(super) fn read(file: &Path, text: &str) -> (Option<RawConfig>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut blanked = false;
+    while problems.len() < MAX_PROBLEMS {
+        let current = lines.join("\n");
+        let error = match serde_yaml::from_str::<RawConfig>(&current) {
+            Ok(raw) => return (Some(raw), problems),
+            Err(e) => e,
+        };
+        let message = error.to_string();
+        // A required field we blanked ourselves: already reported as what it was.
+        if blanked && message.contains("missing field") {
+            break;
+        }
+        problems.push(Problem::from_yaml(file, &error));
+        let Some(loc) = error.location() else { break };
+        if !is_entry_error(&message) || !blank_entry(&mut lines, loc.line(), loc.column()) {
+            break;
+        }
+        blanked = true;
+    }
+    (None, problems)
+}
+
+/// Errors about one entry (its key or its value), which blanking that entry removes.
+fn is_entry_error(message: &str) -> bool {
+    [
+        "unknown field",
+        "invalid type",
+        "invalid value",
+        "unknown variant",
+        "invalid length",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
+/// Blanks the block-mapping entry on `line` (1-based) whose key or value starts at `column`:
+/// from its key to the end of the line, and the more indented lines under it. `false` when the
+/// line is not a plain `key: value` entry that can be cut without breaking its neighbours.
+fn blank_entry(lines: &mut [String], line: usize, column: usize) -> bool {
+    let Some(index) = line.checked_sub(1) else {
+        return false;
+    };
+    let Some(text) = lines.get(index) else {
+        return false;
+    };
+    // The key starts after the indentation and any `- ` sequence markers.
+    let key_start = text
+        .char_indices()
+        .find(|(_, c)| *c != ' ' && *c != '-')
+        .map_or(text.len(), |(i, _)| i);
+    let prefix = &text[..key_start];
+    let Some(at) = column.checked_sub(1).filter(|c| *c >= key_start) else {
+        return false;
+    };
+    // Either the key itself, or a value right after `key:` on a line of plain block style.
+    let between = text.get(key_start..at).unwrap_or("{");
+    let plain = at == key_start || (between.contains(':') && !between.contains(['{', '[', ',']));
+    if !plain {
+        return false;
+    }
+    let indent = key_start;
+    // A `- key:` item keeps its `-`, so the item's other keys stay one mapping.
+    lines[index] = prefix.trim_end().to_owned();
+    for next in lines.iter_mut().skip(index + 1) {
+        let spaces = next.len() - next.trim_start_matches(' ').len();
+        if next.trim().is_empty() || next.trim_start().starts_with('#') || spaces > indent {
+            next.clear();
+        } else {
+            break;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blanks_a_nested_entry_and_keeps_an_items_marker() {
+        let mut lines: Vec<String> = "a:\n  bad:\n    x: 1\n  good: 2\nr:\n  - typo: 1\n    k: 2"
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert!(blank_entry(&mut lines, 2, 3));
+        assert!(blank_entry(&mut lines, 6, 5));
+        assert_eq!(lines.join("\n"), "a:\n\n\n  good: 2\nr:\n  -\n    k: 2");
+    }
+
+    #[test]
+    fn leaves_flow_mappings_alone() {
+        let mut lines = vec!["a: {b: 1, c: 2}".to_owned()];
+        assert!(!blank_entry(&mut lines, 1, 11));
+    }
+}

@@ -1,0 +1,180 @@
+//! The management CLI against the real binary: errors that say why, trimmed scopes, rate-limit
+//! overrides, `keys show`, `scopes list`, "not found" naming what, `--token-file`, tables that
+//! fit 100 columns, and `scopegate health`.
+
+mod common;
+
+use common::gateway::{config_yaml, Upstreams, ADMIN_TOKEN};
+use common::process::{scopegate, Run, ServeProcess};
+use common::upstream::Upstream;
+use serde_json::Value;
+
+async fn serve(dir: &std::path::Path) -> ServeProcess {
+    let upstream = Upstream::start().await;
+    let yaml = config_yaml(
+        &Upstreams {
+            tools: upstream.url(),
+        },
+        None,
+        &dir.join("data"),
+    );
+    ServeProcess::start(dir, &yaml).await
+}
+
+fn ok(run: &Run) -> &str {
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        run.stdout,
+        run.stderr
+    );
+    &run.stdout
+}
+
+fn json(run: &Run) -> Value {
+    serde_json::from_str(ok(run)).unwrap_or_else(|e| panic!("not JSON ({e}): {}", run.stdout))
+}
+
+fn refused(run: &Run, says: &str) {
+    assert_eq!(run.code, Some(1), "stdout: {}", run.stdout);
+    assert!(run.stderr.contains(says), "{:?} lacks {says:?}", run.stderr);
+}
+
+#[tokio::test]
+async fn management_commands_explain_themselves_and_fit_the_terminal() {
+    let dir = tempfile::tempdir().expect("dir");
+    let gw = serve(dir.path()).await;
+
+    refused(
+        &gw.cli(&["apps", "create", "--name", "x"]).await,
+        "an app needs at least one scope",
+    );
+    let long_name = "an-app-with-a-rather-long-name-that-would-not-fit";
+    let app = json(
+        &gw.cli(&[
+            "apps",
+            "create",
+            "--name",
+            long_name,
+            "--scopes",
+            "view_job_status, deploy_tool",
+            "--json",
+        ])
+        .await,
+    );
+    assert_eq!(
+        app["scopes"],
+        serde_json::json!(["view_job_status", "deploy_tool"])
+    );
+    let id = app["id"].as_str().expect("id").to_owned();
+
+    refused(&gw.cli(&["apps", "update", &id]).await, "nothing to change");
+    refused(
+        &gw.cli(&["apps", "update", &id, "--rate-limit", "fast"])
+            .await,
+        "PER_SECOND/BURST",
+    );
+    let limited = json(
+        &gw.cli(&["apps", "update", &id, "--rate-limit", "5/10", "--json"])
+            .await,
+    );
+    assert_eq!(
+        limited["rate_limit"],
+        serde_json::json!({"per_second": 5, "burst": 10})
+    );
+    let default = json(
+        &gw.cli(&["apps", "update", &id, "--default-rate-limit", "--json"])
+            .await,
+    );
+    assert!(default["rate_limit"].is_null(), "{default}");
+    refused(
+        &gw.cli(&["apps", "update", "nosuchapp123", "--name", "y"])
+            .await,
+        "app \"nosuchapp123\" not found",
+    );
+
+    let key = json(
+        &gw.cli(&["keys", "create", "--app", &id, "--name", "k", "--json"])
+            .await,
+    );
+    let key_id = key["id"].as_str().expect("key id");
+    let full = key["key"].as_str().expect("key");
+    let shown = gw.cli(&["keys", "show", key_id]).await;
+    assert!(
+        ok(&shown).contains("id:") && shown.stdout.contains(key_id),
+        "{}",
+        shown.stdout
+    );
+    assert!(
+        !shown.stdout.contains(full),
+        "the full key is shown once only"
+    );
+    refused(
+        &gw.cli(&["keys", "show", "nosuchkey123"]).await,
+        "key \"nosuchkey123\" not found",
+    );
+
+    let scopes = gw.cli(&["scopes", "list"]).await;
+    assert!(ok(&scopes).contains("deploy_tool") && scopes.stdout.contains("Deploy a tool"));
+
+    for table in [
+        gw.cli(&["apps", "list"]).await,
+        gw.cli(&["keys", "list"]).await,
+    ] {
+        for line in ok(&table).lines() {
+            assert!(line.len() <= 100, "{} columns: {line}", line.len());
+        }
+    }
+    let narrow = gw.cli(&["apps", "list"]).await;
+    assert!(ok(&narrow).contains("CREATED_BY") && narrow.stdout.contains(" admin"));
+    assert!(
+        !narrow.stdout.contains(long_name),
+        "a long name is cut:\n{}",
+        narrow.stdout
+    );
+    let wide = gw.cli(&["apps", "list", "--wide"]).await;
+    assert!(ok(&wide).contains(long_name), "{}", wide.stdout);
+
+    // The token from a file, with no environment variable to fall back on.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).expect("write token");
+    let url = format!("http://{}", gw.admin);
+    let run = scopegate(&[
+        "scopes",
+        "list",
+        "--admin-url",
+        &url,
+        "--token-file",
+        token_file.to_str().expect("path"),
+    ])
+    .await;
+    ok(&run);
+    std::fs::write(&token_file, "wrong\n").expect("write token");
+    let run = scopegate(&[
+        "scopes",
+        "list",
+        "--admin-url",
+        &url,
+        "--token-file",
+        token_file.to_str().expect("path"),
+    ])
+    .await;
+    refused(&run, "401");
+}
+
+#[tokio::test]
+async fn health_exits_0_only_while_the_gateway_is_ready() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut gw = serve(dir.path()).await;
+    let config = gw.config();
+    let config = config.to_str().expect("path");
+    assert_eq!(
+        ok(&scopegate(&["health", "-c", config]).await).trim(),
+        "ready"
+    );
+    gw.stop().await;
+    let down = scopegate(&["health", "-c", config]).await;
+    assert_eq!(down.code, Some(1), "{down:?}");
+    assert!(down.stderr.contains("/readyz"), "{down:?}");
+}

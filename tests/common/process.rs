@@ -1,0 +1,164 @@
+//! The real `scopegate` binary as a child process: `serve` on free ports with its stdout and
+//! stderr in files, and management commands against it. For tests of what an operator sees
+//! (log lines, CLI output, a scrape for promtool).
+
+use super::gateway::ADMIN_TOKEN;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_scopegate");
+/// The variable the configs started here name in `admin.token_env`.
+pub const TOKEN_ENV: &str = "SCOPEGATE_PROCESS_TEST_TOKEN";
+const READY_WITHIN: Duration = Duration::from_secs(10);
+const ZERO_LISTEN: &str = "listen: 127.0.0.1:0";
+
+/// What a finished command left behind.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// `scopegate serve` running in `dir`.
+pub struct ServeProcess {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl ServeProcess {
+    /// Writes `yaml` (its three `listen: 127.0.0.1:0` lines filled with free ports, and
+    /// `token_env` pointing at [`TOKEN_ENV`]) to `dir/gateway.yaml` and serves it.
+    pub async fn start(dir: &Path, yaml: &str) -> ServeProcess {
+        for _ in 0..5 {
+            let addrs = free_addrs();
+            let text = addrs.iter().fold(yaml.to_owned(), |t, a| {
+                t.replacen(ZERO_LISTEN, &format!("listen: {a}"), 1)
+            });
+            let text = text.replace("SCOPEGATE_TEST_UNUSED_TOKEN", TOKEN_ENV);
+            std::fs::write(dir.join("gateway.yaml"), text).expect("write config");
+            let child = Command::new(BIN)
+                .args(["serve", "-c"])
+                .arg(dir.join("gateway.yaml"))
+                .env(TOKEN_ENV, ADMIN_TOKEN)
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stdout(File::create(dir.join("serve.stdout")).expect("stdout file"))
+                .stderr(File::create(dir.join("serve.log")).expect("log file"))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn scopegate");
+            let mut process = ServeProcess {
+                child,
+                proxy: addrs[0],
+                admin: addrs[1],
+                metrics: addrs[2],
+                dir: dir.to_owned(),
+            };
+            if process.wait_ready().await {
+                return process;
+            }
+            let _ = process.child.kill().await;
+        }
+        panic!(
+            "scopegate serve did not start; log:\n{}",
+            read(dir, "serve.log")
+        );
+    }
+
+    async fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + READY_WITHIN;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return false;
+            }
+            let url = format!("http://{}/readyz", self.metrics);
+            if let Ok(Ok(a)) = tokio::time::timeout(Duration::from_secs(1), try_get(&url)).await {
+                if a == 200 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("gateway.yaml")
+    }
+
+    /// Everything the process wrote to stderr and stdout so far.
+    pub fn output(&self) -> String {
+        read(&self.dir, "serve.log") + &read(&self.dir, "serve.stdout")
+    }
+
+    /// SIGTERM and wait for the exit, so every line is flushed.
+    pub async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+    }
+
+    /// `scopegate ARGS -c CONFIG` with the admin token in the environment.
+    pub async fn cli(&self, args: &[&str]) -> Run {
+        let config = self.config();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-c", config.to_str().expect("UTF-8 path")]);
+        scopegate(&all).await
+    }
+}
+
+/// Runs `scopegate ARGS` to the end, with the admin token in [`TOKEN_ENV`].
+pub async fn scopegate(args: &[&str]) -> Run {
+    let output = Command::new(BIN)
+        .args(args)
+        .env(TOKEN_ENV, ADMIN_TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run scopegate");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+async fn try_get(url: &str) -> Result<u16, String> {
+    let request = http::Request::get(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let answer = super::http::client()
+        .request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(answer.status().as_u16())
+}
+
+/// Three distinct ports the OS just handed out.
+fn free_addrs() -> [SocketAddr; 3] {
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let addr = |i: usize| listeners[i].local_addr().expect("local address");
+    [addr(0), addr(1), addr(2)]
+}
