@@ -178,3 +178,98 @@ async fn health_exits_0_only_while_the_gateway_is_ready() {
     assert_eq!(down.code, Some(1), "{down:?}");
     assert!(down.stderr.contains("/readyz"), "{down:?}");
 }
+
+#[tokio::test]
+async fn key_lifecycle_audit_and_export_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let gw = serve(dir.path()).await;
+    let app = json(
+        &gw.cli(&[
+            "apps",
+            "create",
+            "--name",
+            "cli-life",
+            "--scopes",
+            "deploy_tool",
+            "--json",
+        ])
+        .await,
+    );
+    let app_id = app["id"].as_str().expect("id").to_owned();
+    let created = json(
+        &gw.cli(&[
+            "keys",
+            "create",
+            "--app",
+            &app_id,
+            "--name",
+            "ci",
+            "--allowed-ips",
+            "127.0.0.1, ::1",
+            "--expires-in-days",
+            "30",
+            "--json",
+        ])
+        .await,
+    );
+    let key_id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        created["allowed_ips"],
+        serde_json::json!(["127.0.0.1", "::1"])
+    );
+
+    let disabled = json(&gw.cli(&["keys", "disable", &key_id, "--json"]).await);
+    assert_eq!(disabled["status"], "disabled");
+    let enabled = json(&gw.cli(&["keys", "enable", &key_id, "--json"]).await);
+    assert_eq!(enabled["status"], "active");
+    let rolled = gw.cli(&["keys", "roll", &key_id, "--grace", "0s"]).await;
+    let printed = ok(&rolled);
+    assert!(
+        printed.contains("sg_"),
+        "the new key is printed once: {printed}"
+    );
+    let revoked = json(
+        &gw.cli(&["keys", "list", "--status", "revoked", "--json"])
+            .await,
+    );
+    assert!(revoked
+        .as_array()
+        .expect("array")
+        .iter()
+        .any(|k| k["id"] == key_id.as_str()));
+
+    let audit = json(&gw.cli(&["audit", "--app", &app_id, "--json"]).await);
+    let actions: Vec<&str> = audit
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| e["action"].as_str().expect("action"))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "key.rolled",
+            "key.enabled",
+            "key.disabled",
+            "key.created",
+            "app.created"
+        ]
+    );
+    let export = gw
+        .cli(&[
+            "usage",
+            "export",
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2026-01-31",
+            "--format",
+            "csv",
+        ])
+        .await;
+    assert!(
+        ok(&export).starts_with("date,app_id,key_id,requests"),
+        "{}",
+        export.stdout
+    );
+}
