@@ -47,14 +47,24 @@ pub async fn purge_revoked(store: &dyn KeyStore, retain: Duration) -> Vec<String
                 break;
             }
         };
+        let mut progress = false;
         for id in ids {
             match purge_one(store, &id).await {
-                Ok(()) => purged.push(id),
+                Ok(true) => {
+                    progress = true;
+                    purged.push(id);
+                }
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "purging revoked keys stopped; will resume later");
                     return purged;
                 }
             }
+        }
+        // Ids whose records were gone already (another instance purged them): the indexes no
+        // longer hold them either, so the next round moves on; a round with no progress ends.
+        if !progress {
+            break;
         }
     }
     if !purged.is_empty() {
@@ -67,9 +77,10 @@ pub async fn purge_revoked(store: &dyn KeyStore, retain: Duration) -> Vec<String
 }
 
 /// Removes one revoked key and records that in the audit log (as the gateway's own act).
-async fn purge_one(store: &dyn KeyStore, id: &str) -> Result<(), StoreError> {
+async fn purge_one(store: &dyn KeyStore, id: &str) -> Result<bool, StoreError> {
     let app_id = store.get_key(id).await?.map(|k| k.app_id);
-    if store.delete_key(id).await? {
+    let deleted = store.delete_key(id).await?;
+    if deleted {
         let event = AuditEvent {
             at: now_unix(),
             actor: SYSTEM_ACTOR.to_owned(),
@@ -80,7 +91,7 @@ async fn purge_one(store: &dyn KeyStore, id: &str) -> Result<(), StoreError> {
         };
         store.append_audit(&event).await?;
     }
-    Ok(())
+    Ok(deleted)
 }
 
 /// Sets `scopegate_keys_expiring_soon` (keys not revoked that expire within a week).

@@ -297,6 +297,12 @@ async fn retained_then_purged(g: &TestGateway) {
             .status,
         404
     );
+    let audit = g
+        .admin(Method::GET, &format!("/v1/audit?key={id}"), None)
+        .await
+        .json();
+    assert_eq!(audit[0]["action"], "key.purged", "{audit}");
+    assert_eq!(audit[0]["actor"], "scopegate");
 }
 
 fn policy(yaml: String) -> String {

@@ -159,12 +159,12 @@ return 1";
 /// KEYS: key, key index, app's key index, last_used hash, revoked index, expiry index, then
 /// the key's usage hashes. ARGV: key id, channel, listing position.
 const DELETE_KEY: &str = r"
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
-redis.call('ZREM', KEYS[6], ARGV[1])
 for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('PUBLISH', ARGV[2], 'key:' .. ARGV[1])
 return 1";
