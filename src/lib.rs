@@ -13,7 +13,8 @@
 //!
 //! Beside the request path: [`admin`] (apps and keys API), [`metrics`] (health and readiness),
 //! [`config`] (the YAML file, validated), [`tls`] (the listener's certificate, upstream CAs),
-//! [`gateway`] (wiring and shutdown), [`cli`] and [`demo`]; [`redact`] keeps credentials in
+//! [`gateway`] (wiring and shutdown), [`lifecycle`] (key upkeep off the request path: revoking
+//! deleted apps' keys, purging revoked ones, the expiring-keys gauge), [`cli`] and [`demo`]; [`redact`] keeps credentials in
 //! URLs out of everything printed; [`throttle`] bounds log lines a client can cause.
 
 pub mod admin;

@@ -2,7 +2,9 @@
 //!
 //! A cached key or app is served without touching the store. Concurrent misses for one id cost
 //! one store read; unknown ids are remembered briefly so a flood of random keys cannot hammer the
-//! store. Invalidations from other instances (via the store's change feed) drop entries at once.
+//! store. Invalidations from other instances (via the store's change feed) drop entries at once,
+//! and generation counters ([`tier`]) keep a fill that raced one from ever being served. While
+//! the change feed is down nothing new is cached.
 
 mod generation;
 mod tier;
