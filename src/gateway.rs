@@ -334,6 +334,7 @@ fn spawn_lifecycle_upkeep(admin: Arc<Admin>) -> JoinHandle<()> {
         let mut tick = tokio::time::interval(lifecycle::UPKEEP_EVERY);
         loop {
             tick.tick().await;
+            lifecycle::upgrade(&*admin.store).await;
             lifecycle::revoke_keys_of_deleted_apps(admin.store.clone()).await;
             let retain = admin.keys.load().retain_revoked;
             lifecycle::purge_revoked(&*admin.store, retain).await;

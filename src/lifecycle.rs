@@ -16,6 +16,17 @@ pub const SYSTEM_ACTOR: &str = "scopegate";
 /// "Expiring soon", for the gauge: within a week.
 const SOON: u64 = 7 * 86_400;
 
+/// Brings an older version's data up to date (see [`KeyStore::upgrade`]).
+pub async fn upgrade(store: &dyn KeyStore) {
+    match store.upgrade().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(records = n, "indexed records written by an earlier version"),
+        Err(e) => {
+            tracing::warn!(error = %e, "upgrading the store layout stopped; will resume later")
+        }
+    }
+}
+
 /// Marks the keys of deleted apps revoked, chunk by chunk, until none is left.
 pub async fn revoke_keys_of_deleted_apps(store: Arc<dyn KeyStore>) {
     let mut handled = 0;

@@ -1384,3 +1384,63 @@ async fn ttl_of(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 
         .await
         .expect("ttl")
 }
+
+/// Data an earlier version wrote (sets of ids instead of sorted listing indexes) is indexed by
+/// `upgrade`, in bounded chunks, and the old sets go; records are read as they were.
+#[tokio::test]
+async fn redis_upgrade_indexes_the_layout_of_earlier_versions() {
+    let (server, store) = redis_store().await;
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    // The old layout, written the way the old scripts did, for 1200 keys (more than one chunk).
+    let old_app = serde_json::json!({"id": "a1", "name": "old", "scopes": ["read"],
+        "rate_limit": null, "created_at": 5, "created_by": "admin"});
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET")
+        .arg("sg:app:a1")
+        .arg(old_app.to_string())
+        .ignore();
+    pipe.cmd("SET").arg("sg:appname:old").arg("a1").ignore();
+    pipe.cmd("SADD").arg("sg:apps").arg("a1").ignore();
+    for i in 0..1200u64 {
+        let id = format!("k{i:05}");
+        let mut record = serde_json::to_value(key(&id, "a1", 10 + i)).expect("json");
+        record
+            .as_object_mut()
+            .expect("object")
+            .remove("allowed_ips");
+        pipe.cmd("SET")
+            .arg(format!("sg:key:{id}"))
+            .arg(record.to_string())
+            .ignore();
+        pipe.cmd("SADD").arg("sg:keys").arg(&id).ignore();
+        pipe.cmd("SADD").arg("sg:appkeys:a1").arg(&id).ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.expect("seed");
+
+    assert!(
+        all_apps(&store).await.is_empty(),
+        "not listed before the upgrade"
+    );
+    assert_eq!(store.upgrade().await.expect("upgrade"), 1201);
+    assert_eq!(ids_of_apps(&all_apps(&store).await), ["a1"]);
+    let keys = list_all_keys(&store, Some("a1")).await.expect("keys");
+    assert_eq!(keys.len(), 1200);
+    assert_eq!(
+        keys[0],
+        key("k00000", "a1", 10),
+        "in creation order, read as written"
+    );
+    for old in ["sg:apps", "sg:keys", "sg:appkeys:a1"] {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(old)
+            .query_async(&mut conn)
+            .await
+            .expect("exists");
+        assert!(!exists, "{old} left behind");
+    }
+    assert_eq!(store.upgrade().await.expect("again"), 0, "nothing twice");
+}

@@ -177,6 +177,12 @@ pub trait KeyStore: Send + Sync + 'static {
         keep: Keep<'_, AuditEvent>,
     ) -> Result<Page<AuditEvent>, StoreError>;
 
+    /// Brings data written by an earlier version up to this one's layout (bounded commands,
+    /// safe to repeat and to run on several instances at once); how many records it touched.
+    async fn upgrade(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
     /// Cheap liveness check (readiness probes).
     async fn ping(&self) -> Result<(), StoreError>;
 

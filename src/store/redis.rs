@@ -20,6 +20,7 @@
 use super::redis_usage;
 use super::{Indexed, Invalidation, Keep, KeyStore, StoreError, PURGE_CHUNK};
 mod audit;
+mod legacy;
 mod names;
 
 use self::names::Names;
@@ -723,6 +724,10 @@ impl KeyStore for RedisStore {
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         self.append_audit_event(event).await
+    }
+
+    async fn upgrade(&self) -> Result<usize, StoreError> {
+        self.upgrade_legacy_indexes().await
     }
 
     async fn list_audit(

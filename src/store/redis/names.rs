@@ -79,6 +79,11 @@ impl Names {
     pub(super) fn audit(&self) -> String {
         self.under("audit")
     }
+
+    /// A name of the layout before the listing indexes (read once, then deleted).
+    pub(super) fn legacy(&self, name: &str) -> String {
+        self.under(name)
+    }
 }
 
 #[cfg(test)]
