@@ -985,11 +985,7 @@ async fn embedded_prunes_old_rows_and_batch_ids() {
 #[tokio::test]
 async fn redis_usage_chunks_apply_one_by_one() {
     let (server, store) = redis_store().await;
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = common::instances::redis_conn(&server.url()).await;
     let keys = (0..2 * USAGE_CHUNK + 1)
         .map(|i| (format!("k{i}"), d3().to_owned(), 1))
         .collect();
@@ -1019,11 +1015,7 @@ async fn redis_usage_chunks_apply_one_by_one() {
 #[tokio::test]
 async fn redis_reads_and_deletes_the_old_usage_layout() {
     let (server, store) = redis_store().await;
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = common::instances::redis_conn(&server.url()).await;
     store.create_app(&app("a1", "one", 1)).await.expect("app");
     store.create_key(&key("k1", "a1", 1)).await.expect("key");
     let _: () = redis::cmd("HSET")
@@ -1239,11 +1231,7 @@ impl<F: std::future::Future> AwaitBounded for F {}
 #[tokio::test]
 async fn redis_layout_and_cleanup() {
     let (server, store) = redis_store().await;
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = common::instances::redis_conn(&server.url()).await;
     store.create_app(&app("a1", "MyApp", 1)).await.expect("app");
     store.create_key(&key("k1", "a1", 1)).await.expect("key");
     store
@@ -1390,11 +1378,7 @@ async fn ttl_of(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 
 #[tokio::test]
 async fn redis_upgrade_indexes_the_layout_of_earlier_versions() {
     let (server, store) = redis_store().await;
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = common::instances::redis_conn(&server.url()).await;
     // The old layout, written the way the old scripts did, for 1200 keys (more than one chunk).
     let old_app = serde_json::json!({"id": "a1", "name": "old", "scopes": ["read"],
         "rate_limit": null, "created_at": 5, "created_by": "admin"});
