@@ -115,7 +115,8 @@ async function axe(page, name) {
 async function capture(page, name) {
   for (const width of WIDTHS) {
     await page.setViewportSize({ width, height: width > 500 ? 800 : 844 });
-    await page.waitForTimeout(50);
+    await page.evaluate(() => document.querySelector('#toast').classList.remove('show'));
+    await page.waitForTimeout(250);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 1, `${name} at ${width}px scrolls sideways by ${overflow}px`);
     await page.screenshot({ path: join(SHOTS, `${name}-${width}.png`), fullPage: true });
@@ -220,6 +221,7 @@ async function main() {
   assert.ok(!(await page.content()).includes(key), 'the full key is gone from the page once the dialog is closed');
   const row = page.getByRole('row', { name: /ci-deployer/ });
   assert.equal(await row.locator('.badge').textContent(), 'active');
+  assert.equal(await row.locator('code.masked').textContent(), `${key.slice(0, 4)}••••${key.slice(-4)}`);
   ok('a key is created; the dialog shows it once with the warning, Copy puts it on the clipboard, the list shows it masked');
 
   assert.equal(await proxyStatus(proxyUrl, key), 200);

@@ -384,7 +384,8 @@ async function keysPage(view, appArg) {
     ? h('button', { type: 'button', onclick: () => createKey(apps, app) }, 'Create key') : null;
   const rows = keys.map((k) => [
     h('strong', {}, k.name),
-    h('code', { class: 'masked' }, k.masked),
+    // The masked form's first and last four characters; its run of `*` is shortened on screen.
+    h('code', { class: 'masked', title: k.masked }, k.masked.replace(/\*{4,}/, '••••')),
     appName[k.app_id] || k.app_id,
     h('span', { class: `badge badge-${k.status}` }, k.status),
     when(k.created_at), k.created_by || '—', when(k.last_used_at), when(k.expires_at),
@@ -488,7 +489,7 @@ function barChart(title, series) {
     const rect = s('rect', { x: pad.l + i * bw + 1, y: H - pad.b - bh, width: Math.max(1, bw - 2), height: bh, class: 'bar' });
     rect.append(s('title', {}, `${d.date}: ${d.requests}`));
     svg.append(rect);
-    if (i % 7 === 0 || i === series.length - 1) {
+    if ((series.length - 1 - i) % 7 === 0) { // weekly, ending today
       svg.append(s('text', { x: pad.l + i * bw + bw / 2, y: H - 8, 'text-anchor': 'middle', class: 'axis' }, d.date.slice(5)));
     }
   });
