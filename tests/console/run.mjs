@@ -19,6 +19,7 @@ const SHOTS = resolve(process.env.CONSOLE_SCREENSHOTS || join(ROOT, 'target/cons
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ADMIN_TOKEN = 'console-admin-token-0123456789';
 const OPERATOR_TOKEN = 'console-operator-token-0123456789';
+const READ_TOKEN = 'console-read-token-0123456789';
 const WIDTHS = [1280, 390];
 const started = Date.now();
 const cleanup = [];
@@ -68,6 +69,7 @@ admin:
   token_env: CONSOLE_ADMIN_TOKEN
   tokens:
     ci: {env: CONSOLE_OPERATOR_TOKEN, role: operator}
+    viewer: {env: CONSOLE_READ_TOKEN, role: read}
 metrics:
   listen: 127.0.0.1:${metrics}
 store:
@@ -93,7 +95,7 @@ routes:
     upstream: tools
 `);
   const child = spawn(BIN, ['serve', '-c', config], {
-    env: { ...process.env, CONSOLE_ADMIN_TOKEN: ADMIN_TOKEN, CONSOLE_OPERATOR_TOKEN: OPERATOR_TOKEN, RUST_LOG: 'warn' },
+    env: { ...process.env, CONSOLE_ADMIN_TOKEN: ADMIN_TOKEN, CONSOLE_OPERATOR_TOKEN: OPERATOR_TOKEN, CONSOLE_READ_TOKEN: READ_TOKEN, RUST_LOG: 'warn' },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   cleanup.push(() => child.kill('SIGTERM'));
@@ -384,6 +386,18 @@ async function main() {
   await go(page, 'Keys', 'Keys');
   assert.equal(await page.getByRole('button', { name: 'Create key' }).count(), 1, 'an operator may create keys');
   ok('operator token: no app create/edit/delete buttons, key creation offered');
+
+  // Read: no write at all.
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await signIn(page, adminUrl, READ_TOKEN);
+  await page.getByText('viewer (read)').waitFor();
+  await page.getByRole('row', { name: /console-app/ }).waitFor();
+  await go(page, 'Keys', 'Keys');
+  await page.getByRole('row', { name: /nightly/ }).first().waitFor();
+  for (const name of ['Create key', 'Roll', 'Disable', 'Enable', 'Revoke']) {
+    assert.equal(await page.getByRole('button', { name }).count(), 0, `no ${name} for a read token`);
+  }
+  ok('read token: keys listed, no write button');
 
   // A wrong token is refused on the sign-in page.
   await page.getByRole('button', { name: 'Sign out' }).click();
