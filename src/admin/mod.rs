@@ -5,6 +5,7 @@
 //! learn of it through the store's change feed. The full key appears only in the create answer.
 
 mod audit;
+mod console;
 mod export;
 mod handlers;
 mod keys;
@@ -74,6 +75,7 @@ pub struct Admin {
 }
 
 enum Call<'a> {
+    WhoAmI,
     Scopes,
     Routes,
     Apps,
@@ -94,6 +96,7 @@ fn parse_path(path: &str) -> Option<Call<'_>> {
     let rest = path.strip_prefix("/v1/")?;
     let segments: Vec<&str> = rest.split('/').collect();
     match segments.as_slice() {
+        ["whoami"] => Some(Call::WhoAmI),
         ["scopes"] => Some(Call::Scopes),
         ["routes"] => Some(Call::Routes),
         ["audit"] => Some(Call::Audit),
@@ -117,6 +120,10 @@ impl Admin {
     pub async fn handle(&self, request: Request<Incoming>) -> Response<AdminBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        // The console's static files hold no data: served before (and without) the token check.
+        if console::is_console(&method, &path) {
+            return console::serve(&method, &path);
+        }
         match self.run(request).await {
             Ok(response) => response,
             Err(e) => {
@@ -161,6 +168,10 @@ impl Admin {
         // After the path is known (an unknown path is 404 for every role), before anything runs.
         role::permit(identity.role, &method, &path)?;
         match (call, method) {
+            (Call::WhoAmI, Method::GET) => Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"name": identity.name, "role": identity.role.as_str()}),
+            )),
             (Call::Scopes, Method::GET) => Ok(json(StatusCode::OK, &self.list_scopes())),
             (Call::Routes, Method::GET) => Ok(json(StatusCode::OK, &**self.routes.load())),
             (Call::UsageExport, Method::GET) => {

@@ -1,0 +1,424 @@
+// Browser tests of the console: Playwright (playwright-core) driving Debian's chromium against
+// the real binary with the embedded store, an admin and an operator token, and a tiny upstream.
+// Run with `node tests/console/run.mjs` after `cargo build` (tests/run does both).
+// Screenshots of each page at 1280 and 390 px go to $CONSOLE_SCREENSHOTS (default
+// target/console-screenshots); the folder is printed.
+import { chromium } from 'playwright-core';
+import AxeBuilder from '@axe-core/playwright';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, mkdirSync, rmSync, existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const BIN = process.env.SCOPEGATE_BIN || join(ROOT, 'target/debug/scopegate');
+const SHOTS = resolve(process.env.CONSOLE_SCREENSHOTS || join(ROOT, 'target/console-screenshots'));
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const ADMIN_TOKEN = 'console-admin-token-0123456789';
+const OPERATOR_TOKEN = 'console-operator-token-0123456789';
+const READ_TOKEN = 'console-read-token-0123456789';
+const WIDTHS = [1280, 390];
+const started = Date.now();
+const cleanup = [];
+let checks = 0;
+const ok = (what) => { checks++; console.log(`  ok ${checks} - ${what}`); };
+
+async function freePort() {
+  const server = createServer();
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address();
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+async function waitFor(fn, what, ms = 15000) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    try { const v = await fn(); if (v) return v; } catch (e) { last = e; }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
+}
+
+async function startUpstream() {
+  const server = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ ok: true, path: req.url }));
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  cleanup.push(() => server.close());
+  return `http://127.0.0.1:${server.address().port}`;
+}
+
+async function startGateway(upstream) {
+  if (!existsSync(BIN)) {
+    const built = spawnSync('cargo', ['build', '--locked'], { cwd: ROOT, stdio: 'inherit' });
+    assert.equal(built.status, 0, 'cargo build');
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'scopegate-console-'));
+  cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
+  const [proxy, admin, metrics] = [await freePort(), await freePort(), await freePort()];
+  const config = join(dir, 'gateway.yaml');
+  writeFileSync(config, `listen: 127.0.0.1:${proxy}
+admin:
+  listen: 127.0.0.1:${admin}
+  token_env: CONSOLE_ADMIN_TOKEN
+  tokens:
+    ci: {env: CONSOLE_OPERATOR_TOKEN, role: operator}
+    viewer: {env: CONSOLE_READ_TOKEN, role: read}
+metrics:
+  listen: 127.0.0.1:${metrics}
+store:
+  path: ${join(dir, 'data')}
+scopes:
+  deploy_tool: Deploy a tool into an environment
+  view_job_status: View the status of a job
+upstreams:
+  tools:
+    url: ${upstream}
+routes:
+  - method: POST
+    path: /api/v1/tools/{tool_id}/deploy
+    scope: deploy_tool
+    upstream: tools
+  - method: GET
+    path: /api/v1/jobs/{job_id}
+    scope: view_job_status
+    upstream: tools
+  - method: GET
+    path: /api/v1/health
+    scope: public
+    upstream: tools
+`);
+  const child = spawn(BIN, ['serve', '-c', config], {
+    env: { ...process.env, CONSOLE_ADMIN_TOKEN: ADMIN_TOKEN, CONSOLE_OPERATOR_TOKEN: OPERATOR_TOKEN, CONSOLE_READ_TOKEN: READ_TOKEN, RUST_LOG: 'warn' },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  cleanup.push(() => child.kill('SIGTERM'));
+  const adminUrl = `http://127.0.0.1:${admin}`;
+  await waitFor(async () => (await fetch(`${adminUrl}/console/`)).ok, 'the admin listener');
+  return { adminUrl, proxyUrl: `http://127.0.0.1:${proxy}` };
+}
+
+// axe-core: no serious or critical violation on the page as it stands.
+async function axe(page, name) {
+  const result = await new AxeBuilder({ page }).withTags(['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']).analyze();
+  const bad = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  assert.deepEqual(bad.map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`), [],
+    `axe on ${name}`);
+  return result.violations.length;
+}
+
+// Each width: screenshot and axe; the page is re-rendered at each width.
+async function capture(page, name) {
+  for (const width of WIDTHS) {
+    await page.setViewportSize({ width, height: width > 500 ? 800 : 844 });
+    await page.evaluate(() => document.querySelector('#toast').classList.remove('show'));
+    await page.waitForTimeout(250);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 1, `${name} at ${width}px scrolls sideways by ${overflow}px`);
+    await page.screenshot({ path: join(SHOTS, `${name}-${width}.png`), fullPage: true });
+    await axe(page, `${name} at ${width}px`);
+  }
+  await page.setViewportSize({ width: 1280, height: 800 });
+  ok(`${name}: screenshots at ${WIDTHS.join(' and ')} px, no serious axe violation, no sideways scroll`);
+}
+
+async function go(page, label, heading) {
+  await page.getByRole('navigation', { name: 'Pages' }).getByRole('link', { name: label, exact: true }).click();
+  await page.getByRole('heading', { level: 1, name: heading }).waitFor();
+}
+
+async function signIn(page, adminUrl, token) {
+  await page.goto(`${adminUrl}/console/`);
+  await page.getByLabel('Admin token').fill(token);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Apps' }).waitFor();
+}
+
+async function proxyStatus(proxyUrl, key) {
+  const res = await fetch(`${proxyUrl}/api/v1/tools/t1/deploy`, { method: 'POST', headers: { 'X-API-Key': key } });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+async function main() {
+  mkdirSync(SHOTS, { recursive: true });
+  const upstream = await startUpstream();
+  const { adminUrl, proxyUrl } = await startGateway(upstream);
+  const profile = mkdtempSync(join(tmpdir(), 'scopegate-chromium-'));
+  cleanup.push(() => rmSync(profile, { recursive: true, force: true }));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    viewport: { width: 1280, height: 800 },
+    acceptDownloads: true,
+  });
+  cleanup.unshift(() => context.close());
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: adminUrl });
+  const page = context.pages()[0] || await context.newPage();
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console error: ${m.text()}`); });
+  page.on('request', (r) => {
+    const url = r.url();
+    if (!url.startsWith(`${adminUrl}/`) && !url.startsWith('blob:') && !url.startsWith('data:')) problems.push(`third-party request: ${url}`);
+  });
+
+  // Sign in: the token is kept in sessionStorage only.
+  await page.goto(`${adminUrl}/console/`);
+  await capture(page, 'signin');
+  await signIn(page, adminUrl, ADMIN_TOKEN);
+  const storage = await page.evaluate(() => ({ session: JSON.stringify(sessionStorage), local: localStorage.length, url: location.href }));
+  assert.ok(storage.session.includes(ADMIN_TOKEN), 'token in sessionStorage');
+  assert.equal(storage.local, 0, 'nothing in localStorage');
+  assert.ok(!storage.url.includes(ADMIN_TOKEN), 'token not in the URL');
+  assert.equal((await context.cookies()).length, 0, 'no cookies');
+  await page.getByText('admin (admin)').waitFor();
+  ok('sign-in with the admin token; it is kept in sessionStorage only (no URL, cookie or localStorage)');
+
+  // Create an app.
+  await page.getByRole('button', { name: 'Create app' }).click();
+  const appDialog = page.getByRole('dialog', { name: 'Create app' });
+  await appDialog.getByLabel('Name').fill('console-app');
+  await appDialog.getByLabel(/deploy_tool/).check();
+  await appDialog.getByRole('button', { name: 'Create' }).click();
+  await page.getByRole('row', { name: /console-app/ }).waitFor();
+  await page.getByRole('button', { name: 'Create app' }).click();
+  const second = page.getByRole('dialog', { name: 'Create app' });
+  await second.getByLabel('Name').fill('reporting');
+  await second.getByLabel(/view_job_status/).check();
+  await second.getByRole('button', { name: 'Create' }).click();
+  await page.getByRole('row', { name: /reporting/ }).waitFor();
+  ok('an app is created from the Apps page');
+
+  // Create a key: shown once, copied to the clipboard.
+  await go(page, 'Keys', 'Keys');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const keyDialog = page.getByRole('dialog', { name: 'Create key' });
+  await keyDialog.getByLabel('App').selectOption({ label: 'console-app' });
+  await keyDialog.getByLabel('Name', { exact: true }).fill('ci-deployer');
+  await keyDialog.getByRole('button', { name: 'Create key' }).click();
+  const secret = page.getByRole('dialog', { name: 'Key created' });
+  await secret.waitFor();
+  const key = await secret.getByLabel('Full API key').inputValue();
+  assert.match(key, /^sg_[A-Za-z0-9]+_[A-Za-z0-9]+$/);
+  await secret.getByText('will not be shown again').waitFor();
+  await secret.getByRole('button', { name: 'Copy' }).click();
+  await secret.getByText('Copied to the clipboard.').waitFor();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), key, 'clipboard holds the key');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: join(SHOTS, 'key-created-390.png') });
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.screenshot({ path: join(SHOTS, 'key-created-1280.png') });
+  await axe(page, 'the key-created dialog');
+  await secret.getByRole('button', { name: 'Done' }).click();
+  await page.getByRole('row', { name: /ci-deployer/ }).waitFor();
+  assert.ok(!(await page.content()).includes(key), 'the full key is gone from the page once the dialog is closed');
+  const row = page.getByRole('row', { name: /ci-deployer/ });
+  assert.equal(await row.locator('.badge').textContent(), 'active');
+  assert.equal(await row.locator('code.masked').textContent(), `${key.slice(0, 4)}••••${key.slice(-4)}`);
+  ok('a key is created; the dialog shows it once with the warning, Copy puts it on the clipboard, the list shows it masked');
+
+  assert.equal(await proxyStatus(proxyUrl, key), 200);
+  ok('the new key gets 200 from the proxy');
+
+  // Roll a second key with no grace: the new key is shown once, the old one is revoked.
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const keyDialog2 = page.getByRole('dialog', { name: 'Create key' });
+  await keyDialog2.getByLabel('App').selectOption({ label: 'console-app' });
+  await keyDialog2.getByLabel('Name', { exact: true }).fill('nightly');
+  await keyDialog2.getByLabel('Expires in days').fill('30');
+  await keyDialog2.getByRole('button', { name: 'Create key' }).click();
+  const nightly = await page.getByRole('dialog', { name: 'Key created' }).getByLabel('Full API key').inputValue();
+  await page.getByRole('dialog', { name: 'Key created' }).getByRole('button', { name: 'Done' }).click();
+  await page.getByRole('row', { name: /nightly/ }).first().getByRole('button', { name: 'Roll' }).click();
+  const roll = page.getByRole('dialog', { name: 'Roll key nightly' });
+  await roll.getByLabel('Grace period').selectOption('0s');
+  await roll.getByRole('button', { name: 'Roll key' }).click();
+  const rolled = page.getByRole('dialog', { name: 'Key rolled: the new key' });
+  const rolledKey = await rolled.getByLabel('Full API key').inputValue();
+  assert.notEqual(rolledKey, nightly);
+  await rolled.getByRole('button', { name: 'Done' }).click();
+  await waitFor(async () => (await proxyStatus(proxyUrl, rolledKey)) === 200, 'the rolled key to work');
+  await waitFor(async () => (await proxyStatus(proxyUrl, nightly)) === 401, 'the old key to end');
+  ok('roll with no grace: the new key is shown once and works, the old one gets 401');
+
+  // Disable and enable.
+  await page.getByRole('row', { name: /ci-deployer/ }).getByRole('button', { name: 'Disable' }).click();
+  await waitFor(async () => (await page.getByRole('row', { name: /ci-deployer/ }).locator('.badge').textContent()) === 'disabled', 'disabled badge');
+  await waitFor(async () => (await proxyStatus(proxyUrl, key)) === 401, 'the disabled key to get 401');
+  await page.getByRole('row', { name: /ci-deployer/ }).getByRole('button', { name: 'Enable' }).click();
+  await waitFor(async () => (await page.getByRole('row', { name: /ci-deployer/ }).locator('.badge').textContent()) === 'active', 'active badge');
+  await waitFor(async () => (await proxyStatus(proxyUrl, key)) === 200, 'the enabled key to work again');
+  ok('disable then enable: the badge follows and the proxy answers 401 then 200');
+
+  // Usage shows the traffic as a chart.
+  await go(page, 'Usage', 'Usage');
+  await page.getByLabel('App or key').selectOption({ label: 'console-app' });
+  await waitFor(async () => (await page.locator('figcaption').textContent()).includes('console-app'), 'the app chart');
+  await waitFor(async () => {
+    await page.reload();
+    await page.getByRole('heading', { level: 1, name: 'Usage' }).waitFor();
+    return !(await page.locator('figcaption').textContent()).includes(': 0 in total');
+  }, 'usage to be counted');
+  assert.ok(await page.locator('svg.chart rect.bar').count() === 30, '30 bars');
+  const download = page.waitForEvent('download');
+  await page.getByRole('button', { name: 'Download CSV' }).click();
+  const csv = readFileSync(await (await download).path(), 'utf8');
+  assert.ok(csv.startsWith('date,app_id,key_id,requests'), csv);
+  assert.ok(csv.split('\n').filter(Boolean).length >= 2, csv);
+  await capture(page, 'usage');
+  ok('usage: a 30-day bar chart with the requests, and the CSV export downloads');
+
+  // Revoke the first key: the proxy refuses it and the list shows it revoked.
+  await go(page, 'Keys', 'Keys');
+  await page.getByRole('row', { name: /ci-deployer/ }).getByRole('button', { name: 'Revoke' }).click();
+  const confirm = page.getByRole('dialog', { name: 'Revoke key ci-deployer?' });
+  await capture(page, 'revoke-confirm');
+  await confirm.getByRole('button', { name: 'Revoke key' }).click();
+  await waitFor(async () => (await page.getByRole('row', { name: /ci-deployer/ }).locator('.badge').textContent()) === 'revoked', 'revoked badge');
+  assert.equal(await proxyStatus(proxyUrl, key), 401);
+  assert.equal(await page.getByRole('row', { name: /ci-deployer/ }).getByRole('button', { name: 'Revoke' }).count(), 0);
+  ok('revoke with confirmation: the key gets 401 and is listed as revoked');
+  await page.getByLabel('Status').selectOption('revoked');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await waitFor(async () => (await page.getByRole('row').count()) === 3, 'two revoked keys listed');
+  await page.getByLabel('Status').selectOption('');
+  await page.getByLabel('Search keys by name').fill('ci-');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await waitFor(async () => (await page.getByRole('row').count()) === 2, 'search narrows to one key');
+  await page.getByLabel('Search keys by name').fill('');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await waitFor(async () => (await page.getByRole('row').count()) === 4, 'all three keys');
+  await capture(page, 'keys');
+  assert.ok(!(await page.content()).match(/sg_[A-Za-z0-9]+_[A-Za-z0-9]{20,}/), 'no full key on the keys page');
+  ok('status filter and search narrow the key list; no full key on the page');
+
+  // Apps: edit scopes shows the impact notice; search.
+  await go(page, 'Apps', 'Apps');
+  await page.getByRole('row', { name: /console-app/ }).getByRole('button', { name: 'Edit' }).click();
+  const edit = page.getByRole('dialog', { name: 'Edit app console-app' });
+  await edit.getByText('they affect all 3 keys of this app (1 active)').waitFor();
+  await edit.getByLabel(/view_job_status/).check();
+  await edit.getByLabel('Override the default rate limit').check();
+  await edit.getByLabel('Requests per second').fill('20');
+  await edit.getByLabel('Burst').fill('40');
+  await capture(page, 'app-edit');
+  await edit.getByRole('button', { name: 'Save' }).click();
+  await page.getByRole('row', { name: /console-app/ }).getByText('20/s, burst 40').waitFor();
+  await page.getByLabel('Search apps by name').fill('REPORT');
+  await page.getByRole('button', { name: 'Search' }).click();
+  await waitFor(async () => (await page.getByRole('row').count()) === 2, 'search finds one app');
+  await page.getByLabel('Search apps by name').fill('');
+  await page.getByRole('button', { name: 'Search' }).click();
+  await waitFor(async () => (await page.getByRole('row').count()) === 3, 'both apps');
+  await capture(page, 'apps');
+  ok('apps: scope edit names the keys it affects, rate-limit override saved, search');
+
+  // Routes: route → scope → upstream and the apps allowed.
+  await go(page, 'Routes', 'Routes');
+  const deploy = page.getByRole('row', { name: /tools\/\{tool_id\}\/deploy/ });
+  assert.match(await deploy.textContent(), /deploy_tool.*tools.*console-app/);
+  assert.match(await page.getByRole('row', { name: /jobs/ }).textContent(), /console-app.*reporting|reporting.*console-app/);
+  assert.match(await page.getByRole('row', { name: /health/ }).textContent(), /public/);
+  await capture(page, 'routes');
+  ok('routes: scope, upstream and the apps allowed to call each');
+
+  // Audit: the writes above, filterable by app.
+  await go(page, 'Audit', 'Audit');
+  await page.getByRole('cell', { name: 'key.revoked' }).first().waitFor();
+  for (const action of ['app.created', 'app.updated', 'key.created', 'key.rolled', 'key.disabled', 'key.enabled']) {
+    assert.ok(await page.getByRole('cell', { name: action, exact: true }).count() >= 1, action);
+  }
+  await page.getByLabel('App').selectOption({ label: 'reporting' });
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await waitFor(async () => (await page.getByRole('row').count()) === 2, 'one event for reporting');
+  await page.getByLabel('App').selectOption('');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await page.getByRole('cell', { name: 'key.revoked' }).first().waitFor();
+  assert.ok(!(await page.content()).includes(key), 'the audit never shows the key');
+  await capture(page, 'audit');
+  ok('audit: every write listed with its actor, filter by app');
+
+  // Delete an app with confirmation.
+  await go(page, 'Apps', 'Apps');
+  await page.getByRole('row', { name: /reporting/ }).getByRole('button', { name: 'Delete' }).click();
+  await page.getByRole('dialog', { name: 'Delete app reporting?' }).getByRole('button', { name: 'Delete app' }).click();
+  await waitFor(async () => (await page.getByRole('row', { name: /reporting/ }).count()) === 0, 'the app to go');
+  ok('delete an app after confirmation');
+
+  // Keyboard: from a fresh load, Tab reaches the skip link, then the nav, with a focus ring;
+  // Enter on a nav link opens its page.
+  await page.reload();
+  await page.getByRole('heading', { level: 1, name: 'Apps' }).waitFor();
+  const focusedNow = () => page.evaluate(() => {
+    const el = document.activeElement;
+    return { tag: el.tagName, text: el.textContent.trim(), outline: getComputedStyle(el).outlineStyle };
+  });
+  await page.keyboard.press('Tab');
+  assert.deepEqual((await focusedNow()).text, 'Skip to content');
+  await page.keyboard.press('Tab');
+  const focused = await focusedNow();
+  assert.deepEqual([focused.tag, focused.text], ['A', 'Apps']);
+  assert.notEqual(focused.outline, 'none', 'focus is visible');
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('Enter');
+  await page.getByRole('heading', { level: 1, name: 'Keys' }).waitFor();
+  ok('keyboard: Tab reaches the skip link and the nav with a visible focus ring; Enter follows a link');
+
+  // Operator: keys yes, app writes no.
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  assert.equal(await page.evaluate(() => sessionStorage.length), 0, 'sign-out clears the token');
+  await signIn(page, adminUrl, OPERATOR_TOKEN);
+  await page.getByText('ci (operator)').waitFor();
+  await page.getByRole('row', { name: /console-app/ }).waitFor();
+  assert.equal(await page.getByRole('button', { name: 'Delete' }).count(), 0, 'no app deletion for an operator');
+  assert.equal(await page.getByRole('button', { name: 'Create app' }).count(), 0);
+  assert.equal(await page.getByRole('button', { name: 'Edit' }).count(), 0);
+  await capture(page, 'apps-operator');
+  await go(page, 'Keys', 'Keys');
+  assert.equal(await page.getByRole('button', { name: 'Create key' }).count(), 1, 'an operator may create keys');
+  ok('operator token: no app create/edit/delete buttons, key creation offered');
+
+  // Read: no write at all.
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await signIn(page, adminUrl, READ_TOKEN);
+  await page.getByText('viewer (read)').waitFor();
+  await page.getByRole('row', { name: /console-app/ }).waitFor();
+  await go(page, 'Keys', 'Keys');
+  await page.getByRole('row', { name: /nightly/ }).first().waitFor();
+  for (const name of ['Create key', 'Roll', 'Disable', 'Enable', 'Revoke']) {
+    assert.equal(await page.getByRole('button', { name }).count(), 0, `no ${name} for a read token`);
+  }
+  ok('read token: keys listed, no write button');
+
+  // A wrong token is refused on the sign-in page.
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByLabel('Admin token').fill('nope');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByText('That token was not accepted.').waitFor();
+  ok('a wrong token is refused');
+
+  const unexpected = problems.filter((p) => !p.includes('401 (Unauthorized)'));
+  assert.deepEqual(unexpected, [], 'no page errors, CSP violations or third-party requests');
+  ok('no script error, CSP violation or third-party request');
+}
+
+try {
+  console.log('console browser tests');
+  await main();
+  console.log(`console browser tests: ${checks} passed in ${((Date.now() - started) / 1000).toFixed(1)}s; screenshots in ${SHOTS}`);
+} catch (e) {
+  console.error(`console browser tests FAILED after ${checks} checks: ${e.stack || e}`);
+  console.error(`screenshots so far in ${SHOTS}`);
+  process.exitCode = 1;
+} finally {
+  for (const f of cleanup) { try { await f(); } catch { /* already gone */ } }
+}
