@@ -3,7 +3,7 @@
 //! [`load`] and [`parse`] either return a fully validated [`Config`] or every problem found, each with
 //! `FILE:LINE:COLUMN` where a position applies, in file order: unknown keys and wrongly typed
 //! values ([`syntax`]) together with the semantic checks (addresses, URLs, names, references,
-//! routes). Only a YAML syntax error, past which nothing can be read, is reported alone.
+//! routes). A YAML syntax error is reported too, and the rest of the file is still checked.
 
 mod error;
 mod file;
@@ -287,11 +287,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             "the file is empty",
         )));
     }
-    let (raw, mut problems) = syntax::read(path, text);
+    let (raw, mut problems, read) = syntax::read(path, text);
     let Some(raw) = raw else {
         return Err(ConfigErrors { problems });
     };
-    let index = position::PositionIndex::build(text);
+    let index = position::PositionIndex::build(&read);
     match validate::validate(path, raw, &index) {
         Ok(config) if problems.is_empty() => Ok(config),
         Ok(_) => Err(ConfigErrors { problems }),

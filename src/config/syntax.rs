@@ -4,9 +4,11 @@
 //! is read again. What is left is validated as usual, so `check` reports unknown keys and type
 //! errors together with the semantic problems.
 //!
-//! A YAML syntax error (bad indentation, an unclosed quote) leaves nothing to read past: it is
-//! reported alone. An entry that cannot be blanked safely (inside a `{...}` flow mapping) ends
-//! the search there too.
+//! A YAML syntax error (bad indentation, a stray character) is reported, and the line it names
+//! is blanked with the more indented lines under it, so the rest of the file is still read and
+//! checked; problems on blanked lines cannot appear, and a required field lost with them ends
+//! the search (it was reported as what it was). An error with no line, or an entry that cannot
+//! be blanked safely (inside a `{...}` flow mapping), ends the search there.
 
 use super::error::Problem;
 use super::file::RawConfig;
@@ -16,15 +18,16 @@ use std::path::Path;
 const MAX_PROBLEMS: usize = 100;
 
 /// The file's raw config when one could be read (after blanking the entries that were
-/// reported), and the key-level problems found on the way.
-pub(super) fn read(file: &Path, text: &str) -> (Option<RawConfig>, Vec<Problem>) {
+/// reported), the key-level problems found on the way, and the text that was read (same lines
+/// as the file, the reported ones blanked) for finding the positions of later problems.
+pub(super) fn read(file: &Path, text: &str) -> (Option<RawConfig>, Vec<Problem>, String) {
     let mut problems = Vec::new();
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     let mut blanked = false;
     while problems.len() < MAX_PROBLEMS {
         let current = lines.join("\n");
         let error = match serde_yaml::from_str::<RawConfig>(&current) {
-            Ok(raw) => return (Some(raw), problems),
+            Ok(raw) => return (Some(raw), problems, current),
             Err(e) => e,
         };
         let message = error.to_string();
@@ -34,12 +37,17 @@ pub(super) fn read(file: &Path, text: &str) -> (Option<RawConfig>, Vec<Problem>)
         }
         problems.push(Problem::from_yaml(file, &error));
         let Some(loc) = error.location() else { break };
-        if !is_entry_error(&message) || !blank_entry(&mut lines, loc.line(), loc.column()) {
+        let cut = if is_entry_error(&message) {
+            blank_entry(&mut lines, loc.line(), loc.column())
+        } else {
+            blank_line(&mut lines, loc.line())
+        };
+        if !cut {
             break;
         }
         blanked = true;
     }
-    (None, problems)
+    (None, problems, lines.join("\n"))
 }
 
 /// Errors about one entry (its key or its value), which blanking that entry removes.
@@ -86,6 +94,28 @@ fn blank_entry(lines: &mut [String], line: usize, column: usize) -> bool {
     for next in lines.iter_mut().skip(index + 1) {
         let spaces = next.len() - next.trim_start_matches(' ').len();
         if next.trim().is_empty() || next.trim_start().starts_with('#') || spaces > indent {
+            next.clear();
+        } else {
+            break;
+        }
+    }
+    true
+}
+
+/// Blanks line `line` (1-based) of a syntax error and the more indented lines under it; `false`
+/// if it is blank already (nothing would change, so reading again would fail the same way).
+fn blank_line(lines: &mut [String], line: usize) -> bool {
+    let Some(index) = line.checked_sub(1).filter(|i| *i < lines.len()) else {
+        return false;
+    };
+    if lines[index].trim().is_empty() {
+        return false;
+    }
+    let indent = lines[index].len() - lines[index].trim_start_matches(' ').len();
+    lines[index].clear();
+    for next in lines.iter_mut().skip(index + 1) {
+        let spaces = next.len() - next.trim_start_matches(' ').len();
+        if !next.trim().is_empty() && spaces > indent {
             next.clear();
         } else {
             break;

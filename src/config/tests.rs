@@ -795,3 +795,30 @@ fn key_problems_and_semantic_problems_are_reported_together() {
     assert_at(&all[5], 15, 8, &["cache.ttl: must be longer than zero"]);
     assert_at(&all[6], 17, 11, &["log.format: unknown variant `xml`"]);
 }
+
+#[test]
+fn a_syntax_error_is_reported_with_the_problems_of_the_rest_of_the_file() {
+    // Line 4 is indented one space too far (a YAML syntax error); route 0 names an upstream
+    // that does not exist and line 2 has an unknown key: all three in one run, in file order.
+    let yaml = "\
+listen: 127.0.0.1:8080
+lisen: 127.0.0.1:8081
+cache:
+  ttl: 30s
+   max_entries: 10
+upstreams:
+  tools:
+    url: http://127.0.0.1:7001
+routes:
+  - method: GET
+    path: /health
+    scope: public
+    upstream: nowhere
+";
+    let all = problems(yaml);
+    let lines: Vec<Option<usize>> = all.iter().map(|p| p.line).collect();
+    let text: Vec<String> = all.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, [Some(2), Some(5), Some(13)], "{text:#?}");
+    assert!(text[0].contains("lisen"), "{}", text[0]);
+    assert!(text[2].contains("nowhere"), "{}", text[2]);
+}
