@@ -88,9 +88,11 @@ impl KeyCache {
         let store = &self.store;
         let found = self
             .keys
-            .get(id, store.feed_live(), || async move {
-                Ok(store.get_key(id).await?.map(cached_key))
-            })
+            .get(
+                id,
+                || store.feed_live(),
+                || async move { Ok(store.get_key(id).await?.map(cached_key)) },
+            )
             .await?;
         self.metrics.key_cache(found.hit);
         Ok(found.value)
@@ -101,9 +103,11 @@ impl KeyCache {
         let store = &self.store;
         let found = self
             .apps
-            .get(id, store.feed_live(), || async move {
-                Ok(store.get_app(id).await?.map(cached_app))
-            })
+            .get(
+                id,
+                || store.feed_live(),
+                || async move { Ok(store.get_app(id).await?.map(cached_app)) },
+            )
             .await?;
         Ok(found.value)
     }

@@ -88,11 +88,12 @@ impl<T: Send + Sync + 'static> Tier<T> {
 
     /// The record with this id: from the cache when current, else from `load` (one call however
     /// many ask at once). While `live` says invalidations may be missed, a read is answered
-    /// but not cached: nothing would drop it if it changed.
+    /// but not cached: nothing would drop it if it changed. `live` is asked on misses only, so
+    /// a hit costs nothing more.
     pub(crate) async fn get<F, Fut>(
         &self,
         id: &str,
-        live: bool,
+        live: impl Fn() -> bool,
         load: F,
     ) -> Result<Lookup<T>, StoreError>
     where
@@ -107,7 +108,7 @@ impl<T: Send + Sync + 'static> Tier<T> {
             });
         }
         for _ in 0..FILL_ATTEMPTS {
-            if !live {
+            if !live() {
                 break;
             }
             if let Some(value) = self.fill(id, stripe, &load).await? {
@@ -254,10 +255,14 @@ mod tests {
     async fn lookup(tier: &Tier<String>, store: &Arc<SlowStore>, id: &str) -> Option<String> {
         let store = store.clone();
         let found = tier
-            .get(id, true, move || {
-                let store = store.clone();
-                async move { store.read().await }
-            })
+            .get(
+                id,
+                || true,
+                move || {
+                    let store = store.clone();
+                    async move { store.read().await }
+                },
+            )
             .await
             .expect("lookup");
         found.value.map(|v| (*v).clone())
@@ -340,10 +345,14 @@ mod tests {
             let tier = tier.clone();
             async move {
                 let found = tier
-                    .get("k1", live, move || {
-                        let store = store.clone();
-                        async move { store.read().await }
-                    })
+                    .get(
+                        "k1",
+                        || live,
+                        move || {
+                            let store = store.clone();
+                            async move { store.read().await }
+                        },
+                    )
                     .await
                     .expect("lookup");
                 found.value.map(|v| (*v).clone())

@@ -7,6 +7,7 @@
 use super::{decode, decode_key, RedisStore};
 use crate::model::{listing_position, App};
 use crate::store::StoreError;
+use std::collections::BTreeSet;
 
 /// What an old set holds the ids of.
 #[derive(Clone, Copy)]
@@ -73,6 +74,7 @@ impl RedisStore {
         let jsons: Vec<Option<String>> = self.read(redis::cmd("MGET").arg(&names)).await?;
         let mut pipe = redis::pipe();
         let mut n = 0;
+        let mut apps = BTreeSet::new();
         for json in jsons.into_iter().flatten() {
             let key = decode_key(&json, None)?;
             let position = listing_position(key.created_at, &key.id);
@@ -93,11 +95,15 @@ impl RedisStore {
                     .arg(&key.id)
                     .ignore();
             }
-            // The per-app sets of the old layout are read through the keys themselves.
-            pipe.cmd("DEL")
-                .arg(self.names.legacy(&format!("appkeys:{}", key.app_id)))
-                .ignore();
+            apps.insert(key.app_id);
             n += 1;
+        }
+        // The per-app sets of the old layout are read through the keys themselves: each app's
+        // goes once, with the chunk of its keys.
+        for app in apps {
+            pipe.cmd("DEL")
+                .arg(self.names.legacy(&format!("appkeys:{app}")))
+                .ignore();
         }
         if n > 0 {
             self.query_pipe::<()>(&pipe).await?;
