@@ -33,6 +33,17 @@ pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> AdminE
     }
 }
 
+/// A query parameter that must be a whole number from 1 to `max`; 422 naming `field` otherwise.
+pub(super) fn whole_number(field: &'static str, text: &str, max: u64) -> Result<u64, AdminError> {
+    match text.parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(invalid(
+            field,
+            format!("must be a whole number from 1 to {max}"),
+        )),
+    }
+}
+
 pub(super) fn valid_name(name: &str) -> Result<String, AdminError> {
     let name = name.trim();
     if name.is_empty() {
@@ -178,15 +189,7 @@ impl Admin {
     ) -> Result<Vec<UsageView>, AdminError> {
         let days = match days {
             None => DEFAULT_USAGE_DAYS,
-            Some(text) => match text.parse::<u64>() {
-                Ok(d) if (1..=MAX_USAGE_DAYS).contains(&d) => d,
-                _ => {
-                    return Err(invalid(
-                        "days",
-                        format!("must be a whole number from 1 to {MAX_USAGE_DAYS}"),
-                    ))
-                }
-            },
+            Some(text) => whole_number("days", text, MAX_USAGE_DAYS)?,
         };
         let exists = match subject {
             UsageSubject::Key(id) => self.store.get_key(id).await?.is_some(),

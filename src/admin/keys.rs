@@ -3,7 +3,7 @@
 //! store as one atomic edit of the key as stored then, and drops this instance's cached copy;
 //! other instances learn of it through the store's change feed.
 
-use super::handlers::{invalid, matches, valid_name, DAY_SECONDS};
+use super::handlers::{invalid, matches, valid_name, whole_number, DAY_SECONDS};
 use super::views::{CreateKey, KeyView, RollKey};
 use super::Admin;
 use crate::auth::key;
@@ -37,16 +37,6 @@ fn valid_status(status: &str) -> Result<KeyStatus, AdminError> {
             let all: Vec<&str> = KeyStatus::ALL.iter().map(|s| s.as_str()).collect();
             invalid("status", format!("must be one of {}", all.join(", ")))
         })
-}
-
-fn valid_days(field: &'static str, text: &str) -> Result<u64, AdminError> {
-    match text.parse::<u32>() {
-        Ok(d) if (1..=MAX_EXPIRY_DAYS).contains(&d) => Ok(u64::from(d)),
-        _ => Err(invalid(
-            field,
-            format!("must be a whole number from 1 to {MAX_EXPIRY_DAYS}"),
-        )),
-    }
 }
 
 /// Each entry an address or a CIDR, as the proxy will read it; kept as written.
@@ -141,7 +131,7 @@ impl Admin {
         let within = filter
             .expiring_within_days
             .as_deref()
-            .map(|d| valid_days("expiring_within_days", d))
+            .map(|d| whole_number("expiring_within_days", d, MAX_EXPIRY_DAYS.into()))
             .transpose()?;
         let search = filter.search.as_deref();
         let keep = |k: &KeyRecord| {

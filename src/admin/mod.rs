@@ -305,12 +305,16 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 async fn read_json<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T, AdminError> {
-    let bytes = Limited::new(request.into_body(), MAX_ADMIN_BODY)
+    parse_json(&read_body(request).await?)
+}
+
+/// The request body, at most [`MAX_ADMIN_BODY`] bytes.
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, AdminError> {
+    Limited::new(request.into_body(), MAX_ADMIN_BODY)
         .collect()
         .await
-        .map_err(|e| AdminError::BadJson(e.to_string()))?
-        .to_bytes();
-    parse_json(&bytes)
+        .map(|body| body.to_bytes())
+        .map_err(|e| AdminError::BadJson(e.to_string()))
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
@@ -326,11 +330,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
 async fn read_json_or_empty<T: DeserializeOwned>(
     request: Request<Incoming>,
 ) -> Result<T, AdminError> {
-    let bytes = Limited::new(request.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-        .map_err(|e| AdminError::BadJson(e.to_string()))?
-        .to_bytes();
+    let bytes = read_body(request).await?;
     let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
         Bytes::from_static(b"{}")
     } else {

@@ -1,6 +1,7 @@
 //! Paginated listings (`limit`, `cursor`, `Link: <...>; rel="next"`) and entity tags
 //! (`ETag` on an app, `If-Match` on its edits).
 
+use super::handlers::whole_number;
 use super::AdminBody;
 use super::{json, query_param};
 use crate::error::AdminError;
@@ -11,21 +12,16 @@ use serde::Serialize;
 /// Records per page when the caller does not say.
 const DEFAULT_LIMIT: usize = 100;
 /// The contract's most records per page.
-const MAX_LIMIT: usize = 1000;
+const MAX_LIMIT: u64 = 1000;
 
 /// `cursor` and `limit` from the query string.
 pub(super) fn params(query: Option<&str>) -> Result<(Option<String>, usize), AdminError> {
     let limit = match query_param(query, "limit") {
         None => DEFAULT_LIMIT,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(AdminError::Invalid {
-                    field: "limit",
-                    message: format!("must be a whole number from 1 to {MAX_LIMIT}"),
-                })
-            }
-        },
+        // At most MAX_LIMIT, so it fits usize.
+        Some(text) => {
+            usize::try_from(whole_number("limit", &text, MAX_LIMIT)?).unwrap_or(DEFAULT_LIMIT)
+        }
     };
     let cursor = query_param(query, "cursor").filter(|c| !c.is_empty());
     if cursor.as_deref().is_some_and(|c| !valid_cursor(c)) {
