@@ -9,6 +9,7 @@ mod common;
 use bytes::Bytes;
 use common::gateway::{config_yaml, rand_suffix, Upstreams, ADMIN_TOKEN};
 use common::http::{client, get, send, Answer};
+use common::process::{scopegate, Run, BIN, TOKEN_ENV};
 use common::upstream::Upstream;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -26,9 +27,6 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_scopegate");
-/// The variable the configs written here name in `admin.token_env`.
-const TOKEN_ENV: &str = "SCOPEGATE_BINARY_TEST_TOKEN";
 const ZERO_LISTEN: &str = "listen: 127.0.0.1:0";
 const READY_WITHIN: Duration = Duration::from_secs(10);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
@@ -38,29 +36,6 @@ const MIB: u64 = 1024 * 1024;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// What a finished `scopegate` command left behind.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `scopegate ARGS` to the end, with the admin token in [`TOKEN_ENV`].
-async fn scopegate(args: &[&str]) -> Run {
-    let output = Command::new(BIN)
-        .args(args)
-        .env(TOKEN_ENV, ADMIN_TOKEN)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run scopegate");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// Runs a command that must succeed and print JSON; returns that JSON.
 async fn scopegate_json(args: &[&str]) -> Value {

@@ -5,9 +5,7 @@
 
 mod common;
 
-use bytes::Bytes;
-use common::gateway::TestGateway;
-use common::http::send;
+use common::gateway::{deploy_at, TestGateway};
 use common::instances::{gateway_on_url, redis_conn};
 use common::redis::RedisServer;
 use common::upstream::Upstream;
@@ -67,17 +65,14 @@ fn keep_authenticating(
     keys: Vec<String>,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<(usize, usize)> {
-    let url = g.url("/api/v1/tools/t1/deploy");
+    let proxy = g.proxy;
     tokio::spawn(async move {
         let (mut ok, mut failed) = (0, 0);
         for key in keys.iter().cycle() {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            let status = send(Method::POST, &url, &[("x-api-key", key)], Bytes::new())
-                .await
-                .status;
-            if status == 200 {
+            if deploy_at(proxy, key).await == 200 {
                 ok += 1;
             } else {
                 failed += 1;
@@ -145,16 +140,7 @@ async fn two_hundred_thousand_keys_list_in_pages_and_their_app_deletes_at_once()
     assert_eq!(all.json().as_array().map(Vec::len), Some(1000));
 
     // Deleting the app answers at once and its keys stop working at once.
-    let deploy = |key: String| {
-        let url = g.url("/api/v1/tools/t1/deploy");
-        async move {
-            send(Method::POST, &url, &[("x-api-key", &key)], Bytes::new())
-                .await
-                .status
-                .as_u16()
-        }
-    };
-    assert_eq!(deploy(big_key.clone()).await, 200);
+    assert_eq!(g.deploy(&big_key).await, 200);
     let started = Instant::now();
     let deleted = g
         .admin(Method::DELETE, &format!("/v1/apps/{big}"), None)
@@ -163,7 +149,7 @@ async fn two_hundred_thousand_keys_list_in_pages_and_their_app_deletes_at_once()
     assert_eq!(deleted.status, 204, "{:?}", deleted.body);
     assert!(took < LISTING_WITHIN, "delete took {took:?}");
     println!("deleting the app with {SEEDED} keys answered in {took:?}");
-    assert_eq!(deploy(big_key).await, 401);
+    assert_eq!(g.deploy(&big_key).await, 401);
     let listing = g
         .admin(Method::GET, &format!("/v1/apps/{big}/keys"), None)
         .await;

@@ -3,23 +3,14 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::gateway::TestGateway;
-use common::http::{get, send};
+use common::http::get;
 use common::instances::{gateway_on_url, wait_subscribers};
 use common::redis::RedisServer;
 use common::upstream::Upstream;
 use http::Method;
 use std::time::Duration;
 use tokio::time::Instant;
-
-async fn status(url: &str, key: Option<&str>) -> u16 {
-    let headers: Vec<(&str, &str)> = key.map(|k| ("x-api-key", k)).into_iter().collect();
-    send(Method::POST, url, &headers, Bytes::new())
-        .await
-        .status
-        .as_u16()
-}
 
 async fn ready(g: &TestGateway) -> u16 {
     get(&format!("http://{}/readyz", g.metrics), &[])
@@ -40,9 +31,8 @@ async fn a_gateway_started_while_redis_is_down_serves_and_recovers_by_itself() {
 
     // Up, not ready; a key (which cannot be cached yet) gets 503, public routes work.
     assert_eq!(ready(&g).await, 503);
-    let deploy = g.url("/api/v1/tools/t1/deploy");
     let made_up = "sg_AAAAAAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
-    assert_eq!(status(&deploy, Some(made_up)).await, 503);
+    assert_eq!(g.deploy(made_up).await, 503);
     assert_eq!(get(&g.url("/api/v1/health"), &[]).await.status, 200);
     let created = g
         .admin(
@@ -65,8 +55,8 @@ async fn a_gateway_started_while_redis_is_down_serves_and_recovers_by_itself() {
     println!("ready {:?} after Redis came back", started.elapsed());
     wait_subscribers(&redis.url(), 1).await;
     let key = g.key_with(&["deploy_tool"]).await;
-    assert_eq!(status(&deploy, Some(&key)).await, 200);
-    assert_eq!(status(&deploy, Some(made_up)).await, 401);
+    assert_eq!(g.deploy(&key).await, 200);
+    assert_eq!(g.deploy(made_up).await, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,17 +70,12 @@ async fn a_flood_of_unknown_keys_does_not_evict_a_cached_good_key() {
     .await;
     wait_subscribers(&redis.url(), 1).await;
     let key = g.key_with(&["deploy_tool"]).await;
-    let deploy = g.url("/api/v1/tools/t1/deploy");
-    assert_eq!(status(&deploy, Some(&key)).await, 200);
+    assert_eq!(g.deploy(&key).await, 200);
     for i in 0..5000 {
         let made_up = format!("sg_{:0>12}_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB", i);
-        assert_eq!(status(&deploy, Some(&made_up)).await, 401);
+        assert_eq!(g.deploy(&made_up).await, 401);
     }
     // With Redis gone, only the cache can answer for the good key.
     redis.stop();
-    assert_eq!(
-        status(&deploy, Some(&key)).await,
-        200,
-        "the good key was evicted"
-    );
+    assert_eq!(g.deploy(&key).await, 200, "the good key was evicted");
 }

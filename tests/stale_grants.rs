@@ -7,9 +7,7 @@
 
 mod common;
 
-use bytes::Bytes;
-use common::gateway::TestGateway;
-use common::http::send;
+use common::gateway::{deploy_at, TestGateway};
 use common::instances::slow_pair;
 use http::Method;
 use std::time::Duration;
@@ -20,34 +18,16 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 const REPLY_DELAY: Duration = Duration::from_millis(150);
 const ROUNDS: usize = 3;
 
-async fn deploy(gateway: &TestGateway, key: &str) -> u16 {
-    send(
-        Method::POST,
-        &gateway.url("/api/v1/tools/t1/deploy"),
-        &[("x-api-key", key)],
-        Bytes::new(),
-    )
-    .await
-    .status
-    .as_u16()
-}
-
 /// A deploy call on `gateway` started in the background (its fill is what the test races).
 fn deploy_in_background(gateway: &TestGateway, key: &str) -> tokio::task::JoinHandle<u16> {
-    let url = gateway.url("/api/v1/tools/t1/deploy");
-    let key = key.to_owned();
-    tokio::spawn(async move {
-        send(Method::POST, &url, &[("x-api-key", &key)], Bytes::new())
-            .await
-            .status
-            .as_u16()
-    })
+    let (proxy, key) = (gateway.proxy, key.to_owned());
+    tokio::spawn(async move { deploy_at(proxy, &key).await })
 }
 
 /// Polls B until it answers `want`; how long after `since` that was.
 async fn refused_after(gateway: &TestGateway, key: &str, want: u16, since: Instant) -> Duration {
     loop {
-        let status = deploy(gateway, key).await;
+        let status = gateway.deploy(key).await;
         let elapsed = since.elapsed();
         if status == want {
             return elapsed;
@@ -88,7 +68,7 @@ async fn a_key_revoked_while_another_instance_fills_it_is_refused_there() {
         let took = refused_after(&p.b, &key, 401, answered).await;
         println!("round {round}: revoked key refused by the other instance {took:?} after the admin API answered");
         // And it stays refused (not merely not yet cached).
-        assert_eq!(deploy(&p.b, &key).await, 401);
+        assert_eq!(p.b.deploy(&key).await, 401);
     }
 }
 
@@ -124,6 +104,6 @@ async fn a_scope_removed_while_another_instance_fills_the_app_is_refused_there()
         );
         let took = refused_after(&p.b, &key, 403, answered).await;
         println!("round {round}: removed scope refused by the other instance {took:?} after the admin API answered");
-        assert_eq!(deploy(&p.b, &key).await, 403);
+        assert_eq!(p.b.deploy(&key).await, 403);
     }
 }

@@ -3,8 +3,6 @@
 
 mod common;
 
-use bytes::Bytes;
-use common::http::send;
 use common::instances::{gateway_on_url, redis_conn, wait_subscribers};
 use common::redis::RedisServer;
 use common::upstream::Upstream;
@@ -22,18 +20,12 @@ async fn two_prefixes_on_one_redis_stay_apart() {
     wait_subscribers(&redis.url(), 0).await;
 
     let key = a.key_with(&["deploy_tool"]).await;
-    let deploy = |g: &common::gateway::TestGateway| {
-        let url = g.url("/api/v1/tools/t/deploy");
-        let key = key.clone();
-        async move {
-            send(Method::POST, &url, &[("x-api-key", &key)], Bytes::new())
-                .await
-                .status
-                .as_u16()
-        }
-    };
-    assert_eq!(deploy(&a).await, 200);
-    assert_eq!(deploy(&b).await, 401, "a key of tenant a works on tenant b");
+    assert_eq!(a.deploy(&key).await, 200);
+    assert_eq!(
+        b.deploy(&key).await,
+        401,
+        "a key of tenant a works on tenant b"
+    );
     let listed = b.admin(Method::GET, "/v1/apps", None).await.json();
     assert_eq!(listed, serde_json::json!([]));
     // Same app name in both: no clash.

@@ -238,6 +238,11 @@ impl TestGateway {
         )
     }
 
+    /// The status of a POST with `key` to the config's `deploy_tool` route.
+    pub async fn deploy(&self, key: &str) -> u16 {
+        deploy_at(self.proxy, key).await
+    }
+
     /// An app with these scopes and one key for it: the full key.
     pub async fn key_with(&self, scopes: &[&str]) -> String {
         let app = self
@@ -252,6 +257,20 @@ impl Drop for TestGateway {
         // Without an explicit stop, the runtime's end tears the tasks down.
         self.inner.take();
     }
+}
+
+/// The status of a POST with `key` to the test config's `deploy_tool` route on the proxy at
+/// `proxy` (an address, so a spawned task can make the call).
+pub async fn deploy_at(proxy: SocketAddr, key: &str) -> u16 {
+    send(
+        Method::POST,
+        &format!("http://{proxy}/api/v1/tools/t1/deploy"),
+        &[("x-api-key", key)],
+        Bytes::new(),
+    )
+    .await
+    .status
+    .as_u16()
 }
 
 pub fn rand_suffix() -> String {
