@@ -88,7 +88,7 @@ pub struct Metrics {
     usage_dropped: Counter,
     /// Keys (not revoked) that expire within a week; set by the lifecycle upkeep.
     keys_expiring_soon: metrics::Gauge,
-    rate_limited: DashMap<Arc<str>, Counter>,
+    rate_limited: DashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
 }
 
 /// The handles of one route (or of unmatched requests).
@@ -96,7 +96,9 @@ pub struct RouteMetrics {
     pattern: Arc<str>,
     duration: Histogram,
     upstream_duration: Option<Histogram>,
-    requests: DashMap<RequestLabels, Counter>,
+    /// Labels of authenticated requests only (app ids, bounded methods and statuses), so a
+    /// fast (seeded) hash is safe here.
+    requests: DashMap<RequestLabels, Counter, foldhash::fast::RandomState>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -149,7 +151,7 @@ impl Metrics {
             reload_ok: counter("scopegate_config_reloads_total", &[("result", "ok")]),
             reload_error: counter("scopegate_config_reloads_total", &[("result", "error")]),
             usage_dropped: counter("scopegate_usage_dropped_total", &[]),
-            rate_limited: DashMap::new(),
+            rate_limited: DashMap::default(),
             process,
             recorder,
             handle,
@@ -175,7 +177,7 @@ impl Metrics {
             pattern: pattern.clone(),
             duration,
             upstream_duration,
-            requests: DashMap::new(),
+            requests: DashMap::default(),
         }
     }
 

@@ -201,7 +201,7 @@ impl Pipeline {
             proto: self.proto,
             host: original_host(&request),
             app_id: principal.and_then(|p| p.app.id_header.as_ref()),
-            key_id: principal.and_then(|p| p.key_header.as_ref()),
+            key_id: principal.and_then(|p| p.key.id_header.as_ref()),
         };
         let out = Outgoing {
             upstream: &route.spec.upstream,
@@ -211,6 +211,11 @@ impl Pipeline {
             forwarded,
         };
         let unread = Unread::after_forwarding(&request);
+        // Counted as it is forwarded (`admit` has no side effect but the rate limit's): a
+        // request refused before this point costs its key no usage.
+        if let Some(p) = principal {
+            self.usage.record(&p.key.uses);
+        }
         let sent = Instant::now();
         let response = self.forwarder.forward(request, out).await;
         if let Some(m) = live.route_metrics.get(route.index) {
@@ -263,7 +268,7 @@ impl Pipeline {
         let mut budget = None;
         if let Some(p) = &principal {
             let limit = p.app.rate_limit.unwrap_or(live.default_rate_limit);
-            budget = Some(match self.rate_limits.check(&p.key_id, limit) {
+            budget = Some(match self.rate_limits.check(&p.key.id, limit) {
                 Decision::Limited {
                     limit,
                     retry_after,
@@ -281,7 +286,6 @@ impl Pipeline {
                     reset,
                 } => (limit, remaining, reset),
             });
-            self.usage.record(&p.key_id, &p.app.id);
         }
         let rewritten_path = match path {
             Cow::Borrowed(_) => None,
@@ -334,8 +338,8 @@ impl Pipeline {
         let presented = presented.ok_or(AuthError::Missing)?;
         let principal = self.auth.authenticate(presented).await?;
         seen.app = Some(principal.app.id.clone());
-        seen.key = Some(principal.key_id.clone());
-        if principal.allowed_ips.is_some() {
+        seen.key = Some(principal.key.id.clone());
+        if principal.key.allowed_ips.is_some() {
             principal.check_address(client())?;
         }
         principal.authorize(access)?;
