@@ -119,14 +119,17 @@ impl Kube {
         &containers[0]
     }
 
+    /// The ConfigMap's `gateway.yaml`, as text.
+    fn gateway_yaml(&self) -> &str {
+        str_at(&self.kind("ConfigMap")["data"]["gateway.yaml"])
+    }
+
     /// The ConfigMap's `gateway.yaml`, loaded as the gateway loads it.
-    fn gateway_config(&self) -> (String, scopegate::config::Config) {
-        let text = str_at(&self.kind("ConfigMap")["data"]["gateway.yaml"]).to_owned();
+    fn gateway_config(&self) -> scopegate::config::Config {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("gateway.yaml");
-        std::fs::write(&path, &text).expect("write");
-        let config = scopegate::config::load(&path).unwrap_or_else(|e| panic!("ConfigMap:\n{e}"));
-        (text, config)
+        std::fs::write(&path, self.gateway_yaml()).expect("write");
+        scopegate::config::load(&path).unwrap_or_else(|e| panic!("ConfigMap:\n{e}"))
     }
 
     /// The container port with this name (probes and the Service name ports, not numbers).
@@ -181,10 +184,10 @@ fn image_uid() -> u64 {
 
 #[tokio::test]
 async fn the_configmap_config_passes_the_binarys_check() {
-    let (text, _) = Kube::load().gateway_config();
+    let kube = Kube::load();
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("gateway.yaml");
-    std::fs::write(&path, text).expect("write");
+    std::fs::write(&path, kube.gateway_yaml()).expect("write");
     let run = common::process::scopegate(&["check", "-c", path.to_str().expect("UTF-8")]).await;
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
     assert_eq!(run.stdout.trim(), "ok");
@@ -192,7 +195,7 @@ async fn the_configmap_config_passes_the_binarys_check() {
 
 #[test]
 fn the_configmap_config_suits_a_cluster() {
-    let (_, config) = Kube::load().gateway_config();
+    let config = Kube::load().gateway_config();
     for (what, listen) in [
         ("listen", config.listen),
         ("metrics.listen", config.metrics.listen),
@@ -218,7 +221,7 @@ fn the_configmap_config_suits_a_cluster() {
 #[test]
 fn probes_and_ports_match_the_config() {
     let kube = Kube::load();
-    let (_, config) = kube.gateway_config();
+    let config = kube.gateway_config();
     let container = kube.container();
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         let get = &container[probe]["httpGet"];
@@ -244,7 +247,7 @@ fn probes_and_ports_match_the_config() {
 #[test]
 fn shutdown_timing_matches_shutdown_grace() {
     let kube = Kube::load();
-    let (_, config) = kube.gateway_config();
+    let config = kube.gateway_config();
     let command = kube.container()["lifecycle"]["preStop"]["exec"]["command"]
         .as_sequence()
         .expect("a preStop exec command");
@@ -265,7 +268,7 @@ fn shutdown_timing_matches_shutdown_grace() {
 #[test]
 fn every_admin_token_comes_from_the_secret() {
     let kube = Kube::load();
-    let (_, config) = kube.gateway_config();
+    let config = kube.gateway_config();
     let secret = kube.kind("Secret");
     let env = kube.container()["env"].as_sequence().expect("env");
     assert!(!config.admin.tokens.is_empty());
