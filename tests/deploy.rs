@@ -334,6 +334,13 @@ fn the_config_is_mounted_as_a_folder_so_edits_reach_the_pod() {
         "ConfigMap key {key}"
     );
 
+    // Management commands run with `kubectl exec` find the config by the CLI's default path.
+    assert_eq!(key, "gateway.yaml", "the CLI's default -c");
+    assert_eq!(
+        Path::new(str_at(&container["workingDir"])),
+        config.parent().expect("folder")
+    );
+
     let mounts = container["volumeMounts"].as_sequence().expect("mounts");
     let mount = mounts
         .iter()
