@@ -166,13 +166,13 @@ fn int_at(value: &Value) -> u64 {
         .unwrap_or_else(|| panic!("not a whole number: {value:?}"))
 }
 
-/// The uid in the Dockerfile's `USER uid[:gid]`.
+/// The uid in the Dockerfile's last `USER uid[:gid]` (the one the image runs as).
 fn image_uid() -> u64 {
     let dockerfile = std::fs::read_to_string(repo("Dockerfile")).expect("Dockerfile");
     let user = dockerfile
         .lines()
-        .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
         .expect("a USER line");
     user.split(':')
         .next()
