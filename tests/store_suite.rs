@@ -1,8 +1,10 @@
-//! One behavioural suite for every `KeyStore`, run against the embedded store and a real
-//! `redis-server`, plus the tests only one of them needs (reopen; invalidations and outages).
+//! One behavioural suite for every `KeyStore`, run against the embedded store, a real
+//! standalone `redis-server` and a real Redis Cluster (three masters, three replicas), plus the
+//! tests only one of them needs (reopen; invalidations and outages).
 
 mod common;
 
+use common::cluster::RedisCluster;
 use common::redis::RedisServer;
 use scopegate::model::{
     now_unix, utc_date, utc_day_number, App, AppChange, KeyChange, KeyRecord, PageRequest,
@@ -786,6 +788,15 @@ macro_rules! suite {
                 }
             )*
         }
+        mod cluster_suite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (_cluster, store) = super::cluster_store().await;
+                    super::$name(&store).await;
+                }
+            )*
+        }
     };
 }
 
@@ -819,6 +830,17 @@ async fn redis_store() -> (RedisServer, RedisStore) {
         .await
         .expect("connect");
     (server, store)
+}
+
+/// A store on a fresh cluster, connected through one node (the client finds the others).
+async fn cluster_store() -> (RedisCluster, RedisStore) {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster");
+    let store = RedisStore::connect(&cluster.url(), OP_TIMEOUT)
+        .await
+        .expect("connect");
+    (cluster, store)
 }
 
 // ---------------------------------------------------------------- embedded only
@@ -1050,6 +1072,15 @@ async fn wait_subscribed(server: &RedisServer, n: u64) {
     common::instances::wait_subscribers(&server.url(), n).await;
 }
 
+/// Waits until the store's feed is subscribed (events sent before that are not delivered).
+async fn wait_live(store: &RedisStore) {
+    let deadline = Instant::now() + HANG;
+    while !store.feed_live() {
+        assert!(Instant::now() < deadline, "the feed never subscribed");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn next_event(rx: &mut mpsc::Receiver<Invalidation>, within: Duration) -> Invalidation {
     timeout(within, rx.recv())
         .await
@@ -1060,14 +1091,22 @@ async fn next_event(rx: &mut mpsc::Receiver<Invalidation>, within: Duration) -> 
 #[tokio::test]
 async fn redis_invalidations_reach_other_instances() {
     let server = RedisServer::start();
-    let writer = RedisStore::connect(&server.url(), OP_TIMEOUT)
-        .await
-        .expect("writer");
-    let reader = RedisStore::connect(&server.url(), OP_TIMEOUT)
-        .await
-        .expect("reader");
+    invalidations_reach_other_instances(&server.url()).await;
+}
+
+/// On a cluster the writer's scripts PUBLISH on the master of the gateway's slot, and the
+/// reader hears it on whichever node its feed subscribed to.
+#[tokio::test]
+async fn cluster_invalidations_reach_other_instances() {
+    let (cluster, _) = cluster_store().await;
+    invalidations_reach_other_instances(&cluster.url()).await;
+}
+
+async fn invalidations_reach_other_instances(url: &str) {
+    let writer = RedisStore::connect(url, OP_TIMEOUT).await.expect("writer");
+    let reader = RedisStore::connect(url, OP_TIMEOUT).await.expect("reader");
     let mut rx = reader.invalidations().expect("redis has a feed");
-    wait_subscribed(&server, 1).await;
+    wait_live(&reader).await;
     let second = Duration::from_secs(1);
 
     writer.create_app(&app("a1", "one", 1)).await.expect("app");
