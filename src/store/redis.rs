@@ -270,6 +270,9 @@ impl RedisStore {
     /// [`KeyStore`] method that builds names calls [`linked`](Self::linked) first; before
     /// that these are the standalone names.
     fn names(&self) -> &Names {
+        // Catches, in tests, a new store method that forgot `linked()`: its first call after
+        // start-up would name untagged keys on a Cluster.
+        debug_assert!(self.conn.initialized(), "names() before linked()");
         self.conn
             .get()
             .map_or(&self.untagged, |linked| &linked.names)

@@ -124,6 +124,7 @@ async fn cluster_nodes(
             .await?;
         Ok(Some(text))
     };
+    // Two round trips after the connect, each allowed `op_timeout` by the connection itself.
     match tokio::time::timeout(op_timeout * 2, attempt).await {
         Ok(result) => result,
         Err(_) => Err(RedisError::from(std::io::Error::from(

@@ -2,7 +2,8 @@
 //! (`apps`), key ids (`keys`) and each app's key ids (`appkeys:{app}`) are read in chunks
 //! (`SSCAN`), each record's listing position is added to the sorted-set indexes, and the old
 //! sets are deleted once read. Every command is bounded; running it twice, or on two instances
-//! at once, adds nothing twice.
+//! at once, adds nothing twice. Standalone only in practice: those versions could not run on a
+//! Redis Cluster, so there the (tagged) old names are simply found empty.
 
 use super::{decode, decode_key, RedisStore};
 use crate::model::{listing_position, App};
