@@ -15,7 +15,7 @@ use tokio::time::{sleep, Instant};
 
 /// Any key of the default layout: all of them share this slot on a cluster.
 const A_GATEWAY_KEY: &str = "sg:{sg:}appidx";
-/// Far beyond what a failover takes (node timeout 1 s, then an election), so only a gateway
+/// Far beyond what a failover takes (node timeout 2 s, then an election), so only a gateway
 /// that never recovers trips it.
 const RECOVER_WITHIN: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
