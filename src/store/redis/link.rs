@@ -14,6 +14,14 @@ use std::time::Duration;
 
 /// Retries of one command inside the cluster client (after a MOVED, or a node that went away
 /// while the cluster fails over), each bounded by the caller's `store.timeout` anyway.
+///
+/// A retry after a dropped link may repeat a write the server already ran (the standalone
+/// client would report the failure instead). The scripts take that in their stride: a usage
+/// chunk's marker skips the repeat, a touch keeps the later time, a compare-and-set finds the
+/// record changed and the caller re-reads it, a delete finds nothing left. A create answers
+/// "taken": the admin API then says 409 for a record that this very call made, which an
+/// operator sees on the next listing. Rare (a node dying between running a script and
+/// answering) and no worse than the standalone "did it apply?" 503.
 const CLUSTER_RETRIES: u32 = 3;
 /// Wait before a cluster retry, in milliseconds: long enough for a slot refresh to land,
 /// short enough to fit several into one `store.timeout`.
