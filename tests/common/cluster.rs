@@ -22,6 +22,10 @@ const NODE_TIMEOUT_MS: u64 = 2_000;
 /// Generous: six servers, a cluster handshake and an election on a busy two-core machine.
 const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
+/// How long fresh nodes may take to answer PING.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+/// New sets of ports tried when a node could not start (a port taken in the meantime).
+const PORT_ATTEMPTS: usize = 3;
 
 /// One `redis-server` of the cluster.
 struct Node {
@@ -39,24 +43,42 @@ impl RedisCluster {
     /// Starts the nodes, creates the cluster and waits until every node reports
     /// `cluster_state:ok` with all slots served.
     pub fn start() -> RedisCluster {
+        for _ in 0..PORT_ATTEMPTS {
+            if let Some(cluster) = Self::launch() {
+                cluster.create();
+                cluster.wait_ok();
+                return cluster;
+            }
+            // Most likely someone took a port after we released it: try other ones.
+        }
+        panic!("could not start six redis-server nodes (is /usr/bin/redis-server installed?)");
+    }
+
+    /// Six nodes answering PING, or `None` if one exited or never answered.
+    fn launch() -> Option<RedisCluster> {
         let dir = tempfile::tempdir().expect("temp dir for the cluster");
-        let ports = free_ports(NODES);
-        let nodes = ports
-            .iter()
-            .map(|&port| Node {
+        let nodes = free_ports(NODES)
+            .into_iter()
+            .map(|port| Node {
                 port,
                 child: Some(spawn(port, dir.path())),
             })
             .collect();
-        let cluster = RedisCluster { nodes, dir };
-        for node in &cluster.nodes {
-            wait_until(&format!("node {} answers PING", node.port), || {
-                cli(node.port, &["PING"]).is_some_and(|out| out.trim() == "PONG")
-            });
+        let mut cluster = RedisCluster { nodes, dir };
+        let deadline = Instant::now() + READY_WITHIN;
+        for i in 0..cluster.nodes.len() {
+            while cli(cluster.nodes[i].port, &["PING"]).is_none_or(|out| out.trim() != "PONG") {
+                let exited = cluster.nodes[i]
+                    .child
+                    .as_mut()
+                    .is_none_or(|child| !matches!(child.try_wait(), Ok(None)));
+                if exited || Instant::now() > deadline {
+                    return None;
+                }
+                sleep(POLL);
+            }
         }
-        cluster.create();
-        cluster.wait_ok();
-        cluster
+        Some(cluster)
     }
 
     /// A seed URL (the first node); the client learns the others from it.
