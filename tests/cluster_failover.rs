@@ -118,6 +118,14 @@ async fn a_killed_master_fails_over_without_a_gateway_restart() {
     let served = traffic(a.proxy, cached.clone(), stop.clone());
     sleep(Duration::from_millis(200)).await;
     let mut cluster = cluster;
+    for port in cluster.live_ports() {
+        let subs = common::cluster::cli(port, &["PUBSUB", "NUMSUB", "sg:invalidate"]);
+        let role = common::cluster::cli(port, &["ROLE"]);
+        println!(
+            "node {port}: numsub {subs:?} role {:?}",
+            role.map(|r| r.lines().next().map(str::to_owned))
+        );
+    }
     cluster.kill(master);
     println!("killed master 127.0.0.1:{master}");
 

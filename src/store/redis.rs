@@ -814,6 +814,9 @@ impl KeyStore for RedisStore {
         let feed = feed::Feed {
             seed: self.client.get_connection_info().clone(),
             channel: self.untagged.channel(),
+            slot_key: Names::for_mode(&self.prefix, link::Mode::Cluster)
+                .ok()
+                .map(|names| names.app_index()),
             op_timeout: self.op_timeout,
             live: self.feed_live.clone(),
         };

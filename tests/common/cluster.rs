@@ -47,6 +47,7 @@ impl RedisCluster {
             if let Some(cluster) = Self::launch() {
                 cluster.create();
                 cluster.wait_ok();
+                cluster.wait_roles_known();
                 return cluster;
             }
             // Most likely someone took a port after we released it: try other ones.
@@ -139,6 +140,22 @@ impl RedisCluster {
             wait_until(&format!("node {port} reports cluster_state:ok"), || {
                 cli(port, &["CLUSTER", "INFO"]).is_some_and(|info| {
                     info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                })
+            });
+        }
+    }
+
+    /// Waits until every node sees every other as a healthy master or replica: the replicas'
+    /// roles reach the other nodes by gossip, after the slots are served.
+    fn wait_roles_known(&self) {
+        let replicas = NODES / 2;
+        for port in self.live_ports() {
+            wait_until(&format!("node {port} knows every replica"), || {
+                cli(port, &["CLUSTER", "NODES"]).is_some_and(|nodes| {
+                    let healthy = |l: &&str| !l.contains("fail") && !l.contains("handshake");
+                    let lines: Vec<&str> = nodes.lines().filter(healthy).collect();
+                    lines.len() == NODES
+                        && lines.iter().filter(|l| l.contains("slave")).count() == replicas
                 })
             });
         }

@@ -1,13 +1,13 @@
 //! The invalidation feed: one task that keeps a pub/sub subscription to `{prefix}invalidate`
 //! and forwards what other instances announce to the cache. It owns the `live` flag the cache
 //! reads before caching anything; it never sends a command other than SUBSCRIBE, PING and,
-//! before subscribing, `CLUSTER NODES`.
+//! before subscribing, `CLUSTER NODES` and `CLUSTER KEYSLOT`.
 //!
 //! On a standalone Redis it subscribes on the configured server. On a Cluster, classic
 //! PUBLISH is broadcast to every node, so one subscription on any node hears every write; the
 //! task reads the node list from `CLUSTER NODES` before each subscription and tries replicas
-//! first (a master's death then costs the feed nothing unless it was the one subscribed), then
-//! masters, then the configured seed. Whenever the subscription is lost it subscribes again on
+//! first, keeping off the master that holds the gateway's slot (see [`subscribable`]), then
+//! the configured seed. Whenever the subscription is lost it subscribes again on
 //! whichever node answers, and the gap is announced as [`Invalidation::All`] before anything
 //! else: events published while nobody listened are lost.
 
@@ -34,6 +34,9 @@ pub(super) struct Feed {
     /// The server named by `store.redis` (credentials and all; other nodes reuse them).
     pub(super) seed: ConnectionInfo,
     pub(super) channel: String,
+    /// One of the gateway's keys in the Cluster layout (`None` for a prefix a Cluster cannot
+    /// use), to find the master holding the data.
+    pub(super) slot_key: Option<String>,
     pub(super) op_timeout: Duration,
     pub(super) live: Arc<AtomicBool>,
 }
@@ -78,13 +81,13 @@ pub(super) async fn run(feed: Feed, tx: mpsc::Sender<Invalidation>) {
 }
 
 /// Where to try subscribing, in order: on a Cluster, the nodes the first answering node of
-/// `known` lists (replicas first), then the seed; on a standalone server, the seed alone.
+/// `known` lists (see [`subscribable`]), then the seed; on a standalone server, the seed alone.
 /// When no node answers, `known` as it was, to try again later.
 async fn nodes(known: &[ConnectionInfo], feed: &Feed) -> Vec<ConnectionInfo> {
     for node in known {
-        match cluster_nodes(node, feed.op_timeout).await {
-            Ok(Some(text)) => {
-                let mut found: Vec<ConnectionInfo> = subscribable(&text)
+        match cluster_view(node, feed).await {
+            Ok(Some(view)) => {
+                let mut found: Vec<ConnectionInfo> = subscribable(&view.nodes, view.slot)
                     .into_iter()
                     .map(|(host, port)| at(&feed.seed, host, port))
                     .collect();
@@ -98,11 +101,20 @@ async fn nodes(known: &[ConnectionInfo], feed: &Feed) -> Vec<ConnectionInfo> {
     known.to_vec()
 }
 
-/// `CLUSTER NODES` of `node`; `None` from a server that is not part of a cluster.
-async fn cluster_nodes(
+/// What one node of a Cluster says: every node, and the slot holding the gateway's keys.
+struct ClusterView {
+    /// `CLUSTER NODES`.
+    nodes: String,
+    /// `CLUSTER KEYSLOT` of one of the gateway's keys (all share it).
+    slot: Option<u16>,
+}
+
+/// The view of `node`; `None` from a server that is not part of a cluster.
+async fn cluster_view(
     node: &ConnectionInfo,
-    op_timeout: Duration,
-) -> Result<Option<String>, RedisError> {
+    feed: &Feed,
+) -> Result<Option<ClusterView>, RedisError> {
+    let op_timeout = feed.op_timeout;
     let attempt = async {
         let client = redis::Client::open(node.clone())?;
         let config = redis::AsyncConnectionConfig::new()
@@ -118,14 +130,24 @@ async fn cluster_nodes(
         if link::mode_of(&info) == Mode::Standalone {
             return Ok(None);
         }
-        let text: String = redis::cmd("CLUSTER")
+        let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut conn)
             .await?;
-        Ok(Some(text))
+        let slot = match &feed.slot_key {
+            Some(key) => Some(
+                redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(key)
+                    .query_async::<u16>(&mut conn)
+                    .await?,
+            ),
+            None => None,
+        };
+        Ok(Some(ClusterView { nodes, slot }))
     };
-    // Two round trips after the connect, each allowed `op_timeout` by the connection itself.
-    match tokio::time::timeout(op_timeout * 2, attempt).await {
+    // Three round trips after the connect, each allowed `op_timeout` by the connection itself.
+    match tokio::time::timeout(op_timeout * 3, attempt).await {
         Ok(result) => result,
         Err(_) => Err(RedisError::from(std::io::Error::from(
             std::io::ErrorKind::TimedOut,
@@ -133,32 +155,71 @@ async fn cluster_nodes(
     }
 }
 
-/// The healthy nodes of a `CLUSTER NODES` answer (`id host:port@bus[,hostname] flags ...`),
-/// replicas before masters. Nodes flagged failing, without an address or still in handshake
-/// are left out.
-fn subscribable(text: &str) -> Vec<(String, u16)> {
-    let mut replicas = Vec::new();
-    let mut masters = Vec::new();
-    for line in text.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(_id), Some(address), Some(flags)) = (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
+/// One line of `CLUSTER NODES`: `id host:port@bus[,hostname] flags master-id ping pong epoch
+/// link-state slot...`.
+struct NodeLine<'a> {
+    id: &'a str,
+    address: (String, u16),
+    replica_of: Option<&'a str>,
+    slots: Vec<&'a str>,
+}
+
+impl<'a> NodeLine<'a> {
+    /// `None` for a node flagged failing, without an address, or still in handshake.
+    fn parse(line: &'a str) -> Option<NodeLine<'a>> {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (id, address, flags, master) = (
+            fields.first()?,
+            fields.get(1)?,
+            fields.get(2)?,
+            fields.get(3)?,
+        );
         let unusable = flags
             .split(',')
             .any(|f| matches!(f, "fail" | "fail?" | "noaddr" | "handshake"));
-        let Some(node) = host_port(address).filter(|_| !unusable) else {
-            continue;
-        };
-        if flags.split(',').any(|f| f == "slave") {
-            replicas.push(node);
-        } else {
-            masters.push(node);
+        if unusable {
+            return None;
         }
+        let replica = flags.split(',').any(|f| f == "slave");
+        Some(NodeLine {
+            id,
+            address: host_port(address)?,
+            replica_of: replica.then_some(*master),
+            slots: fields.iter().skip(8).copied().collect(),
+        })
     }
-    replicas.extend(masters);
-    replicas
+
+    fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|range| {
+            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+            matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+        })
+    }
+}
+
+/// The healthy nodes of a `CLUSTER NODES` answer, in the order to try them: replicas of other
+/// masters than the one serving the gateway's `slot`, then that master's replicas, other
+/// masters, and that master last. The feed then rarely sits on the node most likely to be
+/// lost with the data (its master), whose death would otherwise cost every instance its cache
+/// (a resubscription drops it) while the data is unreachable too.
+fn subscribable(text: &str, slot: Option<u16>) -> Vec<(String, u16)> {
+    let nodes: Vec<NodeLine<'_>> = text.lines().filter_map(NodeLine::parse).collect();
+    let owner = slot.and_then(|slot| {
+        nodes
+            .iter()
+            .find(|n| n.replica_of.is_none() && n.serves(slot))
+    });
+    let owner_id = owner.map(|n| n.id);
+    let rank = |n: &NodeLine<'_>| match n.replica_of {
+        Some(master) if Some(master) != owner_id => 0,
+        Some(_) => 1,
+        None if Some(n.id) != owner_id => 2,
+        None => 3,
+    };
+    let mut ranked: Vec<(u8, (String, u16))> =
+        nodes.into_iter().map(|n| (rank(&n), n.address)).collect();
+    ranked.sort_by_key(|(rank, _)| *rank);
+    ranked.into_iter().map(|(_, address)| address).collect()
 }
 
 /// `host:port` out of `host:port@bus[,hostname]`; the host may be an IPv6 address.
@@ -258,7 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn cluster_nodes_lists_healthy_replicas_first() {
+    fn the_feed_prefers_replicas_and_keeps_off_the_master_holding_the_data() {
         let text = "\
 a1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
 b2 127.0.0.1:30002@40002,host-b master - 0 0 2 connected 5461-10922
@@ -267,14 +328,16 @@ d4 127.0.0.1:30004@40004 slave a1 0 0 1 connected
 e5 ::1:30005@40005 slave b2 0 0 2 connected
 f6 :0@0 slave,noaddr c3 0 0 3 disconnected
 ";
+        let port = |list: Vec<(String, u16)>| list.into_iter().map(|(_, p)| p).collect::<Vec<_>>();
+        // Slot 100 is a1's: b2's replica, then a1's, then b2, then a1.
         assert_eq!(
-            subscribable(text),
-            [
-                ("127.0.0.1".to_owned(), 30004),
-                ("::1".to_owned(), 30005),
-                ("127.0.0.1".to_owned(), 30001),
-                ("127.0.0.1".to_owned(), 30002),
-            ]
+            port(subscribable(text, Some(100))),
+            [30005, 30004, 30002, 30001]
         );
+        assert_eq!(
+            subscribable(text, Some(6000))[0],
+            ("127.0.0.1".to_owned(), 30004)
+        );
+        assert_eq!(port(subscribable(text, None)), [30004, 30005, 30001, 30002]);
     }
 }
