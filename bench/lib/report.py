@@ -84,7 +84,7 @@ def table(path):
         print()
         print("| median over rounds | req/s | p99 | proxy CPU/req |")
         print("| --- | ---: | ---: | ---: |")
-        for other in ("nginx", "direct"):
+        for other in ("nginx", "haproxy", "direct"):
             ratios = {"rps": [], "p99": [], "cpu": []}
             for rnd, t in sorted(by.items()):
                 if "scopegate" in t and other in t:
