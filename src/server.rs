@@ -13,6 +13,7 @@ use self::socket::ClientSocket;
 use crate::tls::TlsAcceptorSource;
 use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, Write};
+use hyper::server::conn::{http1, http2};
 use hyper::service::{service_fn, Service};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -91,19 +92,7 @@ pub async fn serve_with_tls<F, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
-        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let protocols = Arc::new(Protocols::new(&settings));
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let mut at_capacity = false;
@@ -148,7 +137,7 @@ pub async fn serve_with_tls<F, Fut, B>(
         let stream = ClientSocket::new(stream, activity.clone());
         // Taken now, so a connection accepted before a shutdown is told about it.
         let watcher = graceful.watcher();
-        let builder = builder.clone();
+        let protocols = protocols.clone();
         // The config current at accept time; a later `replace` affects later connections only.
         let acceptor = tls.as_ref().map(|source| source.acceptor());
         let handshake_timeout = settings.header_read_timeout;
@@ -164,14 +153,23 @@ pub async fn serve_with_tls<F, Fut, B>(
             let _watchdog = AbortOnDrop(watchdog.abort_handle());
             match acceptor {
                 None => {
+                    let protocol = match stream.opens_with_h2_preface().await {
+                        true => Protocol::Http2,
+                        false => Protocol::Http1,
+                    };
                     let io = TokioIo::new(stream);
-                    run_connection(&builder, io, service, watcher, peer).await
+                    run_connection(&protocols, protocol, io, service, watcher, peer).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
+                            let protocol = match stream.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => Protocol::Http2,
+                                Some(b"http/1.1") => Protocol::Http1,
+                                _ => Protocol::Detect,
+                            };
                             let io = TokioIo::new(stream);
-                            run_connection(&builder, io, service, watcher, peer).await
+                            run_connection(&protocols, protocol, io, service, watcher, peer).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -193,10 +191,61 @@ pub async fn serve_with_tls<F, Fut, B>(
     }
 }
 
+/// The HTTP versions a listener speaks, each set up once. A connection is served by the one
+/// it asks for (the h2c preface, or TLS ALPN), so it pays for no protocol detection on every
+/// read; `auto` detects it for a TLS client that named none.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    auto: auto::Builder<TokioExecutor>,
+}
+
+/// Which of [`Protocols`] serves a connection.
+#[derive(Clone, Copy, Debug)]
+enum Protocol {
+    Http1,
+    Http2,
+    Detect,
+}
+
+impl Protocols {
+    fn new(settings: &ConnectionSettings) -> Protocols {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        configure_http2(&mut http2, settings);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout);
+        let header_list = u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .max_header_list_size(header_list);
+        Protocols { http1, http2, auto }
+    }
+}
+
+/// Bounded against floods (see the constants).
+fn configure_http2(http2: &mut http2::Builder<TokioExecutor>, settings: &ConnectionSettings) {
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+}
+
 /// Serves one connection (plain or TLS) to its end, draining gracefully on shutdown. (Its
 /// watchdog, [`guard`], aborts it when it must be cut.)
 async fn run_connection<I, S, B>(
-    builder: &auto::Builder<TokioExecutor>,
+    protocols: &Protocols,
+    protocol: Protocol,
     io: I,
     service: S,
     watcher: Watcher,
@@ -209,8 +258,22 @@ async fn run_connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let connection = builder.serve_connection(io, service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    let ended: Result<(), BoxError> = match protocol {
+        Protocol::Http1 => {
+            let connection = protocols.http1.serve_connection(io, service);
+            watcher.watch(connection).await.map_err(Into::into)
+        }
+        Protocol::Http2 => {
+            let connection = protocols.http2.serve_connection(io, service);
+            watcher.watch(connection).await.map_err(Into::into)
+        }
+        Protocol::Detect => {
+            let connection = protocols.auto.serve_connection(io, service);
+            watcher.watch(connection.into_owned()).await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -13,7 +13,7 @@
 use super::body::LimitedBody;
 use crate::routing::Upstream;
 use dashmap::DashMap;
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -51,9 +51,14 @@ pub enum SendError {
 
 /// The connections of one trust set (webpki roots, or those plus one `ca:` file), by host.
 pub struct Pool {
-    hosts: DashMap<(Scheme, Authority), Arc<Host>, foldhash::fast::RandomState>,
+    /// By authority, for `http` and for `https` (looked up by the authority's text, so a
+    /// request builds no key).
+    http: Hosts,
+    https: Hosts,
     tls: TlsConnector,
 }
+
+type Hosts = DashMap<Box<str>, Arc<Host>, foldhash::fast::RandomState>;
 
 /// One upstream host's idle connections.
 pub struct Host {
@@ -76,21 +81,26 @@ pub struct Lease {
 impl Pool {
     pub fn new(tls: ClientConfig) -> Pool {
         Pool {
-            hosts: DashMap::default(),
+            http: DashMap::default(),
+            https: DashMap::default(),
             tls: TlsConnector::from(Arc::new(tls)),
         }
     }
 
     /// The upstream's host, created on first use.
     pub fn host(&self, upstream: &Upstream) -> Arc<Host> {
-        let key = (upstream.scheme.clone(), upstream.authority.clone());
-        if let Some(host) = self.hosts.get(&key) {
+        let hosts = match upstream.scheme == Scheme::HTTPS {
+            true => &self.https,
+            false => &self.http,
+        };
+        let authority = upstream.authority.as_str();
+        if let Some(host) = hosts.get(authority) {
             return host.clone();
         }
-        let header = HeaderValue::from_str(upstream.authority.as_str())
-            .unwrap_or(HeaderValue::from_static("localhost"));
-        self.hosts
-            .entry(key)
+        let header =
+            HeaderValue::from_str(authority).unwrap_or(HeaderValue::from_static("localhost"));
+        hosts
+            .entry(authority.into())
             .or_insert_with(|| {
                 Arc::new(Host {
                     idle: Mutex::new(VecDeque::new()),
