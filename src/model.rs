@@ -24,6 +24,23 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// A per-key request allowance over UTC calendar windows; a window left out is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_month: Option<u64>,
+}
+
+impl Quota {
+    /// Whether it limits anything (both windows unset: no quota).
+    pub fn is_limited(&self) -> bool {
+        self.per_day.is_some() || self.per_month.is_some()
+    }
+}
+
 /// An application: the holder of scopes. Keys belong to apps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct App {
@@ -32,6 +49,10 @@ pub struct App {
     pub scopes: Vec<String>,
     /// Overrides the config's default for every key of this app.
     pub rate_limit: Option<RateLimit>,
+    /// Overrides the config's default quota for every key of this app. Left out of the stored
+    /// JSON when unset, so records written before quotas existed read the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
     pub created_at: UnixSeconds,
     pub created_by: String,
     /// Bumped by every change; the admin API's `ETag`. Records written before versions existed
@@ -48,6 +69,8 @@ pub struct AppChange {
     pub scopes: Option<Vec<String>>,
     /// `Some(None)` returns the app to the config's default.
     pub rate_limit: Option<Option<RateLimit>>,
+    /// `Some(None)` returns the app to the config's default quota.
+    pub quota: Option<Option<Quota>>,
 }
 
 impl AppChange {
@@ -62,6 +85,9 @@ impl AppChange {
         }
         if let Some(limit) = self.rate_limit {
             next.rate_limit = limit;
+        }
+        if let Some(quota) = self.quota {
+            next.quota = quota;
         }
         next.version = app.version + 1;
         next

@@ -1,6 +1,6 @@
 //! The admin API's JSON shapes: what callers send and what they get back.
 
-use crate::model::{App, KeyRecord, RateLimit, UnixSeconds};
+use crate::model::{App, KeyRecord, Quota, RateLimit, UnixSeconds};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -19,6 +19,7 @@ pub struct CreateApp {
     pub name: String,
     pub scopes: Vec<String>,
     pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -29,6 +30,9 @@ pub struct UpdateApp {
     /// Absent: unchanged; `null`: back to the config's default.
     #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Absent: unchanged; `null`: back to the config's default.
+    #[serde(default, deserialize_with = "present")]
+    pub quota: Option<Option<Quota>>,
 }
 
 /// A field given in the body, `null` included (serde maps absent fields to `None` through
@@ -75,6 +79,8 @@ pub struct AppView {
     pub scopes: Vec<String>,
     /// The app's own limit; `null` means the config's default applies.
     pub rate_limit: Option<RateLimit>,
+    /// The app's own quota; `null` means the config's default applies.
+    pub quota: Option<Quota>,
     pub created_at: String,
     pub created_by: String,
 }
@@ -86,6 +92,7 @@ impl From<App> for AppView {
             name: a.name,
             scopes: a.scopes,
             rate_limit: a.rate_limit,
+            quota: a.quota,
             created_at: rfc3339(a.created_at),
             created_by: a.created_by,
         }

@@ -539,6 +539,7 @@ mod tests {
             name: id.to_owned(),
             scopes: Vec::new(),
             rate_limit: None,
+            quota: None,
             created_at: 1,
             created_by: "test".to_owned(),
             version: 0,
