@@ -841,12 +841,7 @@ fn shared_rate_limit_and_quota() {
         14,
         &["quota.per_month: must be at least 1"],
     );
-    one(
-        &min_plus("quota:\n  per_week: 10\n"),
-        11,
-        3,
-        &["per_week"],
-    );
+    one(&min_plus("quota:\n  per_week: 10\n"), 11, 3, &["per_week"]);
     one(
         &min_plus("rate_limit: {per_second: 1, burst: 1, sharde: true}\n"),
         10,
