@@ -169,6 +169,7 @@ pub async fn start_with_store(
         tracing::info!("rate_limit.shared: one instance on the embedded store; its own limiter is the shared one");
     }
     let quotas = Quotas::new(store.clone(), fallback, config.quota);
+    let admin_quotas = quotas.clone();
     let pipeline = Arc::new(Pipeline {
         live: ArcSwap::from_pointee(LiveConfig::new(
             config.routes,
@@ -199,6 +200,7 @@ pub async fn start_with_store(
         identities,
         metrics: metrics.clone(),
         keys: ArcSwap::from_pointee(config.keys),
+        quotas: admin_quotas,
     });
     background.push(spawn_lifecycle_upkeep(admin.clone()));
     let endpoint = Arc::new(MetricsEndpoint {

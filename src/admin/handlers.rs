@@ -1,6 +1,7 @@
 //! What each admin call does: validate, write to the store, drop stale cache entries.
 
 use super::views::{AppView, CreateApp, ScopeView, UpdateApp, UsageView};
+use super::views::{QuotaView, QuotaWindowView};
 use super::Admin;
 use crate::auth::key;
 use crate::error::AdminError;
@@ -229,5 +230,25 @@ impl Admin {
             .zip(counts)
             .map(|(date, requests)| UsageView { date, requests })
             .collect())
+    }
+
+    /// The key's quota as it applies now (its app's, or the config's default), with the
+    /// store's counts: `null` windows are unlimited.
+    pub(super) async fn key_quota(&self, id: &str) -> Result<QuotaView, AdminError> {
+        let key = self.store.get_key(id).await?.ok_or(AdminError::NotFound)?;
+        let app = self.store.get_app(&key.app_id).await?;
+        let Some(quota) = self.quotas.effective(app.and_then(|a| a.quota)) else {
+            return Ok(QuotaView::default());
+        };
+        let windows = crate::quota::windows_now(quota);
+        let (day, month) = self.quotas.used(id, &windows).await?;
+        Ok(QuotaView {
+            per_day: quota
+                .per_day
+                .map(|limit| QuotaWindowView::new(limit, day, windows.day_ends)),
+            per_month: quota
+                .per_month
+                .map(|limit| QuotaWindowView::new(limit, month, windows.month_ends)),
+        })
     }
 }

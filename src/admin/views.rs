@@ -99,6 +99,34 @@ impl From<App> for AppView {
     }
 }
 
+/// `GET /v1/keys/{id}/quota`: each window of the key's quota; `null` when it has none.
+#[derive(Debug, Default, Serialize)]
+pub struct QuotaView {
+    pub per_day: Option<QuotaWindowView>,
+    pub per_month: Option<QuotaWindowView>,
+}
+
+/// One quota window now. `used` counts admitted requests plus slices leased to instances and
+/// not yet spent (given back within seconds of going unused).
+#[derive(Debug, Serialize)]
+pub struct QuotaWindowView {
+    pub limit: u64,
+    pub used: u64,
+    pub remaining: u64,
+    pub resets_at: String,
+}
+
+impl QuotaWindowView {
+    pub fn new(limit: u64, used: u64, ends: UnixSeconds) -> QuotaWindowView {
+        QuotaWindowView {
+            limit,
+            used,
+            remaining: limit.saturating_sub(used),
+            resets_at: rfc3339(ends),
+        }
+    }
+}
+
 /// Requests on one UTC day.
 #[derive(Debug, Serialize)]
 pub struct UsageView {
