@@ -411,3 +411,105 @@ pub fn ends(windows: &QuotaWindows, window: Window) -> UnixSeconds {
         Window::Month => windows.month_ends,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::model::utc_day_number;
+    use crate::store::EmbeddedStore;
+
+    fn quotas(dir: &std::path::Path) -> (Quotas, Arc<dyn KeyStore>) {
+        let store: Arc<dyn KeyStore> = Arc::new(EmbeddedStore::open(dir).expect("store"));
+        let fallback = Arc::new(Fallback::new(Metrics::new()));
+        (Quotas::new(store.clone(), fallback, None), store)
+    }
+
+    /// Unix milliseconds at `date` (`YYYY-MM-DD`) plus `secs` seconds.
+    fn at(date: &str, secs: u64) -> u64 {
+        (utc_day_number(date).expect("date") * 86_400 + secs) * 1_000
+    }
+
+    #[tokio::test]
+    async fn a_used_up_day_comes_back_at_utc_midnight() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (quotas, store) = quotas(dir.path());
+        let key: Arc<str> = Arc::from("k1");
+        let quota = Quota {
+            per_day: Some(2),
+            per_month: Some(3),
+        };
+        let late = at("2026-11-30", 86_398);
+        let first = quotas.check_at(&key, quota, late).await.expect("first");
+        assert_eq!((first.limit, first.remaining, first.reset), (2, 1, 2));
+        quotas.check_at(&key, quota, late).await.expect("second");
+        let refused = quotas.check_at(&key, quota, late + 1_000).await;
+        assert_eq!(
+            refused,
+            Err(QuotaExceeded {
+                window: Window::Day,
+                limit: 2,
+                retry_after: 1
+            })
+        );
+        // A refusal consumed nothing.
+        let windows = QuotaWindows::at(late / 1_000, quota);
+        assert_eq!(
+            store.quota_used("k1", &windows).await.expect("used"),
+            (2, 2)
+        );
+        // Midnight, and a new month: both windows start over.
+        let next = at("2026-12-01", 0);
+        let status = quotas.check_at(&key, quota, next).await.expect("new day");
+        assert_eq!((status.limit, status.remaining), (2, 1));
+        quotas.check_at(&key, quota, next).await.expect("new day");
+        assert!(quotas.check_at(&key, quota, next).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_used_up_month_is_retried_at_the_month_end_not_the_day_end() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (quotas, _) = quotas(dir.path());
+        let key: Arc<str> = Arc::from("k2");
+        let quota = Quota {
+            per_day: Some(10),
+            per_month: Some(2),
+        };
+        let day1 = at("2026-12-30", 0);
+        quotas.check_at(&key, quota, day1).await.expect("one");
+        // Another day, the same month: the month's count carries over.
+        let day2 = at("2026-12-31", 43_200);
+        quotas.check_at(&key, quota, day2).await.expect("two");
+        let refused = quotas
+            .check_at(&key, quota, day2)
+            .await
+            .expect_err("month used up");
+        assert_eq!(refused.window, Window::Month);
+        assert_eq!(refused.retry_after, 43_200);
+        assert!(quotas
+            .check_at(&key, quota, at("2027-01-01", 0))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn unused_slices_go_back_to_the_store() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (quotas, store) = quotas(dir.path());
+        let key: Arc<str> = Arc::from("k3");
+        let quota = Quota {
+            per_day: Some(1_000),
+            per_month: None,
+        };
+        let now = at("2026-12-01", 100);
+        quotas.check_at(&key, quota, now).await.expect("one");
+        let windows = QuotaWindows::at(now / 1_000, quota);
+        let (leased, _) = store.quota_used("k3", &windows).await.expect("used");
+        assert!(leased > 1, "a slice was leased: {leased}");
+        quotas.upkeep_at(now + SLICE_TTL_MS).await;
+        assert_eq!(
+            store.quota_used("k3", &windows).await.expect("used"),
+            (1, 1)
+        );
+    }
+}
