@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::gateway::TestGateway;
 use common::http::{client, get};
-use common::instances::{gateway_on_url, wait_subscribers};
+use common::instances::{command_calls, gateway_on_url, reset_stats, wait_subscribers};
 use common::prom;
 use common::redis::RedisServer;
 use common::upstream::Upstream;
@@ -95,6 +95,7 @@ async fn three_instances_share_one_budget_within_five_percent() {
         g.deploy(&key).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    reset_stats(&redis.url()).await;
 
     let (admitted, refused) = drive(
         &proxies,
@@ -105,8 +106,11 @@ async fn three_instances_share_one_budget_within_five_percent() {
     .await;
     let budget =
         usize::try_from(u64::from(PER_SECOND) * SECONDS + u64::from(BURST)).expect("small");
+    let leases = command_calls(&redis.url(), "eval").await;
     println!(
-        "shared rate limit: budget {budget}, three instances admitted {admitted}, refused {refused}"
+        "shared rate limit: budget {budget}, three instances admitted {admitted}, refused {refused}; \
+         {leases} leases (EVAL), {:.3} per request",
+        leases as f64 / (admitted + refused) as f64
     );
     assert!(
         admitted <= budget + budget / 20,

@@ -270,10 +270,13 @@ impl Inner {
             .full_at
             .store(now.saturating_add(millis(lease.reset)), Ordering::Relaxed);
         if lease.granted == 0 {
-            // At least a millisecond, so the wait is never zero.
-            entry
-                .slice
-                .block(now.saturating_add(millis(lease.wait).max(1)));
+            // Ask again once a whole slice has come back, not one request: under overload an
+            // instance then leases a few times a second instead of once per interval, and the
+            // requests in between are refused without a round trip. Nothing is lost: GCRA
+            // keeps what comes back (up to the burst) for whoever leases next.
+            let refill = entry.interval() * entry.want.saturating_sub(1);
+            let wait = millis(lease.wait + refill).max(1);
+            entry.slice.block(now.saturating_add(wait));
         } else {
             entry
                 .slice
