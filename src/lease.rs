@@ -47,29 +47,29 @@ pub(crate) struct Slice {
 }
 
 impl Slice {
-    /// Takes one request if the slice holds one.
+    /// Takes one request if the slice holds one. What the slice still holds is spent before a
+    /// block is looked at: a prefetch may learn that the budget is spent while requests of the
+    /// slice are left, and those were granted.
     pub(crate) fn take(&self, now: u64) -> Take {
+        if now < self.expires.load(Ordering::Acquire) {
+            let mut held = self.tokens.load(Ordering::Acquire);
+            while held > 0 {
+                match self.tokens.compare_exchange_weak(
+                    held,
+                    held - 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Take::Got(held - 1),
+                    Err(now_held) => held = now_held,
+                }
+            }
+        }
         let blocked = self.blocked_until.load(Ordering::Acquire);
         if now < blocked {
-            return Take::Blocked(blocked);
-        }
-        if now >= self.expires.load(Ordering::Acquire) {
-            return Take::Empty;
-        }
-        let mut held = self.tokens.load(Ordering::Acquire);
-        loop {
-            if held == 0 {
-                return Take::Empty;
-            }
-            match self.tokens.compare_exchange_weak(
-                held,
-                held - 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Take::Got(held - 1),
-                Err(now_held) => held = now_held,
-            }
+            Take::Blocked(blocked)
+        } else {
+            Take::Empty
         }
     }
 
@@ -196,6 +196,12 @@ mod tests {
         assert_eq!(slice.drain_expired(120), 0);
         slice.block(500);
         assert_eq!(slice.take(499), Take::Blocked(500));
+        assert_eq!(slice.take(500), Take::Empty);
+        // Requests still held are spent before a block counts.
+        slice.fill(1, 300, 1_000);
+        slice.block(900);
+        assert_eq!(slice.take(301), Take::Got(0));
+        assert_eq!(slice.take(301), Take::Blocked(900));
         assert_eq!(slice.fill(1, 200, 1_000), 0);
         assert_eq!(slice.take(201), Take::Got(0));
     }

@@ -378,23 +378,26 @@ impl Inner {
         }
     }
 
-    /// Sends the store what it is owed and what it lent unused, while it answers.
+    /// Sends the store what it is owed and what it lent unused. During an outage this is one of
+    /// the probes (at most one per [`crate::lease::PROBE_EVERY_MS`]), so counts settle and the
+    /// fallback ends even when no request comes to lease.
     async fn settle(&self, key_id: &str, entry: &Entry) {
-        if self.fallback.active() {
-            return;
-        }
         let owed = entry.owed.load(Ordering::Relaxed);
         let unused = entry.unused.load(Ordering::Relaxed);
-        let delta = i64::try_from(owed).unwrap_or(i64::MAX) - i64::try_from(unused).unwrap_or(0);
         if owed == 0 && unused == 0 {
             return;
         }
+        if !self.fallback.try_store() {
+            return;
+        }
+        let delta = i64::try_from(owed).unwrap_or(i64::MAX) - i64::try_from(unused).unwrap_or(0);
         match self.store.adjust_quota(key_id, &entry.windows, delta).await {
             Ok(()) => {
+                self.fallback.recovered();
                 entry.owed.fetch_sub(owed, Ordering::Relaxed);
                 entry.unused.fetch_sub(unused, Ordering::Relaxed);
             }
-            Err(error) => tracing::debug!(%error, "quota counts not settled yet"),
+            Err(error) => self.fallback.failed("settling quota counts", &error),
         }
     }
 }

@@ -271,3 +271,42 @@ async fn drive(proxies: &[std::net::SocketAddr], key: &str, total: usize) -> usi
     }
     admitted
 }
+
+/// With Redis down, an instance admits on its own last known count (never past the quota for
+/// one instance), says so, and adds what it admitted to Redis's count once it answers.
+#[tokio::test]
+async fn with_redis_down_an_instance_counts_on_its_own_and_settles_later() {
+    let mut redis = RedisServer::start_persistent();
+    let upstream = Upstream::start().await;
+    let gw = gateway_on_url(
+        &redis.url(),
+        &upstream,
+        with_quota("quota:\n  per_day: 6\n"),
+    )
+    .await;
+    wait_subscribers(&redis.url(), 1).await;
+    let (_, key_id, key) = app_key(&gw, None).await;
+    assert_eq!(deploy(&gw, &key).await.status, 200);
+    assert_eq!(deploy(&gw, &key).await.status, 200);
+    redis.stop();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(deploy(&gw, &key).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+    redis.start_again();
+    let mut used = json!(null);
+    for _ in 0..100 {
+        let quota = gw
+            .admin(Method::GET, &format!("/v1/keys/{key_id}/quota"), None)
+            .await;
+        if quota.status == 200 {
+            used = quota.json()["per_day"]["used"].clone();
+            if used == json!(6) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("Redis counts {used} after the outage, expected 6");
+}
