@@ -88,8 +88,8 @@ pub struct Metrics {
     usage_dropped: Counter,
     /// Keys (not revoked) that expire within a week; set by the lifecycle upkeep.
     keys_expiring_soon: metrics::Gauge,
-    rate_limited: DashMap<Arc<str>, Counter>,
-    quota_exceeded: DashMap<Arc<str>, Counter>,
+    rate_limited: DashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
+    quota_exceeded: DashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
     /// 1 while shared limits fall back to per-instance ones (the store is unreachable).
     shared_limits_fallback: metrics::Gauge,
 }
@@ -99,7 +99,9 @@ pub struct RouteMetrics {
     pattern: Arc<str>,
     duration: Histogram,
     upstream_duration: Option<Histogram>,
-    requests: DashMap<RequestLabels, Counter>,
+    /// Labels of authenticated requests only (app ids, bounded methods and statuses), so a
+    /// fast (seeded) hash is safe here.
+    requests: DashMap<RequestLabels, Counter, foldhash::fast::RandomState>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -152,8 +154,8 @@ impl Metrics {
             reload_ok: counter("scopegate_config_reloads_total", &[("result", "ok")]),
             reload_error: counter("scopegate_config_reloads_total", &[("result", "error")]),
             usage_dropped: counter("scopegate_usage_dropped_total", &[]),
-            rate_limited: DashMap::new(),
-            quota_exceeded: DashMap::new(),
+            rate_limited: DashMap::default(),
+            quota_exceeded: DashMap::default(),
             shared_limits_fallback: recorder
                 .register_gauge(&key("scopegate_rate_limit_fallback", &[]), &METADATA),
             process,
@@ -181,7 +183,7 @@ impl Metrics {
             pattern: pattern.clone(),
             duration,
             upstream_duration,
-            requests: DashMap::new(),
+            requests: DashMap::default(),
         }
     }
 
@@ -276,7 +278,7 @@ impl Metrics {
     /// One more in `family{app}`, registering the app's series the first time it is seen.
     fn count_by_app(
         &self,
-        handles: &DashMap<Arc<str>, Counter>,
+        handles: &DashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
         family: &'static str,
         app: &Arc<str>,
     ) {

@@ -208,7 +208,7 @@ impl Pipeline {
             proto: self.proto,
             host: original_host(&request),
             app_id: principal.and_then(|p| p.app.id_header.as_ref()),
-            key_id: principal.and_then(|p| p.key_header.as_ref()),
+            key_id: principal.and_then(|p| p.key.id_header.as_ref()),
         };
         let out = Outgoing {
             upstream: &route.spec.upstream,
@@ -218,6 +218,11 @@ impl Pipeline {
             forwarded,
         };
         let unread = Unread::after_forwarding(&request);
+        // Counted as it is forwarded (`admit` has no side effect but the rate limit's): a
+        // request refused before this point costs its key no usage.
+        if let Some(p) = principal {
+            self.usage.record(&p.key.uses);
+        }
         let sent = Instant::now();
         let response = self.forwarder.forward(request, out).await;
         if let Some(m) = live.route_metrics.get(route.index) {
@@ -274,30 +279,29 @@ impl Pipeline {
         let mut quota = None;
         if let Some(p) = &principal {
             let limit = p.app.rate_limit.unwrap_or(live.default_rate_limit);
+            // The shared budget when `rate_limit.shared` is on; `rate_limits` otherwise.
             let shared = &self.shared_rate_limits;
-            budget = Some(
-                match shared.check(&self.rate_limits, &p.key_id, limit).await {
-                    Decision::Limited {
+            let decision = shared.check(&self.rate_limits, &p.key.id, limit).await;
+            budget = Some(match decision {
+                Decision::Limited {
+                    limit,
+                    retry_after,
+                    reset,
+                } => {
+                    return Err(ProxyError::RateLimited {
                         limit,
                         retry_after,
                         reset,
-                    } => {
-                        return Err(ProxyError::RateLimited {
-                            limit,
-                            retry_after,
-                            reset,
-                        })
-                    }
-                    Decision::Allowed {
-                        limit,
-                        remaining,
-                        reset,
-                    } => (limit, remaining, reset),
-                },
-            );
+                    })
+                }
+                Decision::Allowed {
+                    limit,
+                    remaining,
+                    reset,
+                } => (limit, remaining, reset),
+            });
             // After the rate limit, so a request it refuses consumes no quota.
-            quota = self.quotas.check(&p.key_id, p.app.quota).await?;
-            self.usage.record(&p.key_id, &p.app.id);
+            quota = self.quotas.check(&p.key.id, p.app.quota).await?;
         }
         let rewritten_path = match path {
             Cow::Borrowed(_) => None,
@@ -357,8 +361,8 @@ impl Pipeline {
         let presented = presented.ok_or(AuthError::Missing)?;
         let principal = self.auth.authenticate(presented).await?;
         seen.app = Some(principal.app.id.clone());
-        seen.key = Some(principal.key_id.clone());
-        if principal.allowed_ips.is_some() {
+        seen.key = Some(principal.key.id.clone());
+        if principal.key.allowed_ips.is_some() {
             principal.check_address(client())?;
         }
         principal.authorize(access)?;

@@ -41,7 +41,8 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, MonotonicClock, StateInforma
 
 /// Per-key rate-limit state, shared by all connections (wrap it in an `Arc`).
 pub struct RateLimits {
-    entries: DashMap<Arc<str>, Arc<Entry>>,
+    /// Keyed by authenticated key ids only, so a fast (seeded) hash is safe here.
+    entries: DashMap<Arc<str>, Arc<Entry>, foldhash::fast::RandomState>,
     max_keys: usize,
     /// Origin of the entries' `last_used` stamps.
     epoch: Instant,
@@ -123,7 +124,7 @@ impl RateLimits {
     /// refill window, or busy keys may lose their state early (and so get a fresh burst).
     pub fn new(max_keys: u64) -> RateLimits {
         RateLimits {
-            entries: DashMap::new(),
+            entries: DashMap::default(),
             max_keys: usize::try_from(max_keys).unwrap_or(usize::MAX),
             epoch: Instant::now(),
         }

@@ -1,6 +1,10 @@
 //! Config hot reload: watches the config file (and takes explicit triggers such as SIGHUP),
 //! validates the new file, and swaps what may change live in one atomic step.
 //!
+//! The watch sees a file edited in place, one replaced by rename (editors), and a Kubernetes
+//! ConfigMap volume, where the config is a symlink that never changes (`gateway.yaml ->
+//! ..data/gateway.yaml`) and an update atomically swaps the `..data` link it goes through.
+//!
 //! A broken edit is refused, logged with `FILE:LINE:COLUMN` and counted; the running config
 //! stays. Requests in flight finish on the config they started with (they hold its `Arc`).
 //! Settings bound at start (listeners, store, admin identities, connection limits) are never
@@ -13,8 +17,9 @@ use crate::metrics::Metrics;
 use crate::pipeline::{LiveConfig, Pipeline};
 use crate::tls::TlsAcceptorSource;
 use notify::{RecursiveMode, Watcher};
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -224,17 +229,20 @@ fn watch_file(path: &Path, changes: mpsc::Sender<()>) -> Option<notify::Recommen
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name()?.to_owned();
+    let config = path.to_path_buf();
     let handler = move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if event.kind.is_access() {
             return;
         }
-        if event
+        // Resolved again on every event: the file may have become a symlink since start-up.
+        let names = watched_names(&config);
+        let concerns_config = event
             .paths
             .iter()
-            .any(|p| p.file_name() == Some(name.as_os_str()))
-        {
+            .filter_map(|p| p.file_name())
+            .any(|n| names.iter().any(|w| w == n));
+        if concerns_config {
             let _ = changes.try_send(());
         }
     };
@@ -250,4 +258,59 @@ fn watch_file(path: &Path, changes: mpsc::Sender<()>) -> Option<notify::Recommen
         return None;
     }
     Some(watcher)
+}
+
+/// The entries of the config's folder whose change can change what the config path reads: the
+/// file itself and, when it is a relative symlink, the first entry its target goes through. In
+/// a Kubernetes ConfigMap volume that is `..data` (`gateway.yaml -> ..data/gateway.yaml`): the
+/// kubelet renames a new `..data` link over the old one and never touches `gateway.yaml`.
+/// A link that leaves the folder (`../x`, absolute) is not followed: reload with SIGHUP.
+fn watched_names(config: &Path) -> Vec<OsString> {
+    let mut names: Vec<OsString> = config
+        .file_name()
+        .map(OsStr::to_owned)
+        .into_iter()
+        .collect();
+    let Ok(target) = std::fs::read_link(config) else {
+        return names;
+    };
+    if let Some(Component::Normal(first)) = target.components().next() {
+        if target.is_relative() && !names.iter().any(|n| n == first) {
+            names.push(first.to_owned());
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watched_names;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_plain_file_is_watched_by_its_name() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = dir.path().join("gateway.yaml");
+        std::fs::write(&config, "").expect("write");
+        assert_eq!(watched_names(&config), ["gateway.yaml"]);
+    }
+
+    #[test]
+    fn a_configmap_link_is_watched_through_its_data_link() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = dir.path().join("gateway.yaml");
+        symlink("..data/gateway.yaml", &config).expect("link");
+        assert_eq!(watched_names(&config), ["gateway.yaml", "..data"]);
+    }
+
+    #[test]
+    fn a_link_out_of_the_folder_adds_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = dir.path().join("gateway.yaml");
+        symlink("../elsewhere/gateway.yaml", &config).expect("link");
+        assert_eq!(watched_names(&config), ["gateway.yaml"]);
+        std::fs::remove_file(&config).expect("remove");
+        symlink("/etc/gateway.yaml", &config).expect("link");
+        assert_eq!(watched_names(&config), ["gateway.yaml"]);
+    }
 }

@@ -1,10 +1,13 @@
 //! Usage bookkeeping, off the request path: last-used times and request counts per key per day
 //! and per app per day (UTC).
 //!
-//! The request hands (key, app) to a bounded channel and moves on: it never waits and never
-//! blocks. A background task adds the uses up and writes them to the store in batches. If the
-//! store is down, pending counts are kept (bounded; past the bound the oldest are dropped and
-//! counted in `scopegate_usage_dropped_total`) and retried; on shutdown they are flushed.
+//! A request adds one to its key's [`UseCell`] (an atomic on the cached key) and moves on: it
+//! never waits, never blocks and sends nothing, except that the first use of a key since the
+//! last sweep hands the cell to the background task once. Every flush interval the task sweeps
+//! the cells it was handed, adds their counts up and writes them to the store in batches. A
+//! count is dated when it is swept (at most one flush interval after the use). If the store is
+//! down, pending counts are kept (bounded; past the bound the oldest are dropped and counted in
+//! `scopegate_usage_dropped_total`) and retried; on shutdown they are flushed.
 //!
 //! Each use is counted exactly once. A write that times out may still have been applied, so
 //! counts are sealed into batches with an id before they are written, and a batch is sent
@@ -16,6 +19,7 @@ use crate::metrics::{Metrics, StoreOp};
 use crate::model::{now_unix, utc_date, UnixSeconds, UsageBatch, UsageCounts};
 use crate::store::{KeyStore, USAGE_CHUNK};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -23,10 +27,10 @@ use tokio::task::JoinHandle;
 
 /// Often enough that the admin API shows a use within its 2-second promise.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
-/// Uses buffered between the request path and the task; the task drains it far faster than
-/// requests arrive, so it fills only if the task is starved.
+/// Cells handed to the task between two sweeps: one per key used since the last sweep, so it
+/// fills only if more keys than this are used within one flush interval.
 const CHANNEL_CAPACITY: usize = 65_536;
-/// Uses taken off the channel per wake-up of the task, at most.
+/// Cells taken off the channel per wake-up of the task, at most.
 const RECEIVE_BATCH: usize = 1024;
 /// Pending (id, day) counters and last-used entries kept while the store is unreachable.
 pub const MAX_PENDING: usize = 200_000;
@@ -38,29 +42,61 @@ const BATCH_COUNTERS: usize = USAGE_CHUNK;
 const BATCHES_PER_WRITE: usize = 20;
 const DAY: UnixSeconds = 86_400;
 
-/// One use of a key.
+/// One key's uses not yet swept. Lives on the cached key, so counting a use is one atomic add.
+#[derive(Debug)]
+pub struct UseCell {
+    key: Arc<str>,
+    app: Arc<str>,
+    uses: AtomicU64,
+    /// Whether the task holds this cell for its next sweep.
+    handed: AtomicBool,
+}
+
+impl UseCell {
+    pub fn new(key: Arc<str>, app: Arc<str>) -> Arc<UseCell> {
+        Arc::new(UseCell {
+            key,
+            app,
+            uses: AtomicU64::new(0),
+            handed: AtomicBool::new(false),
+        })
+    }
+
+    /// Takes the uses counted so far. The cell is released first, so a use counted after the
+    /// take hands the cell over again and none is missed.
+    fn take(&self) -> u64 {
+        self.handed.store(false, Ordering::SeqCst);
+        self.uses.swap(0, Ordering::SeqCst)
+    }
+}
+
+/// Uses of one key, as swept.
 struct Use {
     key: Arc<str>,
     app: Arc<str>,
     at: UnixSeconds,
+    n: u64,
 }
 
 /// The request path's handle.
 #[derive(Clone)]
 pub struct UsageRecorder {
-    tx: mpsc::Sender<Use>,
+    tx: mpsc::Sender<Arc<UseCell>>,
     metrics: Arc<Metrics>,
 }
 
 impl UsageRecorder {
-    /// Notes one use of `key` (of `app`). Never blocks; a full queue drops the use and counts it.
-    pub fn record(&self, key: &Arc<str>, app: &Arc<str>) {
-        let event = Use {
-            key: key.clone(),
-            app: app.clone(),
-            at: now_unix(),
-        };
-        if self.tx.try_send(event).is_err() {
+    /// Notes one use of the cell's key. Never blocks; if the task's queue is full the use is
+    /// dropped and counted.
+    pub fn record(&self, cell: &Arc<UseCell>) {
+        cell.uses.fetch_add(1, Ordering::SeqCst);
+        if cell.handed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if self.tx.try_send(cell.clone()).is_err() {
+            // Not handed: the next use tries again; this one is given up.
+            cell.handed.store(false, Ordering::SeqCst);
+            cell.uses.fetch_sub(1, Ordering::SeqCst);
             self.metrics.usage_dropped(1);
         }
     }
@@ -115,22 +151,22 @@ impl Pending {
 
     fn add(&mut self, u: Use) {
         let day = u.at / DAY;
-        self.count(Counter::Key(u.key.clone(), day));
-        self.count(Counter::App(u.app, day));
+        self.count(Counter::Key(u.key.clone(), day), u.n);
+        self.count(Counter::App(u.app, day), u.n);
         if self.last_used.len() < self.capacity || self.last_used.contains_key(&u.key) {
             let at = self.last_used.entry(u.key).or_insert(u.at);
             *at = (*at).max(u.at);
         }
     }
 
-    fn count(&mut self, counter: Counter) {
-        if let Some(n) = self.counts.get_mut(&counter) {
-            *n += 1;
+    fn count(&mut self, counter: Counter, n: u64) {
+        if let Some(count) = self.counts.get_mut(&counter) {
+            *count += n;
             return;
         }
         while self.counters() >= self.capacity && self.drop_oldest() {}
         self.order.push_back(counter.clone());
-        self.counts.insert(counter, 1);
+        self.counts.insert(counter, n);
     }
 
     /// Counters held, sealed or not.
@@ -200,35 +236,58 @@ impl Pending {
 
 async fn run(
     store: Arc<dyn KeyStore>,
-    mut rx: mpsc::Receiver<Use>,
+    mut rx: mpsc::Receiver<Arc<UseCell>>,
     mut shutdown: watch::Receiver<bool>,
     mut pending: Pending,
 ) {
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Under load many uses queue up between two runs of this task: take them in one go rather
-    // than one `select!` round each.
+    let mut cells: Vec<Arc<UseCell>> = Vec::new();
     let mut received = Vec::with_capacity(RECEIVE_BATCH);
     let mut open = true;
     loop {
         tokio::select! {
             n = rx.recv_many(&mut received, RECEIVE_BATCH), if open => {
                 open = n > 0;
-                received.drain(..).for_each(|u| pending.add(u));
+                cells.append(&mut received);
             }
-            _ = tick.tick() => flush(&*store, &mut pending).await,
+            _ = tick.tick() => {
+                sweep(&mut cells, &mut rx, &mut pending);
+                flush(&*store, &mut pending).await;
+            }
             _ = crate::server::stopped(&mut shutdown) => break,
         }
     }
-    while let Ok(u) = rx.try_recv() {
-        pending.add(u);
-    }
+    sweep(&mut cells, &mut rx, &mut pending);
     flush(&*store, &mut pending).await;
     if !pending.is_empty() {
         tracing::warn!(
             counters = pending.counters(),
             "usage not written at shutdown: the store is unreachable"
         );
+    }
+}
+
+/// Moves the counts of every cell handed over so far into `pending`, dated now.
+fn sweep(
+    cells: &mut Vec<Arc<UseCell>>,
+    rx: &mut mpsc::Receiver<Arc<UseCell>>,
+    pending: &mut Pending,
+) {
+    while let Ok(cell) = rx.try_recv() {
+        cells.push(cell);
+    }
+    let at = now_unix();
+    for cell in cells.drain(..) {
+        let n = cell.take();
+        if n > 0 {
+            pending.add(Use {
+                key: cell.key.clone(),
+                app: cell.app.clone(),
+                at,
+                n,
+            });
+        }
     }
 }
 
@@ -293,7 +352,66 @@ mod tests {
             key: Arc::from(key),
             app: Arc::from(app),
             at,
+            n: 1,
         }
+    }
+
+    fn key_total(p: &Pending, key: &str) -> u64 {
+        p.counts
+            .iter()
+            .filter(|(c, _)| matches!(c, Counter::Key(k, _) if &**k == key))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    #[test]
+    fn every_use_counted_in_a_cell_is_swept_exactly_once_while_sweeps_run() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let recorder = UsageRecorder {
+            tx,
+            metrics: Metrics::new(),
+        };
+        let cell = UseCell::new(Arc::from("k1"), Arc::from("a"));
+        let mut pending = Pending::new(1000, Metrics::new());
+        let mut cells = Vec::new();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| (0..20_000).for_each(|_| recorder.record(&cell)));
+            }
+            for _ in 0..200 {
+                sweep(&mut cells, &mut rx, &mut pending);
+                std::thread::yield_now();
+            }
+        });
+        sweep(&mut cells, &mut rx, &mut pending);
+        assert_eq!(key_total(&pending, "k1"), 80_000);
+        // Swept dry: nothing is handed over until the next use.
+        assert!(rx.try_recv().is_err());
+        recorder.record(&cell);
+        sweep(&mut cells, &mut rx, &mut pending);
+        assert_eq!(key_total(&pending, "k1"), 80_001);
+    }
+
+    #[test]
+    fn a_use_that_finds_the_queue_full_is_dropped_and_counted_and_the_next_one_retries() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let metrics = Metrics::new();
+        let recorder = UsageRecorder {
+            tx,
+            metrics: metrics.clone(),
+        };
+        let first = UseCell::new(Arc::from("k1"), Arc::from("a"));
+        let second = UseCell::new(Arc::from("k2"), Arc::from("a"));
+        recorder.record(&first);
+        recorder.record(&second);
+        assert!(metrics.render().contains("scopegate_usage_dropped_total 1"));
+        let mut pending = Pending::new(1000, Metrics::new());
+        let mut cells = Vec::new();
+        sweep(&mut cells, &mut rx, &mut pending);
+        recorder.record(&second);
+        sweep(&mut cells, &mut rx, &mut pending);
+        assert_eq!(key_total(&pending, "k1"), 1);
+        assert_eq!(key_total(&pending, "k2"), 1);
     }
 
     #[test]

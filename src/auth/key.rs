@@ -11,6 +11,8 @@ use crate::model::{now_unix, KeyRecord, UnixSeconds};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
+use siphasher::sip128::SipHasher13;
+use std::sync::LazyLock;
 use subtle::ConstantTimeEq;
 
 const PREFIX: &str = "sg_";
@@ -117,6 +119,23 @@ pub fn digest(secret: &str) -> [u8; 32] {
 
 /// Compares digests in constant time.
 pub fn digests_match(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// A 128-bit SipHash of a secret under a key drawn at start-up and never shown: what a cached
+/// key remembers of the secret that last verified, so later requests skip SHA-256. It proves
+/// nothing to anyone outside this process, and a secret that does not match it is checked
+/// against the stored digest as usual.
+pub fn verified_tag(secret: &str) -> [u8; 16] {
+    static TAG_KEY: LazyLock<(u64, u64)> = LazyLock::new(rand::random);
+    let (k0, k1) = *TAG_KEY;
+    SipHasher13::new_with_keys(k0, k1)
+        .hash(secret.as_bytes())
+        .as_bytes()
+}
+
+/// Compares tags in constant time.
+pub fn tags_match(a: &[u8; 16], b: &[u8; 16]) -> bool {
     a.ct_eq(b).into()
 }
 

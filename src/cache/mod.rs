@@ -15,15 +15,21 @@ use self::tier::Tier;
 use crate::metrics::Metrics;
 use crate::model::{App, KeyRecord, Quota, RateLimit, UnixSeconds};
 use crate::store::{Invalidation, KeyStore, StoreError};
+use crate::usage::UseCell;
 use http::HeaderValue;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// What the request path needs of a key.
 #[derive(Debug)]
 pub struct CachedKey {
+    /// Set once the secret verified against `digest`: a keyed fast hash of it (made by the
+    /// authenticator), so the next requests with the same secret skip SHA-256.
+    pub verified: OnceLock<[u8; 16]>,
+    /// The key's uses not yet written to the store.
+    pub uses: Arc<UseCell>,
     pub id: Arc<str>,
     /// `id` as the `X-Scopegate-Key` value, built once per cache fill rather than per request
     /// (`None` if the stored id is not valid header text).
@@ -155,11 +161,15 @@ fn millis(d: Duration) -> u64 {
 }
 
 fn cached_key(k: KeyRecord) -> CachedKey {
+    let id: Arc<str> = Arc::from(k.id);
+    let app_id: Arc<str> = Arc::from(k.app_id);
     CachedKey {
+        verified: OnceLock::new(),
+        uses: UseCell::new(id.clone(), app_id.clone()),
         digest: decode_digest(&k.secret_hash),
-        id_header: header_value(&k.id),
-        id: Arc::from(k.id),
-        app_id: Arc::from(k.app_id),
+        id_header: header_value(&id),
+        id,
+        app_id,
         expires_at: k.expires_at,
         revoked: k.revoked_at.is_some(),
         disabled: k.disabled,

@@ -9,54 +9,46 @@ pub static X_SCOPEGATE_KEY: HeaderName = HeaderName::from_static("x-scopegate-ke
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-/// RFC 7540 §3.2.1: sent with `Upgrade: h2c`, connection-specific even when `Connection` omits it.
-static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
-
-static X_HTTP_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-http-method-override");
-static X_HTTP_METHOD: HeaderName = HeaderName::from_static("x-http-method");
-static X_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-method-override");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
-static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
-static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
-static X_REWRITE_URL: HeaderName = HeaderName::from_static("x-rewrite-url");
 
 /// Headers upstream frameworks read as the request's real method, client or URL (Rails and
 /// Express method overrides, IIS/Symfony URL rewrites, proxy-set client and prefix headers).
 /// From a client they would turn the request that was authorised into another one, so only a
-/// trusted proxy may send them.
-fn steering() -> [&'static HeaderName; 10] {
+/// trusted proxy may send them. (The request path matches them by name: [`is_steering`].)
+#[cfg(test)]
+fn steering() -> [HeaderName; 10] {
     [
-        &X_HTTP_METHOD_OVERRIDE,
-        &X_HTTP_METHOD,
-        &X_METHOD_OVERRIDE,
-        &header::FORWARDED,
-        &X_REAL_IP,
-        &TRUE_CLIENT_IP,
-        &X_FORWARDED_PORT,
-        &X_FORWARDED_PREFIX,
-        &X_ORIGINAL_URL,
-        &X_REWRITE_URL,
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-original-url",
+        "x-rewrite-url",
     ]
+    .map(HeaderName::from_static)
 }
 
-/// RFC 9110 §7.6.1 connection-specific headers, plus the legacy ones proxies still see.
-fn hop_by_hop() -> [&'static HeaderName; 10] {
+/// RFC 9110 §7.6.1 connection-specific headers, plus the legacy ones proxies still see
+/// (`http2-settings`: RFC 7540 §3.2.1, sent with `Upgrade: h2c`). (The request path matches
+/// them by name: [`is_hop_by_hop`].)
+#[cfg(test)]
+fn hop_by_hop() -> [HeaderName; 10] {
     [
-        &header::CONNECTION,
-        &HTTP2_SETTINGS,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
+        "connection",
+        "http2-settings",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
     ]
+    .map(HeaderName::from_static)
 }
 
 /// What the gateway tells the upstream about the caller.
@@ -74,42 +66,40 @@ pub struct Forwarded<'a> {
 /// Removes `Connection`-named and hop-by-hop headers. Runs before anything is added, so a
 /// client cannot use `Connection` to strip what the gateway sets.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let nominated: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in nominated {
-            headers.remove(name);
-        }
-    }
-    remove_each(headers, &hop_by_hop());
+    strip_nominated(headers);
+    remove_where(headers, |name| is_hop_by_hop(name.as_str()));
 }
 
-/// Rewrites a request's headers for the upstream.
+/// Removes the headers a `Connection` header names (rare: HTTP/1.1 keep-alive needs none).
+fn strip_nominated(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    let nominated: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in nominated {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a request's headers for the upstream: one pass over the client's headers decides
+/// which go, then the gateway's own are set.
 pub fn prepare_request(headers: &mut HeaderMap, strip_bearer: bool, fwd: &Forwarded<'_>) {
-    strip_hop_by_hop(headers);
+    strip_nominated(headers);
     // Read before the client's copy is removed below.
     let forwarded_for = forwarded_for(headers, fwd);
-    // The upstream is addressed by its own authority; the client's goes in X-Forwarded-Host.
-    let replaced = [
-        &crate::auth::credential::X_API_KEY,
-        &X_SCOPEGATE_APP,
-        &X_SCOPEGATE_KEY,
-        &header::HOST,
-        &X_FORWARDED_HOST,
-        &X_FORWARDED_FOR,
-        &header::AUTHORIZATION,
-    ];
-    // Authorization is last: kept unless it carried the key.
-    let count = replaced.len() - usize::from(!strip_bearer);
-    remove_each(headers, &replaced[..count]);
-    if !fwd.trusted_peer {
-        remove_each(headers, &steering());
-    }
+    remove_where(headers, |name| {
+        let name = name.as_str();
+        is_hop_by_hop(name)
+            || is_replaced(name)
+            || (strip_bearer && name == "authorization")
+            || (!fwd.trusted_peer && is_steering(name))
+    });
     if let Some(host) = &fwd.host {
         headers.insert(&X_FORWARDED_HOST, host.clone());
     }
@@ -125,20 +115,68 @@ pub fn prepare_request(headers: &mut HeaderMap, strip_bearer: bool, fwd: &Forwar
     }
 }
 
-/// Removes every header named in `names`.
-fn remove_each(headers: &mut HeaderMap, names: &[&HeaderName]) {
+/// Removes every header whose name `doomed` picks; looks each name up once, and allocates
+/// only when there is something to remove.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
     for name in names {
-        headers.remove(*name);
+        headers.remove(name);
     }
+}
+
+/// [`hop_by_hop`], by name.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "http2-settings"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// [`steering`], by name.
+fn is_steering(name: &str) -> bool {
+    matches!(
+        name,
+        "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+            | "forwarded"
+            | "x-real-ip"
+            | "true-client-ip"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-original-url"
+            | "x-rewrite-url"
+    )
+}
+
+/// Headers the gateway sets itself (or drops: the key): the client's copies never pass. The
+/// upstream is addressed by its own authority; the client's goes in X-Forwarded-Host.
+fn is_replaced(name: &str) -> bool {
+    matches!(
+        name,
+        "x-api-key"
+            | "x-scopegate-app"
+            | "x-scopegate-key"
+            | "host"
+            | "x-forwarded-host"
+            | "x-forwarded-for"
+    )
 }
 
 /// The `X-Forwarded-For` to send: the peer's address, after the client's own list when the
 /// peer is trusted to speak for earlier hops.
 fn forwarded_for(headers: &HeaderMap, fwd: &Forwarded<'_>) -> Option<HeaderValue> {
-    // Owned text becomes the value without another copy.
-    let ip = fwd.client_ip.to_string();
     if !fwd.trusted_peer {
-        return HeaderValue::try_from(ip).ok();
+        return Some(ip_value(fwd.client_ip));
     }
     let earlier: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
@@ -146,9 +184,37 @@ fn forwarded_for(headers: &HeaderMap, fwd: &Forwarded<'_>) -> Option<HeaderValue
         .filter_map(|v| v.to_str().ok())
         .collect();
     if earlier.is_empty() {
-        return HeaderValue::try_from(ip).ok();
+        return Some(ip_value(fwd.client_ip));
     }
-    HeaderValue::try_from(format!("{}, {ip}", earlier.join(", "))).ok()
+    HeaderValue::try_from(format!("{}, {}", earlier.join(", "), fwd.client_ip)).ok()
+}
+
+/// An address as header text; IPv4 without the formatting machinery (it runs per request).
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static(""));
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
+        for d in &digits[skip..] {
+            text[len] = b'0' + d;
+            len += 1;
+        }
+    }
+    HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static(""))
 }
 
 #[cfg(test)]
@@ -190,6 +256,36 @@ mod tests {
         h.insert("host", HeaderValue::from_static("api.example.com"));
         h.insert("accept", HeaderValue::from_static("application/json"));
         h
+    }
+
+    #[test]
+    fn the_name_matchers_cover_exactly_the_lists() {
+        for name in hop_by_hop() {
+            assert!(is_hop_by_hop(name.as_str()), "{name}");
+            assert!(!is_steering(name.as_str()), "{name}");
+        }
+        for name in steering() {
+            assert!(is_steering(name.as_str()), "{name}");
+            assert!(!is_hop_by_hop(name.as_str()), "{name}");
+        }
+        for other in ["accept", "content-type", "x-api-keys", "authorization"] {
+            assert!(!is_hop_by_hop(other) && !is_steering(other) && !is_replaced(other));
+        }
+    }
+
+    #[test]
+    fn addresses_become_header_text() {
+        for ip in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "192.168.100.255",
+            "1.22.0.9",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let parsed: IpAddr = ip.parse().expect("ip");
+            assert_eq!(ip_value(parsed).to_str().expect("text"), ip);
+        }
     }
 
     #[test]
@@ -249,7 +345,7 @@ mod tests {
         let mut h = with_steering_headers();
         prepare_request(&mut h, true, &forwarded(false));
         for name in steering() {
-            assert!(!h.contains_key(name), "{name} should be removed");
+            assert!(!h.contains_key(&name), "{name} should be removed");
         }
         assert_eq!(h["accept"], "application/json");
     }
@@ -259,7 +355,7 @@ mod tests {
         let mut h = with_steering_headers();
         prepare_request(&mut h, true, &forwarded(true));
         for name in steering() {
-            assert_eq!(h[name], "DELETE", "{name} should be kept");
+            assert_eq!(h[&name], "DELETE", "{name} should be kept");
         }
     }
 

@@ -31,22 +31,39 @@ pub struct ServeProcess {
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
     pub dir: PathBuf,
+    /// The path given to `-c`.
+    config: PathBuf,
 }
 
 impl ServeProcess {
     /// Writes `yaml` (its three `listen: 127.0.0.1:0` lines filled with free ports, and
     /// `token_env` pointing at [`TOKEN_ENV`]) to `dir/gateway.yaml` and serves it.
     pub async fn start(dir: &Path, yaml: &str) -> ServeProcess {
+        let path = dir.join("gateway.yaml");
+        Self::start_placed(dir, yaml, |text| {
+            std::fs::write(&path, text).expect("write config");
+            path.clone()
+        })
+        .await
+    }
+
+    /// Like [`ServeProcess::start`], but `place` puts the filled-in config where the test wants
+    /// it (a ConfigMap-like folder of symlinks, say) and returns the path for `-c`. It is
+    /// called again, with other ports, if a port was taken meanwhile.
+    pub async fn start_placed(
+        dir: &Path,
+        yaml: &str,
+        mut place: impl FnMut(&str) -> PathBuf,
+    ) -> ServeProcess {
         for _ in 0..5 {
             let addrs = free_addrs();
             let text = addrs.iter().fold(yaml.to_owned(), |t, a| {
                 t.replacen(ZERO_LISTEN, &format!("listen: {a}"), 1)
             });
-            let text = text.replace("SCOPEGATE_TEST_UNUSED_TOKEN", TOKEN_ENV);
-            std::fs::write(dir.join("gateway.yaml"), text).expect("write config");
+            let config = place(&text.replace("SCOPEGATE_TEST_UNUSED_TOKEN", TOKEN_ENV));
             let child = Command::new(BIN)
                 .args(["serve", "-c"])
-                .arg(dir.join("gateway.yaml"))
+                .arg(&config)
                 .env(TOKEN_ENV, ADMIN_TOKEN)
                 .env_remove("RUST_LOG")
                 .stdin(Stdio::null())
@@ -61,6 +78,7 @@ impl ServeProcess {
                 admin: addrs[1],
                 metrics: addrs[2],
                 dir: dir.to_owned(),
+                config,
             };
             if process.wait_ready().await {
                 return process;
@@ -95,7 +113,7 @@ impl ServeProcess {
     }
 
     pub fn config(&self) -> PathBuf {
-        self.dir.join("gateway.yaml")
+        self.config.clone()
     }
 
     /// Everything the process wrote to stderr and stdout so far.
