@@ -86,7 +86,8 @@ struct Inner {
     /// The config's `quota:`, for keys whose app sets none.
     default: ArcSwap<Option<Quota>>,
     store: Arc<dyn KeyStore>,
-    entries: DashMap<Arc<str>, Arc<Entry>>,
+    /// Keyed by authenticated key ids only, so a fast (seeded) hash is safe here.
+    entries: DashMap<Arc<str>, Arc<Entry>, foldhash::fast::RandomState>,
     fallback: Arc<Fallback>,
 }
 
@@ -192,7 +193,7 @@ impl Quotas {
             inner: Arc::new(Inner {
                 default: ArcSwap::from_pointee(default),
                 store,
-                entries: DashMap::new(),
+                entries: DashMap::default(),
                 fallback,
             }),
         }

@@ -63,7 +63,8 @@ struct Inner {
     /// `rate_limit.shared` with a Redis store; off: every check goes to the local limiter.
     enabled: AtomicBool,
     store: Arc<dyn KeyStore>,
-    entries: DashMap<Arc<str>, Arc<Entry>>,
+    /// Keyed by authenticated key ids only, so a fast (seeded) hash is safe here.
+    entries: DashMap<Arc<str>, Arc<Entry>, foldhash::fast::RandomState>,
     fallback: Arc<Fallback>,
     epoch: Instant,
 }
@@ -129,7 +130,7 @@ impl SharedRateLimits {
             inner: Arc::new(Inner {
                 enabled: AtomicBool::new(enabled),
                 store,
-                entries: DashMap::new(),
+                entries: DashMap::default(),
                 fallback,
                 epoch: Instant::now(),
             }),
