@@ -24,7 +24,7 @@
 //! nothing. It never calls the store for a request its slice can serve.
 
 use crate::lease::{Fallback, Slice, Take};
-use crate::model::{now_unix, Quota, QuotaWindows, UnixSeconds};
+use crate::model::{now_unix, Quota, QuotaWindows};
 use crate::store::{KeyStore, QuotaLease, StoreError};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -315,7 +315,7 @@ impl Quotas {
         self.upkeep_at(u64::MAX).await;
     }
 
-    /// The store's counts of `key_id` in the windows of `now` (unix seconds), for the admin API.
+    /// The store's counts of `key_id` in `windows` (day, month), for the admin API.
     pub async fn used(
         &self,
         key_id: &str,
@@ -403,17 +403,9 @@ impl Inner {
     }
 }
 
-/// Seconds since the epoch now, for callers that show windows (admin API).
+/// The windows of `quota` now, for callers that show them (admin API).
 pub fn windows_now(quota: Quota) -> QuotaWindows {
     QuotaWindows::at(now_unix(), quota)
-}
-
-/// When a window ends, for callers that show it.
-pub fn ends(windows: &QuotaWindows, window: Window) -> UnixSeconds {
-    match window {
-        Window::Day => windows.day_ends,
-        Window::Month => windows.month_ends,
-    }
 }
 
 #[cfg(test)]
