@@ -2,7 +2,7 @@
 //! [`crate::ratelimit::shared`] and [`crate::quota`].
 //!
 //! # What this module owns
-//! [`Slice`]: one key's leased requests on this instance (an atomic count), when they stop
+//! `Slice`: one key's leased requests on this instance (an atomic count), when they stop
 //! counting, until when the store said nothing is left, and the lock that keeps to one lease
 //! request per key at a time. [`Fallback`]: whether the store is unreachable, so shared limits
 //! are enforced per instance; its gauge, and the one warning per outage.

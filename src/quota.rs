@@ -380,7 +380,7 @@ impl Inner {
     }
 
     /// Sends the store what it is owed and what it lent unused. During an outage this is one of
-    /// the probes (at most one per [`crate::lease::PROBE_EVERY_MS`]), so counts settle and the
+    /// the probes (at most one per `lease::PROBE_EVERY_MS`), so counts settle and the
     /// fallback ends even when no request comes to lease.
     async fn settle(&self, key_id: &str, entry: &Entry) {
         let owed = entry.owed.load(Ordering::Relaxed);

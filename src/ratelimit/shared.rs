@@ -4,7 +4,7 @@
 //! # How
 //! Each instance leases small slices of a key's budget from Redis (a script runs GCRA on the
 //! server's clock and grants up to [`slice_size`] requests at once, counted as used there) and
-//! spends them locally with one compare-and-swap per request ([`Slice`]). When a slice runs low
+//! spends them locally with one compare-and-swap per request (`Slice`). When a slice runs low
 //! the next one is leased in the background, so requests rarely wait; a request that finds the
 //! slice empty waits for the one lease in flight. Unused requests of a slice expire after
 //! [`SLICE_TTL_MS`].
@@ -20,7 +20,7 @@
 //!
 //! # What it never does
 //! It never calls the store for a request that its slice can serve, and never waits on a store
-//! it knows is down (one probe per [`crate::lease::PROBE_EVERY_MS`]).
+//! it knows is down (one probe per `lease::PROBE_EVERY_MS`).
 
 use super::{Decision, RateLimits};
 use crate::lease::{Fallback, Slice, Take};
@@ -215,7 +215,7 @@ impl SharedRateLimits {
         entry.limited(now + interval.max(1), now)
     }
 
-    /// Drops entries idle for [`IDLE_MS`] whose slice has expired (nothing leased is lost:
+    /// Drops entries idle for `IDLE_MS` whose slice has expired (nothing leased is lost:
     /// expired requests are void anyway). Background work.
     pub fn prune(&self) {
         let now = self.inner.now();

@@ -752,7 +752,7 @@ impl KeyStore for RedisStore {
         .await
     }
 
-    /// One script call (see [`redis_limits`]): the request path's only store round trip with
+    /// One script call (see `redis_limits.rs`): the request path's only store round trip with
     /// `rate_limit.shared`, made once per slice, not per request.
     async fn lease_rate(
         &self,
