@@ -11,12 +11,14 @@
 //!
 //! # The bound
 //! Every admitted request was granted by the script first, and the script grants no more than
-//! GCRA allows, so the requests admitted across all instances over any span `t` stay within
-//! `per_second * t + burst`, plus what expired slices held when their time was up being
-//! spent late (none: an expired slice's requests are void). Slices only ever make instances
-//! admit less, never more: requests leased and not used before they expire are lost to
-//! everyone. The one exception is a Redis outage, when each instance falls back to its own
-//! per-instance limiter ([`Fallback`]; warned once, `scopegate_rate_limit_fallback` = 1).
+//! GCRA allows, so the requests granted over any span `t` stay within `per_second * t + burst`.
+//! What is admitted within a span is what was granted in it plus what instances still held in
+//! slices when it began (one slice each at most, spent within [`SLICE_TTL_MS`] or void): at
+//! most `per_second * t + burst + instances * slice_size`, and exactly the GCRA bound from a
+//! key's first request. Slices otherwise only make instances admit less (requests leased and
+//! left to expire), never more. The one exception is a Redis outage, when each instance falls
+//! back to its own per-instance limiter (`Fallback`; warned once,
+//! `scopegate_rate_limit_fallback` = 1).
 //!
 //! # What it never does
 //! It never calls the store for a request that its slice can serve, and never waits on a store
