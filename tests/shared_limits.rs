@@ -5,13 +5,14 @@
 mod common;
 
 use bytes::Bytes;
-use common::gateway::TestGateway;
-use common::http::{client, get};
+use common::gateway::{deploy_at, TestGateway};
+use common::http::{client, get, send};
 use common::instances::{command_calls, gateway_on_url, reset_stats, wait_subscribers};
+use common::process::ServeProcess;
 use common::prom;
 use common::redis::RedisServer;
 use common::upstream::Upstream;
-use http::Request;
+use http::{Method, Request};
 use http_body_util::Full;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -168,4 +169,77 @@ async fn with_redis_down_each_instance_falls_back_to_its_own_limit_and_says_so()
         tokio::time::sleep(Duration::from_millis(600)).await;
         gw.deploy(&key).await;
     }
+}
+
+/// What an operator sees: one warning per outage (not one per request), and a line when Redis
+/// answers again. The real binary, its log read from its stderr.
+#[tokio::test]
+async fn an_outage_is_logged_once_and_so_is_the_recovery() {
+    const WARNING: &str = "shared rate limits and quotas are enforced per instance";
+    const RECOVERED: &str = "the store answers again";
+    let mut redis = RedisServer::start_persistent();
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let yaml = common::gateway::config_yaml(
+        &common::gateway::Upstreams {
+            tools: upstream.url(),
+        },
+        Some(&redis.url()),
+        &dir.path().join("data"),
+    );
+    let mut gw = ServeProcess::start(dir.path(), &shared(1_000, 1_000)(yaml)).await;
+    let key = process_key(&gw).await;
+    let deploy = || deploy_at(gw.proxy, &key);
+    assert_eq!(deploy().await, 200);
+
+    for outage in 1..=2 {
+        redis.stop();
+        // Past several probes (one per 500 ms): each fails, none logs again.
+        for _ in 0..30 {
+            assert_eq!(deploy().await, 200, "served on the per-instance limiter");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            gw.output().matches(WARNING).count(),
+            outage,
+            "{}",
+            gw.output()
+        );
+        redis.start_again();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.output().matches(RECOVERED).count() < outage {
+            assert!(
+                Instant::now() < deadline,
+                "no recovery line:\n{}",
+                gw.output()
+            );
+            deploy().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    gw.stop().await;
+}
+
+/// An app with `deploy_tool` and a key for it, through the process's admin API: the full key.
+async fn process_key(gw: &ServeProcess) -> String {
+    let auth = format!("Bearer {}", common::gateway::ADMIN_TOKEN);
+    let headers = [("authorization", auth.as_str())];
+    let app = send(
+        Method::POST,
+        &format!("http://{}/v1/apps", gw.admin),
+        &headers,
+        serde_json::json!({"name": "outage", "scopes": ["deploy_tool"]}).to_string(),
+    )
+    .await;
+    assert_eq!(app.status, 201, "{:?}", app.body);
+    let app_id = app.json()["id"].as_str().expect("id").to_owned();
+    let key = send(
+        Method::POST,
+        &format!("http://{}/v1/apps/{app_id}/keys", gw.admin),
+        &headers,
+        serde_json::json!({"name": "k"}).to_string(),
+    )
+    .await;
+    assert_eq!(key.status, 201, "{:?}", key.body);
+    key.json()["key"].as_str().expect("key").to_owned()
 }
