@@ -88,6 +88,10 @@ struct Inner {
     store: Arc<dyn KeyStore>,
     /// Keyed by authenticated key ids only, so a fast (seeded) hash is safe here.
     entries: DashMap<Arc<str>, Arc<Entry>, foldhash::fast::RandomState>,
+    /// Entries replaced (a new window, an edited quota) with counts still to settle: what they
+    /// leased and did not spend goes back to their windows' counts (a new day in the same month
+    /// still shares the month's count).
+    retired: std::sync::Mutex<Vec<(Arc<str>, Arc<Entry>)>>,
     fallback: Arc<Fallback>,
 }
 
@@ -181,6 +185,11 @@ impl Entry {
         self.quota.per_day.is_none_or(|l| day < l) && self.quota.per_month.is_none_or(|l| month < l)
     }
 
+    /// Nothing owed to the store and nothing to give back.
+    fn is_settled(&self) -> bool {
+        self.owed.load(Ordering::Relaxed) == 0 && self.unused.load(Ordering::Relaxed) == 0
+    }
+
     fn record(&self, lease: QuotaLease) {
         self.day_used.store(lease.day_used, Ordering::Relaxed);
         self.month_used.store(lease.month_used, Ordering::Relaxed);
@@ -194,6 +203,7 @@ impl Quotas {
                 default: ArcSwap::from_pointee(default),
                 store,
                 entries: DashMap::default(),
+                retired: std::sync::Mutex::default(),
                 fallback,
             }),
         }
@@ -298,11 +308,18 @@ impl Quotas {
             entry.unused.fetch_add(drained, Ordering::Relaxed);
             self.inner.settle(&key_id, &entry).await;
         }
+        let retired = std::mem::take(&mut *self.inner.retired());
+        for (key_id, entry) in retired {
+            let drained = entry.slice.drain_expired(u64::MAX);
+            entry.unused.fetch_add(drained, Ordering::Relaxed);
+            self.inner.settle(&key_id, &entry).await;
+            if !entry.is_settled() {
+                self.inner.retired().push((key_id, entry));
+            }
+        }
         self.inner.entries.retain(|_, e| {
             let idle = now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= IDLE_MS;
-            let settled =
-                e.owed.load(Ordering::Relaxed) == 0 && e.unused.load(Ordering::Relaxed) == 0;
-            !(idle && settled && now >= e.slice.expires())
+            !(idle && e.is_settled() && now >= e.slice.expires())
         });
     }
 
@@ -352,9 +369,18 @@ impl Inner {
             .entry(key_id.clone())
             .or_insert_with(|| Arc::new(Entry::new(quota, now)));
         if !current(held.value()) {
-            *held = Arc::new(Entry::new(quota, now));
+            let old = std::mem::replace(&mut *held, Arc::new(Entry::new(quota, now)));
+            self.retired().push((key_id.clone(), old));
         }
         held.value().clone()
+    }
+
+    /// The retired entries (a poisoned lock only means a panic elsewhere mid-push: the list
+    /// is still a list).
+    fn retired(&self) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, Arc<Entry>)>> {
+        self.retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// One lease into `entry`'s slice; the caller holds the slice's lock.
@@ -486,6 +512,31 @@ mod tests {
             .check_at(&key, quota, at("2027-01-01", 0))
             .await
             .is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_edited_quota_gives_the_old_slice_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (quotas, store) = quotas(dir.path());
+        let key: Arc<str> = Arc::from("k4");
+        let before = Quota {
+            per_day: Some(1_000),
+            per_month: None,
+        };
+        let now = at("2026-12-01", 100);
+        quotas.check_at(&key, before, now).await.expect("one");
+        let raised = Quota {
+            per_day: Some(2_000),
+            per_month: None,
+        };
+        quotas.check_at(&key, raised, now + 1).await.expect("two");
+        // Both entries' slices expire; the retired one goes back whole, the live one too.
+        quotas.upkeep_at(now + 1 + SLICE_TTL_MS).await;
+        let windows = QuotaWindows::at(now / 1_000, raised);
+        assert_eq!(
+            store.quota_used("k4", &windows).await.expect("used"),
+            (2, 2)
+        );
     }
 
     #[tokio::test]
