@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
@@ -144,34 +144,34 @@ pub async fn serve_with_tls<F, Fut, B>(
                 Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _busy: busy }))
             }
         });
-        let watch = ConnectionWatch {
-            cut: watchdog(
-                activity.clone(),
-                settings.idle_timeout,
-                settings.send_timeout,
-            ),
-            activity: activity.clone(),
-            peer,
-        };
         // Below TLS, so a stall is seen on the bytes that actually leave.
-        let stream = ClientSocket::new(stream, activity);
+        let stream = ClientSocket::new(stream, activity.clone());
         // Taken now, so a connection accepted before a shutdown is told about it.
         let watcher = graceful.watcher();
         let builder = builder.clone();
         // The config current at accept time; a later `replace` affects later connections only.
         let acceptor = tls.as_ref().map(|source| source.acceptor());
         let handshake_timeout = settings.header_read_timeout;
-        tokio::spawn(async move {
+        // Its own task, so the connection's wake-ups (several per request) never poll it.
+        let watchdog = tokio::spawn(guard(
+            activity.clone(),
+            settings.idle_timeout,
+            settings.send_timeout,
+            peer,
+        ));
+        let connection = tokio::spawn(async move {
+            // The watchdog ends with the connection, however the connection ends.
+            let _watchdog = AbortOnDrop(watchdog.abort_handle());
             match acceptor {
                 None => {
                     let io = TokioIo::new(stream);
-                    run_connection(&builder, io, service, watcher, watch).await
+                    run_connection(&builder, io, service, watcher, peer).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let io = TokioIo::new(stream);
-                            run_connection(&builder, io, service, watcher, watch).await
+                            run_connection(&builder, io, service, watcher, peer).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -182,6 +182,7 @@ pub async fn serve_with_tls<F, Fut, B>(
             }
             drop(permit);
         });
+        let _ = activity.connection.set(connection.abort_handle());
     }
     drop(listener);
     if tokio::time::timeout(settings.grace, graceful.shutdown())
@@ -192,21 +193,14 @@ pub async fn serve_with_tls<F, Fut, B>(
     }
 }
 
-/// What the connection task watches besides the connection itself.
-struct ConnectionWatch<Watchdog> {
-    cut: Watchdog,
-    activity: Arc<Activity>,
-    peer: SocketAddr,
-}
-
-/// Serves one connection (plain or TLS) to its end, draining gracefully on shutdown, and
-/// closing it once its watchdog cuts it or its client abandons too many requests.
+/// Serves one connection (plain or TLS) to its end, draining gracefully on shutdown. (Its
+/// watchdog, [`guard`], aborts it when it must be cut.)
 async fn run_connection<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
     watcher: Watcher,
-    watch: ConnectionWatch<impl Future<Output = Cut>>,
+    peer: SocketAddr,
 ) where
     I: Read + Write + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
@@ -215,33 +209,43 @@ async fn run_connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let ConnectionWatch {
-        cut,
-        activity,
-        peer,
-    } = watch;
     let connection = builder.serve_connection(io, service);
-    tokio::select! {
-        ended = watcher.watch(connection.into_owned()) => {
-            if let Err(e) = ended {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        }
-        // Idle: nothing is in flight, dropping the connection just closes an unused socket.
-        // Stalled: dropping it also drops the responses in flight and their upstream calls.
-        cut = cut => match cut {
-            Cut::Idle => tracing::debug!(%peer, "idle connection closed"),
-            Cut::Stalled => tracing::debug!(
-                %peer,
-                "connection closed: its client accepts no data (send_timeout)"
-            ),
-        },
-        // Dropping it also drops the requests still in flight, and their upstream calls.
-        _ = activity.flood.notified() => tracing::warn!(
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A connection's watchdog: closes it (by aborting its task, which drops the requests in
+/// flight and their upstream calls) once it is idle or stalled too long, or its client
+/// abandons most of its requests.
+async fn guard(activity: Arc<Activity>, idle: Duration, send: Duration, peer: SocketAddr) {
+    let cut = tokio::select! {
+        cut = watchdog(activity.clone(), idle, send) => cut,
+        _ = activity.flood.notified() => Cut::Flood,
+    };
+    match cut {
+        Cut::Idle => tracing::debug!(%peer, "idle connection closed"),
+        Cut::Stalled => tracing::debug!(
+            %peer,
+            "connection closed: its client accepts no data (send_timeout)"
+        ),
+        Cut::Flood => tracing::warn!(
             %peer,
             abandoned = activity.abandoned.load(Ordering::Relaxed),
             "connection closed: its client abandons most of its requests (rapid reset)"
         ),
+    }
+    if let Some(connection) = activity.connection.get() {
+        connection.abort();
     }
 }
 
@@ -262,6 +266,8 @@ struct Activity {
     abandoned: AtomicU64,
     /// Notified once the abandoned requests exceed the connection's budget.
     flood: Notify,
+    /// The connection's task, for its watchdog to abort.
+    connection: OnceLock<tokio::task::AbortHandle>,
 }
 
 impl Activity {
@@ -274,6 +280,7 @@ impl Activity {
             started: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             flood: Notify::new(),
+            connection: OnceLock::new(),
         }
     }
 
@@ -355,6 +362,8 @@ enum Cut {
     Idle,
     /// Bytes waiting for the client, and none accepted for `send_timeout`.
     Stalled,
+    /// The client abandoned most of its requests (rapid reset).
+    Flood,
 }
 
 /// Resolves once the connection has had nothing in flight for `idle`, or its writes have been

@@ -192,7 +192,7 @@ impl TrustedCa {
 }
 
 /// A client config for upstreams: the webpki (Mozilla) roots, plus `extra`'s anchors when given.
-/// No ALPN is set (hyper-rustls sets it from the HTTP versions it enables).
+/// Offers ALPN `http/1.1`, the only protocol the gateway speaks upstream.
 pub fn upstream_client_config(extra: Option<&TrustedCa>) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -206,10 +206,12 @@ pub fn upstream_client_config(extra: Option<&TrustedCa>) -> Result<ClientConfig,
                 })?;
         }
     }
-    Ok(ClientConfig::builder_with_provider(provider())
+    let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -377,11 +379,10 @@ mod tests {
         let ca = CertifiedIssuer::self_signed(params, key).unwrap();
         let ca = TrustedCa::load(&files.write("ca.pem", &ca.pem())).unwrap();
         assert_eq!(ca.certs.len(), 1);
-        // hyper-rustls refuses a config with ALPN already set.
-        assert!(upstream_client_config(Some(&ca))
-            .unwrap()
-            .alpn_protocols
-            .is_empty());
+        assert_eq!(
+            upstream_client_config(Some(&ca)).unwrap().alpn_protocols,
+            vec![b"http/1.1".to_vec()]
+        );
         assert!(upstream_client_config(None).is_ok());
     }
 }

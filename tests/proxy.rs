@@ -137,6 +137,68 @@ async fn upstream_path_prefix_is_prepended() {
     assert_eq!(upstream.last().target, "/base/api/v1/prefixed/thing?a=1");
 }
 
+#[tokio::test]
+async fn upstream_connections_are_kept_and_reused() {
+    let (upstream, gw) = setup().await;
+    let key = gw.key_with(&["view_job_status"]).await;
+    for _ in 0..20 {
+        let answer = get(&gw.url("/api/v1/jobs/1"), &[("x-api-key", &key)]).await;
+        assert_eq!(answer.status, 200);
+    }
+    assert_eq!(upstream.count(), 20);
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one kept-alive upstream connection"
+    );
+    let seen = upstream.last();
+    assert_eq!(
+        seen.headers["host"],
+        upstream.addr.to_string(),
+        "the upstream is addressed by its own authority"
+    );
+}
+
+/// An upstream that answers one request per connection and then closes it without saying so
+/// (as one whose idle timeout just ran out would): a closed pooled connection is never used,
+/// so every request is still answered.
+#[tokio::test]
+async fn an_upstream_closing_its_connections_unannounced_costs_no_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Closed after the answer, with no `Connection: close`.
+            });
+        }
+    });
+    let gw = TestGateway::in_front_of(&format!("http://{addr}"), |yaml| yaml).await;
+    let key = gw.key_with(&["view_job_status"]).await;
+    for i in 0..30 {
+        let answer = get(&gw.url("/api/v1/jobs/1"), &[("x-api-key", &key)]).await;
+        assert_eq!(answer.status, 200, "request {i}: {:?}", answer.body);
+        if i % 2 == 0 {
+            // Half the time the close has surely arrived; half the time it races the next send.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Method, path, headers, expected status and error code.
 type Case<'a> = (Method, &'a str, Vec<(&'a str, String)>, u16, &'a str);
 

@@ -1,8 +1,10 @@
-//! One behavioural suite for every `KeyStore`, run against the embedded store and a real
-//! `redis-server`, plus the tests only one of them needs (reopen; invalidations and outages).
+//! One behavioural suite for every `KeyStore`, run against the embedded store, a real
+//! standalone `redis-server` and a real Redis Cluster (three masters, three replicas), plus the
+//! tests only one of them needs (reopen; invalidations and outages).
 
 mod common;
 
+use common::cluster::RedisCluster;
 use common::redis::RedisServer;
 use scopegate::model::{
     now_unix, utc_date, utc_day_number, App, AppChange, KeyChange, KeyRecord, PageRequest,
@@ -792,6 +794,15 @@ macro_rules! suite {
                 }
             )*
         }
+        mod cluster_suite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (_cluster, store) = super::cluster_store().await;
+                    super::$name(&store).await;
+                }
+            )*
+        }
     };
 }
 
@@ -825,6 +836,17 @@ async fn redis_store() -> (RedisServer, RedisStore) {
         .await
         .expect("connect");
     (server, store)
+}
+
+/// A store on a fresh cluster, connected through one node (the client finds the others).
+async fn cluster_store() -> (RedisCluster, RedisStore) {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster");
+    let store = RedisStore::connect(&cluster.url(), OP_TIMEOUT)
+        .await
+        .expect("connect");
+    (cluster, store)
 }
 
 // ---------------------------------------------------------------- embedded only
@@ -1056,6 +1078,15 @@ async fn wait_subscribed(server: &RedisServer, n: u64) {
     common::instances::wait_subscribers(&server.url(), n).await;
 }
 
+/// Waits until the store's feed is subscribed (events sent before that are not delivered).
+async fn wait_live(store: &RedisStore) {
+    let deadline = Instant::now() + HANG;
+    while !store.feed_live() {
+        assert!(Instant::now() < deadline, "the feed never subscribed");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn next_event(rx: &mut mpsc::Receiver<Invalidation>, within: Duration) -> Invalidation {
     timeout(within, rx.recv())
         .await
@@ -1066,14 +1097,87 @@ async fn next_event(rx: &mut mpsc::Receiver<Invalidation>, within: Duration) -> 
 #[tokio::test]
 async fn redis_invalidations_reach_other_instances() {
     let server = RedisServer::start();
-    let writer = RedisStore::connect(&server.url(), OP_TIMEOUT)
-        .await
-        .expect("writer");
-    let reader = RedisStore::connect(&server.url(), OP_TIMEOUT)
+    invalidations_reach_other_instances(&server.url()).await;
+}
+
+/// On a cluster the writer's scripts PUBLISH on the master of the gateway's slot, and the
+/// reader hears it on whichever node its feed subscribed to.
+#[tokio::test]
+async fn cluster_invalidations_reach_other_instances() {
+    let (cluster, _) = cluster_store().await;
+    invalidations_reach_other_instances(&cluster.url()).await;
+}
+
+/// The feed's node dies (a replica, so the data stays where it is): the feed subscribes on
+/// another node, announces the gap, and hears writes again.
+#[tokio::test]
+async fn cluster_feed_moves_to_another_node_when_its_node_dies() {
+    let (mut cluster, writer) = cluster_store().await;
+    writer.create_app(&app("a1", "one", 1)).await.expect("app");
+    let reader = RedisStore::connect(&cluster.url(), OP_TIMEOUT)
         .await
         .expect("reader");
     let mut rx = reader.invalidations().expect("redis has a feed");
-    wait_subscribed(&server, 1).await;
+    wait_live(&reader).await;
+    let subscribed = cluster
+        .live_ports()
+        .into_iter()
+        .find(|&port| {
+            common::cluster::cli(port, &["PUBSUB", "NUMSUB", "sg:invalidate"])
+                .is_some_and(|out| out.lines().nth(1).map(str::trim) == Some("1"))
+        })
+        .expect("one node holds the subscription");
+    cluster.kill(subscribed);
+
+    assert_eq!(next_event(&mut rx, HANG).await, Invalidation::All);
+    wait_live(&reader).await;
+    let renamed = app("a1", "uno", 1);
+    eventually(|| replace_app(&writer, &renamed)).await;
+    assert_eq!(
+        next_event(&mut rx, HANG).await,
+        Invalidation::App("a1".into())
+    );
+}
+
+/// Every key the store writes on a cluster carries the one hash tag: all of them sit on the
+/// master of that slot, under `sg:{sg:}`.
+#[tokio::test]
+async fn cluster_keys_share_one_slot() {
+    let (cluster, store) = cluster_store().await;
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    let mut k1 = key("k1", "a1", 1);
+    k1.expires_at = Some(now_unix() + DAY);
+    store.create_key(&k1).await.expect("key");
+    store
+        .touch_keys(&[("k1".to_owned(), now_unix())])
+        .await
+        .expect("touch");
+    let batch = UsageCounts {
+        keys: counts(&[("k1", d3(), 1)]),
+        apps: counts(&[("a1", d3(), 1)]),
+    };
+    store.add_usage(&[fresh(&batch)]).await.expect("usage");
+    assert!(delete_app_fully(&store, "a1").await);
+    let holder = cluster.master_of("sg:{sg:}appidx");
+    for port in cluster.live_ports() {
+        let keys = common::cluster::cli(port, &["--scan"]).expect("scan");
+        let keys: Vec<&str> = keys.lines().collect();
+        let is_master =
+            common::cluster::cli(port, &["ROLE"]).is_some_and(|role| role.starts_with("master"));
+        if port == holder {
+            assert!(keys.len() > 3, "{keys:?}");
+        } else if is_master {
+            assert!(keys.is_empty(), "node {port} holds {keys:?}");
+        }
+        assert!(keys.iter().all(|k| k.starts_with("sg:{sg:}")), "{keys:?}");
+    }
+}
+
+async fn invalidations_reach_other_instances(url: &str) {
+    let writer = RedisStore::connect(url, OP_TIMEOUT).await.expect("writer");
+    let reader = RedisStore::connect(url, OP_TIMEOUT).await.expect("reader");
+    let mut rx = reader.invalidations().expect("redis has a feed");
+    wait_live(&reader).await;
     let second = Duration::from_secs(1);
 
     writer.create_app(&app("a1", "one", 1)).await.expect("app");

@@ -68,11 +68,7 @@ impl Authenticator {
             verify(entry, parsed.secret, tag)
         };
         let found = found.ok_or(AuthError::Invalid)?;
-        let app = self
-            .cache
-            .app(&found.app_id)
-            .await?
-            .ok_or(AuthError::Invalid)?;
+        let app = self.cache.app_of(&found).await?.ok_or(AuthError::Invalid)?;
         if found.disabled {
             return Err(AuthError::Disabled);
         }

@@ -16,11 +16,12 @@ use crate::metrics::Metrics;
 use crate::model::{App, KeyRecord, Quota, RateLimit, UnixSeconds};
 use crate::store::{Invalidation, KeyStore, StoreError};
 use crate::usage::UseCell;
+use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the request path needs of a key.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct CachedKey {
     pub verified: OnceLock<[u8; 16]>,
     /// The key's uses not yet written to the store.
     pub uses: Arc<UseCell>,
+    /// The key's app as last looked up, so a request needs one cache lookup, not two.
+    app: ArcSwapOption<AppHint>,
     pub id: Arc<str>,
     /// `id` as the `X-Scopegate-Key` value, built once per cache fill rather than per request
     /// (`None` if the stored id is not valid header text).
@@ -45,9 +48,19 @@ pub struct CachedKey {
     pub allowed_ips: Option<Arc<[(IpAddr, u8)]>>,
 }
 
+/// An app as a key entry remembers it: valid while the app's generation is unchanged (no
+/// invalidation of it arrived) and the app was read from the store less than a ttl ago.
+#[derive(Debug)]
+struct AppHint {
+    app: Arc<CachedApp>,
+    generation: u64,
+}
+
 /// What the request path needs of an app.
 #[derive(Debug)]
 pub struct CachedApp {
+    /// When it was read from the store: it is trusted for one ttl from then.
+    fetched: Instant,
     pub id: Arc<str>,
     /// `id` as the `X-Scopegate-App` value (see [`CachedKey::id_header`]).
     pub id_header: Option<HeaderValue>,
@@ -119,6 +132,24 @@ impl KeyCache {
         Ok(found.value)
     }
 
+    /// The app of a key found in the cache: remembered on the key entry, so a hit costs no
+    /// second cache lookup. Invalidating the app (or everything) makes the key look it up
+    /// again, as does the app's ttl running out.
+    pub async fn app_of(&self, key: &CachedKey) -> Result<Entry<CachedApp>, StoreError> {
+        // Read before the lookup: an invalidation arriving during it voids what is remembered.
+        let generation = self.apps.generation(&key.app_id);
+        if let Some(hint) = &*key.app.load() {
+            let ttl = Duration::from_millis(self.ttl.load(Ordering::Relaxed));
+            if hint.generation == generation && hint.app.fetched.elapsed() < ttl {
+                return Ok(Some(hint.app.clone()));
+            }
+        }
+        let app = self.app(&key.app_id).await?;
+        let hint = app.clone().map(|app| Arc::new(AppHint { app, generation }));
+        key.app.store(hint);
+        Ok(app)
+    }
+
     /// Drops what an invalidation names, including any fill of it already in flight.
     pub async fn invalidate(&self, what: &Invalidation) {
         match what {
@@ -166,6 +197,7 @@ fn cached_key(k: KeyRecord) -> CachedKey {
     CachedKey {
         verified: OnceLock::new(),
         uses: UseCell::new(id.clone(), app_id.clone()),
+        app: ArcSwapOption::empty(),
         digest: decode_digest(&k.secret_hash),
         id_header: header_value(&id),
         id,
@@ -201,6 +233,7 @@ fn decode_digest(hex_digest: &str) -> Option<[u8; 32]> {
 
 fn cached_app(a: App) -> CachedApp {
     CachedApp {
+        fetched: Instant::now(),
         id_header: header_value(&a.id),
         id: Arc::from(a.id),
         scopes: a.scopes.into_iter().map(Arc::from).collect(),

@@ -180,6 +180,12 @@ impl<T: Send + Sync + 'static> Tier<T> {
         }
     }
 
+    /// The id's current generation: it changes whenever an invalidation of the id (or of
+    /// everything) arrives.
+    pub(crate) fn generation(&self, id: &str) -> u64 {
+        self.generations.current(Generations::stripe(id))
+    }
+
     /// Drops the id's entries, and any fill of it in flight, from now on.
     pub(crate) async fn invalidate(&self, id: &str) {
         self.generations.bump(id);

@@ -1,6 +1,7 @@
 //! Bodies that stream through the gateway: requests counted against `max_body` as they flow,
 //! responses cut off at the upstream's deadline. Neither is ever buffered whole.
 
+use super::pool::Lease;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -83,15 +84,28 @@ pin_project! {
     #[project = GatewayBodyProj]
     pub enum GatewayBody {
         Local { #[pin] body: Full<Bytes> },
-        Upstream { #[pin] body: Incoming, #[pin] deadline: Sleep },
+        Upstream {
+            #[pin] body: Incoming,
+            #[pin] deadline: Sleep,
+            // The connection, given back to its pool when the body is complete.
+            lease: Option<Lease>,
+        },
     }
 }
 
 impl GatewayBody {
-    pub fn upstream(body: Incoming, deadline: Instant) -> GatewayBody {
+    pub fn upstream(body: Incoming, deadline: Instant, lease: Lease) -> GatewayBody {
+        // An empty body may never be polled: its connection is free now.
+        let lease = if body.is_end_stream() {
+            lease.release();
+            None
+        } else {
+            Some(lease)
+        };
         GatewayBody::Upstream {
             body,
             deadline: tokio::time::sleep_until(deadline),
+            lease,
         }
     }
 }
@@ -120,11 +134,31 @@ impl Body for GatewayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             GatewayBodyProj::Local { body } => body.poll_frame(cx).map_err(|e| match e {}),
-            GatewayBodyProj::Upstream { body, deadline } => {
+            GatewayBodyProj::Upstream {
+                mut body,
+                deadline,
+                lease,
+            } => {
                 // The body first: a frame already here needs no timer (most answers are whole
                 // in the first read), and the deadline only matters while we wait.
-                match body.poll_frame(cx) {
-                    Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+                match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(frame) => {
+                        // Complete (the last frame, or the end): the connection is free. After
+                        // an error it is dropped instead, which closes it.
+                        let complete = match &frame {
+                            Some(Ok(_)) => body.is_end_stream(),
+                            Some(Err(_)) => false,
+                            None => true,
+                        };
+                        if complete {
+                            if let Some(lease) = lease.take() {
+                                lease.release();
+                            }
+                        } else if matches!(frame, Some(Err(_))) {
+                            lease.take();
+                        }
+                        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                    }
                     Poll::Pending if deadline.poll(cx).is_ready() => {
                         Poll::Ready(Some(Err(Box::new(DeadlineExceeded))))
                     }

@@ -14,8 +14,10 @@
 //! connection, so concurrent callers would clobber each other's WATCHes. A script is atomic and
 //! needs no per-connection state. Writes that must invalidate caches PUBLISH from inside the same
 //! script, so a change and its announcement cannot be separated by a dropped connection.
-//! The scripts touch keys they derive themselves (`sg:key:{id}` of an app's keys), which is fine on
-//! a standalone Redis but would not be on Redis Cluster.
+//!
+//! Redis Cluster works too (found out when connecting, see [`link`]): every key then carries the
+//! deployment's one hash tag ([`names`]), and every script declares each key it touches in KEYS,
+//! so each script, `MGET` and pipeline stays within one slot. The invalidation feed is in [`feed`].
 
 use super::redis_limits;
 use super::redis_usage;
@@ -23,9 +25,12 @@ use super::{
     Indexed, Invalidation, Keep, KeyStore, QuotaLease, RateLease, StoreError, PURGE_CHUNK,
 };
 mod audit;
+mod feed;
 mod legacy;
+mod link;
 mod names;
 
+use self::link::Link;
 use self::names::Names;
 pub use self::names::DEFAULT_PREFIX;
 
@@ -34,8 +39,7 @@ use crate::model::{
     PageRequest, QuotaWindows, RateLimit, UnixSeconds, UsageBatch, UsageSubject,
 };
 use async_trait::async_trait;
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub, PubSubSink};
+use redis::aio::ConnectionManagerConfig;
 use redis::{FromRedisValue, RedisError, RedisResult};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -44,14 +48,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// Buffered invalidations between the pub/sub task and the cache.
-const FEED_CAPACITY: usize = 1024;
-const FEED_MIN_BACKOFF: Duration = Duration::from_millis(100);
-const FEED_MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// How often an idle subscription is pinged, to notice a server that vanished without closing
-/// the socket (a killed server closes it, and the stream ends at once).
-const FEED_PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// Reconnect schedule of the command connection. After the retries run out the manager starts a
 /// new round on the next command, so it keeps trying for as long as the store is used.
@@ -111,25 +107,27 @@ return 1";
 /// Marks keys of a deleted app revoked (they stay listed until purged like any revoked key) and
 /// takes them off the app's index. Edits the stored JSON with Redis's cjson: fields the record
 /// leaves out when unset (such as `allowed_ips` when empty) are never encoded as `{}`.
-/// KEYS: app's key index, revoked index, expiry index. ARGV: key prefix, when, by whom, then
-/// listing positions (`{created_at}.{id}`).
+/// KEYS: app's key index, revoked index, expiry index, then one key record per position (every
+/// key declared, as Redis Cluster requires). ARGV: when, by whom, then listing positions
+/// (`{created_at}.{id}`), in the order of the key records.
 const REVOKE_APP_KEYS: &str = r"
-for i = 4, #ARGV do
+for i = 3, #ARGV do
   local id = string.match(ARGV[i], '%.(.*)$')
-  local json = redis.call('GET', ARGV[1] .. id)
+  local record = KEYS[i + 1]
+  local json = redis.call('GET', record)
   if json then
     local key = cjson.decode(json)
     if key['revoked_at'] == nil then
-      key['revoked_at'] = tonumber(ARGV[2])
-      key['revoked_by'] = ARGV[3]
-      redis.call('SET', ARGV[1] .. id, cjson.encode(key))
-      redis.call('ZADD', KEYS[2], ARGV[2], id)
+      key['revoked_at'] = tonumber(ARGV[1])
+      key['revoked_by'] = ARGV[2]
+      redis.call('SET', record, cjson.encode(key))
+      redis.call('ZADD', KEYS[2], ARGV[1], id)
     end
     redis.call('ZREM', KEYS[3], id)
   end
   redis.call('ZREM', KEYS[1], ARGV[i])
 end
-return #ARGV - 3";
+return #ARGV - 2";
 
 /// A compare-and-set of one key record, keeping the revoked and expiry indexes in step.
 /// KEYS: key, revoked index, expiry index. ARGV: json read by the caller, new json, channel,
@@ -190,17 +188,27 @@ return 1";
 /// all chunks still go out in one pipeline.
 const TOUCH_CHUNK: usize = 500;
 
-/// Apps and keys in a Redis server shared by all gateway instances.
+/// The command connection and the key layout that goes with it.
+struct Linked {
+    link: Link,
+    names: Names,
+}
+
+/// Apps and keys in a Redis server (standalone or Cluster) shared by all gateway instances.
 pub struct RedisStore {
     client: redis::Client,
     /// Made on first use, not at start-up, so a gateway starts (not ready) while Redis is down;
     /// a failed attempt leaves it empty and the next command tries again.
-    conn: tokio::sync::OnceCell<ConnectionManager>,
+    /// Holds the key layout too, since that depends on what the server turned out to be.
+    conn: tokio::sync::OnceCell<Linked>,
     conn_config: ConnectionManagerConfig,
     op_timeout: Duration,
     /// True while the invalidation feed is subscribed (see [`KeyStore::invalidations`]).
     feed_live: Arc<AtomicBool>,
-    names: Names,
+    /// `store.prefix`.
+    prefix: String,
+    /// The standalone layout, used for names only until the link is made (see [`Self::names`]).
+    untagged: Names,
     /// The runtime `connect` ran on, so `invalidations` (not async) can spawn the feed task.
     runtime: tokio::runtime::Handle,
 }
@@ -247,35 +255,61 @@ impl RedisStore {
             conn_config,
             op_timeout,
             feed_live: Arc::new(AtomicBool::new(false)),
-            names: Names::new(DEFAULT_PREFIX),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            untagged: Names::new(DEFAULT_PREFIX),
             runtime,
         })
     }
 
     /// Puts every key and channel under `prefix` (`store.prefix`) instead of `sg:`.
     pub fn with_prefix(mut self, prefix: &str) -> RedisStore {
-        self.names = Names::new(prefix);
+        self.prefix = prefix.to_owned();
+        self.untagged = Names::new(prefix);
         self
+    }
+
+    /// The key layout of the server connected to. Standalone and Cluster name keys
+    /// differently, and which one it is is known once the link is made, so every
+    /// [`KeyStore`] method that builds names calls [`linked`](Self::linked) first; before
+    /// that these are the standalone names.
+    fn names(&self) -> &Names {
+        // Catches, in tests, a new store method that forgot `linked()`: its first call after
+        // start-up would name untagged keys on a Cluster.
+        debug_assert!(self.conn.initialized(), "names() before linked()");
+        self.conn
+            .get()
+            .map_or(&self.untagged, |linked| &linked.names)
+    }
+
+    /// Makes the link (and so fixes the layout) if it is not made yet.
+    async fn linked(&self) -> Result<(), StoreError> {
+        self.conn(tokio::time::Instant::now() + self.op_timeout)
+            .await
+            .map(drop)
     }
 
     /// The day and month count names of a key's quota windows.
     fn quota_names(&self, key_id: &str, windows: &QuotaWindows) -> (String, String) {
         (
-            self.names.quota_day(key_id, &windows.day),
-            self.names.quota_month(key_id, &windows.month),
+            self.names().quota_day(key_id, &windows.day),
+            self.names().quota_month(key_id, &windows.month),
         )
     }
 
     /// The command connection, made now if it is not yet (callers waiting on one attempt).
-    async fn conn(&self, deadline: tokio::time::Instant) -> Result<ConnectionManager, StoreError> {
-        let make = || {
-            bounded_until(
+    async fn conn(&self, deadline: tokio::time::Instant) -> Result<Link, StoreError> {
+        let make = || async {
+            let link = bounded_until(
                 deadline,
                 self.op_timeout,
-                ConnectionManager::new_with_config(self.client.clone(), self.conn_config.clone()),
+                link::connect(&self.client, self.conn_config.clone(), self.op_timeout),
             )
+            .await?;
+            let names = Names::for_mode(&self.prefix, link.mode())?;
+            Ok::<_, StoreError>(Linked { link, names })
         };
-        self.conn.get_or_try_init(make).await.cloned()
+        let linked = self.conn.get_or_try_init(make).await?;
+        Ok(linked.link.clone())
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
@@ -327,7 +361,7 @@ impl RedisStore {
 
     /// The app as stored now: its raw JSON (for compare-and-set) and decoded form.
     async fn current_app(&self, id: &str) -> Result<Option<(String, App)>, StoreError> {
-        match self.get_json(&self.names.app(id)).await? {
+        match self.get_json(&self.names().app(id)).await? {
             Some(json) => decode::<App>(&json).map(|app| Some((json, app))),
             None => Ok(None),
         }
@@ -350,15 +384,15 @@ impl RedisStore {
         let mut cmd = eval(
             UPDATE_APP,
             &[
-                &self.names.app(id),
-                &self.names.app_name(&old.name),
-                &self.names.app_name(&app.name),
+                &self.names().app(id),
+                &self.names().app_name(&old.name),
+                &self.names().app_name(&app.name),
             ],
         );
         cmd.arg(id)
             .arg(old_json)
             .arg(encode(&app)?)
-            .arg(self.names.channel())
+            .arg(self.names().channel())
             .arg(format!("app:{id}"));
         Ok((self.query(&cmd).await?, Some((old, app))))
     }
@@ -377,17 +411,17 @@ impl RedisStore {
             return Err(StoreError::VersionMismatch);
         }
         let keys = [
-            self.names.app(id),
-            self.names.app_name(&old.name),
-            self.names.app_index(),
-            self.names.deleted_apps(),
+            self.names().app(id),
+            self.names().app_name(&old.name),
+            self.names().app_index(),
+            self.names().deleted_apps(),
         ];
         let now = now_unix();
-        let usage = redis_usage::usage_hashes(self.names.prefix(), UsageSubject::App(id), now);
+        let usage = redis_usage::usage_hashes(self.names().base(), UsageSubject::App(id), now);
         let mut cmd = eval(DELETE_APP, &keys_then(&keys, &usage));
         cmd.arg(id)
             .arg(old_json)
-            .arg(self.names.channel())
+            .arg(self.names().channel())
             .arg(listing_position(old.created_at, id))
             .arg(by);
         self.query(&cmd).await
@@ -399,7 +433,7 @@ impl RedisStore {
         id: &str,
         change: &KeyChange,
     ) -> Result<(i64, Option<KeyRecord>), StoreError> {
-        let Some(old_json) = self.get_json(&self.names.key(id)).await? else {
+        let Some(old_json) = self.get_json(&self.names().key(id)).await? else {
             return Ok((MISSING, None));
         };
         let old = decode_key(&old_json, None)?;
@@ -407,15 +441,15 @@ impl RedisStore {
         let mut cmd = eval(
             UPDATE_KEY,
             &[
-                &self.names.key(id),
-                &self.names.revoked(),
-                &self.names.expiring(),
+                &self.names().key(id),
+                &self.names().revoked(),
+                &self.names().expiring(),
             ],
         );
         let text = |at: Option<UnixSeconds>| at.map(|t| t.to_string()).unwrap_or_default();
         cmd.arg(old_json)
             .arg(encode_key(&key)?)
-            .arg(self.names.channel())
+            .arg(self.names().channel())
             .arg(id)
             .arg(text(key.revoked_at))
             .arg(text(key.expires_at));
@@ -441,12 +475,15 @@ impl RedisStore {
         n: usize,
     ) -> Result<Vec<Indexed<App>>, StoreError> {
         let positions = self
-            .positions_after(&self.names.app_index(), after, n)
+            .positions_after(&self.names().app_index(), after, n)
             .await?;
         if positions.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = positions.iter().map(|p| self.names.app(id_of(p))).collect();
+        let keys: Vec<String> = positions
+            .iter()
+            .map(|p| self.names().app(id_of(p)))
+            .collect();
         let jsons: Vec<Option<String>> = self.read(redis::cmd("MGET").arg(&keys)).await?;
         positions
             .into_iter()
@@ -469,12 +506,12 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let ids: Vec<&str> = positions.iter().map(|p| id_of(p)).collect();
-        let record_keys: Vec<String> = ids.iter().map(|id| self.names.key(id)).collect();
+        let record_keys: Vec<String> = ids.iter().map(|id| self.names().key(id)).collect();
         let mut pipe = redis::pipe();
         pipe.cmd("MGET")
             .arg(&record_keys)
             .cmd("HMGET")
-            .arg(self.names.last_used())
+            .arg(self.names().last_used())
             .arg(&ids);
         let (jsons, times): (Vec<Option<String>>, Vec<Option<u64>>) = self.read_pipe(&pipe).await?;
         positions
@@ -490,13 +527,14 @@ impl RedisStore {
 #[async_trait]
 impl KeyStore for RedisStore {
     async fn create_app(&self, app: &App) -> Result<(), StoreError> {
+        self.linked().await?;
         let json = encode(app)?;
         let mut cmd = eval(
             CREATE_APP,
             &[
-                &self.names.app(&app.id),
-                &self.names.app_name(&app.name),
-                &self.names.app_index(),
+                &self.names().app(&app.id),
+                &self.names().app_name(&app.name),
+                &self.names().app_index(),
             ],
         );
         cmd.arg(&app.id)
@@ -510,6 +548,7 @@ impl KeyStore for RedisStore {
     }
 
     async fn get_app(&self, id: &str) -> Result<Option<App>, StoreError> {
+        self.linked().await?;
         self.current_app(id)
             .await
             .map(|found| found.map(|(_, app)| app))
@@ -520,6 +559,7 @@ impl KeyStore for RedisStore {
         page: PageRequest<'_>,
         keep: Keep<'_, App>,
     ) -> Result<Page<App>, StoreError> {
+        self.linked().await?;
         super::scan_index(page, keep, |after, n| async move {
             self.apps_after(after.as_deref(), n).await
         })
@@ -532,6 +572,7 @@ impl KeyStore for RedisStore {
         change: &AppChange,
         expected_version: Option<u64>,
     ) -> Result<(App, App), StoreError> {
+        self.linked().await?;
         for _ in 0..CAS_ATTEMPTS {
             match self.try_update_app(id, change, expected_version).await? {
                 (DONE, Some(both)) => return Ok(both),
@@ -550,6 +591,7 @@ impl KeyStore for RedisStore {
         by: &str,
         expected_version: Option<u64>,
     ) -> Result<bool, StoreError> {
+        self.linked().await?;
         for _ in 0..CAS_ATTEMPTS {
             match self.try_delete_app(id, by, expected_version).await? {
                 DONE => return Ok(true),
@@ -562,10 +604,11 @@ impl KeyStore for RedisStore {
     }
 
     async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError> {
+        self.linked().await?;
         let picked: Vec<String> = self
             .read(
                 redis::cmd("HRANDFIELD")
-                    .arg(self.names.deleted_apps())
+                    .arg(self.names().deleted_apps())
                     .arg(1)
                     .arg("WITHVALUES"),
             )
@@ -573,34 +616,34 @@ impl KeyStore for RedisStore {
         let [app, by] = picked.as_slice() else {
             return Ok(0);
         };
-        let index = self.names.app_keys(app);
+        let index = self.names().app_keys(app);
         let positions = self.positions_after(&index, None, PURGE_CHUNK).await?;
         if positions.is_empty() {
             // No key can be added to a deleted app, so an empty index stays empty.
-            self.query::<i64>(redis::cmd("HDEL").arg(self.names.deleted_apps()).arg(app))
+            self.query::<i64>(redis::cmd("HDEL").arg(self.names().deleted_apps()).arg(app))
                 .await?;
             return Ok(1);
         }
-        let mut cmd = eval(
-            REVOKE_APP_KEYS,
-            &[&index, &self.names.revoked(), &self.names.expiring()],
-        );
-        cmd.arg(self.names.key_prefix())
-            .arg(at)
-            .arg(by)
-            .arg(&positions);
+        let fixed = [index, self.names().revoked(), self.names().expiring()];
+        let records: Vec<String> = positions
+            .iter()
+            .map(|p| self.names().key(id_of(p)))
+            .collect();
+        let mut cmd = eval(REVOKE_APP_KEYS, &keys_then(&fixed, &records));
+        cmd.arg(at).arg(by).arg(&positions);
         self.query::<i64>(&cmd).await?;
         Ok(positions.len())
     }
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.linked().await?;
         let keys = [
-            self.names.app(&key.app_id),
-            self.names.key(&key.id),
-            self.names.key_index(),
-            self.names.app_keys(&key.app_id),
-            self.names.last_used(),
-            self.names.expiring(),
+            self.names().app(&key.app_id),
+            self.names().key(&key.id),
+            self.names().key_index(),
+            self.names().app_keys(&key.app_id),
+            self.names().last_used(),
+            self.names().expiring(),
         ];
         let mut cmd = eval(CREATE_KEY, &keys.each_ref().map(String::as_str));
         let last_used = key.last_used_at.map(|t| t.to_string()).unwrap_or_default();
@@ -618,11 +661,12 @@ impl KeyStore for RedisStore {
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.linked().await?;
         let mut pipe = redis::pipe();
         pipe.cmd("GET")
-            .arg(self.names.key(id))
+            .arg(self.names().key(id))
             .cmd("HGET")
-            .arg(self.names.last_used())
+            .arg(self.names().last_used())
             .arg(id);
         let (json, at): (Option<String>, Option<u64>) = self.read_pipe(&pipe).await?;
         json.map(|json| decode_key(&json, at)).transpose()
@@ -634,7 +678,8 @@ impl KeyStore for RedisStore {
         page: PageRequest<'_>,
         keep: Keep<'_, KeyRecord>,
     ) -> Result<Page<KeyRecord>, StoreError> {
-        let index = app_id.map_or_else(|| self.names.key_index(), |a| self.names.app_keys(a));
+        self.linked().await?;
+        let index = app_id.map_or_else(|| self.names().key_index(), |a| self.names().app_keys(a));
         let index = index.as_str();
         super::scan_index(page, keep, |after, n| async move {
             self.keys_after(index, after.as_deref(), n).await
@@ -643,30 +688,32 @@ impl KeyStore for RedisStore {
     }
 
     async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
+        self.linked().await?;
         // Key records never change app or creation time, so reading them first is race-free;
         // the script's DEL decides which of two concurrent deletes wins.
-        let Some(json) = self.get_json(&self.names.key(id)).await? else {
+        let Some(json) = self.get_json(&self.names().key(id)).await? else {
             return Ok(false);
         };
         let record: KeyRecord = decode(&json)?;
         let keys = [
-            self.names.key(id),
-            self.names.key_index(),
-            self.names.app_keys(&record.app_id),
-            self.names.last_used(),
-            self.names.revoked(),
-            self.names.expiring(),
+            self.names().key(id),
+            self.names().key_index(),
+            self.names().app_keys(&record.app_id),
+            self.names().last_used(),
+            self.names().revoked(),
+            self.names().expiring(),
         ];
         let usage =
-            redis_usage::usage_hashes(self.names.prefix(), UsageSubject::Key(id), now_unix());
+            redis_usage::usage_hashes(self.names().base(), UsageSubject::Key(id), now_unix());
         let mut cmd = eval(DELETE_KEY, &keys_then(&keys, &usage));
         cmd.arg(id)
-            .arg(self.names.channel())
+            .arg(self.names().channel())
             .arg(listing_position(record.created_at, id));
         Ok(self.query::<i64>(&cmd).await? == DONE)
     }
 
     async fn update_key(&self, id: &str, change: &KeyChange) -> Result<KeyRecord, StoreError> {
+        self.linked().await?;
         for _ in 0..CAS_ATTEMPTS {
             match self.try_update_key(id, change).await? {
                 (DONE, Some(key)) => return Ok(key),
@@ -679,8 +726,9 @@ impl KeyStore for RedisStore {
     }
 
     async fn revoked_before(&self, before: UnixSeconds) -> Result<Vec<String>, StoreError> {
+        self.linked().await?;
         let mut cmd = redis::cmd("ZRANGEBYSCORE");
-        cmd.arg(self.names.revoked())
+        cmd.arg(self.names().revoked())
             .arg("-inf")
             .arg(format!("({before}"))
             .arg("LIMIT")
@@ -690,9 +738,10 @@ impl KeyStore for RedisStore {
     }
 
     async fn count_expiring(&self, from: UnixSeconds, to: UnixSeconds) -> Result<u64, StoreError> {
+        self.linked().await?;
         self.read(
             redis::cmd("ZCOUNT")
-                .arg(self.names.expiring())
+                .arg(self.names().expiring())
                 .arg(format!("({from}"))
                 .arg(to),
         )
@@ -703,9 +752,11 @@ impl KeyStore for RedisStore {
         if uses.is_empty() {
             return Ok(());
         }
+        self.linked().await?;
         let mut pipe = redis::pipe();
         for chunk in uses.chunks(TOUCH_CHUNK) {
-            pipe.add_command(touch_command(&self.names, chunk)).ignore();
+            pipe.add_command(touch_command(self.names(), chunk))
+                .ignore();
         }
         self.query_pipe::<()>(&pipe).await
     }
@@ -714,7 +765,8 @@ impl KeyStore for RedisStore {
     /// times out may still have been applied; the caller sends the same batches again and the
     /// chunks already applied are skipped.
     async fn add_usage(&self, batches: &[UsageBatch]) -> Result<(), StoreError> {
-        match redis_usage::add_pipeline(self.names.prefix(), batches, now_unix())? {
+        self.linked().await?;
+        match redis_usage::add_pipeline(self.names().base(), batches, now_unix())? {
             Some(pipe) => self.query_pipe::<()>(&pipe).await,
             None => Ok(()),
         }
@@ -726,7 +778,8 @@ impl KeyStore for RedisStore {
         subject: UsageSubject<'_>,
         dates: &[String],
     ) -> Result<Vec<u64>, StoreError> {
-        let read = redis_usage::UsageRead::new(self.names.prefix(), subject, dates);
+        self.linked().await?;
+        let read = redis_usage::UsageRead::new(self.names().base(), subject, dates);
         match read.pipeline(dates) {
             Some(pipe) => read.counts(self.read_pipe(&pipe).await?),
             None => Ok(vec![0; dates.len()]),
@@ -734,10 +787,12 @@ impl KeyStore for RedisStore {
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.linked().await?;
         self.append_audit_event(event).await
     }
 
     async fn upgrade(&self) -> Result<usize, StoreError> {
+        self.linked().await?;
         self.upgrade_legacy_indexes().await
     }
 
@@ -746,6 +801,7 @@ impl KeyStore for RedisStore {
         page: PageRequest<'_>,
         keep: Keep<'_, AuditEvent>,
     ) -> Result<Page<AuditEvent>, StoreError> {
+        self.linked().await?;
         super::scan_index(page, keep, |before, n| async move {
             self.audit_before(before.as_deref(), n).await
         })
@@ -760,7 +816,8 @@ impl KeyStore for RedisStore {
         limit: RateLimit,
         want: u32,
     ) -> Result<RateLease, StoreError> {
-        let cmd = redis_limits::lease_rate_command(&self.names.rate(key_id), limit, want);
+        self.linked().await?;
+        let cmd = redis_limits::lease_rate_command(&self.names().rate(key_id), limit, want);
         let lease = redis_limits::rate_lease(self.query(&cmd).await?);
         redis_limits::check_rate(lease, want)
     }
@@ -771,6 +828,7 @@ impl KeyStore for RedisStore {
         windows: &QuotaWindows,
         want: u64,
     ) -> Result<QuotaLease, StoreError> {
+        self.linked().await?;
         let (day, month) = self.quota_names(key_id, windows);
         let cmd = redis_limits::lease_quota_command((&day, &month), windows, want);
         Ok(redis_limits::quota_lease(self.query(&cmd).await?))
@@ -782,6 +840,7 @@ impl KeyStore for RedisStore {
         windows: &QuotaWindows,
         delta: i64,
     ) -> Result<(), StoreError> {
+        self.linked().await?;
         let (day, month) = self.quota_names(key_id, windows);
         let cmd = redis_limits::adjust_quota_command((&day, &month), windows, delta);
         self.query::<i64>(&cmd).await.map(drop)
@@ -792,13 +851,17 @@ impl KeyStore for RedisStore {
         key_id: &str,
         windows: &QuotaWindows,
     ) -> Result<(u64, u64), StoreError> {
+        self.linked().await?;
         let (day, month) = self.quota_names(key_id, windows);
         let cmd = redis_limits::quota_used_command((&day, &month));
         Ok(redis_limits::quota_used(self.read(&cmd).await?))
     }
 
+    /// `EXISTS` of the app index rather than `PING`: on a Cluster a PING may reach any node,
+    /// while this asks the node serving the gateway's slot, the one every call needs.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.query::<redis::Value>(&redis::cmd("PING"))
+        self.linked().await?;
+        self.query::<i64>(redis::cmd("EXISTS").arg(self.names().app_index()))
             .await
             .map(drop)
     }
@@ -807,14 +870,17 @@ impl KeyStore for RedisStore {
     /// connect + SUBSCRIBE). Events published before that first subscription are not delivered,
     /// which is harmless at start-up since nothing is cached yet.
     fn invalidations(&self) -> Option<mpsc::Receiver<Invalidation>> {
-        let (tx, rx) = mpsc::channel(FEED_CAPACITY);
-        self.runtime.spawn(run_feed(
-            self.client.clone(),
-            self.names.channel(),
-            self.op_timeout,
-            tx,
-            self.feed_live.clone(),
-        ));
+        let (tx, rx) = mpsc::channel(feed::FEED_CAPACITY);
+        let feed = feed::Feed {
+            seed: self.client.get_connection_info().clone(),
+            channel: self.untagged.channel(),
+            slot_key: Names::for_mode(&self.prefix, link::Mode::Cluster)
+                .ok()
+                .map(|names| names.app_index()),
+            op_timeout: self.op_timeout,
+            live: self.feed_live.clone(),
+        };
+        self.runtime.spawn(feed::run(feed, tx));
         Some(rx)
     }
 
@@ -915,120 +981,4 @@ fn decode_key(json: &str, last_used_at: Option<UnixSeconds>) -> Result<KeyRecord
     let mut key: KeyRecord = decode(json)?;
     key.last_used_at = last_used_at;
     Ok(key)
-}
-
-fn parse_invalidation(payload: &str) -> Option<Invalidation> {
-    if let Some(id) = payload.strip_prefix("key:") {
-        Some(Invalidation::Key(id.to_owned()))
-    } else {
-        payload
-            .strip_prefix("app:")
-            .map(|id| Invalidation::App(id.to_owned()))
-    }
-}
-
-/// Why a subscription stopped forwarding.
-#[derive(PartialEq, Eq)]
-enum FeedEnd {
-    /// The connection died; subscribe again.
-    Dropped,
-    /// Nobody listens any more; the task ends.
-    ReceiverGone,
-}
-
-/// The feed task: subscribe, forward, and on any loss resubscribe with backoff, announcing the
-/// gap with `Invalidation::All`. A gap includes a failed first attempt: events may have been
-/// missed between `connect` and the first successful subscription.
-async fn run_feed(
-    client: redis::Client,
-    channel: String,
-    op_timeout: Duration,
-    tx: mpsc::Sender<Invalidation>,
-    live: Arc<AtomicBool>,
-) {
-    let mut backoff = FEED_MIN_BACKOFF;
-    let mut gap = false;
-    loop {
-        if let Some(pubsub) = subscribe(&client, &channel, op_timeout).await {
-            backoff = FEED_MIN_BACKOFF;
-            if gap && tx.send(Invalidation::All).await.is_err() {
-                return;
-            }
-            live.store(true, Ordering::SeqCst);
-            let end = forward(pubsub, &tx, op_timeout).await;
-            live.store(false, Ordering::SeqCst);
-            if end == FeedEnd::ReceiverGone {
-                return;
-            }
-        }
-        gap = true;
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = tx.closed() => return,
-        }
-        backoff = (backoff * 2).min(FEED_MAX_BACKOFF);
-    }
-}
-
-/// A fresh pub/sub connection subscribed to the channel, or `None` if Redis is not there.
-/// `get_async_pubsub` has no connect timeout of its own, hence the explicit one.
-async fn subscribe(client: &redis::Client, channel: &str, op_timeout: Duration) -> Option<PubSub> {
-    let attempt = async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        Ok::<_, RedisError>(pubsub)
-    };
-    tokio::time::timeout(op_timeout, attempt).await.ok()?.ok()
-}
-
-async fn forward(pubsub: PubSub, tx: &mpsc::Sender<Invalidation>, op_timeout: Duration) -> FeedEnd {
-    let (mut sink, mut stream) = pubsub.split();
-    let mut probe = tokio::time::interval_at(
-        tokio::time::Instant::now() + FEED_PROBE_EVERY,
-        FEED_PROBE_EVERY,
-    );
-    loop {
-        tokio::select! {
-            msg = stream.next() => {
-                let Some(msg) = msg else { return FeedEnd::Dropped };
-                let event = msg.get_payload::<String>().ok().and_then(|p| parse_invalidation(&p));
-                if let Some(event) = event {
-                    if tx.send(event).await.is_err() {
-                        return FeedEnd::ReceiverGone;
-                    }
-                }
-            }
-            _ = probe.tick() => {
-                if !alive(&mut sink, op_timeout).await {
-                    return FeedEnd::Dropped;
-                }
-            }
-            _ = tx.closed() => return FeedEnd::ReceiverGone,
-        }
-    }
-}
-
-async fn alive(sink: &mut PubSubSink, op_timeout: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(op_timeout, sink.ping::<redis::Value>()).await,
-        Ok(Ok(_))
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_invalidation_messages() {
-        assert_eq!(
-            parse_invalidation("key:k1"),
-            Some(Invalidation::Key("k1".into()))
-        );
-        assert_eq!(
-            parse_invalidation("app:a:b"),
-            Some(Invalidation::App("a:b".into()))
-        );
-        assert_eq!(parse_invalidation("other"), None);
-    }
 }

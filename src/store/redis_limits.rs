@@ -2,8 +2,8 @@
 //! commands that read and adjust them. Used by [`super::redis`]; kept apart because none of it
 //! touches app or key records.
 //!
-//! Layout (names from `names.rs`, each hash-tagged with the key id so every script here touches
-//! one Cluster slot):
+//! Layout (names from `names.rs`; every script here touches one key's names, which share a
+//! slot: the key id's tag on a standalone Redis, the deployment's tag on a Cluster):
 //! - `rate:{id}`: the key's GCRA theoretical arrival time, microseconds on the Redis clock;
 //!   expires once the bucket would be full again (an absent name is a full bucket).
 //! - `quota:{id}:d:{YYYY-MM-DD}` and `quota:{id}:m:{YYYY-MM}`: requests counted in that UTC

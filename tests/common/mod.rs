@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: real parts, started per test.
 //!
 //! - [`redis`]: a real `redis-server` on an ephemeral port;
+//! - [`cluster`]: a real three-master, three-replica Redis Cluster on free ports;
 //! - [`upstream`]: a recording HTTP upstream on an ephemeral port;
 //! - [`gateway`]: a whole scopegate (in-process, port 0) from a YAML config, with admin helpers;
 //! - [`h2`]: raw HTTP/2 frames on a socket, for floods no client library would send;
@@ -9,6 +10,7 @@
 //! - [`prom`]: a strict Prometheus text parser for `/metrics` assertions.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod delay_proxy;
 pub mod gateway;
 pub mod h2;

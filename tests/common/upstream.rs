@@ -35,6 +35,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Recorded>>>,
     stream: Arc<StreamControl>,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Lets a test hold a streaming answer after its first chunk.
@@ -58,11 +60,14 @@ impl Upstream {
         let stream = Arc::new(StreamControl::default());
         let recorder = seen.clone();
         let control = stream.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let recorder = recorder.clone();
                 let control = control.clone();
                 tokio::spawn(async move {
@@ -74,7 +79,17 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen, stream }
+        Upstream {
+            addr,
+            seen,
+            stream,
+            accepted,
+        }
+    }
+
+    /// Connections the upstream has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {

@@ -12,7 +12,7 @@ const FIELD: &str = "e";
 impl RedisStore {
     pub(super) async fn append_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.names.audit())
+        cmd.arg(self.names().audit())
             .arg("MAXLEN")
             .arg("~")
             .arg(AUDIT_MAX_EVENTS)
@@ -30,7 +30,7 @@ impl RedisStore {
     ) -> Result<Vec<Indexed<AuditEvent>>, StoreError> {
         let max = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
         let mut cmd = redis::cmd("XREVRANGE");
-        cmd.arg(self.names.audit())
+        cmd.arg(self.names().audit())
             .arg(max)
             .arg("-")
             .arg("COUNT")

@@ -2,7 +2,8 @@
 //! (`apps`), key ids (`keys`) and each app's key ids (`appkeys:{app}`) are read in chunks
 //! (`SSCAN`), each record's listing position is added to the sorted-set indexes, and the old
 //! sets are deleted once read. Every command is bounded; running it twice, or on two instances
-//! at once, adds nothing twice.
+//! at once, adds nothing twice. Standalone only in practice: those versions could not run on a
+//! Redis Cluster, so there the (tagged) old names are simply found empty.
 
 use super::{decode, decode_key, RedisStore};
 use crate::model::{listing_position, App};
@@ -22,8 +23,8 @@ const CHUNK: usize = 500;
 impl RedisStore {
     /// Moves the old index sets into the sorted-set indexes; how many records it indexed.
     pub(super) async fn upgrade_legacy_indexes(&self) -> Result<usize, StoreError> {
-        let apps = self.names.legacy("apps");
-        let keys = self.names.legacy("keys");
+        let apps = self.names().legacy("apps");
+        let keys = self.names().legacy("keys");
         let mut indexed = 0;
         indexed += self.scan_set(&apps, Records::Apps).await?;
         indexed += self.scan_set(&keys, Records::Keys).await?;
@@ -53,10 +54,10 @@ impl RedisStore {
     }
 
     async fn index_apps(&self, ids: Vec<String>) -> Result<usize, StoreError> {
-        let names: Vec<String> = ids.iter().map(|id| self.names.app(id)).collect();
+        let names: Vec<String> = ids.iter().map(|id| self.names().app(id)).collect();
         let jsons: Vec<Option<String>> = self.read(redis::cmd("MGET").arg(&names)).await?;
         let mut cmd = redis::cmd("ZADD");
-        cmd.arg(self.names.app_index());
+        cmd.arg(self.names().app_index());
         let mut n = 0;
         for json in jsons.into_iter().flatten() {
             let app: App = decode(&json)?;
@@ -70,7 +71,7 @@ impl RedisStore {
     }
 
     async fn index_keys(&self, ids: Vec<String>) -> Result<usize, StoreError> {
-        let names: Vec<String> = ids.iter().map(|id| self.names.key(id)).collect();
+        let names: Vec<String> = ids.iter().map(|id| self.names().key(id)).collect();
         let jsons: Vec<Option<String>> = self.read(redis::cmd("MGET").arg(&names)).await?;
         let mut pipe = redis::pipe();
         let mut n = 0;
@@ -79,18 +80,18 @@ impl RedisStore {
             let key = decode_key(&json, None)?;
             let position = listing_position(key.created_at, &key.id);
             pipe.cmd("ZADD")
-                .arg(self.names.key_index())
+                .arg(self.names().key_index())
                 .arg(0)
                 .arg(&position)
                 .ignore();
             pipe.cmd("ZADD")
-                .arg(self.names.app_keys(&key.app_id))
+                .arg(self.names().app_keys(&key.app_id))
                 .arg(0)
                 .arg(&position)
                 .ignore();
             if let (Some(at), None) = (key.expires_at, key.revoked_at) {
                 pipe.cmd("ZADD")
-                    .arg(self.names.expiring())
+                    .arg(self.names().expiring())
                     .arg(at)
                     .arg(&key.id)
                     .ignore();
@@ -102,7 +103,7 @@ impl RedisStore {
         // goes once, with the chunk of its keys.
         for app in apps {
             pipe.cmd("DEL")
-                .arg(self.names.legacy(&format!("appkeys:{app}")))
+                .arg(self.names().legacy(&format!("appkeys:{app}")))
                 .ignore();
         }
         if n > 0 {

@@ -1,0 +1,217 @@
+//! Upstream connections: HTTP/1.1 over TCP or TLS on hyper's own connection type
+//! (`hyper::client::conn::http1`), kept alive and reused per upstream host.
+//!
+//! Why not hyper-util's pooled client: per request it hashes the pool key with SipHash under a
+//! shared lock, formats a `Host` header, rewrites the URI and spawns a task to notice when the
+//! connection is free again. Here a connection is taken from its host's idle list (most
+//! recently used first), and put back by the response body itself when it reaches its end
+//! ([`Lease`]); the `Host` value is built once per host.
+//!
+//! A pooled connection the upstream has just closed may refuse a request before sending any of
+//! it; that request is sent again, once, on a fresh connection.
+
+use super::body::LimitedBody;
+use crate::routing::Upstream;
+use dashmap::DashMap;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Idle upstream connections are kept this long: long enough to ride out gaps between bursts,
+/// shorter than the 60s+ idle timeouts common upstream servers use, so we close first.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// Idle connections kept per upstream host; enough for a busy gateway's concurrency.
+const MAX_IDLE_PER_HOST: usize = 1024;
+/// A refused or black-holed upstream fails fast instead of eating the whole deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Sender = SendRequest<LimitedBody>;
+
+/// Why a request could not be sent or answered.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connecting to the upstream failed: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("connecting to the upstream timed out")]
+    ConnectTimeout,
+    #[error("the upstream's host name is not usable for TLS")]
+    ServerName,
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// The connections of one trust set (webpki roots, or those plus one `ca:` file), by host.
+pub struct Pool {
+    hosts: DashMap<(Scheme, Authority), Arc<Host>, foldhash::fast::RandomState>,
+    tls: TlsConnector,
+}
+
+/// One upstream host's idle connections.
+pub struct Host {
+    idle: Mutex<VecDeque<Idle>>,
+    /// The `Host` header every request to it carries.
+    pub header: HeaderValue,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// A connection in use; [`Lease::release`] gives it back once its response is complete.
+pub struct Lease {
+    sender: Sender,
+    host: Arc<Host>,
+}
+
+impl Pool {
+    pub fn new(tls: ClientConfig) -> Pool {
+        Pool {
+            hosts: DashMap::default(),
+            tls: TlsConnector::from(Arc::new(tls)),
+        }
+    }
+
+    /// The upstream's host, created on first use.
+    pub fn host(&self, upstream: &Upstream) -> Arc<Host> {
+        let key = (upstream.scheme.clone(), upstream.authority.clone());
+        if let Some(host) = self.hosts.get(&key) {
+            return host.clone();
+        }
+        let header = HeaderValue::from_str(upstream.authority.as_str())
+            .unwrap_or(HeaderValue::from_static("localhost"));
+        self.hosts
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Host {
+                    idle: Mutex::new(VecDeque::new()),
+                    header,
+                })
+            })
+            .clone()
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) to `upstream` on a pooled connection, or
+    /// a new one.
+    pub async fn send(
+        &self,
+        upstream: &Upstream,
+        host: Arc<Host>,
+        mut request: Request<LimitedBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        if let Some(mut sender) = host.checkout().await {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, Lease { sender, host })),
+                Err(mut refused) => match refused.take_message() {
+                    // Not sent: the connection was closing. Nothing reached the upstream.
+                    Some(unsent) => request = unsent,
+                    None => return Err(refused.into_error().into()),
+                },
+            }
+        }
+        let mut sender = self.connect(upstream).await?;
+        let response = sender.send_request(request).await?;
+        Ok((response, Lease { sender, host }))
+    }
+
+    async fn connect(&self, upstream: &Upstream) -> Result<Sender, SendError> {
+        let host = upstream.authority.host();
+        // `[::1]` in an authority; the socket wants the bare address.
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let https = upstream.scheme == Scheme::HTTPS;
+        let port = upstream
+            .authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| SendError::ConnectTimeout)?
+            .map_err(SendError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        if !https {
+            return handshake(TokioIo::new(tcp)).await;
+        }
+        let name = ServerName::try_from(host.to_owned()).map_err(|_| SendError::ServerName)?;
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| SendError::ConnectTimeout)?
+            .map_err(SendError::Connect)?;
+        handshake(TokioIo::new(tls)).await
+    }
+}
+
+/// HTTP/1.1 on a connected stream; the connection is driven by its own task until it closes.
+async fn handshake<I>(io: I) -> Result<Sender, SendError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new().handshake(io).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+impl Host {
+    /// The most recently used idle connection that is still open and fresh.
+    async fn checkout(&self) -> Option<Sender> {
+        loop {
+            let idle = self.lock().pop_back()?;
+            if idle.sender.is_closed() || idle.since.elapsed() >= IDLE_TIMEOUT {
+                continue;
+            }
+            let mut sender = idle.sender;
+            // Released at the end of its last response, the connection may not have seen it
+            // yet; this is a moment, not a wait on the upstream.
+            if sender.is_ready() || sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn checkin(&self, sender: Sender) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        // The oldest are at the front: drop those past their time (closing them).
+        while idle
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < MAX_IDLE_PER_HOST {
+            idle.push_back(Idle { sender, since: now });
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        // A panic while holding it leaves a valid list: keep using it.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Lease {
+    /// Gives the connection back for the next request: call it once the response is complete.
+    pub fn release(self) {
+        if !self.sender.is_closed() {
+            self.host.checkin(self.sender);
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").finish_non_exhaustive()
+    }
+}
