@@ -4,6 +4,7 @@
 use crate::auth::credential::CredentialError;
 use crate::auth::AuthError;
 use crate::config::Role;
+use crate::quota::{QuotaExceeded, QuotaStatus};
 use crate::routing::normalize::PathError;
 use crate::store::StoreError;
 use bytes::Bytes;
@@ -36,6 +37,8 @@ pub enum ProxyError {
         retry_after: u64,
         reset: u64,
     },
+    #[error(transparent)]
+    QuotaExceeded(#[from] QuotaExceeded),
     #[error("the request body exceeds {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("the upstream could not be reached")]
@@ -112,6 +115,7 @@ impl ProxyError {
             ProxyError::Auth(AuthError::ScopeDenied(_)) => (S::FORBIDDEN, "scope_denied"),
             ProxyError::Auth(AuthError::Store(_)) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
             ProxyError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
+            ProxyError::QuotaExceeded(_) => (S::TOO_MANY_REQUESTS, "quota_exceeded"),
             ProxyError::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
             ProxyError::UpstreamUnavailable => (S::BAD_GATEWAY, "upstream_unavailable"),
             ProxyError::UpstreamTimeout => (S::GATEWAY_TIMEOUT, "upstream_timeout"),
@@ -147,6 +151,17 @@ impl ProxyError {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
                 rate_limit_headers(headers, *limit, 0, *reset);
             }
+            ProxyError::QuotaExceeded(q) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(q.retry_after));
+                quota_headers(
+                    headers,
+                    QuotaStatus {
+                        limit: q.limit,
+                        remaining: 0,
+                        reset: q.retry_after,
+                    },
+                );
+            }
             ProxyError::MethodNotAllowed { allow } => {
                 if let Ok(v) = HeaderValue::from_str(allow) {
                     headers.insert(ALLOW, v);
@@ -165,6 +180,18 @@ pub fn rate_limit_headers(headers: &mut http::HeaderMap, limit: u32, remaining: 
     headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(remaining));
     headers.insert(&RATELIMIT_RESET, HeaderValue::from(reset));
 }
+
+/// `X-Quota-Limit`, `X-Quota-Remaining`, `X-Quota-Reset`: the tightest quota window (the one
+/// with the fewest requests left), its requests left, and whole seconds until it ends.
+pub fn quota_headers(headers: &mut http::HeaderMap, status: QuotaStatus) {
+    headers.insert(&QUOTA_LIMIT, HeaderValue::from(status.limit));
+    headers.insert(&QUOTA_REMAINING, HeaderValue::from(status.remaining));
+    headers.insert(&QUOTA_RESET, HeaderValue::from(status.reset));
+}
+
+static QUOTA_LIMIT: http::HeaderName = http::HeaderName::from_static("x-quota-limit");
+static QUOTA_REMAINING: http::HeaderName = http::HeaderName::from_static("x-quota-remaining");
+static QUOTA_RESET: http::HeaderName = http::HeaderName::from_static("x-quota-reset");
 
 static RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
@@ -226,6 +253,7 @@ impl ErrorAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quota::Window;
 
     #[test]
     fn proxy_errors_map_to_the_contract() {
@@ -280,6 +308,16 @@ mod tests {
                 429,
                 "rate_limited",
             ),
+            (
+                QuotaExceeded {
+                    window: Window::Day,
+                    limit: 10,
+                    retry_after: 60,
+                }
+                .into(),
+                429,
+                "quota_exceeded",
+            ),
             (ProxyError::UpstreamUnavailable, 502, "upstream_unavailable"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
         ];
@@ -291,6 +329,26 @@ mod tests {
                 "{error:?}"
             );
         }
+    }
+
+    #[test]
+    fn quota_exceeded_says_when_to_retry_and_what_is_left() {
+        let e: ProxyError = QuotaExceeded {
+            window: Window::Month,
+            limit: 1_000,
+            retry_after: 3_600,
+        }
+        .into();
+        assert!(
+            e.answer().message.contains("month"),
+            "{}",
+            e.answer().message
+        );
+        let r: Response<Full<Bytes>> = e.to_response();
+        assert_eq!(r.headers()[RETRY_AFTER], "3600");
+        assert_eq!(r.headers()["x-quota-limit"], "1000");
+        assert_eq!(r.headers()["x-quota-remaining"], "0");
+        assert_eq!(r.headers()["x-quota-reset"], "3600");
     }
 
     #[test]

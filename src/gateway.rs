@@ -5,10 +5,13 @@ use crate::admin::{routes, Admin, AdminIdentity};
 use crate::auth::Authenticator;
 use crate::cache::KeyCache;
 use crate::config::{Config, Role, StoreConfig};
+use crate::lease::Fallback;
 use crate::lifecycle;
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::pipeline::{LiveConfig, Pipeline};
 use crate::proxy::Forwarder;
+use crate::quota::Quotas;
+use crate::ratelimit::shared::SharedRateLimits;
 use crate::ratelimit::RateLimits;
 use crate::redact;
 use crate::reload::{self, FixedSettings, Reloader};
@@ -156,6 +159,17 @@ pub async fn start_with_store(
         max_header_bytes: config.limits.max_header_bytes,
         grace: config.shutdown_grace,
     };
+    let fallback = Arc::new(Fallback::new(metrics.clone()));
+    let shared_rate_limits = SharedRateLimits::new(
+        store.clone(),
+        fallback.clone(),
+        reload::shares_rate_limits(&config),
+    );
+    if config.shared_rate_limit && config.store.redis.is_none() {
+        tracing::info!("rate_limit.shared: one instance on the embedded store; its own limiter is the shared one");
+    }
+    let quotas = Quotas::new(store.clone(), fallback, config.quota);
+    let admin_quotas = quotas.clone();
     let pipeline = Arc::new(Pipeline {
         live: ArcSwap::from_pointee(LiveConfig::new(
             config.routes,
@@ -165,6 +179,8 @@ pub async fn start_with_store(
             &metrics,
         )),
         rate_limits: RateLimits::new(config.cache.max_entries),
+        shared_rate_limits,
+        quotas,
         auth: Authenticator::new(cache.clone()),
         forwarder: Forwarder::new(&config.upstreams)?,
         usage,
@@ -184,6 +200,7 @@ pub async fn start_with_store(
         identities,
         metrics: metrics.clone(),
         keys: ArcSwap::from_pointee(config.keys),
+        quotas: admin_quotas,
     });
     background.push(spawn_lifecycle_upkeep(admin.clone()));
     let endpoint = Arc::new(MetricsEndpoint {
@@ -343,13 +360,16 @@ fn spawn_lifecycle_upkeep(admin: Arc<Admin>) -> JoinHandle<()> {
     })
 }
 
-/// Drops idle rate-limit state off the request path.
+/// Drops idle rate-limit state off the request path; gives unused quota slices back and
+/// settles what was admitted during a store outage.
 fn spawn_rate_limit_upkeep(pipeline: Arc<Pipeline>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RATE_LIMIT_UPKEEP);
         loop {
             tick.tick().await;
             pipeline.rate_limits.prune();
+            pipeline.shared_rate_limits.prune();
+            pipeline.quotas.upkeep().await;
         }
     })
 }
@@ -378,6 +398,8 @@ impl RunningGateway {
         }
         let _ = self.usage_stop.send(true);
         let _ = self.usage_task.await;
+        // Unused quota slices go back, so the counts say what was admitted.
+        self.pipeline.quotas.give_back_all().await;
         for task in self.background {
             task.abort();
         }

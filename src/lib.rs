@@ -8,6 +8,9 @@
 //! - [`routing`] normalises the path and finds the route (method + pattern → scope, upstream);
 //! - [`auth`] reads the credential, resolves the key through [`cache`] (backed by [`store`])
 //!   into a principal, and checks the route's scope;
+//! - [`ratelimit`] counts the request against the key's budget (per instance, or shared across
+//!   instances through leased slices: [`ratelimit::shared`], [`lease`]), then [`quota`]
+//!   against its day and month quota;
 //! - [`usage`] notes the key's use for a background task (the request never waits on it);
 //! - [`proxy`] forwards to the upstream over a pooled client and streams the answer back.
 //!
@@ -25,11 +28,13 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gateway;
+pub mod lease;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod proxy;
+pub mod quota;
 pub mod ratelimit;
 pub mod redact;
 pub mod reload;

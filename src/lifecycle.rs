@@ -130,6 +130,7 @@ mod tests {
             name: "a".into(),
             scopes: Vec::new(),
             rate_limit: None,
+            quota: None,
             created_at: 1,
             created_by: "t".into(),
             version: 0,

@@ -89,6 +89,9 @@ pub struct Metrics {
     /// Keys (not revoked) that expire within a week; set by the lifecycle upkeep.
     keys_expiring_soon: metrics::Gauge,
     rate_limited: DashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
+    quota_exceeded: DashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
+    /// 1 while shared limits fall back to per-instance ones (the store is unreachable).
+    shared_limits_fallback: metrics::Gauge,
 }
 
 /// The handles of one route (or of unmatched requests).
@@ -152,6 +155,9 @@ impl Metrics {
             reload_error: counter("scopegate_config_reloads_total", &[("result", "error")]),
             usage_dropped: counter("scopegate_usage_dropped_total", &[]),
             rate_limited: DashMap::default(),
+            quota_exceeded: DashMap::default(),
+            shared_limits_fallback: recorder
+                .register_gauge(&key("scopegate_rate_limit_fallback", &[]), &METADATA),
             process,
             recorder,
             handle,
@@ -256,19 +262,36 @@ impl Metrics {
     }
 
     pub fn rate_limited(&self, app: &Arc<str>) {
-        if let Some(counter) = self.rate_limited.get(app) {
+        self.count_by_app(&self.rate_limited, "scopegate_rate_limited_total", app);
+    }
+
+    pub fn quota_exceeded(&self, app: &Arc<str>) {
+        self.count_by_app(&self.quota_exceeded, "scopegate_quota_exceeded_total", app);
+    }
+
+    /// Whether shared rate limits and quotas are enforced per instance right now.
+    pub fn shared_limits_fallback(&self, active: bool) {
+        self.shared_limits_fallback
+            .set(if active { 1.0 } else { 0.0 });
+    }
+
+    /// One more in `family{app}`, registering the app's series the first time it is seen.
+    fn count_by_app(
+        &self,
+        handles: &DashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
+        family: &'static str,
+        app: &Arc<str>,
+    ) {
+        if let Some(counter) = handles.get(app) {
             counter.increment(1);
             return;
         }
         let counter = self.recorder.register_counter(
-            &Key::from_parts(
-                "scopegate_rate_limited_total",
-                vec![Label::new("app", app.to_string())],
-            ),
+            &Key::from_parts(family, vec![Label::new("app", app.to_string())]),
             &METADATA,
         );
         counter.increment(1);
-        self.rate_limited.insert(app.clone(), counter);
+        handles.insert(app.clone(), counter);
     }
 
     /// The Prometheus text exposition, with the process metrics sampled now.
@@ -309,6 +332,16 @@ const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
         "scopegate_rate_limited_total",
         None,
         "Requests refused with 429 rate_limited, by app id.",
+    ),
+    (
+        "scopegate_quota_exceeded_total",
+        None,
+        "Requests refused with 429 quota_exceeded (a day or month quota used up), by app id.",
+    ),
+    (
+        "scopegate_rate_limit_fallback",
+        None,
+        "1 while the store is unreachable and shared rate limits and quotas are enforced per instance.",
     ),
     (
         "scopegate_key_cache_total",

@@ -24,6 +24,23 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// A per-key request allowance over UTC calendar windows; a window left out is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_month: Option<u64>,
+}
+
+impl Quota {
+    /// Whether it limits anything (both windows unset: no quota).
+    pub fn is_limited(&self) -> bool {
+        self.per_day.is_some() || self.per_month.is_some()
+    }
+}
+
 /// An application: the holder of scopes. Keys belong to apps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct App {
@@ -32,6 +49,10 @@ pub struct App {
     pub scopes: Vec<String>,
     /// Overrides the config's default for every key of this app.
     pub rate_limit: Option<RateLimit>,
+    /// Overrides the config's default quota for every key of this app. Left out of the stored
+    /// JSON when unset, so records written before quotas existed read the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
     pub created_at: UnixSeconds,
     pub created_by: String,
     /// Bumped by every change; the admin API's `ETag`. Records written before versions existed
@@ -48,6 +69,8 @@ pub struct AppChange {
     pub scopes: Option<Vec<String>>,
     /// `Some(None)` returns the app to the config's default.
     pub rate_limit: Option<Option<RateLimit>>,
+    /// `Some(None)` returns the app to the config's default quota.
+    pub quota: Option<Option<Quota>>,
 }
 
 impl AppChange {
@@ -62,6 +85,9 @@ impl AppChange {
         }
         if let Some(limit) = self.rate_limit {
             next.rate_limit = limit;
+        }
+        if let Some(quota) = self.quota {
+            next.quota = quota;
         }
         next.version = app.version + 1;
         next
@@ -270,6 +296,54 @@ pub fn utc_day_number(date: &str) -> Option<u64> {
     (utc_date(number * 86_400) == date).then_some(number)
 }
 
+/// A key's quota windows at one moment: the UTC day and month it falls in, each window's limit
+/// (`None`: unlimited, still counted) and when each ends. Counts are kept per window, so a new
+/// day or month starts from zero without anything being reset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaWindows {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// `YYYY-MM`.
+    pub month: String,
+    pub per_day: Option<u64>,
+    pub per_month: Option<u64>,
+    pub day_ends: UnixSeconds,
+    pub month_ends: UnixSeconds,
+}
+
+impl QuotaWindows {
+    /// The windows `now` falls in, with `quota`'s limits.
+    pub fn at(now: UnixSeconds, quota: Quota) -> QuotaWindows {
+        let day = utc_date(now);
+        let month = day[..7].to_owned();
+        QuotaWindows {
+            day_ends: (now / 86_400 + 1) * 86_400,
+            month_ends: month_end(&day),
+            day,
+            month,
+            per_day: quota.per_day,
+            per_month: quota.per_month,
+        }
+    }
+
+    /// Whether both windows are still the current ones at `now`.
+    pub fn current_at(&self, now: UnixSeconds) -> bool {
+        now < self.day_ends
+    }
+}
+
+/// The first second of the month after the one `date` (`YYYY-MM-DD`) falls in.
+fn month_end(date: &str) -> UnixSeconds {
+    let year: u64 = date[..4].parse().unwrap_or(1970);
+    let month: u64 = date[5..7].parse().unwrap_or(1);
+    let (year, month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    utc_day_number(&format!("{year:04}-{month:02}-01")).map_or(u64::MAX, |d| d * 86_400)
+}
+
 /// Request counts to add, one batch: per key per day and per app per day.
 /// Each entry is `(id, date, count)`, the date as [`utc_date`] writes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -315,6 +389,39 @@ pub enum UsageSubject<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quota_windows_follow_the_utc_calendar() {
+        let quota = Quota {
+            per_day: Some(10),
+            per_month: None,
+        };
+        // 2024-02-29 23:59:59 UTC, a leap day: the day ends in a second, the month with it.
+        let last = utc_day_number("2024-02-29").expect("day") * 86_400 + 86_399;
+        let w = QuotaWindows::at(last, quota);
+        assert_eq!(
+            (w.day.as_str(), w.month.as_str()),
+            ("2024-02-29", "2024-02")
+        );
+        assert_eq!((w.day_ends, w.month_ends), (last + 1, last + 1));
+        assert!(w.current_at(last) && !w.current_at(last + 1));
+        let next = QuotaWindows::at(last + 1, quota);
+        assert_eq!(
+            (next.day.as_str(), next.month.as_str()),
+            ("2024-03-01", "2024-03")
+        );
+        assert_eq!(next.day_ends, last + 1 + 86_400);
+        assert_eq!(
+            next.month_ends,
+            utc_day_number("2024-04-01").expect("day") * 86_400
+        );
+        // December rolls into the next year.
+        let dec = QuotaWindows::at(utc_day_number("2026-12-01").expect("day") * 86_400, quota);
+        assert_eq!(
+            dec.month_ends,
+            utc_day_number("2027-01-01").expect("day") * 86_400
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -11,12 +11,14 @@ mod unread;
 use self::unread::Unread;
 use crate::auth::{credential, AuthError, Authenticator, Principal};
 use crate::config::{cidr_contains, Limits};
-use crate::error::{rate_limit_headers, ProxyError};
+use crate::error::{quota_headers, rate_limit_headers, ProxyError};
 use crate::metrics::{AuthFailure, Metrics, RouteMetrics, StoreOp, UNMATCHED};
 use crate::model::RateLimit;
 use crate::proxy::body::GatewayBody;
 use crate::proxy::headers::Forwarded;
 use crate::proxy::{declared_length, Forwarder, Outgoing};
+use crate::quota::{QuotaStatus, Quotas};
+use crate::ratelimit::shared::SharedRateLimits;
 use crate::ratelimit::{Decision, RateLimits};
 use crate::routing::normalize::normalize;
 use crate::routing::{Access, Route, RouteMatch, RouteTable};
@@ -88,6 +90,8 @@ pub struct Admission<'a> {
     pub principal: Option<Principal>,
     /// The key's rate-limit state after this request: limit, remaining, reset.
     pub budget: Option<(u32, u32, u64)>,
+    /// The key's tightest quota window after this request, when it has a quota.
+    pub quota: Option<QuotaStatus>,
 }
 
 /// A request the gateway answers with an error, and what it left unread on the connection.
@@ -102,6 +106,9 @@ pub struct Pipeline {
     pub auth: Authenticator,
     pub forwarder: Forwarder,
     pub rate_limits: RateLimits,
+    /// `rate_limit.shared`: consulted before `rate_limits`, which it falls back to.
+    pub shared_rate_limits: SharedRateLimits,
+    pub quotas: Quotas,
     pub usage: UsageRecorder,
     pub metrics: Arc<Metrics>,
     /// `https` when the listener speaks TLS.
@@ -226,6 +233,9 @@ impl Pipeline {
         if let Some((limit, remaining, reset)) = admission.budget {
             rate_limit_headers(response.headers_mut(), limit, remaining, reset);
         }
+        if let Some(status) = admission.quota {
+            quota_headers(response.headers_mut(), status);
+        }
         Ok(response)
     }
 
@@ -266,9 +276,13 @@ impl Pipeline {
             return Err(ProxyError::BodyTooLarge { limit: max_body });
         }
         let mut budget = None;
+        let mut quota = None;
         if let Some(p) = &principal {
             let limit = p.app.rate_limit.unwrap_or(live.default_rate_limit);
-            budget = Some(match self.rate_limits.check(&p.key.id, limit) {
+            // The shared budget when `rate_limit.shared` is on; `rate_limits` otherwise.
+            let shared = &self.shared_rate_limits;
+            let decision = shared.check(&self.rate_limits, &p.key.id, limit).await;
+            budget = Some(match decision {
                 Decision::Limited {
                     limit,
                     retry_after,
@@ -286,6 +300,8 @@ impl Pipeline {
                     reset,
                 } => (limit, remaining, reset),
             });
+            // After the rate limit, so a request it refuses consumes no quota.
+            quota = self.quotas.check(&p.key.id, p.app.quota).await?;
         }
         let rewritten_path = match path {
             Cow::Borrowed(_) => None,
@@ -296,6 +312,7 @@ impl Pipeline {
             rewritten_path,
             principal,
             budget,
+            quota,
         })
     }
 
@@ -318,6 +335,12 @@ impl Pipeline {
             ProxyError::RateLimited { .. } => {
                 if let Some(app) = &seen.app {
                     self.metrics.rate_limited(app);
+                }
+                return;
+            }
+            ProxyError::QuotaExceeded(_) => {
+                if let Some(app) = &seen.app {
+                    self.metrics.quota_exceeded(app);
                 }
                 return;
             }

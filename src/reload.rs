@@ -167,6 +167,10 @@ impl Reloader {
                 "config reload: this setting needs a restart; keeping the running value"
             );
         }
+        self.pipeline
+            .shared_rate_limits
+            .set_enabled(shares_rate_limits(&config));
+        self.pipeline.quotas.set_default(config.quota);
         self.cache.set_ttl(config.cache.ttl);
         self.admin.scopes.store(Arc::new(config.scopes));
         self.admin.keys.store(Arc::new(config.keys));
@@ -184,6 +188,12 @@ impl Reloader {
         tracing::info!(path = %self.path.display(), "config reloaded");
         true
     }
+}
+
+/// `rate_limit.shared` takes effect only on a store other instances share (Redis); with the
+/// embedded store there is one instance, and its local limiter is the shared one.
+pub fn shares_rate_limits(config: &crate::config::Config) -> bool {
+    config.shared_rate_limit && config.store.redis.is_some()
 }
 
 /// Watches the config file and `triggers`, reloading on each change, until `shutdown`.

@@ -28,6 +28,7 @@ fn app(id: &str, name: &str, created_at: u64) -> App {
         name: name.to_owned(),
         scopes: vec!["read".to_owned()],
         rate_limit: None,
+        quota: None,
         created_at,
         created_by: "admin".to_owned(),
         version: 0,
@@ -172,6 +173,7 @@ async fn replace_app(store: &dyn KeyStore, app: &App) -> Result<(), StoreError> 
         name: Some(app.name.clone()),
         scopes: Some(app.scopes.clone()),
         rate_limit: Some(app.rate_limit),
+        quota: Some(app.quota),
     };
     store.update_app(&app.id, &change, None).await.map(drop)
 }
@@ -510,6 +512,10 @@ async fn records_round_trip(store: &dyn KeyStore) {
         rate_limit: Some(RateLimit {
             per_second: 7,
             burst: 21,
+        }),
+        quota: Some(scopegate::model::Quota {
+            per_day: Some(1_000),
+            per_month: None,
         }),
         created_at: 1_700_000_000,
         created_by: "ops@example.com".to_owned(),

@@ -11,6 +11,7 @@ pub async fn seed_key(store: &dyn KeyStore) -> (App, NewKey) {
         name: "bench".into(),
         scopes: vec!["deploy_tool".into()],
         rate_limit: None,
+        quota: None,
         created_at: now_unix(),
         created_by: "bench".into(),
         version: 0,

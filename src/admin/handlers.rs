@@ -1,11 +1,12 @@
 //! What each admin call does: validate, write to the store, drop stale cache entries.
 
 use super::views::{AppView, CreateApp, ScopeView, UpdateApp, UsageView};
+use super::views::{QuotaView, QuotaWindowView};
 use super::Admin;
 use crate::auth::key;
 use crate::error::AdminError;
 use crate::model::{
-    now_unix, utc_date, App, AppChange, Page, PageRequest, RateLimit, UsageSubject,
+    now_unix, utc_date, App, AppChange, Page, PageRequest, Quota, RateLimit, UsageSubject,
 };
 use crate::store::Invalidation;
 use serde_json::json;
@@ -68,6 +69,18 @@ fn valid_rate_limit(limit: Option<RateLimit>) -> Result<Option<RateLimit>, Admin
     }
 }
 
+/// A window set to 0 would refuse every request: almost certainly a mistake, so it is refused
+/// here (leave the window out for no limit on it).
+fn valid_quota(quota: Option<Quota>) -> Result<Option<Quota>, AdminError> {
+    match quota {
+        Some(q) if q.per_day == Some(0) || q.per_month == Some(0) => Err(invalid(
+            "quota",
+            "per_day and per_month must be at least 1 (leave one out for no limit)",
+        )),
+        other => Ok(other),
+    }
+}
+
 pub(super) fn matches(name: &str, search: Option<&str>) -> bool {
     search.is_none_or(|s| name.to_lowercase().contains(&s.to_lowercase()))
 }
@@ -102,12 +115,18 @@ impl Admin {
             name: valid_name(&req.name)?,
             scopes: self.valid_scopes(req.scopes)?,
             rate_limit: valid_rate_limit(req.rate_limit)?,
+            quota: valid_quota(req.quota)?,
             created_at: now_unix(),
             created_by: by.to_owned(),
             version: 0,
         };
         self.store.create_app(&app).await?;
-        let details = json!({"name": app.name, "scopes": app.scopes, "rate_limit": app.rate_limit});
+        let details = json!({
+            "name": app.name,
+            "scopes": app.scopes,
+            "rate_limit": app.rate_limit,
+            "quota": app.quota,
+        });
         self.audit(by, "app.created", app_target(&app.id), details)
             .await;
         Ok(app.into())
@@ -145,6 +164,7 @@ impl Admin {
             name: req.name.as_deref().map(valid_name).transpose()?,
             scopes: req.scopes.map(|s| self.valid_scopes(s)).transpose()?,
             rate_limit: req.rate_limit.map(valid_rate_limit).transpose()?,
+            quota: req.quota.map(valid_quota).transpose()?,
         };
         let (before, app) = self.store.update_app(id, &change, expected_version).await?;
         self.cache
@@ -154,6 +174,7 @@ impl Admin {
             "name": {"before": before.name, "after": app.name},
             "scopes": {"before": before.scopes, "after": app.scopes},
             "rate_limit": {"before": before.rate_limit, "after": app.rate_limit},
+            "quota": {"before": before.quota, "after": app.quota},
             "version": app.version,
         });
         self.audit(by, "app.updated", app_target(id), details).await;
@@ -209,5 +230,25 @@ impl Admin {
             .zip(counts)
             .map(|(date, requests)| UsageView { date, requests })
             .collect())
+    }
+
+    /// The key's quota as it applies now (its app's, or the config's default), with the
+    /// store's counts: `null` windows are unlimited.
+    pub(super) async fn key_quota(&self, id: &str) -> Result<QuotaView, AdminError> {
+        let key = self.store.get_key(id).await?.ok_or(AdminError::NotFound)?;
+        let app = self.store.get_app(&key.app_id).await?;
+        let Some(quota) = self.quotas.effective(app.and_then(|a| a.quota)) else {
+            return Ok(QuotaView::default());
+        };
+        let windows = crate::quota::windows_now(quota);
+        let (day, month) = self.quotas.used(id, &windows).await?;
+        Ok(QuotaView {
+            per_day: quota
+                .per_day
+                .map(|limit| QuotaWindowView::new(limit, day, windows.day_ends)),
+            per_month: quota
+                .per_month
+                .map(|limit| QuotaWindowView::new(limit, month, windows.month_ends)),
+        })
     }
 }

@@ -72,6 +72,8 @@ pub struct Admin {
     /// The config's `keys:` policy; swapped on reload.
     pub keys: ArcSwap<KeyPolicy>,
     pub metrics: Arc<Metrics>,
+    /// The proxy's quotas: the config's default (swapped on reload) and the counts.
+    pub quotas: crate::quota::Quotas,
 }
 
 enum Call<'a> {
@@ -83,6 +85,7 @@ enum Call<'a> {
     AppKeys(&'a str),
     AppUsage(&'a str),
     KeyUsage(&'a str),
+    KeyQuota(&'a str),
     Keys,
     Key(&'a str),
     KeyRoll(&'a str),
@@ -106,6 +109,7 @@ fn parse_path(path: &str) -> Option<Call<'_>> {
         ["apps", id, "keys"] if !id.is_empty() => Some(Call::AppKeys(id)),
         ["apps", id, "usage"] if !id.is_empty() => Some(Call::AppUsage(id)),
         ["keys", id, "usage"] if !id.is_empty() => Some(Call::KeyUsage(id)),
+        ["keys", id, "quota"] if !id.is_empty() => Some(Call::KeyQuota(id)),
         ["keys"] => Some(Call::Keys),
         ["keys", id] if !id.is_empty() => Some(Call::Key(id)),
         ["keys", id, "roll"] if !id.is_empty() => Some(Call::KeyRoll(id)),
@@ -266,6 +270,9 @@ impl Admin {
                     StatusCode::OK,
                     &self.usage(UsageSubject::Key(id), days.as_deref()).await?,
                 ))
+            }
+            (Call::KeyQuota(id), Method::GET) => {
+                Ok(json(StatusCode::OK, &self.key_quota(id).await?))
             }
             _ => Err(AdminError::MethodNotAllowed),
         }

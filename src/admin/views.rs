@@ -1,6 +1,6 @@
 //! The admin API's JSON shapes: what callers send and what they get back.
 
-use crate::model::{App, KeyRecord, RateLimit, UnixSeconds};
+use crate::model::{App, KeyRecord, Quota, RateLimit, UnixSeconds};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -19,6 +19,7 @@ pub struct CreateApp {
     pub name: String,
     pub scopes: Vec<String>,
     pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -29,6 +30,9 @@ pub struct UpdateApp {
     /// Absent: unchanged; `null`: back to the config's default.
     #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Absent: unchanged; `null`: back to the config's default.
+    #[serde(default, deserialize_with = "present")]
+    pub quota: Option<Option<Quota>>,
 }
 
 /// A field given in the body, `null` included (serde maps absent fields to `None` through
@@ -75,6 +79,8 @@ pub struct AppView {
     pub scopes: Vec<String>,
     /// The app's own limit; `null` means the config's default applies.
     pub rate_limit: Option<RateLimit>,
+    /// The app's own quota; `null` means the config's default applies.
+    pub quota: Option<Quota>,
     pub created_at: String,
     pub created_by: String,
 }
@@ -86,8 +92,37 @@ impl From<App> for AppView {
             name: a.name,
             scopes: a.scopes,
             rate_limit: a.rate_limit,
+            quota: a.quota,
             created_at: rfc3339(a.created_at),
             created_by: a.created_by,
+        }
+    }
+}
+
+/// `GET /v1/keys/{id}/quota`: each window of the key's quota; `null` when it has none.
+#[derive(Debug, Default, Serialize)]
+pub struct QuotaView {
+    pub per_day: Option<QuotaWindowView>,
+    pub per_month: Option<QuotaWindowView>,
+}
+
+/// One quota window now. `used` counts admitted requests plus slices leased to instances and
+/// not yet spent (given back within seconds of going unused).
+#[derive(Debug, Serialize)]
+pub struct QuotaWindowView {
+    pub limit: u64,
+    pub used: u64,
+    pub remaining: u64,
+    pub resets_at: String,
+}
+
+impl QuotaWindowView {
+    pub fn new(limit: u64, used: u64, ends: UnixSeconds) -> QuotaWindowView {
+        QuotaWindowView {
+            limit,
+            used,
+            remaining: limit.saturating_sub(used),
+            resets_at: rfc3339(ends),
         }
     }
 }

@@ -134,6 +134,7 @@ mod tests {
             name: "app".into(),
             scopes: vec![],
             rate_limit: None,
+            quota: None,
             created_at: 0,
             created_by: "test".into(),
             version: 0,

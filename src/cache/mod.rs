@@ -13,7 +13,7 @@ pub use self::tier::NEGATIVE_TTL;
 
 use self::tier::Tier;
 use crate::metrics::Metrics;
-use crate::model::{App, KeyRecord, RateLimit, UnixSeconds};
+use crate::model::{App, KeyRecord, Quota, RateLimit, UnixSeconds};
 use crate::store::{Invalidation, KeyStore, StoreError};
 use crate::usage::UseCell;
 use arc_swap::ArcSwapOption;
@@ -66,6 +66,7 @@ pub struct CachedApp {
     pub id_header: Option<HeaderValue>,
     pub scopes: Box<[Arc<str>]>,
     pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
 }
 
 type Entry<T> = Option<Arc<T>>;
@@ -237,6 +238,7 @@ fn cached_app(a: App) -> CachedApp {
         id: Arc::from(a.id),
         scopes: a.scopes.into_iter().map(Arc::from).collect(),
         rate_limit: a.rate_limit,
+        quota: a.quota,
     }
 }
 

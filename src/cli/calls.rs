@@ -53,12 +53,14 @@ pub enum UsageError {
         "an app needs at least one scope: pass --scopes a,b (`scopegate scopes list` shows them)"
     )]
     NoScopes,
-    #[error("nothing to change: pass --name, --scopes, --rate-limit PER_SECOND/BURST or --default-rate-limit")]
+    #[error("nothing to change: pass --name, --scopes, --rate-limit PER_SECOND/BURST, --default-rate-limit, --quota PER_DAY/PER_MONTH or --default-quota")]
     NothingToChange,
     #[error(
         "--rate-limit {0:?}: write PER_SECOND/BURST with whole numbers of at least 1, e.g. 50/100"
     )]
     BadRateLimit(String),
+    #[error("--quota {0:?}: write PER_DAY/PER_MONTH with whole numbers of at least 1, or - for no limit on that window, e.g. 10000/- (not -/-)")]
+    BadQuota(String),
 }
 
 pub fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
@@ -67,6 +69,7 @@ pub fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
             name,
             scopes,
             rate_limit,
+            quota,
         } => {
             let scopes = trimmed(scopes);
             if scopes.is_empty() {
@@ -75,6 +78,9 @@ pub fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
             let mut body = json!({"name": name, "scopes": scopes});
             if let Some(limit) = rate_limit {
                 body["rate_limit"] = parse_rate_limit(&limit)?;
+            }
+            if let Some(quota) = quota {
+                body["quota"] = parse_quota(&quota)?;
             }
             call(
                 Method::POST,
@@ -95,6 +101,8 @@ pub fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
             scopes,
             rate_limit,
             default_rate_limit,
+            quota,
+            default_quota,
         } => {
             let mut body = serde_json::Map::new();
             if let Some(n) = name {
@@ -111,6 +119,11 @@ pub fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
                 body.insert("rate_limit".into(), parse_rate_limit(&limit)?);
             } else if default_rate_limit {
                 body.insert("rate_limit".into(), Value::Null);
+            }
+            if let Some(quota) = quota {
+                body.insert("quota".into(), parse_quota(&quota)?);
+            } else if default_quota {
+                body.insert("quota".into(), Value::Null);
             }
             if body.is_empty() {
                 return Err(UsageError::NothingToChange);
@@ -269,6 +282,32 @@ fn parse_rate_limit(text: &str) -> Result<Value, UsageError> {
     }
 }
 
+/// `PER_DAY/PER_MONTH` (`-`: that window unlimited) as the admin API's `{"per_day", "per_month"}`.
+fn parse_quota(text: &str) -> Result<Value, UsageError> {
+    let bad = || UsageError::BadQuota(text.to_owned());
+    let (day, month) = text.split_once('/').ok_or_else(bad)?;
+    let window = |s: &str| match s.trim() {
+        "-" => Ok(None),
+        n => n
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(Some)
+            .ok_or_else(bad),
+    };
+    let mut quota = serde_json::Map::new();
+    if let Some(n) = window(day)? {
+        quota.insert("per_day".into(), json!(n));
+    }
+    if let Some(n) = window(month)? {
+        quota.insert("per_month".into(), json!(n));
+    }
+    if quota.is_empty() {
+        return Err(bad());
+    }
+    Ok(Value::Object(quota))
+}
+
 /// `a, b,,c` → `[a, b, c]`: spaces around names and empty items are dropped.
 fn trimmed(items: Vec<String>) -> Vec<String> {
     items
@@ -329,6 +368,7 @@ mod tests {
                 String::new(),
             ],
             rate_limit: Some("5/10".into()),
+            quota: None,
         })
         .expect("call");
         assert_eq!(
@@ -343,8 +383,39 @@ mod tests {
             name: "a".into(),
             scopes: vec![" ".into()],
             rate_limit: None,
+            quota: None,
         });
         assert_eq!(none, Err(UsageError::NoScopes));
+    }
+
+    #[test]
+    fn apps_update_sends_a_quota_or_returns_to_the_default() {
+        let update = |quota: Option<&str>, default_quota: bool| {
+            apps(AppsCommand::Update {
+                id: "A1".into(),
+                name: None,
+                scopes: None,
+                rate_limit: None,
+                default_rate_limit: false,
+                quota: quota.map(str::to_owned),
+                default_quota,
+            })
+        };
+        let c = update(Some("1000/-"), false).expect("call");
+        assert_eq!(c.body, Some(json!({"quota": {"per_day": 1000}})));
+        let c = update(Some("10/300"), false).expect("call");
+        assert_eq!(
+            c.body,
+            Some(json!({"quota": {"per_day": 10, "per_month": 300}}))
+        );
+        let c = update(None, true).expect("call");
+        assert_eq!(c.body, Some(json!({"quota": null})));
+        for bad in ["-/-", "0/5", "5", "a/b"] {
+            assert_eq!(
+                update(Some(bad), false),
+                Err(UsageError::BadQuota(bad.into()))
+            );
+        }
     }
 
     #[test]
@@ -356,6 +427,8 @@ mod tests {
                 scopes: None,
                 rate_limit: rate_limit.map(str::to_owned),
                 default_rate_limit,
+                quota: None,
+                default_quota: false,
             })
         };
         assert_eq!(update(None, false), Err(UsageError::NothingToChange));

@@ -42,6 +42,10 @@ pub enum AppsCommand {
         /// Rate limit of the app's keys, instead of the config's default. E.g. --rate-limit 20/40
         #[arg(long, value_name = "PER_SECOND/BURST")]
         rate_limit: Option<String>,
+        /// Quota of the app's keys, instead of the config's default; `-` leaves a window
+        /// unlimited. E.g. --quota 10000/200000 or --quota -/200000
+        #[arg(long, value_name = "PER_DAY/PER_MONTH")]
+        quota: Option<String>,
     },
     /// List apps, optionally those whose name contains a text.
     #[command(after_help = "Example:\n  scopegate apps list --search billing")]
@@ -50,7 +54,7 @@ pub enum AppsCommand {
         #[arg(long, value_name = "TEXT")]
         search: Option<String>,
     },
-    /// Change an app's name, scopes or rate limit (at least one of them).
+    /// Change an app's name, scopes, rate limit or quota (at least one of them).
     #[command(
         after_help = "Examples:\n  scopegate apps update 3fZk9QpLm2Xa --scopes deploy_tool\n  scopegate apps update 3fZk9QpLm2Xa --rate-limit 100/200\n  scopegate apps update 3fZk9QpLm2Xa --default-rate-limit"
     )]
@@ -74,6 +78,17 @@ pub enum AppsCommand {
         /// E.g. --default-rate-limit
         #[arg(long)]
         default_rate_limit: bool,
+        /// A quota of the app's own; `-` leaves a window unlimited. E.g. --quota 10000/-
+        #[arg(
+            long,
+            value_name = "PER_DAY/PER_MONTH",
+            conflicts_with = "default_quota"
+        )]
+        quota: Option<String>,
+        /// Drop the app's own quota: its keys get the config's `quota` again.
+        /// E.g. --default-quota
+        #[arg(long)]
+        default_quota: bool,
     },
     /// Delete an app; its keys are revoked.
     #[command(after_help = "Example:\n  scopegate apps delete 3fZk9QpLm2Xa")]

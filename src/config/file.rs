@@ -3,7 +3,7 @@
 //! Everything is strings or plain numbers here; [`super::validate`] turns it into [`super::Config`].
 //! Unknown keys are refused everywhere (they are usually typos).
 
-use crate::model::RateLimit;
+use crate::model::Quota;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -19,13 +19,23 @@ pub struct RawConfig {
     pub store: Option<RawStore>,
     pub cache: Option<RawCache>,
     pub keys: Option<RawKeys>,
-    pub rate_limit: Option<RateLimit>,
+    pub rate_limit: Option<RawRateLimit>,
+    pub quota: Option<Quota>,
     pub scopes: Option<Entries<String>>,
     pub upstreams: Entries<RawUpstream>,
     pub routes: Vec<RawRoute>,
     pub limits: Option<RawLimits>,
     pub shutdown_grace: Option<String>,
     pub log: Option<RawLog>,
+}
+
+/// `rate_limit:` as written: the app-overridable budget plus the deployment-wide `shared`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "rate_limit")]
+pub struct RawRateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+    pub shared: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -19,7 +19,7 @@ mod tests;
 pub use self::error::{ConfigErrors, Problem};
 pub use self::values::cidr_contains;
 
-use crate::model::RateLimit;
+use crate::model::{Quota, RateLimit};
 use crate::routing::{RouteSpec, RouteTable, Upstream};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -46,6 +46,9 @@ pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 100_000;
 pub const DEFAULT_RATE_PER_SECOND: u32 = 50;
 /// Default per-key burst: two seconds' worth of the sustained rate.
 pub const DEFAULT_RATE_BURST: u32 = 100;
+/// Per-instance limits by default: they cost no store round trip at all, and most deployments
+/// run one instance or accept an instance count times the budget.
+pub const DEFAULT_RATE_SHARED: bool = false;
 /// Upstream whole-response deadline when an upstream sets no `timeout` (the contract's example value).
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time given to in-flight requests after SIGTERM before the process exits anyway.
@@ -82,6 +85,10 @@ pub struct Config {
     pub keys: KeyPolicy,
     /// Default budget for every key; an app may override it.
     pub rate_limit: RateLimit,
+    /// `rate_limit.shared`: one budget per key across every instance on the Redis store.
+    pub shared_rate_limit: bool,
+    /// Default quota for every key; an app may override it. `None`: no quota.
+    pub quota: Option<Quota>,
     /// `(name, description)` in file order.
     pub scopes: Vec<(String, String)>,
     /// In file order.

@@ -822,3 +822,30 @@ routes:
     assert!(text[0].contains("lisen"), "{}", text[0]);
     assert!(text[2].contains("nowhere"), "{}", text[2]);
 }
+
+#[test]
+fn shared_rate_limit_and_quota() {
+    let c = ok(&min_plus(
+        "rate_limit: {per_second: 5, burst: 7, shared: true}\nquota:\n  per_day: 1000\n",
+    ));
+    assert!(c.shared_rate_limit);
+    assert_eq!((c.rate_limit.per_second, c.rate_limit.burst), (5, 7));
+    let quota = c.quota.expect("quota");
+    assert_eq!((quota.per_day, quota.per_month), (Some(1000), None));
+    let plain = ok(MIN);
+    assert!(!plain.shared_rate_limit);
+    assert_eq!(plain.quota, None);
+    one(
+        &min_plus("quota:\n  per_day: 10\n  per_month: 0\n"),
+        12,
+        14,
+        &["quota.per_month: must be at least 1"],
+    );
+    one(&min_plus("quota:\n  per_week: 10\n"), 11, 3, &["per_week"]);
+    one(
+        &min_plus("rate_limit: {per_second: 1, burst: 1, sharde: true}\n"),
+        10,
+        39,
+        &["sharde"],
+    );
+}

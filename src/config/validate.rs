@@ -109,10 +109,21 @@ pub(super) fn validate(
     let store = store(&mut c, dir, raw.store.unwrap_or_default());
     let cache = cache(&mut c, raw.cache.unwrap_or_default());
     let keys = key_policy(&mut c, raw.keys.unwrap_or_default());
-    let rate_limit = raw.rate_limit.unwrap_or(RateLimit {
-        per_second: DEFAULT_RATE_PER_SECOND,
-        burst: DEFAULT_RATE_BURST,
-    });
+    let shared_rate_limit = raw
+        .rate_limit
+        .as_ref()
+        .and_then(|r| r.shared)
+        .unwrap_or(DEFAULT_RATE_SHARED);
+    let rate_limit = raw.rate_limit.map_or(
+        RateLimit {
+            per_second: DEFAULT_RATE_PER_SECOND,
+            burst: DEFAULT_RATE_BURST,
+        },
+        |r| RateLimit {
+            per_second: r.per_second,
+            burst: r.burst,
+        },
+    );
     for (key, value) in [
         ("per_second", rate_limit.per_second),
         ("burst", rate_limit.burst),
@@ -121,6 +132,7 @@ pub(super) fn validate(
             c.at(&at(&["rate_limit", key]), "must be at least 1");
         }
     }
+    let quota = raw.quota.filter(|q| valid_quota(&mut c, q));
     let scopes = c.entries(&at(&["scopes"]), raw.scopes);
     let scopes = self::scopes(&mut c, scopes);
     let raw_upstreams = c.entries(&at(&["upstreams"]), Some(raw.upstreams));
@@ -155,6 +167,8 @@ pub(super) fn validate(
             cache,
             keys,
             rate_limit,
+            shared_rate_limit,
+            quota,
             scopes,
             upstreams,
             routes,
@@ -350,6 +364,25 @@ fn key_policy(c: &mut Check, raw: RawKeys) -> KeyPolicy {
         max_expires_in_days: raw.max_expires_in_days,
         retain_revoked,
     }
+}
+
+/// Whether the top-level `quota:` can be used; each problem is reported at its window.
+fn valid_quota(c: &mut Check, quota: &Quota) -> bool {
+    let mut ok = true;
+    for (key, value) in [("per_day", quota.per_day), ("per_month", quota.per_month)] {
+        if value == Some(0) {
+            c.at(
+                &at(&["quota", key]),
+                "must be at least 1 (leave it out for no limit)",
+            );
+            ok = false;
+        }
+    }
+    if !quota.is_limited() {
+        c.at(&at(&["quota"]), "give per_day, per_month or both");
+        ok = false;
+    }
+    ok
 }
 
 fn cache(c: &mut Check, raw: RawCache) -> CacheConfig {

@@ -8,11 +8,12 @@
 mod audit;
 mod order;
 
+use super::embedded_quota;
 use super::embedded_usage::{self, remove_usage};
-use super::{Invalidation, Keep, KeyStore, StoreError, PURGE_CHUNK};
+use super::{Invalidation, Keep, KeyStore, QuotaLease, StoreError, PURGE_CHUNK};
 use crate::model::{
-    now_unix, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest, UnixSeconds,
-    UsageBatch, UsageSubject,
+    now_unix, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest, QuotaWindows,
+    UnixSeconds, UsageBatch, UsageSubject,
 };
 use async_trait::async_trait;
 use redb::{
@@ -60,6 +61,7 @@ impl EmbeddedStore {
             tx.open_table(LAST_USED).map_err(db_error)?;
             // Added after the first release: opening an older file adds them here.
             embedded_usage::create_tables(tx)?;
+            embedded_quota::create_tables(tx)?;
             tx.open_table(order::APP_ORDER).map_err(db_error)?;
             tx.open_table(order::KEY_ORDER).map_err(db_error)?;
             tx.open_table(order::APP_KEY_ORDER).map_err(db_error)?;
@@ -256,6 +258,39 @@ impl KeyStore for EmbeddedStore {
             self.blocking(move |db| read(db, |tx| audit::before(tx, before.as_deref(), n)))
         })
         .await
+    }
+
+    /// One write transaction per slice (not per request): the counts survive a restart.
+    async fn lease_quota(
+        &self,
+        key_id: &str,
+        windows: &QuotaWindows,
+        want: u64,
+    ) -> Result<QuotaLease, StoreError> {
+        let (id, windows) = (key_id.to_owned(), windows.clone());
+        self.blocking(move |db| write(db, |tx| embedded_quota::lease(tx, &id, &windows, want)))
+            .await
+    }
+
+    async fn adjust_quota(
+        &self,
+        key_id: &str,
+        windows: &QuotaWindows,
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        let (id, windows) = (key_id.to_owned(), windows.clone());
+        self.blocking(move |db| write(db, |tx| embedded_quota::adjust(tx, &id, &windows, delta)))
+            .await
+    }
+
+    async fn quota_used(
+        &self,
+        key_id: &str,
+        windows: &QuotaWindows,
+    ) -> Result<(u64, u64), StoreError> {
+        let (id, windows) = (key_id.to_owned(), windows.clone());
+        self.blocking(move |db| read(db, |tx| embedded_quota::used(tx, &id, &windows)))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -539,6 +574,7 @@ mod tests {
             name: id.to_owned(),
             scopes: Vec::new(),
             rate_limit: None,
+            quota: None,
             created_at: 1,
             created_by: "test".to_owned(),
             version: 0,

@@ -5,8 +5,10 @@
 //! [`Invalidation`] events; the cache decides what to do with them.
 
 mod embedded;
+mod embedded_quota;
 mod embedded_usage;
 mod redis;
+mod redis_limits;
 mod redis_usage;
 
 pub use self::embedded::EmbeddedStore;
@@ -14,7 +16,7 @@ pub use self::redis::{RedisStore, DEFAULT_PREFIX};
 
 use crate::model::{
     utc_date, utc_day_number, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest,
-    UnixSeconds, UsageBatch, UsageCounts, UsageSubject,
+    QuotaWindows, RateLimit, UnixSeconds, UsageBatch, UsageCounts, UsageSubject,
 };
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -81,6 +83,57 @@ pub enum Invalidation {
     /// The change feed was interrupted: events may have been missed, so drop everything.
     All,
 }
+
+/// A slice of a key's shared rate budget, taken from the store in one round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLease {
+    /// Requests granted (0: the budget is spent for now).
+    pub granted: u32,
+    /// Requests the shared bucket still holds after this grant.
+    pub remaining: u32,
+    /// When nothing was granted: until one more request would be.
+    pub wait: std::time::Duration,
+    /// Until the shared bucket is full again.
+    pub reset: std::time::Duration,
+}
+
+/// A slice of a key's quota, counted as used in the store when it is granted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaLease {
+    /// Requests granted (0: a window is used up).
+    pub granted: u64,
+    /// The windows' counts after this grant (every instance's grants).
+    pub day_used: u64,
+    pub month_used: u64,
+}
+
+/// How many requests to grant out of `want` given the windows' counts: never past a limit, and,
+/// as the smaller window's remainder shrinks, only a `1/QUOTA_SPREAD` share of it at a time, so
+/// slices stranded on idle instances stay small near the end. Both stores (and the Redis
+/// script, which mirrors it) grant by this rule.
+pub fn quota_grant(windows: &QuotaWindows, day_used: u64, month_used: u64, want: u64) -> u64 {
+    let free = [
+        windows.per_day.map(|l| l.saturating_sub(day_used)),
+        windows.per_month.map(|l| l.saturating_sub(month_used)),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    match free {
+        None => want,
+        Some(0) => 0,
+        Some(free) => want.min((free / QUOTA_SPREAD).max(1)),
+    }
+}
+
+/// What a store without quota counters (a test double) answers.
+fn no_quotas() -> StoreError {
+    StoreError::Unavailable("this store keeps no quota counts".to_owned())
+}
+
+/// Divides what is left of a quota before a slice of it is granted: twice an expected four
+/// instances, so each can hold a slice and half of what is left stays unleased.
+pub const QUOTA_SPREAD: u64 = 8;
 
 /// Persistent storage of apps and keys.
 ///
@@ -166,6 +219,54 @@ pub trait KeyStore: Send + Sync + 'static {
         subject: UsageSubject<'_>,
         dates: &[String],
     ) -> Result<Vec<u64>, StoreError>;
+
+    /// Leases up to `want` requests of `key_id`'s shared rate budget (GCRA: `limit`), atomically
+    /// across every instance, on the store's clock. Only a shared store supports it.
+    async fn lease_rate(
+        &self,
+        key_id: &str,
+        limit: RateLimit,
+        want: u32,
+    ) -> Result<RateLease, StoreError> {
+        let _ = (key_id, limit, want);
+        Err(StoreError::Unavailable(
+            "this store keeps no shared rate budgets".to_owned(),
+        ))
+    }
+
+    /// Counts up to `want` requests of `key_id` against its quota windows, atomically, granting
+    /// by [`quota_grant`]; the grant is counted as used at once.
+    async fn lease_quota(
+        &self,
+        key_id: &str,
+        windows: &QuotaWindows,
+        want: u64,
+    ) -> Result<QuotaLease, StoreError> {
+        let _ = (key_id, windows, want);
+        Err(no_quotas())
+    }
+
+    /// Adds `delta` to both of `key_id`'s window counts (negative: unused slices given back;
+    /// positive: requests admitted while the store was unreachable). Counts never go below 0.
+    async fn adjust_quota(
+        &self,
+        key_id: &str,
+        windows: &QuotaWindows,
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        let _ = (key_id, windows, delta);
+        Err(no_quotas())
+    }
+
+    /// `key_id`'s counts in the windows: (day, month).
+    async fn quota_used(
+        &self,
+        key_id: &str,
+        windows: &QuotaWindows,
+    ) -> Result<(u64, u64), StoreError> {
+        let _ = (key_id, windows);
+        Err(no_quotas())
+    }
 
     /// Appends an admin write to the audit log (bounded: Redis keeps the newest
     /// [`AUDIT_MAX_EVENTS`], the embedded store drops events older than [`AUDIT_RETENTION`]).

@@ -19,8 +19,11 @@
 //! deployment's one hash tag ([`names`]), and every script declares each key it touches in KEYS,
 //! so each script, `MGET` and pipeline stays within one slot. The invalidation feed is in [`feed`].
 
+use super::redis_limits;
 use super::redis_usage;
-use super::{Indexed, Invalidation, Keep, KeyStore, StoreError, PURGE_CHUNK};
+use super::{
+    Indexed, Invalidation, Keep, KeyStore, QuotaLease, RateLease, StoreError, PURGE_CHUNK,
+};
 mod audit;
 mod feed;
 mod legacy;
@@ -33,7 +36,7 @@ pub use self::names::DEFAULT_PREFIX;
 
 use crate::model::{
     listing_position, now_unix, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page,
-    PageRequest, UnixSeconds, UsageBatch, UsageSubject,
+    PageRequest, QuotaWindows, RateLimit, UnixSeconds, UsageBatch, UsageSubject,
 };
 use async_trait::async_trait;
 use redis::aio::ConnectionManagerConfig;
@@ -283,6 +286,14 @@ impl RedisStore {
         self.conn(tokio::time::Instant::now() + self.op_timeout)
             .await
             .map(drop)
+    }
+
+    /// The day and month count names of a key's quota windows.
+    fn quota_names(&self, key_id: &str, windows: &QuotaWindows) -> (String, String) {
+        (
+            self.names().quota_day(key_id, &windows.day),
+            self.names().quota_month(key_id, &windows.month),
+        )
     }
 
     /// The command connection, made now if it is not yet (callers waiting on one attempt).
@@ -795,6 +806,55 @@ impl KeyStore for RedisStore {
             self.audit_before(before.as_deref(), n).await
         })
         .await
+    }
+
+    /// One script call (see `redis_limits.rs`): the request path's only store round trip with
+    /// `rate_limit.shared`, made once per slice, not per request.
+    async fn lease_rate(
+        &self,
+        key_id: &str,
+        limit: RateLimit,
+        want: u32,
+    ) -> Result<RateLease, StoreError> {
+        self.linked().await?;
+        let cmd = redis_limits::lease_rate_command(&self.names().rate(key_id), limit, want);
+        let lease = redis_limits::rate_lease(self.query(&cmd).await?);
+        redis_limits::check_rate(lease, want)
+    }
+
+    async fn lease_quota(
+        &self,
+        key_id: &str,
+        windows: &QuotaWindows,
+        want: u64,
+    ) -> Result<QuotaLease, StoreError> {
+        self.linked().await?;
+        let (day, month) = self.quota_names(key_id, windows);
+        let cmd = redis_limits::lease_quota_command((&day, &month), windows, want);
+        Ok(redis_limits::quota_lease(self.query(&cmd).await?))
+    }
+
+    async fn adjust_quota(
+        &self,
+        key_id: &str,
+        windows: &QuotaWindows,
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        self.linked().await?;
+        let (day, month) = self.quota_names(key_id, windows);
+        let cmd = redis_limits::adjust_quota_command((&day, &month), windows, delta);
+        self.query::<i64>(&cmd).await.map(drop)
+    }
+
+    async fn quota_used(
+        &self,
+        key_id: &str,
+        windows: &QuotaWindows,
+    ) -> Result<(u64, u64), StoreError> {
+        self.linked().await?;
+        let (day, month) = self.quota_names(key_id, windows);
+        let cmd = redis_limits::quota_used_command((&day, &month));
+        Ok(redis_limits::quota_used(self.read(&cmd).await?))
     }
 
     /// `EXISTS` of the app index rather than `PING`: on a Cluster a PING may reach any node,

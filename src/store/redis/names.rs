@@ -108,6 +108,26 @@ impl Names {
         self.under("audit")
     }
 
+    /// String: the theoretical arrival time (GCRA, microseconds on the Redis clock) of a key's
+    /// shared rate budget. Per-key limit names brace the key id (`rate:{id}`): on a standalone
+    /// Redis that is the only tag, so one key's rate and quota names share a slot by
+    /// themselves; on a Cluster the deployment's tag comes first and Redis hashes by the first,
+    /// so they sit in the deployment's slot with everything else. Either way every script
+    /// over one key's limits touches one slot.
+    pub(super) fn rate(&self, key_id: &str) -> String {
+        self.under(&format!("rate:{{{key_id}}}"))
+    }
+
+    /// String: a key's quota count for one UTC day (`YYYY-MM-DD`); hash-tagged like [`Self::rate`].
+    pub(super) fn quota_day(&self, key_id: &str, day: &str) -> String {
+        self.under(&format!("quota:{{{key_id}}}:d:{day}"))
+    }
+
+    /// String: a key's quota count for one UTC month (`YYYY-MM`); hash-tagged like [`Self::rate`].
+    pub(super) fn quota_month(&self, key_id: &str, month: &str) -> String {
+        self.under(&format!("quota:{{{key_id}}}:m:{month}"))
+    }
+
     /// A name of the layout before the listing indexes (read once, then deleted).
     pub(super) fn legacy(&self, name: &str) -> String {
         self.under(name)
@@ -172,6 +192,9 @@ mod tests {
                 names.last_used(),
                 names.audit(),
                 format!("{}usage:key:k:2026-01", names.base()),
+                names.rate("k"),
+                names.quota_day("k", "2026-01-31"),
+                names.quota_month("k", "2026-01"),
             ];
             let tag = hash_tag(&all[0]).expect("tagged");
             assert!(!tag.is_empty(), "{prefix:?}");
@@ -197,5 +220,26 @@ mod tests {
         assert_eq!(names.app("x"), "tenant-a:app:x");
         assert_eq!(names.channel(), "tenant-a:invalidate");
         assert_eq!(names.app_name("Billing ÄPI"), names.app_name("billing äpi"));
+    }
+
+    /// Redis Cluster hashes only what the first `{...}` holds: a key's limit names must agree on
+    /// it (on a Cluster, the deployment's tag: see the test above).
+    #[test]
+    fn limit_names_of_one_key_share_a_hash_tag() {
+        let names = Names::new("sg:");
+        let tag = |name: &str| {
+            let open = name.find('{').expect("tag opens");
+            let close = name[open..].find('}').expect("tag closes") + open;
+            name[open + 1..close].to_owned()
+        };
+        let names = [
+            names.rate("k1"),
+            names.quota_day("k1", "2026-12-01"),
+            names.quota_month("k1", "2026-12"),
+        ];
+        assert!(names.iter().all(|n| tag(n) == "k1"), "{names:?}");
+        assert_eq!(names[1], "sg:quota:{k1}:d:2026-12-01");
+        let on_cluster = Names::for_mode("sg:", Mode::Cluster).expect("names");
+        assert_eq!(on_cluster.rate("k1"), "sg:{sg:}rate:{k1}");
     }
 }

@@ -1,0 +1,562 @@
+//! Per-key quotas (`quota: {per_day, per_month}`, an app may override the config's default):
+//! requests per UTC calendar day and month, counted across every instance sharing the store.
+//!
+//! # How
+//! Counts live in the store, one per key per window (Redis, or the embedded file, where they
+//! survive a restart). Each instance leases slices of the quota like it does a shared rate
+//! budget ([`crate::lease`]): a lease counts up to [`SLICE`] requests as used at once, the
+//! instance admits them with one compare-and-swap each, and leases the next slice in the
+//! background when the slice runs low. Near the end of a window a lease grants only an eighth
+//! of what is left ([`crate::store::quota_grant`]), so little is stranded on idle instances;
+//! requests of a slice unused for [`SLICE_TTL_MS`] are given back by [`Quotas::upkeep`].
+//!
+//! # The bound
+//! Every admitted request was counted in the store before it was admitted, and the store never
+//! counts past a limit, so across all instances a window admits at most its limit, exactly.
+//! Slices only make instances admit less (leased, unused, not yet given back). The exception
+//! is a store outage: each instance then admits on its own count, up to the limit minus what
+//! the store had counted at its last lease, so a window may be passed by up to (instances - 1)
+//! times what was left when the store went away. Those requests are added to the store's count
+//! once it answers.
+//!
+//! # What it never does
+//! It never refuses a request without a count to show for it, and a refused request consumes
+//! nothing. It never calls the store for a request its slice can serve.
+
+use crate::lease::{Fallback, Slice, Take};
+use crate::model::{now_unix, Quota, QuotaWindows};
+use crate::store::{KeyStore, QuotaLease, StoreError};
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Requests counted per lease at most (fewer near a window's end).
+pub const SLICE: u64 = 50;
+/// A slice's unused requests go back to the store this long after its lease (milliseconds).
+pub const SLICE_TTL_MS: u64 = 2_000;
+/// A key found used up asks the store again after this long (milliseconds): others' unused
+/// slices come back, and a raised quota takes effect.
+const RECHECK_MS: u64 = 1_000;
+/// Entries idle this long, with nothing to give back or report, are dropped by upkeep.
+const IDLE_MS: u64 = 60_000;
+
+/// Which window a refusal is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    Day,
+    Month,
+}
+
+impl Window {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Day => "day",
+            Window::Month => "month",
+        }
+    }
+}
+
+/// A request refused because a window of its key's quota is used up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("quota exceeded: {limit} requests per {} used up; retry in {retry_after} s", .window.as_str())]
+pub struct QuotaExceeded {
+    pub window: Window,
+    pub limit: u64,
+    /// Whole seconds until the window ends (at least 1).
+    pub retry_after: u64,
+}
+
+/// The tightest window after an admitted request, for the `X-Quota-*` headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaStatus {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Whole seconds until that window ends.
+    pub reset: u64,
+}
+
+/// Per-key quotas; cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Quotas {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The config's `quota:`, for keys whose app sets none.
+    default: ArcSwap<Option<Quota>>,
+    store: Arc<dyn KeyStore>,
+    /// Keyed by authenticated key ids only, so a fast (seeded) hash is safe here.
+    entries: DashMap<Arc<str>, Arc<Entry>, foldhash::fast::RandomState>,
+    /// Entries replaced (a new window, an edited quota) with counts still to settle: what they
+    /// leased and did not spend goes back to their windows' counts (a new day in the same month
+    /// still shares the month's count).
+    retired: std::sync::Mutex<Vec<(Arc<str>, Arc<Entry>)>>,
+    fallback: Arc<Fallback>,
+}
+
+/// One key's slice in the current windows, and the store's counts at the last lease.
+struct Entry {
+    quota: Quota,
+    windows: QuotaWindows,
+    slice: Slice,
+    day_used: AtomicU64,
+    month_used: AtomicU64,
+    /// Admitted while the store was unreachable; added to its counts when it answers.
+    owed: AtomicU64,
+    /// Leased and unused (expired slices): subtracted from the store's counts by upkeep.
+    unused: AtomicU64,
+    last_used: AtomicU64,
+}
+
+/// Now, in unix milliseconds (the clock everything here runs on, injected in tests).
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Entry {
+    fn new(quota: Quota, now: u64) -> Entry {
+        Entry {
+            quota,
+            windows: QuotaWindows::at(now / 1_000, quota),
+            slice: Slice::default(),
+            day_used: AtomicU64::new(0),
+            month_used: AtomicU64::new(0),
+            owed: AtomicU64::new(0),
+            unused: AtomicU64::new(0),
+            last_used: AtomicU64::new(now),
+        }
+    }
+
+    /// Requests that have been counted or admitted in each window: (day, month).
+    fn counted(&self) -> (u64, u64) {
+        let owed = self.owed.load(Ordering::Relaxed);
+        (
+            self.day_used.load(Ordering::Relaxed) + owed,
+            self.month_used.load(Ordering::Relaxed) + owed,
+        )
+    }
+
+    /// The tightest window after admitting with `left` still leased here.
+    fn status(&self, left: u64, now: u64) -> QuotaStatus {
+        let (day, month) = self.counted();
+        let w = &self.windows;
+        let windows = [
+            w.per_day.map(|l| (l, day, w.day_ends)),
+            w.per_month.map(|l| (l, month, w.month_ends)),
+        ];
+        let tightest = windows
+            .into_iter()
+            .flatten()
+            .map(|(limit, used, ends)| QuotaStatus {
+                limit,
+                remaining: (limit + left).saturating_sub(used).min(limit),
+                reset: ends.saturating_sub(now / 1_000),
+            })
+            .min_by_key(|s| s.remaining);
+        tightest.unwrap_or(QuotaStatus {
+            limit: 0,
+            remaining: 0,
+            reset: 0,
+        })
+    }
+
+    /// The refusal for a used-up window; the month when both are (it ends later).
+    fn exceeded(&self, now: u64) -> QuotaExceeded {
+        let (_, month) = self.counted();
+        let w = &self.windows;
+        let (window, limit, ends) = match (w.per_day, w.per_month) {
+            (_, Some(l)) if month >= l => (Window::Month, l, w.month_ends),
+            (Some(l), _) => (Window::Day, l, w.day_ends),
+            (None, l) => (Window::Month, l.unwrap_or(0), w.month_ends),
+        };
+        QuotaExceeded {
+            window,
+            limit,
+            retry_after: ends.saturating_sub(now / 1_000).max(1),
+        }
+    }
+
+    /// Whether the last known counts leave room for one more request.
+    fn has_room(&self) -> bool {
+        let (day, month) = self.counted();
+        self.quota.per_day.is_none_or(|l| day < l) && self.quota.per_month.is_none_or(|l| month < l)
+    }
+
+    /// Nothing owed to the store and nothing to give back.
+    fn is_settled(&self) -> bool {
+        self.owed.load(Ordering::Relaxed) == 0 && self.unused.load(Ordering::Relaxed) == 0
+    }
+
+    fn record(&self, lease: QuotaLease) {
+        self.day_used.store(lease.day_used, Ordering::Relaxed);
+        self.month_used.store(lease.month_used, Ordering::Relaxed);
+    }
+}
+
+impl Quotas {
+    pub fn new(store: Arc<dyn KeyStore>, fallback: Arc<Fallback>, default: Option<Quota>) -> Self {
+        Quotas {
+            inner: Arc::new(Inner {
+                default: ArcSwap::from_pointee(default),
+                store,
+                entries: DashMap::default(),
+                retired: std::sync::Mutex::default(),
+                fallback,
+            }),
+        }
+    }
+
+    /// The config's default (reload).
+    pub fn set_default(&self, default: Option<Quota>) {
+        self.inner.default.store(Arc::new(default));
+    }
+
+    /// What applies to a key of an app with `app_quota`.
+    pub fn effective(&self, app_quota: Option<Quota>) -> Option<Quota> {
+        app_quota
+            .or(**self.inner.default.load())
+            .filter(Quota::is_limited)
+    }
+
+    /// Counts one request of `key_id` against its quota, if it has one.
+    pub async fn check(
+        &self,
+        key_id: &Arc<str>,
+        app_quota: Option<Quota>,
+    ) -> Result<Option<QuotaStatus>, QuotaExceeded> {
+        match self.effective(app_quota) {
+            None => Ok(None),
+            Some(quota) => self.check_at(key_id, quota, now_millis()).await.map(Some),
+        }
+    }
+
+    /// [`check`](Self::check) at `now` (unix milliseconds).
+    pub async fn check_at(
+        &self,
+        key_id: &Arc<str>,
+        quota: Quota,
+        now: u64,
+    ) -> Result<QuotaStatus, QuotaExceeded> {
+        let entry = self.inner.entry(key_id, quota, now);
+        entry.last_used.store(now, Ordering::Relaxed);
+        match entry.slice.take(now) {
+            Take::Got(left) => {
+                if left <= SLICE / 2 {
+                    self.prefetch(key_id, &entry, now);
+                }
+                Ok(entry.status(left, now))
+            }
+            Take::Blocked(_) => Err(entry.exceeded(now)),
+            Take::Empty => self.lease_then_take(key_id, &entry, now).await,
+        }
+    }
+
+    fn prefetch(&self, key_id: &Arc<str>, entry: &Arc<Entry>, now: u64) {
+        if self.inner.fallback.active() {
+            return;
+        }
+        let Ok(guard) = entry.slice.fetch.clone().try_lock_owned() else {
+            return;
+        };
+        let (inner, key_id, entry) = (self.inner.clone(), key_id.clone(), entry.clone());
+        tokio::spawn(async move {
+            let _held = guard;
+            let _ = inner.lease(&key_id, &entry, now).await;
+        });
+    }
+
+    async fn lease_then_take(
+        &self,
+        key_id: &Arc<str>,
+        entry: &Arc<Entry>,
+        now: u64,
+    ) -> Result<QuotaStatus, QuotaExceeded> {
+        if !self.inner.fallback.try_store() {
+            return admit_locally(entry, now);
+        }
+        let _held = entry.slice.fetch.lock().await;
+        for _ in 0..LEASE_ATTEMPTS {
+            match entry.slice.take(now) {
+                Take::Got(left) => return Ok(entry.status(left, now)),
+                Take::Blocked(_) => return Err(entry.exceeded(now)),
+                Take::Empty => {}
+            }
+            if self.inner.lease(key_id, entry, now).await.is_err() {
+                return admit_locally(entry, now);
+            }
+        }
+        match entry.slice.take(now) {
+            Take::Got(left) => Ok(entry.status(left, now)),
+            _ => Err(entry.exceeded(now)),
+        }
+    }
+
+    /// Gives back expired slices, adds what was admitted during an outage, drops idle
+    /// entries. Background work (every second); `now` in unix milliseconds.
+    pub async fn upkeep_at(&self, now: u64) {
+        let entries: Vec<(Arc<str>, Arc<Entry>)> = self
+            .inner
+            .entries
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        for (key_id, entry) in entries {
+            let drained = entry.slice.drain_expired(now);
+            entry.unused.fetch_add(drained, Ordering::Relaxed);
+            self.inner.settle(&key_id, &entry).await;
+        }
+        let retired = std::mem::take(&mut *self.inner.retired());
+        for (key_id, entry) in retired {
+            let drained = entry.slice.drain_expired(u64::MAX);
+            entry.unused.fetch_add(drained, Ordering::Relaxed);
+            self.inner.settle(&key_id, &entry).await;
+            if !entry.is_settled() {
+                self.inner.retired().push((key_id, entry));
+            }
+        }
+        self.inner.entries.retain(|_, e| {
+            let idle = now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= IDLE_MS;
+            !(idle && e.is_settled() && now >= e.slice.expires())
+        });
+    }
+
+    pub async fn upkeep(&self) {
+        self.upkeep_at(now_millis()).await;
+    }
+
+    /// Gives every slice back (shutdown): counts then say what was admitted.
+    pub async fn give_back_all(&self) {
+        self.upkeep_at(u64::MAX).await;
+    }
+
+    /// The store's counts of `key_id` in `windows` (day, month), for the admin API.
+    pub async fn used(
+        &self,
+        key_id: &str,
+        windows: &QuotaWindows,
+    ) -> Result<(u64, u64), StoreError> {
+        self.inner.store.quota_used(key_id, windows).await
+    }
+}
+
+/// Leases a waiting request makes before it is refused (others may spend a slice first).
+const LEASE_ATTEMPTS: usize = 3;
+
+/// The store is unreachable: admit on this instance's own count.
+fn admit_locally(entry: &Entry, now: u64) -> Result<QuotaStatus, QuotaExceeded> {
+    if !entry.has_room() {
+        return Err(entry.exceeded(now));
+    }
+    entry.owed.fetch_add(1, Ordering::Relaxed);
+    Ok(entry.status(0, now))
+}
+
+impl Inner {
+    /// The key's entry for `quota` in the windows of `now`; replaced when the quota was edited
+    /// or a window ended (counts are per window, so a new day starts from the store's 0).
+    fn entry(&self, key_id: &Arc<str>, quota: Quota, now: u64) -> Arc<Entry> {
+        let current = |e: &Entry| e.quota == quota && e.windows.current_at(now / 1_000);
+        if let Some(e) = self.entries.get(&**key_id) {
+            if current(e.value()) {
+                return e.value().clone();
+            }
+        }
+        let mut held = self
+            .entries
+            .entry(key_id.clone())
+            .or_insert_with(|| Arc::new(Entry::new(quota, now)));
+        if !current(held.value()) {
+            let old = std::mem::replace(&mut *held, Arc::new(Entry::new(quota, now)));
+            self.retired().push((key_id.clone(), old));
+        }
+        held.value().clone()
+    }
+
+    /// The retired entries (a poisoned lock only means a panic elsewhere mid-push: the list
+    /// is still a list).
+    fn retired(&self) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, Arc<Entry>)>> {
+        self.retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One lease into `entry`'s slice; the caller holds the slice's lock.
+    async fn lease(&self, key_id: &str, entry: &Entry, now: u64) -> Result<(), StoreError> {
+        match self.store.lease_quota(key_id, &entry.windows, SLICE).await {
+            Ok(lease) => {
+                self.fallback.recovered();
+                entry.record(lease);
+                if lease.granted == 0 {
+                    let ends = entry.exceeded(now).retry_after.saturating_mul(1_000);
+                    entry.slice.block(now + ends.min(RECHECK_MS));
+                } else {
+                    let void = entry.slice.fill(lease.granted, now, SLICE_TTL_MS);
+                    entry.unused.fetch_add(void, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.fallback.failed("a quota lease", &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Sends the store what it is owed and what it lent unused. During an outage this is one of
+    /// the probes (at most one per `lease::PROBE_EVERY_MS`), so counts settle and the
+    /// fallback ends even when no request comes to lease.
+    async fn settle(&self, key_id: &str, entry: &Entry) {
+        let owed = entry.owed.load(Ordering::Relaxed);
+        let unused = entry.unused.load(Ordering::Relaxed);
+        if owed == 0 && unused == 0 {
+            return;
+        }
+        if !self.fallback.try_store() {
+            return;
+        }
+        let delta = i64::try_from(owed).unwrap_or(i64::MAX) - i64::try_from(unused).unwrap_or(0);
+        match self.store.adjust_quota(key_id, &entry.windows, delta).await {
+            Ok(()) => {
+                self.fallback.recovered();
+                entry.owed.fetch_sub(owed, Ordering::Relaxed);
+                entry.unused.fetch_sub(unused, Ordering::Relaxed);
+            }
+            Err(error) => self.fallback.failed("settling quota counts", &error),
+        }
+    }
+}
+
+/// The windows of `quota` now, for callers that show them (admin API).
+pub fn windows_now(quota: Quota) -> QuotaWindows {
+    QuotaWindows::at(now_unix(), quota)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::model::utc_day_number;
+    use crate::store::EmbeddedStore;
+
+    fn quotas(dir: &std::path::Path) -> (Quotas, Arc<dyn KeyStore>) {
+        let store: Arc<dyn KeyStore> = Arc::new(EmbeddedStore::open(dir).expect("store"));
+        let fallback = Arc::new(Fallback::new(Metrics::new()));
+        (Quotas::new(store.clone(), fallback, None), store)
+    }
+
+    /// Unix milliseconds at `date` (`YYYY-MM-DD`) plus `secs` seconds.
+    fn at(date: &str, secs: u64) -> u64 {
+        (utc_day_number(date).expect("date") * 86_400 + secs) * 1_000
+    }
+
+    #[tokio::test]
+    async fn a_used_up_day_comes_back_at_utc_midnight() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (quotas, store) = quotas(dir.path());
+        let key: Arc<str> = Arc::from("k1");
+        let quota = Quota {
+            per_day: Some(2),
+            per_month: Some(3),
+        };
+        let late = at("2026-11-30", 86_398);
+        let first = quotas.check_at(&key, quota, late).await.expect("first");
+        assert_eq!((first.limit, first.remaining, first.reset), (2, 1, 2));
+        quotas.check_at(&key, quota, late).await.expect("second");
+        let refused = quotas.check_at(&key, quota, late + 1_000).await;
+        assert_eq!(
+            refused,
+            Err(QuotaExceeded {
+                window: Window::Day,
+                limit: 2,
+                retry_after: 1
+            })
+        );
+        // A refusal consumed nothing.
+        let windows = QuotaWindows::at(late / 1_000, quota);
+        assert_eq!(
+            store.quota_used("k1", &windows).await.expect("used"),
+            (2, 2)
+        );
+        // Midnight, and a new month: both windows start over.
+        let next = at("2026-12-01", 0);
+        let status = quotas.check_at(&key, quota, next).await.expect("new day");
+        assert_eq!((status.limit, status.remaining), (2, 1));
+        quotas.check_at(&key, quota, next).await.expect("new day");
+        assert!(quotas.check_at(&key, quota, next).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_used_up_month_is_retried_at_the_month_end_not_the_day_end() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (quotas, _) = quotas(dir.path());
+        let key: Arc<str> = Arc::from("k2");
+        let quota = Quota {
+            per_day: Some(10),
+            per_month: Some(2),
+        };
+        let day1 = at("2026-12-30", 0);
+        quotas.check_at(&key, quota, day1).await.expect("one");
+        // Another day, the same month: the month's count carries over.
+        let day2 = at("2026-12-31", 43_200);
+        quotas.check_at(&key, quota, day2).await.expect("two");
+        let refused = quotas
+            .check_at(&key, quota, day2)
+            .await
+            .expect_err("month used up");
+        assert_eq!(refused.window, Window::Month);
+        assert_eq!(refused.retry_after, 43_200);
+        assert!(quotas
+            .check_at(&key, quota, at("2027-01-01", 0))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_edited_quota_gives_the_old_slice_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (quotas, store) = quotas(dir.path());
+        let key: Arc<str> = Arc::from("k4");
+        let before = Quota {
+            per_day: Some(1_000),
+            per_month: None,
+        };
+        let now = at("2026-12-01", 100);
+        quotas.check_at(&key, before, now).await.expect("one");
+        let raised = Quota {
+            per_day: Some(2_000),
+            per_month: None,
+        };
+        quotas.check_at(&key, raised, now + 1).await.expect("two");
+        // Both entries' slices expire; the retired one goes back whole, the live one too.
+        quotas.upkeep_at(now + 1 + SLICE_TTL_MS).await;
+        let windows = QuotaWindows::at(now / 1_000, raised);
+        assert_eq!(
+            store.quota_used("k4", &windows).await.expect("used"),
+            (2, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn unused_slices_go_back_to_the_store() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (quotas, store) = quotas(dir.path());
+        let key: Arc<str> = Arc::from("k3");
+        let quota = Quota {
+            per_day: Some(1_000),
+            per_month: None,
+        };
+        let now = at("2026-12-01", 100);
+        quotas.check_at(&key, quota, now).await.expect("one");
+        let windows = QuotaWindows::at(now / 1_000, quota);
+        let (leased, _) = store.quota_used("k3", &windows).await.expect("used");
+        assert!(leased > 1, "a slice was leased: {leased}");
+        quotas.upkeep_at(now + SLICE_TTL_MS).await;
+        assert_eq!(
+            store.quota_used("k3", &windows).await.expect("used"),
+            (1, 1)
+        );
+    }
+}

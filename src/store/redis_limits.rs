@@ -1,0 +1,166 @@
+//! Shared rate budgets and quota counts in Redis: the scripts that lease slices of them and the
+//! commands that read and adjust them. Used by [`super::redis`]; kept apart because none of it
+//! touches app or key records.
+//!
+//! Layout (names from `names.rs`; every script here touches one key's names, which share a
+//! slot: the key id's tag on a standalone Redis, the deployment's tag on a Cluster):
+//! - `rate:{id}`: the key's GCRA theoretical arrival time, microseconds on the Redis clock;
+//!   expires once the bucket would be full again (an absent name is a full bucket).
+//! - `quota:{id}:d:{YYYY-MM-DD}` and `quota:{id}:m:{YYYY-MM}`: requests counted in that UTC
+//!   window; each expires a day after its window ends (a day of margin for clock skew between
+//!   instances), so nothing grows for ever.
+
+use super::{QuotaLease, RateLease, StoreError, QUOTA_SPREAD};
+use crate::model::{QuotaWindows, RateLimit, UnixSeconds};
+use std::time::Duration;
+
+/// Kept after a window ends, for instances whose clock lags and the usage endpoint's last read.
+const WINDOW_MARGIN_SECS: UnixSeconds = 86_400;
+
+/// GCRA on the server's clock (`TIME`), so instances' clocks never matter. Grants up to `want`
+/// requests at once: the arrival time moves `n` intervals ahead, never more than `burst`
+/// intervals past now.
+/// KEYS: the rate name. ARGV: interval (microseconds, may be fractional), burst, want.
+/// Returns {granted, remaining, wait µs (when none granted), reset µs}.
+const LEASE_RATE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2]) * interval
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local free = math.floor((now + capacity - tat) / interval)
+local n = math.min(tonumber(ARGV[3]), free)
+if n <= 0 then
+  return {0, 0, math.ceil(tat + interval - capacity - now), math.ceil(tat - now)}
+end
+tat = tat + n * interval
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+return {n, free - n, 0, math.ceil(tat - now)}";
+
+/// Mirrors [`super::quota_grant`]: counts up to `want` requests in both windows unless that
+/// would pass a limit; near the end grants only a share of what is left.
+/// KEYS: day count, month count. ARGV: day limit (-1: none), month limit (-1: none), want,
+/// spread, day expiry, month expiry (unix seconds). Returns {granted, day used, month used}.
+const LEASE_QUOTA: &str = r"
+local day = tonumber(redis.call('GET', KEYS[1]) or '0')
+local month = tonumber(redis.call('GET', KEYS[2]) or '0')
+local free = nil
+if tonumber(ARGV[1]) >= 0 then free = tonumber(ARGV[1]) - day end
+if tonumber(ARGV[2]) >= 0 then
+  local f = tonumber(ARGV[2]) - month
+  if free == nil or f < free then free = f end
+end
+local n = tonumber(ARGV[3])
+if free ~= nil then
+  if free <= 0 then return {0, day, month} end
+  n = math.min(n, math.max(1, math.floor(free / tonumber(ARGV[4]))))
+end
+day = redis.call('INCRBY', KEYS[1], n)
+redis.call('EXPIREAT', KEYS[1], ARGV[5])
+month = redis.call('INCRBY', KEYS[2], n)
+redis.call('EXPIREAT', KEYS[2], ARGV[6])
+return {n, day, month}";
+
+/// KEYS: day count, month count. ARGV: delta, day expiry, month expiry. Never below 0.
+const ADJUST_QUOTA: &str = r"
+for i = 1, 2 do
+  local v = redis.call('INCRBY', KEYS[i], ARGV[1])
+  if v < 0 then redis.call('SET', KEYS[i], 0) end
+  redis.call('EXPIREAT', KEYS[i], ARGV[i + 1])
+end
+return 1";
+
+/// The script call that leases from `rate_name`.
+pub(super) fn lease_rate_command(rate_name: &str, limit: RateLimit, want: u32) -> redis::Cmd {
+    let per_second = f64::from(limit.per_second.max(1));
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(LEASE_RATE)
+        .arg(1)
+        .arg(rate_name)
+        .arg(format!("{:.3}", 1_000_000.0 / per_second))
+        .arg(limit.burst.max(1))
+        .arg(want.max(1));
+    cmd
+}
+
+/// The script's reply as a lease.
+pub(super) fn rate_lease(reply: (i64, i64, i64, i64)) -> RateLease {
+    let (granted, remaining, wait, reset) = reply;
+    let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+    RateLease {
+        granted: u32::try_from(granted).unwrap_or(0),
+        remaining: u32::try_from(remaining).unwrap_or(0),
+        wait: micros(wait),
+        reset: micros(reset),
+    }
+}
+
+/// The script call that leases quota; `names` are the day and month counts.
+pub(super) fn lease_quota_command(
+    names: (&str, &str),
+    windows: &QuotaWindows,
+    want: u64,
+) -> redis::Cmd {
+    let limit = |l: Option<u64>| l.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(LEASE_QUOTA)
+        .arg(2)
+        .arg(names.0)
+        .arg(names.1)
+        .arg(limit(windows.per_day))
+        .arg(limit(windows.per_month))
+        .arg(want.max(1))
+        .arg(QUOTA_SPREAD)
+        .arg(windows.day_ends + WINDOW_MARGIN_SECS)
+        .arg(windows.month_ends + WINDOW_MARGIN_SECS);
+    cmd
+}
+
+pub(super) fn quota_lease(reply: (i64, i64, i64)) -> QuotaLease {
+    let count = |v: i64| u64::try_from(v).unwrap_or(0);
+    QuotaLease {
+        granted: count(reply.0),
+        day_used: count(reply.1),
+        month_used: count(reply.2),
+    }
+}
+
+pub(super) fn adjust_quota_command(
+    names: (&str, &str),
+    windows: &QuotaWindows,
+    delta: i64,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(ADJUST_QUOTA)
+        .arg(2)
+        .arg(names.0)
+        .arg(names.1)
+        .arg(delta)
+        .arg(windows.day_ends + WINDOW_MARGIN_SECS)
+        .arg(windows.month_ends + WINDOW_MARGIN_SECS);
+    cmd
+}
+
+/// One `MGET` of both counts; a multi-key read of one slot (both names share the tag).
+pub(super) fn quota_used_command(names: (&str, &str)) -> redis::Cmd {
+    let mut cmd = redis::cmd("MGET");
+    cmd.arg(names.0).arg(names.1);
+    cmd
+}
+
+pub(super) fn quota_used(reply: (Option<u64>, Option<u64>)) -> (u64, u64) {
+    (reply.0.unwrap_or(0), reply.1.unwrap_or(0))
+}
+
+/// A lease granting more than was asked or counting back in time would be a script bug; refuse
+/// it rather than admit on it.
+pub(super) fn check_rate(lease: RateLease, want: u32) -> Result<RateLease, StoreError> {
+    if lease.granted > want.max(1) {
+        return Err(StoreError::Corrupt(format!(
+            "rate lease granted {} of {want}",
+            lease.granted
+        )));
+    }
+    Ok(lease)
+}
