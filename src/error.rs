@@ -4,6 +4,7 @@
 use crate::auth::credential::CredentialError;
 use crate::auth::AuthError;
 use crate::config::Role;
+use crate::metrics::AuthFailure;
 use crate::quota::{QuotaExceeded, QuotaStatus};
 use crate::routing::normalize::PathError;
 use crate::store::StoreError;
@@ -94,32 +95,84 @@ pub struct ErrorAnswer {
     pub message: String,
 }
 
+/// What a refusal adds to the metrics, besides the request counter every answer adds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// `scopegate_auth_failures_total{reason}`.
+    Auth(AuthFailure),
+    /// `scopegate_store_errors_total{op="lookup"}`.
+    StoreError,
+    /// `scopegate_rate_limited_total{app}`.
+    RateLimited,
+    /// `scopegate_quota_exceeded_total{app}`.
+    QuotaExceeded,
+    Nothing,
+}
+
 impl ProxyError {
-    pub fn answer(&self) -> ErrorAnswer {
+    /// The refusal table: for every error its status, code and what it counts.
+    fn kind(&self) -> (StatusCode, &'static str, Counted) {
+        use AuthFailure as F;
+        use Counted::{Auth, Nothing};
         use StatusCode as S;
-        let (status, code) = match self {
+        match self {
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) | ProxyError::Credential(_) => {
-                (S::BAD_REQUEST, "bad_request")
+                (S::BAD_REQUEST, "bad_request", Nothing)
             }
-            ProxyError::UriTooLong { .. } => (S::URI_TOO_LONG, "uri_too_long"),
-            ProxyError::HeadersTooLarge { .. } => {
-                (S::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large")
+            ProxyError::UriTooLong { .. } => (S::URI_TOO_LONG, "uri_too_long", Nothing),
+            ProxyError::HeadersTooLarge { .. } => (
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                Nothing,
+            ),
+            ProxyError::RouteNotFound => (S::NOT_FOUND, "route_not_found", Nothing),
+            ProxyError::MethodNotAllowed { .. } => {
+                (S::METHOD_NOT_ALLOWED, "method_not_allowed", Nothing)
             }
-            ProxyError::RouteNotFound => (S::NOT_FOUND, "route_not_found"),
-            ProxyError::MethodNotAllowed { .. } => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ProxyError::Auth(AuthError::Missing) => (S::UNAUTHORIZED, "missing_key"),
-            ProxyError::Auth(AuthError::Invalid) => (S::UNAUTHORIZED, "invalid_key"),
-            ProxyError::Auth(AuthError::Expired) => (S::UNAUTHORIZED, "expired_key"),
-            ProxyError::Auth(AuthError::Disabled) => (S::UNAUTHORIZED, "disabled_key"),
-            ProxyError::Auth(AuthError::IpNotAllowed) => (S::FORBIDDEN, "ip_not_allowed"),
-            ProxyError::Auth(AuthError::ScopeDenied(_)) => (S::FORBIDDEN, "scope_denied"),
-            ProxyError::Auth(AuthError::Store(_)) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
-            ProxyError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
-            ProxyError::QuotaExceeded(_) => (S::TOO_MANY_REQUESTS, "quota_exceeded"),
-            ProxyError::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
-            ProxyError::UpstreamUnavailable => (S::BAD_GATEWAY, "upstream_unavailable"),
-            ProxyError::UpstreamTimeout => (S::GATEWAY_TIMEOUT, "upstream_timeout"),
-        };
+            ProxyError::Auth(AuthError::Missing) => {
+                (S::UNAUTHORIZED, "missing_key", Auth(F::MissingKey))
+            }
+            ProxyError::Auth(AuthError::Invalid) => {
+                (S::UNAUTHORIZED, "invalid_key", Auth(F::InvalidKey))
+            }
+            ProxyError::Auth(AuthError::Expired) => {
+                (S::UNAUTHORIZED, "expired_key", Auth(F::ExpiredKey))
+            }
+            ProxyError::Auth(AuthError::Disabled) => {
+                (S::UNAUTHORIZED, "disabled_key", Auth(F::DisabledKey))
+            }
+            ProxyError::Auth(AuthError::IpNotAllowed) => {
+                (S::FORBIDDEN, "ip_not_allowed", Auth(F::IpNotAllowed))
+            }
+            ProxyError::Auth(AuthError::ScopeDenied(_)) => {
+                (S::FORBIDDEN, "scope_denied", Auth(F::ScopeDenied))
+            }
+            ProxyError::Auth(AuthError::Store(_)) => (
+                S::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                Counted::StoreError,
+            ),
+            ProxyError::RateLimited { .. } => {
+                (S::TOO_MANY_REQUESTS, "rate_limited", Counted::RateLimited)
+            }
+            ProxyError::QuotaExceeded(_) => (
+                S::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                Counted::QuotaExceeded,
+            ),
+            ProxyError::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "body_too_large", Nothing),
+            ProxyError::UpstreamUnavailable => (S::BAD_GATEWAY, "upstream_unavailable", Nothing),
+            ProxyError::UpstreamTimeout => (S::GATEWAY_TIMEOUT, "upstream_timeout", Nothing),
+        }
+    }
+
+    /// What this refusal counts in the metrics.
+    pub fn counted(&self) -> Counted {
+        self.kind().2
+    }
+
+    pub fn answer(&self) -> ErrorAnswer {
+        let (status, code, _) = self.kind();
         let message = match self {
             // Never echo store internals to a client.
             ProxyError::Auth(AuthError::Store(_)) => "the key store is unavailable".to_owned(),
@@ -254,6 +307,50 @@ impl ErrorAnswer {
 mod tests {
     use super::*;
     use crate::quota::Window;
+
+    #[test]
+    fn every_refusal_counts_in_its_own_metric() {
+        use crate::metrics::AuthFailure as F;
+        let cases = [
+            (
+                ProxyError::Auth(AuthError::Missing),
+                Counted::Auth(F::MissingKey),
+            ),
+            (
+                ProxyError::Auth(AuthError::Invalid),
+                Counted::Auth(F::InvalidKey),
+            ),
+            (
+                ProxyError::Auth(AuthError::Expired),
+                Counted::Auth(F::ExpiredKey),
+            ),
+            (
+                ProxyError::Auth(AuthError::Disabled),
+                Counted::Auth(F::DisabledKey),
+            ),
+            (
+                ProxyError::Auth(AuthError::IpNotAllowed),
+                Counted::Auth(F::IpNotAllowed),
+            ),
+            (
+                ProxyError::Auth(AuthError::ScopeDenied("s".into())),
+                Counted::Auth(F::ScopeDenied),
+            ),
+            (
+                ProxyError::RateLimited {
+                    limit: 1,
+                    retry_after: 1,
+                    reset: 1,
+                },
+                Counted::RateLimited,
+            ),
+            (ProxyError::RouteNotFound, Counted::Nothing),
+            (ProxyError::UpstreamTimeout, Counted::Nothing),
+        ];
+        for (error, counted) in cases {
+            assert_eq!(error.counted(), counted, "{error}");
+        }
+    }
 
     #[test]
     fn proxy_errors_map_to_the_contract() {

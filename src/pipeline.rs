@@ -11,15 +11,15 @@ mod unread;
 use self::unread::Unread;
 use crate::auth::{credential, AuthError, Authenticator, Principal};
 use crate::config::{cidr_contains, Limits};
-use crate::error::{quota_headers, rate_limit_headers, ProxyError};
-use crate::metrics::{AuthFailure, Metrics, RouteMetrics, StoreOp, UNMATCHED};
+use crate::error::{quota_headers, rate_limit_headers, Counted, ProxyError};
+use crate::metrics::{Metrics, RouteMetrics, StoreOp, UNMATCHED};
 use crate::model::RateLimit;
 use crate::proxy::body::GatewayBody;
 use crate::proxy::headers::Forwarded;
 use crate::proxy::{declared_length, Forwarder, Outgoing};
 use crate::quota::{QuotaStatus, Quotas};
 use crate::ratelimit::shared::SharedRateLimits;
-use crate::ratelimit::{Decision, RateLimits};
+use crate::ratelimit::{Budget, Decision, RateLimits};
 use crate::routing::normalize::normalize;
 use crate::routing::{Access, Route, RouteMatch, RouteTable};
 use crate::usage::UsageRecorder;
@@ -88,8 +88,8 @@ pub struct Admission<'a> {
     /// The normalised path when it differs from the request's (`None`: forward it as sent).
     pub rewritten_path: Option<String>,
     pub principal: Option<Principal>,
-    /// The key's rate-limit state after this request: limit, remaining, reset.
-    pub budget: Option<(u32, u32, u64)>,
+    /// The key's rate-limit state after this request.
+    pub budget: Option<Budget>,
     /// The key's tightest quota window after this request, when it has a quota.
     pub quota: Option<QuotaStatus>,
 }
@@ -230,8 +230,8 @@ impl Pipeline {
         }
         let mut response = response.map_err(|error| Refusal { error, unread })?;
         seen.upstream_status = Some(response.status().as_u16());
-        if let Some((limit, remaining, reset)) = admission.budget {
-            rate_limit_headers(response.headers_mut(), limit, remaining, reset);
+        if let Some(b) = admission.budget {
+            rate_limit_headers(response.headers_mut(), b.limit, b.remaining, b.reset);
         }
         if let Some(status) = admission.quota {
             quota_headers(response.headers_mut(), status);
@@ -298,7 +298,11 @@ impl Pipeline {
                     limit,
                     remaining,
                     reset,
-                } => (limit, remaining, reset),
+                } => Budget {
+                    limit,
+                    remaining,
+                    reset,
+                },
             });
             // After the rate limit, so a request it refuses consumes no quota.
             quota = self.quotas.check(&p.key.id, p.app.quota).await?;
@@ -322,31 +326,21 @@ impl Pipeline {
     }
 
     fn count_refusal(&self, error: &ProxyError, seen: &Seen) {
-        let reason = match error {
-            ProxyError::Auth(AuthError::Missing) => AuthFailure::MissingKey,
-            ProxyError::Auth(AuthError::Invalid) => AuthFailure::InvalidKey,
-            ProxyError::Auth(AuthError::Expired) => AuthFailure::ExpiredKey,
-            ProxyError::Auth(AuthError::Disabled) => AuthFailure::DisabledKey,
-            ProxyError::Auth(AuthError::IpNotAllowed) => AuthFailure::IpNotAllowed,
-            ProxyError::Auth(AuthError::ScopeDenied(_)) => AuthFailure::ScopeDenied,
-            ProxyError::Auth(AuthError::Store(_)) => {
-                return self.metrics.store_error(StoreOp::Lookup)
-            }
-            ProxyError::RateLimited { .. } => {
+        match error.counted() {
+            Counted::Auth(reason) => self.metrics.auth_failure(reason),
+            Counted::StoreError => self.metrics.store_error(StoreOp::Lookup),
+            Counted::RateLimited => {
                 if let Some(app) = &seen.app {
                     self.metrics.rate_limited(app);
                 }
-                return;
             }
-            ProxyError::QuotaExceeded(_) => {
+            Counted::QuotaExceeded => {
                 if let Some(app) = &seen.app {
                     self.metrics.quota_exceeded(app);
                 }
-                return;
             }
-            _ => return,
-        };
-        self.metrics.auth_failure(reason);
+            Counted::Nothing => {}
+        }
     }
 
     /// The key, its allowlist (the client address is worked out only for a key that has

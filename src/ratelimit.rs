@@ -48,6 +48,15 @@ pub struct RateLimits {
     epoch: Instant,
 }
 
+/// A key's rate-limit state after a request it allowed, as the `RateLimit-*` headers show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Whole seconds until the full burst is available again.
+    pub reset: u64,
+}
+
 /// The outcome of counting one request against a key's limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
