@@ -191,8 +191,6 @@ impl Pipeline {
         live: &LiveConfig,
         seen: &mut Seen,
     ) -> Result<Response<GatewayBody>, Refusal> {
-        // A cheap clone (shared bytes) so the path can outlive the request it is forwarded in.
-        let uri = request.uri().clone();
         let admission = match self.admit(&request, peer.ip(), live, seen).await {
             Ok(admission) => admission,
             Err(error) => {
@@ -212,7 +210,7 @@ impl Pipeline {
         };
         let out = Outgoing {
             upstream: &route.spec.upstream,
-            path: admission.rewritten_path.as_deref().unwrap_or(uri.path()),
+            rewritten_path: admission.rewritten_path.as_deref(),
             max_body: route.spec.max_body.unwrap_or(live.limits.max_body),
             strip_bearer: credential::is_bearer(request.headers()),
             forwarded,

@@ -45,8 +45,9 @@ pub struct Forwarder {
 /// What is sent upstream besides the request itself.
 pub struct Outgoing<'a> {
     pub upstream: &'a Upstream,
-    /// The normalised path that was matched and authorised.
-    pub path: &'a str,
+    /// The normalised path that was matched and authorised, when it differs from the
+    /// request's (`None`: the request's own path is forwarded).
+    pub rewritten_path: Option<&'a str>,
     pub max_body: u64,
     pub strip_bearer: bool,
     pub forwarded: Forwarded<'a>,
@@ -118,7 +119,16 @@ impl Forwarder {
         let pool = self.pool_for(out.upstream)?;
         let host = pool.host(out.upstream);
         let (mut parts, body) = request.into_parts();
-        parts.uri = upstream_uri(out.upstream, out.path, parts.uri.query())?;
+        parts.uri = match (out.rewritten_path, parts.uri.path_and_query()) {
+            // The common case: the target as sent (checked by hyper already) is forwarded as is.
+            (None, Some(target)) if out.upstream.path_prefix.is_empty() => {
+                Uri::from(target.clone())
+            }
+            (rewritten, _) => {
+                let path = rewritten.unwrap_or(parts.uri.path());
+                upstream_uri(out.upstream, path, parts.uri.query())?
+            }
+        };
         parts.version = http::Version::HTTP_11;
         headers::prepare_request(&mut parts.headers, out.strip_bearer, &out.forwarded);
         parts.headers.insert(header::HOST, host.header.clone());
