@@ -250,7 +250,8 @@ impl Quotas {
                 Ok(entry.status(left, now))
             }
             Take::Blocked(_) => Err(entry.exceeded(now)),
-            Take::Empty => self.lease_then_take(key_id, &entry, now).await,
+            // Boxed: the slow path's state would otherwise size every request's future.
+            Take::Empty => Box::pin(self.lease_then_take(key_id, &entry, now)).await,
         }
     }
 

@@ -111,13 +111,14 @@ impl<T: Send + Sync + 'static> Tier<T> {
             if !live() {
                 break;
             }
-            if let Some(value) = self.fill(id, stripe, &load).await? {
+            // Boxed: a miss is rare, and moka's fill state would size every lookup's future.
+            if let Some(value) = Box::pin(self.fill(id, stripe, &load)).await? {
                 return Ok(Lookup { value, hit: false });
             }
         }
         // Not live, or invalidations keep arriving for this stripe: a read made now is at least
         // as new as every invalidation seen, but another may follow unseen, so it is not cached.
-        let value = load().await?.map(Arc::new);
+        let value = Box::pin(load()).await?.map(Arc::new);
         Ok(Lookup { value, hit: false })
     }
 

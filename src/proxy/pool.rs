@@ -128,7 +128,8 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(upstream).await?;
+        // Boxed: connecting (TCP, TLS, handshake) is rare, and its state is large.
+        let mut sender = Box::pin(self.connect(upstream)).await?;
         let response = sender.send_request(request).await?;
         Ok((response, Lease { sender, host }))
     }

@@ -161,7 +161,8 @@ impl SharedRateLimits {
                 entry.allowed(left, now)
             }
             Take::Blocked(until) => entry.limited(until, now),
-            Take::Empty => self.lease_then_take(local, key_id, &entry).await,
+            // Boxed: the slow path's state would otherwise size every request's future.
+            Take::Empty => Box::pin(self.lease_then_take(local, key_id, &entry)).await,
         }
     }
 
