@@ -2,16 +2,24 @@
 //! per line for log shippers. `RUST_LOG` filters either way (default `info`).
 //!
 //! Set once per process, after the config is read: commands that read no config log as text.
+//! Lines are formatted where they happen and written to stderr by a writer thread, so a request
+//! never waits on the terminal or pipe behind stderr (with the access log on, a write per
+//! request). When the writer falls behind, requests wait for it rather than lose lines.
 
 use crate::config::LogFormat;
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the process's subscriber; a second call (there is none) would be ignored.
-pub fn init(format: LogFormat) {
+/// Installs the process's subscriber; a second call (there is none) would be ignored. Keep the
+/// guard until the process ends: dropping it writes out the lines still queued.
+pub fn init(format: LogFormat) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => {
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -27,4 +35,5 @@ pub fn init(format: LogFormat) {
             .with_ansi(false)
             .try_init(),
     };
+    guard
 }

@@ -150,14 +150,14 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Check => check(&cli.config),
         Command::Serve => match load(&cli.config) {
             Some(config) => {
-                logging::init(config.log.format);
+                let _log = logging::init(config.log.format);
                 serve(config).await
             }
             None => ExitCode::FAILURE,
         },
         Command::Demo => match load(&cli.config) {
             Some(config) => {
-                logging::init(config.log.format);
+                let _log = logging::init(config.log.format);
                 crate::demo::run(config).await
             }
             None => ExitCode::FAILURE,
