@@ -106,6 +106,14 @@ async fn past_the_day_quota_requests_get_429_with_retry_after_and_headers() {
         .expect("time")
         .ends_with("T00:00:00Z"));
     assert!(quota.json()["per_month"].is_null());
+    // The usage call shows what is left in the proxy's headers (its body is the usage list).
+    let usage = gw
+        .admin(Method::GET, &format!("/v1/keys/{key_id}/usage"), None)
+        .await;
+    assert_eq!(usage.status, 200);
+    assert_eq!(header(&usage, "x-quota-limit"), "5");
+    assert_eq!(header(&usage, "x-quota-remaining"), "0");
+    assert!(usage.json().is_array());
 
     let metrics = common::http::get(&format!("http://{}/metrics", gw.metrics), &[]).await;
     let samples = prom::parse(&String::from_utf8_lossy(&metrics.body));

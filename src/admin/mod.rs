@@ -266,10 +266,22 @@ impl Admin {
             }
             (Call::KeyUsage(id), Method::GET) => {
                 let days = query_param(query, "days");
-                Ok(json(
+                let mut response = json(
                     StatusCode::OK,
                     &self.usage(UsageSubject::Key(id), days.as_deref()).await?,
-                ))
+                );
+                // The quota left, in the headers the proxy sets (the body is the contract's list).
+                if let Ok(quota) = self.key_quota(id).await {
+                    if let Some(w) = quota.tightest() {
+                        let status = crate::quota::QuotaStatus {
+                            limit: w.limit,
+                            remaining: w.remaining,
+                            reset: w.ends.saturating_sub(crate::model::now_unix()),
+                        };
+                        crate::error::quota_headers(response.headers_mut(), status);
+                    }
+                }
+                Ok(response)
             }
             (Call::KeyQuota(id), Method::GET) => {
                 Ok(json(StatusCode::OK, &self.key_quota(id).await?))

@@ -114,6 +114,9 @@ pub struct QuotaWindowView {
     pub used: u64,
     pub remaining: u64,
     pub resets_at: String,
+    /// `resets_at` as unix seconds, for the `X-Quota-Reset` header.
+    #[serde(skip)]
+    pub ends: UnixSeconds,
 }
 
 impl QuotaWindowView {
@@ -123,7 +126,18 @@ impl QuotaWindowView {
             used,
             remaining: limit.saturating_sub(used),
             resets_at: rfc3339(ends),
+            ends,
         }
+    }
+}
+
+impl QuotaView {
+    /// The window with the least left, which is the one that refuses first.
+    pub fn tightest(&self) -> Option<&QuotaWindowView> {
+        [self.per_day.as_ref(), self.per_month.as_ref()]
+            .into_iter()
+            .flatten()
+            .min_by_key(|w| w.remaining)
     }
 }
 
