@@ -102,12 +102,14 @@ SOURCES = {
     "get": "get_key: GET sg:key:ID (pipelined with the HGET); get_app",
     "hget": "get_key: HGET sg:last_used ID; and the TOUCH_KEYS script",
     "eval": "touch_keys: the last_used flush (TOUCH_KEYS, up to 500 ids a call)",
-    "exists": "TOUCH_KEYS script",
     "hset": "TOUCH_KEYS script",
     "multi": "add_usage: the usage counters flush",
     "exec": "add_usage",
     "hincrby": "add_usage (per key per day, per app per day)",
     "ping": "pub/sub liveness probe, /readyz",
+    "expireat": "add_usage: the monthly usage hashes' expiry",
+    "set": "add_usage: the batch markers (SET NX, exactly-once)",
+    "exists": "TOUCH_KEYS script; /readyz",
 }
 
 
