@@ -154,8 +154,9 @@ pub async fn serve_with_tls<F, Fut, B>(
             match acceptor {
                 None => {
                     let protocol = match stream.opens_with_h2_preface().await {
-                        true => Protocol::Http2,
-                        false => Protocol::Http1,
+                        Some(true) => Protocol::Http2,
+                        Some(false) => Protocol::Http1,
+                        None => Protocol::Detect,
                     };
                     let io = TokioIo::new(stream);
                     run_connection(&protocols, protocol, io, service, watcher, peer).await
@@ -193,7 +194,7 @@ pub async fn serve_with_tls<F, Fut, B>(
 
 /// The HTTP versions a listener speaks, each set up once. A connection is served by the one
 /// it asks for (the h2c preface, or TLS ALPN), so it pays for no protocol detection on every
-/// read; `auto` detects it for a TLS client that named none.
+/// read; `auto` detects it for a TLS client that named none, or a preface still arriving.
 struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,

@@ -200,3 +200,22 @@ async fn streams_over_the_concurrency_bound_are_refused() {
         "{reached} requests reached the upstream at once"
     );
 }
+
+/// A client whose h2c preface arrives in two pieces is still served HTTP/2 (the gateway picks
+/// the protocol from the first bytes it sees, and lets the detection read on when they are
+/// only a part of the preface).
+#[tokio::test]
+async fn a_preface_arriving_in_pieces_is_still_served() {
+    let (_upstream, gateway, key) = setup().await;
+    for split in [1, 10, 23] {
+        let mut h2 =
+            RawH2::connect_in_pieces(gateway.proxy, split, Duration::from_millis(50)).await;
+        let mut out = Vec::new();
+        push_get(&mut out, &gateway, 1, "/api/v1/jobs/1", &key);
+        h2.write(&out).await.expect("write");
+        assert!(
+            h2.read_response(1, Duration::from_secs(5)).await,
+            "split at {split}"
+        );
+    }
+}

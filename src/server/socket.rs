@@ -38,8 +38,6 @@ const LINGER: Duration = Duration::from_secs(2);
 /// the default 30 s `send_timeout` without progress.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 const NOTSENT_LOWAT: u32 = 128 * 1024;
-/// Between peeks at an HTTP/2 preface that arrived in part (rare: clients send it whole).
-const PREFACE_PIECE_WAIT: Duration = Duration::from_millis(5);
 /// Discarded bytes are read this much at a time (on the stack).
 const DISCARD_CHUNK: usize = 8 * 1024;
 /// Reads of discarded bytes per poll before yielding, so a fast sender cannot hog the thread.
@@ -74,26 +72,18 @@ impl ClientSocket {
         }
     }
 
-    /// Whether the client opens with the HTTP/2 connection preface (h2c with prior knowledge).
-    /// Peeked, not read, so the chosen protocol reads every byte itself. A preface arriving in
-    /// pieces is waited for; a client that sends nothing is the watchdog's to close.
-    pub(super) async fn opens_with_h2_preface(&self) -> bool {
+    /// Whether the client opens with the HTTP/2 connection preface (h2c with prior knowledge):
+    /// `Some(true)` or `Some(false)`, or `None` when the first bytes are a part of the preface
+    /// and the rest has not arrived (rare; the caller lets hyper-util's detection read on).
+    /// Peeked, not read, so the chosen protocol reads every byte itself; one peek, no polling.
+    pub(super) async fn opens_with_h2_preface(&self) -> Option<bool> {
         const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
         let mut seen = [0u8; PREFACE.len()];
-        loop {
-            let n = match self.stream.peek(&mut seen).await {
-                Ok(n) => n,
-                Err(_) => return false,
-            };
-            if n == 0 || seen[..n] != PREFACE[..n] {
-                return false;
-            }
-            if n == PREFACE.len() {
-                return true;
-            }
-            // Peeking again at once would see the same bytes: give the rest time to arrive.
-            tokio::time::sleep(PREFACE_PIECE_WAIT).await;
+        let n = self.stream.peek(&mut seen).await.ok()?;
+        if n == 0 || seen[..n] != PREFACE[..n] {
+            return Some(false);
         }
+        (n == PREFACE.len()).then_some(true)
     }
 
     /// Notes whether a write got through or found the socket full.

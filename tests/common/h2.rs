@@ -102,6 +102,22 @@ impl RawH2 {
         }
     }
 
+    /// Like [`RawH2::connect`], with the preface's first `split` bytes sent alone, `pause`
+    /// before the rest (a client whose preface arrives in pieces).
+    pub async fn connect_in_pieces(addr: SocketAddr, split: usize, pause: Duration) -> RawH2 {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        stream.write_all(&PREFACE[..split]).await.expect("write");
+        tokio::time::sleep(pause).await;
+        let mut rest = PREFACE[split..].to_vec();
+        push_frame(&mut rest, SETTINGS, 0, 0, &[]);
+        stream.write_all(&rest).await.expect("write");
+        RawH2 {
+            stream,
+            unread: Vec::new(),
+        }
+    }
+
     /// Writes `bytes` in one call; `Err` once the server has closed the connection.
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes).await
