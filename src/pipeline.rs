@@ -216,8 +216,9 @@ impl Pipeline {
             forwarded,
         };
         let unread = Unread::after_forwarding(&request);
-        // Counted as it is forwarded (`admit` has no side effect but the rate limit's): a
-        // request refused before this point costs its key no usage.
+        // Counted as it is forwarded: a request refused before this point costs its key no
+        // usage. (`admit`'s only side effects are its decisions: the rate limit's and the
+        // quota's, which count requests they admit.)
         if let Some(p) = principal {
             self.usage.record(&p.key.uses);
         }
