@@ -33,6 +33,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 const MAX_IDLE_PER_HOST: usize = 1024;
 /// A refused or black-holed upstream fails fast instead of eating the whole deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pooled connection may take to be ready for the next request before another is
+/// used instead.
+const READY_WAIT: Duration = Duration::from_millis(100);
 
 type Sender = SendRequest<LimitedBody>;
 
@@ -183,9 +186,13 @@ impl Host {
                 continue;
             }
             let mut sender = idle.sender;
+            if sender.is_ready() {
+                return Some(sender);
+            }
             // Released at the end of its last response, the connection may not have seen it
-            // yet; this is a moment, not a wait on the upstream.
-            if sender.is_ready() || sender.ready().await.is_ok() {
+            // yet: a moment. Longer means it is still sending an earlier request's body (the
+            // upstream answered before reading it all): not worth waiting for.
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
                 return Some(sender);
             }
         }
