@@ -47,6 +47,23 @@ pub(crate) struct Slice {
 }
 
 impl Slice {
+    /// Runs `lease` in a task of its own, unless a lease is already out; the slice's fetch
+    /// lock is held until it ends, so requests that find the slice empty wait for its refill.
+    pub(crate) fn prefetch<F, Fut>(&self, lease: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Ok(guard) = self.fetch.clone().try_lock_owned() else {
+            return;
+        };
+        let lease = lease();
+        tokio::spawn(async move {
+            let _held = guard;
+            lease.await;
+        });
+    }
+
     /// Takes one request if the slice holds one. What the slice still holds is spent before a
     /// block is looked at: a prefetch may learn that the budget is spent while requests of the
     /// slice are left, and those were granted.

@@ -259,13 +259,11 @@ impl Quotas {
         if self.inner.fallback.active() {
             return;
         }
-        let Ok(guard) = entry.slice.fetch.clone().try_lock_owned() else {
-            return;
-        };
-        let (inner, key_id, entry) = (self.inner.clone(), key_id.clone(), entry.clone());
-        tokio::spawn(async move {
-            let _held = guard;
-            let _ = inner.lease(&key_id, &entry, now).await;
+        entry.slice.prefetch(|| {
+            let (inner, key_id, entry) = (self.inner.clone(), key_id.clone(), entry.clone());
+            async move {
+                let _ = inner.lease(&key_id, &entry, now).await;
+            }
         });
     }
 

@@ -171,15 +171,13 @@ impl SharedRateLimits {
         if self.inner.fallback.active() {
             return;
         }
-        let Ok(guard) = entry.slice.fetch.clone().try_lock_owned() else {
-            return;
-        };
-        let (inner, key_id, entry) = (self.inner.clone(), key_id.clone(), entry.clone());
-        tokio::spawn(async move {
-            let _held = guard;
-            // A failure is noted by `lease`; the next request that finds the slice empty
-            // falls back.
-            let _ = inner.lease(&key_id, &entry).await;
+        entry.slice.prefetch(|| {
+            let (inner, key_id, entry) = (self.inner.clone(), key_id.clone(), entry.clone());
+            async move {
+                // A failure is noted by `lease`; the next request that finds the slice empty
+                // falls back.
+                let _ = inner.lease(&key_id, &entry).await;
+            }
         });
     }
 

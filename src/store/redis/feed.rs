@@ -117,17 +117,8 @@ async fn cluster_view(
     let op_timeout = feed.op_timeout;
     let attempt = async {
         let client = redis::Client::open(node.clone())?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(op_timeout))
-            .set_response_timeout(Some(op_timeout));
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        let info: String = redis::cmd("INFO")
-            .arg("cluster")
-            .query_async(&mut conn)
-            .await?;
-        if link::mode_of(&info) == Mode::Standalone {
+        let mut conn = link::short_lived(&client, op_timeout).await?;
+        if link::mode_on(&mut conn).await? == Mode::Standalone {
             return Ok(None);
         }
         let nodes: String = redis::cmd("CLUSTER")

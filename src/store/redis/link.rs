@@ -106,16 +106,26 @@ pub(super) async fn connect(
 
 /// `INFO cluster` on a short-lived connection of its own.
 async fn detect(client: &redis::Client, op_timeout: Duration) -> RedisResult<Mode> {
+    let mut conn = short_lived(client, op_timeout).await?;
+    mode_on(&mut conn).await
+}
+
+/// A connection for a few commands, each (and the connect) bounded by `op_timeout`.
+pub(super) async fn short_lived(
+    client: &redis::Client,
+    op_timeout: Duration,
+) -> RedisResult<redis::aio::MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(op_timeout))
         .set_response_timeout(Some(op_timeout));
-    let mut conn = client
+    client
         .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    let info: String = redis::cmd("INFO")
-        .arg("cluster")
-        .query_async(&mut conn)
-        .await?;
+        .await
+}
+
+/// What the server on `conn` is, by `INFO cluster`.
+pub(super) async fn mode_on(conn: &mut redis::aio::MultiplexedConnection) -> RedisResult<Mode> {
+    let info: String = redis::cmd("INFO").arg("cluster").query_async(conn).await?;
     Ok(mode_of(&info))
 }
 
