@@ -120,6 +120,20 @@ impl Slice {
         self.tokens.swap(0, Ordering::AcqRel)
     }
 
+    /// Requests the slice holds that still count at `now`.
+    pub(crate) fn held(&self, now: u64) -> u64 {
+        if now < self.expires.load(Ordering::Acquire) {
+            self.tokens.load(Ordering::Acquire)
+        } else {
+            0
+        }
+    }
+
+    /// Requests the slice holds, counting or not (expired ones are to be given back).
+    pub(crate) fn tokens(&self) -> u64 {
+        self.tokens.load(Ordering::Acquire)
+    }
+
     /// When the slice stops counting.
     pub(crate) fn expires(&self) -> u64 {
         self.expires.load(Ordering::Acquire)

@@ -10,7 +10,7 @@ mod order;
 
 use super::embedded_quota;
 use super::embedded_usage::{self, remove_usage};
-use super::{Invalidation, Keep, KeyStore, QuotaLease, StoreError, PURGE_CHUNK};
+use super::{Invalidation, Keep, KeyStore, QuotaAsk, QuotaLease, StoreError, PURGE_CHUNK};
 use crate::model::{
     now_unix, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest, QuotaWindows,
     UnixSeconds, UsageBatch, UsageSubject,
@@ -260,16 +260,22 @@ impl KeyStore for EmbeddedStore {
         .await
     }
 
-    /// One write transaction per slice (not per request): the counts survive a restart.
+    /// One write transaction per slice (not per request): the counts survive a restart. One
+    /// process owns the file, so nobody else holds leased requests: no holder records.
     async fn lease_quota(
         &self,
         key_id: &str,
         windows: &QuotaWindows,
-        want: u64,
+        ask: QuotaAsk<'_>,
     ) -> Result<QuotaLease, StoreError> {
         let (id, windows) = (key_id.to_owned(), windows.clone());
-        self.blocking(move |db| write(db, |tx| embedded_quota::lease(tx, &id, &windows, want)))
-            .await
+        let (want, give_back) = (ask.want, ask.give_back);
+        self.blocking(move |db| {
+            write(db, |tx| {
+                embedded_quota::lease(tx, &id, &windows, want, give_back)
+            })
+        })
+        .await
     }
 
     async fn adjust_quota(

@@ -24,20 +24,22 @@ fn month_row(key_id: &str, windows: &QuotaWindows) -> String {
     format!("{key_id}\0m\0{}", windows.month)
 }
 
-/// Counts a grant by [`quota_grant`] in both windows.
+/// Subtracts `give_back` (never below 0), then counts a grant by [`quota_grant`] in both
+/// windows.
 pub(super) fn lease(
     tx: &WriteTransaction,
     key_id: &str,
     windows: &QuotaWindows,
     want: u64,
+    give_back: u64,
 ) -> Result<QuotaLease, StoreError> {
     forget_earlier_windows(tx, key_id, windows)?;
     let mut table = tx.open_table(QUOTA).map_err(db_error)?;
     let (day, month) = (day_row(key_id, windows), month_row(key_id, windows));
-    let day_used = get(&table, &day)?;
-    let month_used = get(&table, &month)?;
+    let day_used = get(&table, &day)?.saturating_sub(give_back);
+    let month_used = get(&table, &month)?.saturating_sub(give_back);
     let granted = quota_grant(windows, day_used, month_used, want);
-    if granted > 0 {
+    if granted > 0 || give_back > 0 {
         table
             .insert(day.as_str(), day_used + granted)
             .map_err(db_error)?;
@@ -49,6 +51,7 @@ pub(super) fn lease(
         granted,
         day_used: day_used + granted,
         month_used: month_used + granted,
+        held_elsewhere_ms: 0,
     })
 }
 

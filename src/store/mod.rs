@@ -100,17 +100,40 @@ pub struct RateLease {
 /// A slice of a key's quota, counted as used in the store when it is granted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QuotaLease {
-    /// Requests granted (0: a window is used up).
+    /// Requests granted (0: a window is used up, or nothing was asked).
     pub granted: u64,
     /// The windows' counts after this grant (every instance's grants).
     pub day_used: u64,
     pub month_used: u64,
+    /// When nothing was granted: milliseconds until the last record of another holder of
+    /// leased requests runs out (0: nobody else holds any). Leased and unused requests are
+    /// quota left, so a caller waits for them to come back rather than refuse.
+    pub held_elsewhere_ms: u64,
+}
+
+/// One atomic step of one holder (an instance's entry for a key) on a key's quota counts:
+/// give back what went unused, lease up to `want`, and record whether it still holds leased
+/// requests.
+#[derive(Clone, Copy, Debug)]
+pub struct QuotaAsk<'a> {
+    /// Requests wanted (0: only give back and update the record).
+    pub want: u64,
+    /// Leased requests that went unused, subtracted from both counts first.
+    pub give_back: u64,
+    /// Who asks: unique per instance and entry.
+    pub holder: &'a str,
+    /// Whether the holder still holds leased requests besides what this step grants.
+    pub holds: bool,
+    /// How long the holder's record lasts unless renewed (milliseconds): past it, whatever the
+    /// holder still has unused is not waited for.
+    pub hold_ms: u64,
 }
 
 /// How many requests to grant out of `want` given the windows' counts: never past a limit, and,
 /// as the smaller window's remainder shrinks, only a `1/QUOTA_SPREAD` share of it at a time, so
-/// slices stranded on idle instances stay small near the end. Both stores (and the Redis
-/// script, which mirrors it) grant by this rule.
+/// slices stranded on idle instances stay small near the end; once no more than `want` is
+/// left, exactly 1 (each request its own atomic step). Both stores (and the Redis script,
+/// which mirrors it) grant by this rule.
 pub fn quota_grant(windows: &QuotaWindows, day_used: u64, month_used: u64, want: u64) -> u64 {
     let free = [
         windows.per_day.map(|l| l.saturating_sub(day_used)),
@@ -120,8 +143,10 @@ pub fn quota_grant(windows: &QuotaWindows, day_used: u64, month_used: u64, want:
     .flatten()
     .min();
     match free {
+        _ if want == 0 => 0,
         None => want,
         Some(0) => 0,
+        Some(free) if free <= want => 1,
         Some(free) => want.min((free / QUOTA_SPREAD).max(1)),
     }
 }
@@ -234,15 +259,17 @@ pub trait KeyStore: Send + Sync + 'static {
         ))
     }
 
-    /// Counts up to `want` requests of `key_id` against its quota windows, atomically, granting
-    /// by [`quota_grant`]; the grant is counted as used at once.
+    /// One atomic step on `key_id`'s quota windows: subtracts `ask.give_back`, then counts up to
+    /// `ask.want` requests granted by [`quota_grant`] (counted as used at once), and records
+    /// whether `ask.holder` still holds leased requests. A shared store answers, when it grants
+    /// nothing, how long others may still hold some; a store of one instance answers 0.
     async fn lease_quota(
         &self,
         key_id: &str,
         windows: &QuotaWindows,
-        want: u64,
+        ask: QuotaAsk<'_>,
     ) -> Result<QuotaLease, StoreError> {
-        let _ = (key_id, windows, want);
+        let _ = (key_id, windows, ask);
         Err(no_quotas())
     }
 

@@ -22,7 +22,7 @@
 use super::redis_limits;
 use super::redis_usage;
 use super::{
-    Indexed, Invalidation, Keep, KeyStore, QuotaLease, RateLease, StoreError, PURGE_CHUNK,
+    Indexed, Invalidation, Keep, KeyStore, QuotaAsk, QuotaLease, RateLease, StoreError, PURGE_CHUNK,
 };
 mod audit;
 mod feed;
@@ -826,12 +826,13 @@ impl KeyStore for RedisStore {
         &self,
         key_id: &str,
         windows: &QuotaWindows,
-        want: u64,
+        ask: QuotaAsk<'_>,
     ) -> Result<QuotaLease, StoreError> {
         self.linked().await?;
         let (day, month) = self.quota_names(key_id, windows);
-        let cmd = redis_limits::lease_quota_command((&day, &month), windows, want);
-        Ok(redis_limits::quota_lease(self.query(&cmd).await?))
+        let holders = self.names().quota_holders(key_id, &windows.day);
+        let cmd = redis_limits::lease_quota_command((&day, &month, &holders), windows, ask);
+        redis_limits::quota_lease(self.query(&cmd).await?, ask.want)
     }
 
     async fn adjust_quota(

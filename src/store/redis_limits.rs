@@ -9,8 +9,11 @@
 //! - `quota:{id}:d:{YYYY-MM-DD}` and `quota:{id}:m:{YYYY-MM}`: requests counted in that UTC
 //!   window; each expires a day after its window ends (a day of margin for clock skew between
 //!   instances), so nothing grows for ever.
+//! - `quota:{id}:h:{YYYY-MM-DD}`: who holds leased, not yet spent requests of the key (member:
+//!   an instance's entry; score: until when, ms on the Redis clock), so an instance told that
+//!   nothing is left knows whether some is only held elsewhere; expires with its last record.
 
-use super::{QuotaLease, RateLease, StoreError, QUOTA_SPREAD};
+use super::{QuotaAsk, QuotaLease, RateLease, StoreError, QUOTA_SPREAD};
 use crate::model::{QuotaWindows, RateLimit, UnixSeconds};
 use std::time::Duration;
 
@@ -38,29 +41,60 @@ tat = tat + n * interval
 redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 return {n, free - n, 0, math.ceil(tat - now)}";
 
-/// Mirrors [`super::quota_grant`]: counts up to `want` requests in both windows unless that
-/// would pass a limit; near the end grants only a share of what is left.
-/// KEYS: day count, month count. ARGV: day limit (-1: none), month limit (-1: none), want,
-/// spread, day expiry, month expiry (unix seconds). Returns {granted, day used, month used}.
+/// One holder's step (see [`QuotaAsk`]), mirroring [`super::quota_grant`]: gives back what went
+/// unused, counts up to `want` requests in both windows unless that would pass a limit (near
+/// the end a share of what is left, then 1), and records or drops the holder. Records past
+/// their time are dropped first: an instance that died holding requests is not waited for.
+/// KEYS: day count, month count, holders. ARGV: day limit (-1: none), month limit (-1: none),
+/// want, spread, day expiry, month expiry (unix seconds), give back, holder, holds (1/0),
+/// hold ms. Returns {granted, day used, month used, ms until the last other record ends}.
 const LEASE_QUOTA: &str = r"
-local day = tonumber(redis.call('GET', KEYS[1]) or '0')
-local month = tonumber(redis.call('GET', KEYS[2]) or '0')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local back = tonumber(ARGV[7])
+local day = math.max(0, tonumber(redis.call('GET', KEYS[1]) or '0') - back)
+local month = math.max(0, tonumber(redis.call('GET', KEYS[2]) or '0') - back)
 local free = nil
 if tonumber(ARGV[1]) >= 0 then free = tonumber(ARGV[1]) - day end
 if tonumber(ARGV[2]) >= 0 then
   local f = tonumber(ARGV[2]) - month
   if free == nil or f < free then free = f end
 end
-local n = tonumber(ARGV[3])
-if free ~= nil then
-  if free <= 0 then return {0, day, month} end
-  n = math.min(n, math.max(1, math.floor(free / tonumber(ARGV[4]))))
+local want = tonumber(ARGV[3])
+local n = want
+if want <= 0 then
+  n = 0
+elseif free ~= nil then
+  if free <= 0 then
+    n = 0
+  elseif free <= want then
+    n = 1
+  else
+    n = math.min(want, math.max(1, math.floor(free / tonumber(ARGV[4]))))
+  end
 end
-day = redis.call('INCRBY', KEYS[1], n)
-redis.call('EXPIREAT', KEYS[1], ARGV[5])
-month = redis.call('INCRBY', KEYS[2], n)
-redis.call('EXPIREAT', KEYS[2], ARGV[6])
-return {n, day, month}";
+if n > 0 or back > 0 then
+  day = day + n
+  month = month + n
+  redis.call('SET', KEYS[1], day)
+  redis.call('EXPIREAT', KEYS[1], ARGV[5])
+  redis.call('SET', KEYS[2], month)
+  redis.call('EXPIREAT', KEYS[2], ARGV[6])
+end
+local hold = tonumber(ARGV[10])
+if n > 0 or ARGV[9] == '1' then
+  redis.call('ZADD', KEYS[3], now + hold, ARGV[8])
+  redis.call('PEXPIRE', KEYS[3], hold)
+else
+  redis.call('ZREM', KEYS[3], ARGV[8])
+end
+local wait = 0
+if n == 0 then
+  local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+  if last[2] then wait = math.max(1, tonumber(last[2]) - now) end
+end
+return {n, day, month, wait}";
 
 /// KEYS: day count, month count. ARGV: delta, day expiry, month expiry. Never below 0.
 const ADJUST_QUOTA: &str = r"
@@ -96,34 +130,52 @@ pub(super) fn rate_lease(reply: (i64, i64, i64, i64)) -> RateLease {
     }
 }
 
-/// The script call that leases quota; `names` are the day and month counts.
+/// The script call of one holder's step; `names` are the day and month counts and the holders.
 pub(super) fn lease_quota_command(
-    names: (&str, &str),
+    names: (&str, &str, &str),
     windows: &QuotaWindows,
-    want: u64,
+    ask: QuotaAsk<'_>,
 ) -> redis::Cmd {
     let limit = |l: Option<u64>| l.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(LEASE_QUOTA)
-        .arg(2)
+        .arg(3)
         .arg(names.0)
         .arg(names.1)
+        .arg(names.2)
         .arg(limit(windows.per_day))
         .arg(limit(windows.per_month))
-        .arg(want.max(1))
+        .arg(ask.want)
         .arg(QUOTA_SPREAD)
         .arg(windows.day_ends + WINDOW_MARGIN_SECS)
-        .arg(windows.month_ends + WINDOW_MARGIN_SECS);
+        .arg(windows.month_ends + WINDOW_MARGIN_SECS)
+        .arg(ask.give_back)
+        .arg(ask.holder)
+        .arg(u8::from(ask.holds))
+        .arg(ask.hold_ms.max(1));
     cmd
 }
 
-pub(super) fn quota_lease(reply: (i64, i64, i64)) -> QuotaLease {
+/// The script's reply as a lease; granting more than was asked would be a script bug: refused
+/// rather than admitted on.
+pub(super) fn quota_lease(
+    reply: (i64, i64, i64, i64),
+    want: u64,
+) -> Result<QuotaLease, StoreError> {
     let count = |v: i64| u64::try_from(v).unwrap_or(0);
-    QuotaLease {
+    let lease = QuotaLease {
         granted: count(reply.0),
         day_used: count(reply.1),
         month_used: count(reply.2),
+        held_elsewhere_ms: count(reply.3),
+    };
+    if lease.granted > want {
+        return Err(StoreError::Corrupt(format!(
+            "quota lease granted {} of {want}",
+            lease.granted
+        )));
     }
+    Ok(lease)
 }
 
 pub(super) fn adjust_quota_command(
