@@ -132,10 +132,16 @@ struct Entry {
     near_end: AtomicBool,
     day_used: AtomicU64,
     month_used: AtomicU64,
-    /// Admitted while the store was unreachable; added to its counts when it answers.
+    /// Totals over the entry's life, sent whole on each step (see [`QuotaAsk`]): admitted while
+    /// the store was unreachable, leased and unused (expired slices), granted; and the first
+    /// two as the store last confirmed them.
     owed: AtomicU64,
-    /// Leased and unused (expired slices): subtracted from the store's counts by upkeep.
-    unused: AtomicU64,
+    owed_applied: AtomicU64,
+    returned: AtomicU64,
+    returned_applied: AtomicU64,
+    received: AtomicU64,
+    /// A step failed: the store may have counted a grant this entry never learned of.
+    in_doubt: AtomicBool,
     last_used: AtomicU64,
 }
 
@@ -158,14 +164,18 @@ impl Entry {
             day_used: AtomicU64::new(0),
             month_used: AtomicU64::new(0),
             owed: AtomicU64::new(0),
-            unused: AtomicU64::new(0),
+            owed_applied: AtomicU64::new(0),
+            returned: AtomicU64::new(0),
+            returned_applied: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            in_doubt: AtomicBool::new(false),
             last_used: AtomicU64::new(now),
         }
     }
 
     /// Requests that have been counted or admitted in each window: (day, month).
     fn counted(&self) -> (u64, u64) {
-        let owed = self.owed.load(Ordering::Relaxed);
+        let owed = self.owed_pending();
         (
             self.day_used.load(Ordering::Relaxed) + owed,
             self.month_used.load(Ordering::Relaxed) + owed,
@@ -218,11 +228,23 @@ impl Entry {
         self.quota.per_day.is_none_or(|l| day < l) && self.quota.per_month.is_none_or(|l| month < l)
     }
 
+    /// Admitted on this instance's own count and not yet added to the store's.
+    fn owed_pending(&self) -> u64 {
+        let owed = self.owed.load(Ordering::Relaxed);
+        owed.saturating_sub(self.owed_applied.load(Ordering::Relaxed))
+    }
+
+    /// Something the store has not confirmed: owed, to give back, or a step's unknown outcome.
+    fn is_pending(&self) -> bool {
+        self.owed_pending() > 0
+            || self.returned.load(Ordering::Relaxed)
+                != self.returned_applied.load(Ordering::Relaxed)
+            || self.in_doubt.load(Ordering::Relaxed)
+    }
+
     /// Nothing owed to the store, nothing to give back, no record of holding any.
     fn is_settled(&self) -> bool {
-        self.owed.load(Ordering::Relaxed) == 0
-            && self.unused.load(Ordering::Relaxed) == 0
-            && !self.recorded.load(Ordering::Relaxed)
+        !self.is_pending() && !self.recorded.load(Ordering::Relaxed)
     }
 
     fn record(&self, lease: QuotaLease) {
@@ -500,11 +522,15 @@ impl Inner {
         now: u64,
         want: u64,
     ) -> Result<QuotaLease, StoreError> {
-        let give_back = entry.slice.drain_expired(now) + entry.unused.swap(0, Ordering::Relaxed);
+        let drained = entry.slice.drain_expired(now);
+        let returned = entry.returned.fetch_add(drained, Ordering::Relaxed) + drained;
+        let owed = entry.owed.load(Ordering::Relaxed);
         let holds = entry.slice.held(now) > 0;
         let ask = QuotaAsk {
             want,
-            give_back,
+            returned,
+            received: entry.received.load(Ordering::Relaxed),
+            owed,
             holder: &entry.holder,
             holds,
             hold_ms: HOLD_MS,
@@ -512,13 +538,17 @@ impl Inner {
         match self.store.lease_quota(key_id, &entry.windows, ask).await {
             Ok(lease) => {
                 self.fallback.recovered();
+                entry.returned_applied.store(returned, Ordering::Relaxed);
+                entry.owed_applied.store(owed, Ordering::Relaxed);
+                entry.in_doubt.store(false, Ordering::Relaxed);
+                entry.received.fetch_add(lease.granted, Ordering::Relaxed);
                 entry.record(lease);
                 entry
                     .recorded
                     .store(lease.granted > 0 || holds, Ordering::Relaxed);
                 if lease.granted > 0 {
                     let void = entry.slice.fill(lease.granted, now, SLICE_TTL_MS);
-                    entry.unused.fetch_add(void, Ordering::Relaxed);
+                    entry.returned.fetch_add(void, Ordering::Relaxed);
                 } else if want > 0 && lease.held_elsewhere_ms == 0 {
                     let ends = entry.exceeded(now).retry_after.saturating_mul(1_000);
                     entry.slice.block(now.saturating_add(ends.min(RECHECK_MS)));
@@ -526,37 +556,25 @@ impl Inner {
                 Ok(lease)
             }
             Err(error) => {
-                // Not known to be applied: given back on a later step.
-                entry.unused.fetch_add(give_back, Ordering::Relaxed);
+                // Applied or not, the next step settles it: it sends the same totals.
+                entry.in_doubt.store(true, Ordering::Relaxed);
                 self.fallback.failed("a quota lease", &error);
                 Err(error)
             }
         }
     }
 
-    /// Sends the store what it is owed, and what it lent unused (with the record of holding
-    /// it). During an outage each call is one of the probes (at most one per
-    /// `lease::PROBE_EVERY_MS`), so counts settle and the fallback ends even when no request
-    /// comes to lease. A step in flight for the entry gives back for itself.
+    /// One step without a lease when the store is owed something, has something to take back,
+    /// or records the entry as holding what it no longer holds. During an outage each call is
+    /// one of the probes (at most one per `lease::PROBE_EVERY_MS`), so counts settle and the
+    /// fallback ends even when no request comes to lease. A step in flight settles for itself.
     async fn settle(&self, key_id: &str, entry: &Entry, now: u64) {
-        let owed = entry.owed.load(Ordering::Relaxed);
-        if owed > 0 && self.fallback.try_store() {
-            let delta = i64::try_from(owed).unwrap_or(i64::MAX);
-            match self.store.adjust_quota(key_id, &entry.windows, delta).await {
-                Ok(()) => {
-                    self.fallback.recovered();
-                    entry.owed.fetch_sub(owed, Ordering::Relaxed);
-                }
-                Err(error) => self.fallback.failed("settling quota counts", &error),
-            }
-        }
         let Ok(_held) = entry.slice.fetch.clone().try_lock_owned() else {
             return;
         };
         let expired = now >= entry.slice.expires() && entry.slice.tokens() > 0;
-        let unused = entry.unused.load(Ordering::Relaxed) > 0;
         let stale_record = entry.recorded.load(Ordering::Relaxed) && entry.slice.held(now) == 0;
-        if (expired || unused || stale_record) && self.fallback.try_store() {
+        if (expired || entry.is_pending() || stale_record) && self.fallback.try_store() {
             let _ = self.step(key_id, entry, now, 0).await;
         }
     }

@@ -290,6 +290,36 @@ async fn requests_cancelled_during_a_quota_lease_consume_no_quota() {
     assert_eq!(upstream.count(), 1, "only the first request was forwarded");
 }
 
+/// A quota lease whose reply comes after `store.timeout` (250 ms here) while the script ran:
+/// the request is admitted on the instance's own count, and once the store answers in time
+/// again the grant it never learned of goes back, so `used` is what was forwarded (a grant
+/// lost with its reply used to stay counted for the day).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_lease_answered_too_late_is_given_back() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let target = format!("127.0.0.1:{}", redis.port()).parse().expect("addr");
+    let link = DelayProxy::start(target, Duration::ZERO).await;
+    let gw = gateway_on_url(
+        &link.url(),
+        &upstream,
+        with_quota("quota:\n  per_day: 100000\n"),
+    )
+    .await;
+    wait_subscribers(&redis.url(), 1).await;
+    let mut conn = redis_conn(&redis.url()).await;
+    let (key_id, key) = fresh_key(&gw).await;
+    assert_eq!(deploy_to(gw.proxy, &key).await.status, 200);
+    assert_eq!(settled_used(&gw, &key_id, 1).await, json!(1));
+    link.set_delay(Duration::from_millis(600));
+    assert_eq!(deploy_to(gw.proxy, &key).await.status, 200);
+    let counted = day_count(&mut conn, &key_id).await.unwrap_or(0);
+    assert!(counted > 2, "the late lease was counted: {counted}");
+    link.set_delay(Duration::ZERO);
+    assert_eq!(settled_used(&gw, &key_id, 2).await, json!(2));
+    assert_eq!(upstream.count(), 2);
+}
+
 /// Requests cancelled while their shared rate-limit lease is in flight (a fresh key each
 /// round): the lease each caused still fills the instance's slice, so the next request spends
 /// it and its `RateLimit-Remaining` says one request of the shared budget is gone, not two (a

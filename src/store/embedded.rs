@@ -269,23 +269,8 @@ impl KeyStore for EmbeddedStore {
         ask: QuotaAsk<'_>,
     ) -> Result<QuotaLease, StoreError> {
         let (id, windows) = (key_id.to_owned(), windows.clone());
-        let (want, give_back) = (ask.want, ask.give_back);
-        self.blocking(move |db| {
-            write(db, |tx| {
-                embedded_quota::lease(tx, &id, &windows, want, give_back)
-            })
-        })
-        .await
-    }
-
-    async fn adjust_quota(
-        &self,
-        key_id: &str,
-        windows: &QuotaWindows,
-        delta: i64,
-    ) -> Result<(), StoreError> {
-        let (id, windows) = (key_id.to_owned(), windows.clone());
-        self.blocking(move |db| write(db, |tx| embedded_quota::adjust(tx, &id, &windows, delta)))
+        let tally = embedded_quota::Tally::of(&ask);
+        self.blocking(move |db| write(db, |tx| embedded_quota::lease(tx, &id, &windows, &tally)))
             .await
     }
 

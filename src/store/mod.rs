@@ -112,14 +112,26 @@ pub struct QuotaLease {
 }
 
 /// One atomic step of one holder (an instance's entry for a key) on a key's quota counts:
-/// give back what went unused, lease up to `want`, and record whether it still holds leased
-/// requests.
+/// settle what it gave back, received and admitted on its own, lease up to `want`, and record
+/// whether it still holds leased requests.
+///
+/// The three tallies are totals over the holder's life, never deltas: the store keeps what it
+/// has applied of each and applies only the difference, so a step whose outcome the holder
+/// never learned (a timeout while the script still ran) is settled by the next one, never
+/// twice, and a grant whose reply was lost goes back.
 #[derive(Clone, Copy, Debug)]
 pub struct QuotaAsk<'a> {
-    /// Requests wanted (0: only give back and update the record).
+    /// Requests wanted (0: only settle and update the record).
     pub want: u64,
-    /// Leased requests that went unused, subtracted from both counts first.
-    pub give_back: u64,
+    /// Leased requests that went unused, in all: what the store has not applied yet is
+    /// subtracted from both counts first.
+    pub returned: u64,
+    /// Requests granted to the holder that it learned of, in all: the store's grants beyond it
+    /// were lost with their replies and are subtracted too.
+    pub received: u64,
+    /// Requests the holder admitted while the store was unreachable, in all: what the store has
+    /// not added yet is added.
+    pub owed: u64,
     /// Who asks: unique per instance and entry.
     pub holder: &'a str,
     /// Whether the holder still holds leased requests besides what this step grants.
@@ -270,18 +282,6 @@ pub trait KeyStore: Send + Sync + 'static {
         ask: QuotaAsk<'_>,
     ) -> Result<QuotaLease, StoreError> {
         let _ = (key_id, windows, ask);
-        Err(no_quotas())
-    }
-
-    /// Adds `delta` to both of `key_id`'s window counts (negative: unused slices given back;
-    /// positive: requests admitted while the store was unreachable). Counts never go below 0.
-    async fn adjust_quota(
-        &self,
-        key_id: &str,
-        windows: &QuotaWindows,
-        delta: i64,
-    ) -> Result<(), StoreError> {
-        let _ = (key_id, windows, delta);
         Err(no_quotas())
     }
 

@@ -831,20 +831,10 @@ impl KeyStore for RedisStore {
         self.linked().await?;
         let (day, month) = self.quota_names(key_id, windows);
         let holders = self.names().quota_holders(key_id, &windows.day);
-        let cmd = redis_limits::lease_quota_command((&day, &month, &holders), windows, ask);
+        let tallies = self.names().quota_tallies(key_id, &windows.day);
+        let names = (&*day, &*month, &*holders, &*tallies);
+        let cmd = redis_limits::lease_quota_command(names, windows, ask);
         redis_limits::quota_lease(self.query(&cmd).await?, ask.want)
-    }
-
-    async fn adjust_quota(
-        &self,
-        key_id: &str,
-        windows: &QuotaWindows,
-        delta: i64,
-    ) -> Result<(), StoreError> {
-        self.linked().await?;
-        let (day, month) = self.quota_names(key_id, windows);
-        let cmd = redis_limits::adjust_quota_command((&day, &month), windows, delta);
-        self.query::<i64>(&cmd).await.map(drop)
     }
 
     async fn quota_used(

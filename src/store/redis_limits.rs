@@ -12,6 +12,9 @@
 //! - `quota:{id}:h:{YYYY-MM-DD}`: who holds leased, not yet spent requests of the key (member:
 //!   an instance's entry; score: until when, ms on the Redis clock), so an instance told that
 //!   nothing is left knows whether some is only held elsewhere; expires with its last record.
+//! - `quota:{id}:t:{YYYY-MM-DD}`: per holder, what the store has granted it, taken back from it
+//!   and added for it (fields `{holder}:g`, `:r`, `:o`), so a repeated step applies nothing
+//!   twice (see [`QuotaAsk`]); expires with the day count.
 
 use super::{QuotaAsk, QuotaLease, RateLease, StoreError, QUOTA_SPREAD};
 use crate::model::{QuotaWindows, RateLimit, UnixSeconds};
@@ -45,16 +48,29 @@ return {n, free - n, 0, math.ceil(tat - now)}";
 /// unused, counts up to `want` requests in both windows unless that would pass a limit (near
 /// the end a share of what is left, then 1), and records or drops the holder. Records past
 /// their time are dropped first: an instance that died holding requests is not waited for.
-/// KEYS: day count, month count, holders. ARGV: day limit (-1: none), month limit (-1: none),
-/// want, spread, day expiry, month expiry (unix seconds), give back, holder, holds (1/0),
-/// hold ms. Returns {granted, day used, month used, ms until the last other record ends}.
+/// KEYS: day count, month count, holders, tallies. ARGV: day limit (-1: none), month limit
+/// (-1: none), want, spread, day expiry, month expiry (unix seconds), returned, holder, holds
+/// (1/0), hold ms, received, owed (the totals of [`QuotaAsk`]). Returns {granted, day used,
+/// month used, ms until the last other record ends}.
 const LEASE_QUOTA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-local back = tonumber(ARGV[7])
-local day = math.max(0, tonumber(redis.call('GET', KEYS[1]) or '0') - back)
-local month = math.max(0, tonumber(redis.call('GET', KEYS[2]) or '0') - back)
+local tally = redis.call('HMGET', KEYS[4], ARGV[8] .. ':g', ARGV[8] .. ':r', ARGV[8] .. ':o')
+local g = tonumber(tally[1] or '0')
+local r = tonumber(tally[2] or '0')
+local o = tonumber(tally[3] or '0')
+local received = tonumber(ARGV[11])
+local returned = tonumber(ARGV[7])
+local owed = tonumber(ARGV[12])
+local back = 0
+if g > received then back = back + g - received end
+if returned > r then back = back + returned - r end
+local add = 0
+if owed > o then add = owed - o end
+local day = math.max(0, tonumber(redis.call('GET', KEYS[1]) or '0') + add - back)
+local month = math.max(0, tonumber(redis.call('GET', KEYS[2]) or '0') + add - back)
+back = back - add
 local free = nil
 if tonumber(ARGV[1]) >= 0 then free = tonumber(ARGV[1]) - day end
 if tonumber(ARGV[2]) >= 0 then
@@ -74,7 +90,7 @@ elseif free ~= nil then
     n = math.min(want, math.max(1, math.floor(free / tonumber(ARGV[4]))))
   end
 end
-if n > 0 or back > 0 then
+if n > 0 or back ~= 0 then
   day = day + n
   month = month + n
   redis.call('SET', KEYS[1], day)
@@ -82,6 +98,9 @@ if n > 0 or back > 0 then
   redis.call('SET', KEYS[2], month)
   redis.call('EXPIREAT', KEYS[2], ARGV[6])
 end
+redis.call('HSET', KEYS[4], ARGV[8] .. ':g', received + n, ARGV[8] .. ':r', math.max(r, returned),
+  ARGV[8] .. ':o', math.max(o, owed))
+redis.call('EXPIREAT', KEYS[4], ARGV[5])
 local hold = tonumber(ARGV[10])
 if n > 0 or ARGV[9] == '1' then
   redis.call('ZADD', KEYS[3], now + hold, ARGV[8])
@@ -95,15 +114,6 @@ if n == 0 then
   if last[2] then wait = math.max(1, tonumber(last[2]) - now) end
 end
 return {n, day, month, wait}";
-
-/// KEYS: day count, month count. ARGV: delta, day expiry, month expiry. Never below 0.
-const ADJUST_QUOTA: &str = r"
-for i = 1, 2 do
-  local v = redis.call('INCRBY', KEYS[i], ARGV[1])
-  if v < 0 then redis.call('SET', KEYS[i], 0) end
-  redis.call('EXPIREAT', KEYS[i], ARGV[i + 1])
-end
-return 1";
 
 /// The script call that leases from `rate_name`.
 pub(super) fn lease_rate_command(rate_name: &str, limit: RateLimit, want: u32) -> redis::Cmd {
@@ -130,29 +140,33 @@ pub(super) fn rate_lease(reply: (i64, i64, i64, i64)) -> RateLease {
     }
 }
 
-/// The script call of one holder's step; `names` are the day and month counts and the holders.
+/// The script call of one holder's step; `names` are the day and month counts, the holders
+/// and the tallies.
 pub(super) fn lease_quota_command(
-    names: (&str, &str, &str),
+    names: (&str, &str, &str, &str),
     windows: &QuotaWindows,
     ask: QuotaAsk<'_>,
 ) -> redis::Cmd {
     let limit = |l: Option<u64>| l.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(LEASE_QUOTA)
-        .arg(3)
+        .arg(4)
         .arg(names.0)
         .arg(names.1)
         .arg(names.2)
+        .arg(names.3)
         .arg(limit(windows.per_day))
         .arg(limit(windows.per_month))
         .arg(ask.want)
         .arg(QUOTA_SPREAD)
         .arg(windows.day_ends + WINDOW_MARGIN_SECS)
         .arg(windows.month_ends + WINDOW_MARGIN_SECS)
-        .arg(ask.give_back)
+        .arg(ask.returned)
         .arg(ask.holder)
         .arg(u8::from(ask.holds))
-        .arg(ask.hold_ms.max(1));
+        .arg(ask.hold_ms.max(1))
+        .arg(ask.received)
+        .arg(ask.owed);
     cmd
 }
 
@@ -176,22 +190,6 @@ pub(super) fn quota_lease(
         )));
     }
     Ok(lease)
-}
-
-pub(super) fn adjust_quota_command(
-    names: (&str, &str),
-    windows: &QuotaWindows,
-    delta: i64,
-) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(ADJUST_QUOTA)
-        .arg(2)
-        .arg(names.0)
-        .arg(names.1)
-        .arg(delta)
-        .arg(windows.day_ends + WINDOW_MARGIN_SECS)
-        .arg(windows.month_ends + WINDOW_MARGIN_SECS);
-    cmd
 }
 
 /// One `MGET` of both counts; a multi-key read of one slot (both names share the tag).
