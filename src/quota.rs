@@ -373,7 +373,6 @@ impl Quotas {
         start: u64,
     ) -> Result<QuotaStatus, QuotaExceeded> {
         let waiting = tokio::time::Instant::now();
-        let mut emptied = 0;
         loop {
             let waited = u64::try_from(waiting.elapsed().as_millis()).unwrap_or(u64::MAX);
             let now = start.saturating_add(waited);
@@ -404,18 +403,14 @@ impl Quotas {
                 Take::Blocked(_) => return Err(entry.exceeded(now)),
                 Take::Empty => {}
             }
-            if lease.granted == 0 && lease.held_elsewhere_ms > 0 {
-                if waited >= HOLD_MS {
-                    return Err(entry.exceeded(now));
-                }
+            // Quota is left: held elsewhere (ask again shortly), or granted and spent by
+            // requests on the fast path first (ask again now). A wait is bounded like a record.
+            if waited >= HOLD_MS {
+                return Err(entry.exceeded(now));
+            }
+            if lease.granted == 0 {
                 let pause = lease.held_elsewhere_ms.clamp(1, POLL_MS);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
-                continue;
-            }
-            // Requests on the fast path spent the refill first: lease again a few times.
-            emptied += 1;
-            if emptied >= LEASE_ATTEMPTS {
-                return Err(entry.exceeded(now));
             }
         }
     }
@@ -463,9 +458,6 @@ impl Quotas {
         self.inner.store.quota_used(key_id, windows).await
     }
 }
-
-/// Leases a waiting request makes before it is refused (others may spend a slice first).
-const LEASE_ATTEMPTS: usize = 3;
 
 /// The store is unreachable: admit on this instance's own count.
 fn admit_locally(entry: &Entry, now: u64) -> Result<QuotaStatus, QuotaExceeded> {
@@ -543,9 +535,10 @@ impl Inner {
                 entry.in_doubt.store(false, Ordering::Relaxed);
                 entry.received.fetch_add(lease.granted, Ordering::Relaxed);
                 entry.record(lease);
+                let holding = lease.granted > 0 || holds;
                 entry
                     .recorded
-                    .store(lease.granted > 0 || holds, Ordering::Relaxed);
+                    .store(holding && lease.records_holders, Ordering::Relaxed);
                 if lease.granted > 0 {
                     let void = entry.slice.fill(lease.granted, now, SLICE_TTL_MS);
                     entry.returned.fetch_add(void, Ordering::Relaxed);

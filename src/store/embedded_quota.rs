@@ -104,6 +104,7 @@ pub(super) fn lease(
         day_used: day_used + granted,
         month_used: month_used + granted,
         held_elsewhere_ms: 0,
+        records_holders: false,
     })
 }
 

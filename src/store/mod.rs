@@ -109,6 +109,9 @@ pub struct QuotaLease {
     /// leased requests runs out (0: nobody else holds any). Leased and unused requests are
     /// quota left, so a caller waits for them to come back rather than refuse.
     pub held_elsewhere_ms: u64,
+    /// Whether the store records holders (a shared store); without records there is nothing
+    /// to release.
+    pub records_holders: bool,
 }
 
 /// One atomic step of one holder (an instance's entry for a key) on a key's quota counts:

@@ -182,6 +182,7 @@ pub(super) fn quota_lease(
         day_used: count(reply.1),
         month_used: count(reply.2),
         held_elsewhere_ms: count(reply.3),
+        records_holders: true,
     };
     if lease.granted > want {
         return Err(StoreError::Corrupt(format!(
