@@ -684,6 +684,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_repeated_step_applies_nothing_twice_and_a_lost_grant_goes_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (_, store) = quotas(dir.path());
+        let quota = Quota {
+            per_day: Some(1_000),
+            per_month: None,
+        };
+        let windows = QuotaWindows::at(at("2026-12-01", 100) / 1_000, quota);
+        let ask = |want, received, returned| QuotaAsk {
+            want,
+            returned,
+            received,
+            owed: 0,
+            holder: "h",
+            holds: false,
+            hold_ms: 1,
+        };
+        let step = |ask| {
+            let (store, windows) = (store.clone(), windows.clone());
+            async move {
+                let lease = store.lease_quota("k5", &windows, ask).await.expect("step");
+                (lease.granted, lease.day_used)
+            }
+        };
+        assert_eq!(step(ask(SLICE, 0, 0)).await, (SLICE, SLICE));
+        // Its answer never arrived: the next step says nothing was received, and it goes back.
+        assert_eq!(step(ask(SLICE, 0, 0)).await, (SLICE, SLICE));
+        // Ten given back, sent twice (the first answer lost): counted once.
+        for _ in 0..2 {
+            assert_eq!(step(ask(0, SLICE, 10)).await, (0, SLICE - 10));
+        }
+    }
+
+    #[tokio::test]
     async fn unused_slices_go_back_to_the_store() {
         let dir = tempfile::tempdir().expect("dir");
         let (quotas, store) = quotas(dir.path());
