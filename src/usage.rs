@@ -344,7 +344,7 @@ mod tests {
     use crate::model::{
         App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest, UsageSubject,
     };
-    use crate::store::{Invalidation, Keep, StoreError};
+    use crate::store::{Audit, Invalidation, Keep, StoreError};
     use std::sync::atomic::Ordering::SeqCst;
 
     fn use_of(key: &str, app: &str, at: UnixSeconds) -> Use {
@@ -551,7 +551,11 @@ mod tests {
         async fn touch_keys(&self, _: &[(String, UnixSeconds)]) -> Result<(), StoreError> {
             Ok(())
         }
-        async fn create_app(&self, _: &App) -> Result<(), StoreError> {
+        async fn create_app_audited(
+            &self,
+            _: &App,
+            _: Option<&Audit<App>>,
+        ) -> Result<(), StoreError> {
             unimplemented!()
         }
         async fn get_app(&self, _: &str) -> Result<Option<App>, StoreError> {
@@ -564,21 +568,42 @@ mod tests {
         ) -> Result<Page<App>, StoreError> {
             unimplemented!()
         }
-        async fn update_app(
+        async fn update_app_audited(
             &self,
             _: &str,
             _: &AppChange,
             _: Option<u64>,
+            _: Option<&Audit<(App, App)>>,
         ) -> Result<(App, App), StoreError> {
             unimplemented!()
         }
-        async fn delete_app(&self, _: &str, _: &str, _: Option<u64>) -> Result<bool, StoreError> {
+        async fn delete_app_audited(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<u64>,
+            _: Option<&Audit<App>>,
+        ) -> Result<Option<App>, StoreError> {
             unimplemented!()
         }
         async fn revoke_keys_of_deleted_apps(&self, _: UnixSeconds) -> Result<usize, StoreError> {
             unimplemented!()
         }
-        async fn update_key(&self, _: &str, _: &KeyChange) -> Result<KeyRecord, StoreError> {
+        async fn update_key_audited(
+            &self,
+            _: &str,
+            _: &KeyChange,
+            _: Option<&Audit<KeyRecord>>,
+        ) -> Result<KeyRecord, StoreError> {
+            unimplemented!()
+        }
+        async fn roll_key(
+            &self,
+            _: &str,
+            _: &KeyRecord,
+            _: &KeyChange,
+            _: Option<&Audit<KeyRecord>>,
+        ) -> Result<KeyRecord, StoreError> {
             unimplemented!()
         }
         async fn revoked_before(&self, _: UnixSeconds) -> Result<Vec<String>, StoreError> {
@@ -587,7 +612,11 @@ mod tests {
         async fn count_expiring(&self, _: UnixSeconds, _: UnixSeconds) -> Result<u64, StoreError> {
             unimplemented!()
         }
-        async fn create_key(&self, _: &KeyRecord) -> Result<(), StoreError> {
+        async fn create_key_audited(
+            &self,
+            _: &KeyRecord,
+            _: Option<&Audit<KeyRecord>>,
+        ) -> Result<(), StoreError> {
             unimplemented!()
         }
         async fn get_key(&self, _: &str) -> Result<Option<KeyRecord>, StoreError> {

@@ -1,5 +1,8 @@
-//! What each admin call does: validate, write to the store, drop stale cache entries.
+//! What each admin call does: validate, write to the store with its audit event, drop stale
+//! cache entries. Each write runs detached from the caller's connection (see
+//! [`Admin::handle`](super::Admin::handle)), so it is carried through whole or not at all.
 
+use super::audit::{audit_of, log_write};
 use super::views::{AppView, CreateApp, ScopeView, UpdateApp, UsageView};
 use super::views::{QuotaView, QuotaWindowView};
 use super::Admin;
@@ -120,15 +123,17 @@ impl Admin {
             created_by: by.to_owned(),
             version: 0,
         };
-        self.store.create_app(&app).await?;
-        let details = json!({
-            "name": app.name,
-            "scopes": app.scopes,
-            "rate_limit": app.rate_limit,
-            "quota": app.quota,
+        let audit = audit_of(by, "app.created", |app: &App| {
+            let details = json!({
+                "name": app.name,
+                "scopes": app.scopes,
+                "rate_limit": app.rate_limit,
+                "quota": app.quota,
+            });
+            (app_target(&app.id), details)
         });
-        self.audit(by, "app.created", app_target(&app.id), details)
-            .await;
+        self.store.create_app_audited(&app, Some(&audit)).await?;
+        log_write(&audit, &app);
         Ok(app.into())
     }
 
@@ -166,19 +171,25 @@ impl Admin {
             rate_limit: req.rate_limit.map(valid_rate_limit).transpose()?,
             quota: req.quota.map(valid_quota).transpose()?,
         };
-        let (before, app) = self.store.update_app(id, &change, expected_version).await?;
-        self.cache
-            .invalidate(&Invalidation::App(app.id.clone()))
-            .await;
-        let details = json!({
-            "name": {"before": before.name, "after": app.name},
-            "scopes": {"before": before.scopes, "after": app.scopes},
-            "rate_limit": {"before": before.rate_limit, "after": app.rate_limit},
-            "quota": {"before": before.quota, "after": app.quota},
-            "version": app.version,
+        let audit = audit_of(by, "app.updated", |(before, app): &(App, App)| {
+            let details = json!({
+                "name": {"before": before.name, "after": app.name},
+                "scopes": {"before": before.scopes, "after": app.scopes},
+                "rate_limit": {"before": before.rate_limit, "after": app.rate_limit},
+                "quota": {"before": before.quota, "after": app.quota},
+                "version": app.version,
+            });
+            (app_target(&app.id), details)
         });
-        self.audit(by, "app.updated", app_target(id), details).await;
-        Ok(app)
+        let both = self
+            .store
+            .update_app_audited(id, &change, expected_version, Some(&audit))
+            .await?;
+        self.cache
+            .invalidate(&Invalidation::App(both.1.id.clone()))
+            .await;
+        log_write(&audit, &both);
+        Ok(both.1)
     }
 
     /// Deletes the app at once (its keys stop working everywhere), then marks its keys
@@ -189,14 +200,21 @@ impl Admin {
         by: &str,
         expected_version: Option<u64>,
     ) -> Result<(), AdminError> {
-        if !self.store.delete_app(id, by, expected_version).await? {
-            return Err(AdminError::NotFound);
-        }
+        let audit = audit_of(by, "app.deleted", |app: &App| {
+            let details = json!({"name": app.name, "keys": "revoked with the app"});
+            (app_target(&app.id), details)
+        });
+        let deleted = self
+            .store
+            .delete_app_audited(id, by, expected_version, Some(&audit))
+            .await;
+        // Dropped whatever the answer: a write the store applied after all must not stay
+        // cached here (the store's feed drops it too, once it commits).
         self.cache
             .invalidate(&Invalidation::App(id.to_owned()))
             .await;
-        let details = json!({"keys": "revoked with the app"});
-        self.audit(by, "app.deleted", app_target(id), details).await;
+        let old = deleted?.ok_or(AdminError::NotFound)?;
+        log_write(&audit, &old);
         tokio::spawn(crate::lifecycle::revoke_keys_of_deleted_apps(
             self.store.clone(),
         ));

@@ -121,18 +121,35 @@ fn parse_path(path: &str) -> Option<Call<'_>> {
 
 impl Admin {
     /// Serves one admin request; errors become their JSON answer.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<AdminBody> {
+    ///
+    /// A call that may write runs in a task of its own: hyper drops this future when the
+    /// caller hangs up, and a write the store applied must still be carried through whole (its
+    /// cache invalidation, its log line). The store keeps each write with its audit event.
+    pub async fn handle(self: &Arc<Self>, request: Request<Incoming>) -> Response<AdminBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         // The console's static files hold no data: served before (and without) the token check.
         if console::is_console(&method, &path) {
             return console::serve(&method, &path);
         }
-        match self.run(request).await {
+        let outcome = if method == Method::GET || method == Method::HEAD {
+            self.run(request).await
+        } else {
+            let admin = Arc::clone(self);
+            tokio::spawn(async move { admin.run(request).await })
+                .await
+                .unwrap_or_else(|e| Err(AdminError::Failed(e.to_string())))
+        };
+        match outcome {
             Ok(response) => response,
             Err(e) => {
                 if let AdminError::Store(_) = e {
                     self.metrics.store_error(StoreOp::Admin);
+                    if method != Method::GET {
+                        // Applied whole (audit event included) or not at all: the audit log
+                        // says which.
+                        tracing::warn!(%method, %path, error = %e, "admin write not confirmed by the store");
+                    }
                 }
                 tracing::debug!(%method, %path, error = %e, "admin call refused");
                 e.into_response::<Full<Bytes>>().map(Either::Left)

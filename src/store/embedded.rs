@@ -10,7 +10,7 @@ mod order;
 
 use super::embedded_quota;
 use super::embedded_usage::{self, remove_usage};
-use super::{Invalidation, Keep, KeyStore, QuotaLease, StoreError, PURGE_CHUNK};
+use super::{Audit, Invalidation, Keep, KeyStore, QuotaLease, StoreError, PURGE_CHUNK};
 use crate::model::{
     now_unix, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest, QuotaWindows,
     UnixSeconds, UsageBatch, UsageSubject,
@@ -41,6 +41,37 @@ const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
 pub struct EmbeddedStore {
     db: Arc<Database>,
     op_timeout: std::time::Duration,
+    feed: Arc<Feed>,
+}
+
+/// Announces each committed change to this process's cache, from the thread that committed it.
+/// A write that outlives its caller (a hang-up, or `store.timeout`) still commits on the
+/// blocking pool; its announcement goes with the commit, not with the caller, so a revoked key
+/// never stays cached for the cache's ttl.
+#[derive(Default)]
+struct Feed {
+    sender: std::sync::Mutex<Option<mpsc::Sender<Invalidation>>>,
+}
+
+/// Announcements queued for the cache at most; a commit waits for room past it (the listener
+/// only drops cache entries, so it never falls far behind).
+const FEED_CAPACITY: usize = 1024;
+
+impl Feed {
+    /// Sends `changes` to the cache's listener, if one subscribed. Runs on the blocking pool.
+    fn announce(&self, changes: impl IntoIterator<Item = Invalidation>) {
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(sender) = sender else { return };
+        for change in changes {
+            if sender.blocking_send(change).is_err() {
+                return; // the listener is gone (shutdown)
+            }
+        }
+    }
 }
 
 /// Deadline of one operation unless [`EmbeddedStore::with_timeout`] says otherwise (the
@@ -74,6 +105,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             db: Arc::new(db),
             op_timeout: DEFAULT_TIMEOUT,
+            feed: Arc::default(),
         })
     }
 
@@ -91,8 +123,17 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        let task = tokio::task::spawn_blocking(move || op(&db));
+        self.blocking_with_feed(move |db, _| op(db)).await
+    }
+
+    /// Runs `op` on the blocking pool with the feed, to announce what it committed.
+    async fn blocking_with_feed<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database, &Feed) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (db, feed) = (Arc::clone(&self.db), Arc::clone(&self.feed));
+        let task = tokio::task::spawn_blocking(move || op(&db, &feed));
         match tokio::time::timeout(self.op_timeout, task).await {
             Ok(done) => {
                 done.map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
@@ -107,10 +148,19 @@ impl EmbeddedStore {
 
 #[async_trait]
 impl KeyStore for EmbeddedStore {
-    async fn create_app(&self, app: &App) -> Result<(), StoreError> {
-        let app = app.clone();
-        self.blocking(move |db| write(db, |tx| insert_app(tx, &app)))
-            .await
+    async fn create_app_audited(
+        &self,
+        app: &App,
+        audit: Option<&Audit<App>>,
+    ) -> Result<(), StoreError> {
+        let (app, audit) = (app.clone(), audit.cloned());
+        self.blocking(move |db| {
+            write(db, |tx| {
+                insert_app(tx, &app)?;
+                audited(tx, audit.as_ref(), &app)
+            })
+        })
+        .await
     }
 
     async fn get_app(&self, id: &str) -> Result<Option<App>, StoreError> {
@@ -130,26 +180,48 @@ impl KeyStore for EmbeddedStore {
         .await
     }
 
-    async fn update_app(
+    async fn update_app_audited(
         &self,
         id: &str,
         change: &AppChange,
         expected_version: Option<u64>,
+        audit: Option<&Audit<(App, App)>>,
     ) -> Result<(App, App), StoreError> {
-        let (id, change) = (id.to_owned(), change.clone());
-        self.blocking(move |db| write(db, |tx| change_app(tx, &id, &change, expected_version)))
-            .await
+        let (id, change, audit) = (id.to_owned(), change.clone(), audit.cloned());
+        self.blocking_with_feed(move |db, feed| {
+            let both = write(db, |tx| {
+                let both = change_app(tx, &id, &change, expected_version)?;
+                audited(tx, audit.as_ref(), &both)?;
+                Ok(both)
+            })?;
+            feed.announce([Invalidation::App(id)]);
+            Ok(both)
+        })
+        .await
     }
 
-    async fn delete_app(
+    async fn delete_app_audited(
         &self,
         id: &str,
         by: &str,
         expected_version: Option<u64>,
-    ) -> Result<bool, StoreError> {
-        let (id, by) = (id.to_owned(), by.to_owned());
-        self.blocking(move |db| write(db, |tx| remove_app(tx, &id, &by, expected_version)))
-            .await
+        audit: Option<&Audit<App>>,
+    ) -> Result<Option<App>, StoreError> {
+        let (id, by, audit) = (id.to_owned(), by.to_owned(), audit.cloned());
+        self.blocking_with_feed(move |db, feed| {
+            let deleted = write(db, |tx| {
+                let old = remove_app(tx, &id, &by, expected_version)?;
+                if let Some(old) = &old {
+                    audited(tx, audit.as_ref(), old)?;
+                }
+                Ok(old)
+            })?;
+            if deleted.is_some() {
+                feed.announce([Invalidation::App(id)]);
+            }
+            Ok(deleted)
+        })
+        .await
     }
 
     async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError> {
@@ -157,10 +229,45 @@ impl KeyStore for EmbeddedStore {
             .await
     }
 
-    async fn update_key(&self, id: &str, change: &KeyChange) -> Result<KeyRecord, StoreError> {
-        let (id, change) = (id.to_owned(), change.clone());
-        self.blocking(move |db| write(db, |tx| change_key(tx, &id, &change)))
-            .await
+    async fn update_key_audited(
+        &self,
+        id: &str,
+        change: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<KeyRecord, StoreError> {
+        let (id, change, audit) = (id.to_owned(), change.clone(), audit.cloned());
+        self.blocking_with_feed(move |db, feed| {
+            let key = write(db, |tx| {
+                let key = change_key(tx, &id, &change)?;
+                audited(tx, audit.as_ref(), &key)?;
+                Ok(key)
+            })?;
+            feed.announce([Invalidation::Key(id)]);
+            Ok(key)
+        })
+        .await
+    }
+
+    async fn roll_key(
+        &self,
+        old_id: &str,
+        new: &KeyRecord,
+        end: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<KeyRecord, StoreError> {
+        let (old_id, new, end) = (old_id.to_owned(), new.clone(), end.clone());
+        let audit = audit.cloned();
+        self.blocking_with_feed(move |db, feed| {
+            let old = write(db, |tx| {
+                let old = change_key(tx, &old_id, &end)?;
+                insert_key(tx, &new)?;
+                audited(tx, audit.as_ref(), &old)?;
+                Ok(old)
+            })?;
+            feed.announce([Invalidation::Key(new.id), Invalidation::Key(old_id)]);
+            Ok(old)
+        })
+        .await
     }
 
     async fn revoked_before(&self, before: UnixSeconds) -> Result<Vec<String>, StoreError> {
@@ -173,10 +280,22 @@ impl KeyStore for EmbeddedStore {
             .await
     }
 
-    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        let key = key.clone();
-        self.blocking(move |db| write(db, |tx| insert_key(tx, &key)))
-            .await
+    async fn create_key_audited(
+        &self,
+        key: &KeyRecord,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<(), StoreError> {
+        let (key, audit) = (key.clone(), audit.cloned());
+        self.blocking_with_feed(move |db, feed| {
+            write(db, |tx| {
+                insert_key(tx, &key)?;
+                audited(tx, audit.as_ref(), &key)
+            })?;
+            // A miss cached before the key existed must not hide it.
+            feed.announce([Invalidation::Key(key.id)]);
+            Ok(())
+        })
+        .await
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -205,8 +324,12 @@ impl KeyStore for EmbeddedStore {
 
     async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.blocking(move |db| write(db, |tx| remove_key(tx, &id)))
-            .await
+        self.blocking_with_feed(move |db, feed| {
+            let removed = write(db, |tx| remove_key(tx, &id))?;
+            feed.announce([Invalidation::Key(id)]);
+            Ok(removed)
+        })
+        .await
     }
 
     async fn touch_keys(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError> {
@@ -297,9 +420,21 @@ impl KeyStore for EmbeddedStore {
         self.blocking(|db| read(db, |_| Ok(()))).await
     }
 
-    /// One process owns the file, so nobody else can change it behind our back.
+    /// One process owns the file, so the feed carries only this process's own writes: each
+    /// announced as it commits, also when its caller is gone (see [`Feed`]). A second call
+    /// replaces the first subscriber.
     fn invalidations(&self) -> Option<mpsc::Receiver<Invalidation>> {
-        None
+        let (sender, receiver) = mpsc::channel(FEED_CAPACITY);
+        *self.feed.sender.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+        Some(receiver)
+    }
+}
+
+/// Adds the event `audit` makes of `done` to the audit log, in the write's own transaction.
+fn audited<T>(tx: &WriteTransaction, audit: Option<&Audit<T>>, done: &T) -> Result<(), StoreError> {
+    match audit {
+        Some(event_of) => audit::append(tx, &event_of(done)),
+        None => Ok(()),
     }
 }
 
@@ -411,11 +546,11 @@ fn remove_app(
     id: &str,
     by: &str,
     expected_version: Option<u64>,
-) -> Result<bool, StoreError> {
+) -> Result<Option<App>, StoreError> {
     let mut apps = tx.open_table(APPS).map_err(db_error)?;
     let old: App = match apps.get(id).map_err(db_error)? {
         Some(json) => decode(json.value())?,
-        None => return Ok(false),
+        None => return Ok(None),
     };
     if expected_version.is_some_and(|v| v != old.version) {
         return Err(StoreError::VersionMismatch);
@@ -426,7 +561,7 @@ fn remove_app(
     order::unindex_app(tx, &old)?;
     order::queue_deleted_app(tx, id, by)?;
     remove_usage(tx, UsageSubject::App(id))?;
-    Ok(true)
+    Ok(Some(old))
 }
 
 /// Marks up to [`PURGE_CHUNK`] keys of one deleted app revoked, and takes them off its index.

@@ -75,6 +75,12 @@ pub const AUDIT_RETENTION: std::time::Duration = std::time::Duration::from_secs(
 /// Keys of deleted apps removed per store command.
 pub const PURGE_CHUNK: usize = 500;
 
+/// Makes the audit event of an admin write from what the write did (the app before and after,
+/// the key as changed). The store keeps the event in the same step as the write, so a write is
+/// never kept without its event, nor an event without its write, whatever happens to the
+/// caller.
+pub type Audit<T> = std::sync::Arc<dyn Fn(&T) -> AuditEvent + Send + Sync>;
+
 /// A change made through some gateway instance that cached copies must drop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Invalidation {
@@ -141,8 +147,17 @@ pub const QUOTA_SPREAD: u64 = 8;
 /// [`Invalidation`] to other instances sharing the store.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
-    /// Stores a new app. `Conflict` when another app has the same name (case-insensitive).
-    async fn create_app(&self, app: &App) -> Result<(), StoreError>;
+    /// Stores a new app, and `audit`'s event in the same step. `Conflict` when another app has
+    /// the same name (case-insensitive).
+    async fn create_app_audited(
+        &self,
+        app: &App,
+        audit: Option<&Audit<App>>,
+    ) -> Result<(), StoreError>;
+    /// [`create_app_audited`](Self::create_app_audited) with no audit event (seeding, tests).
+    async fn create_app(&self, app: &App) -> Result<(), StoreError> {
+        self.create_app_audited(app, None).await
+    }
     async fn get_app(&self, id: &str) -> Result<Option<App>, StoreError>;
     /// A page of apps, oldest first (ties by id), that `keep` accepts.
     async fn list_apps(
@@ -150,31 +165,64 @@ pub trait KeyStore: Send + Sync + 'static {
         page: PageRequest<'_>,
         keep: Keep<'_, App>,
     ) -> Result<Page<App>, StoreError>;
-    /// Applies `change` to the app as stored now, atomically; returns it before and after.
-    /// `NotFound` if it does not exist, `Conflict` on a taken name, `VersionMismatch` if
-    /// `expected_version` is given and the app is at another.
+    /// Applies `change` to the app as stored now, atomically, with `audit`'s event (made from
+    /// the app before and after); returns it before and after. `NotFound` if it does not exist,
+    /// `Conflict` on a taken name, `VersionMismatch` if `expected_version` is given and the app
+    /// is at another.
+    async fn update_app_audited(
+        &self,
+        id: &str,
+        change: &AppChange,
+        expected_version: Option<u64>,
+        audit: Option<&Audit<(App, App)>>,
+    ) -> Result<(App, App), StoreError>;
+    /// [`update_app_audited`](Self::update_app_audited) with no audit event.
     async fn update_app(
         &self,
         id: &str,
         change: &AppChange,
         expected_version: Option<u64>,
-    ) -> Result<(App, App), StoreError>;
-    /// Deletes an app (`by` names who): from this moment none of its keys works on any
-    /// instance. The keys are marked revoked afterwards, in chunks, by
+    ) -> Result<(App, App), StoreError> {
+        self.update_app_audited(id, change, expected_version, None)
+            .await
+    }
+    /// Deletes an app (`by` names who), with `audit`'s event: from this moment none of its
+    /// keys works on any instance. The keys are marked revoked afterwards, in chunks, by
     /// [`revoke_keys_of_deleted_apps`](Self::revoke_keys_of_deleted_apps).
-    /// `Ok(false)` if it did not exist; `VersionMismatch` as for `update_app`.
+    /// Answers the app as it was; `Ok(None)` if it did not exist (no event then);
+    /// `VersionMismatch` as for `update_app`.
+    async fn delete_app_audited(
+        &self,
+        id: &str,
+        by: &str,
+        expected_version: Option<u64>,
+        audit: Option<&Audit<App>>,
+    ) -> Result<Option<App>, StoreError>;
+    /// [`delete_app_audited`](Self::delete_app_audited) with no audit event.
     async fn delete_app(
         &self,
         id: &str,
         by: &str,
         expected_version: Option<u64>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        self.delete_app_audited(id, by, expected_version, None)
+            .await
+            .map(|old| old.is_some())
+    }
     /// Marks up to `PURGE_CHUNK` keys of deleted apps revoked (at `at`, by whoever deleted the
     /// app). Returns how many it handled: 0 once nothing is left.
     async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError>;
 
-    /// Stores a new key. `NotFound` if its app does not exist.
-    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Stores a new key, with `audit`'s event. `NotFound` if its app does not exist.
+    async fn create_key_audited(
+        &self,
+        key: &KeyRecord,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<(), StoreError>;
+    /// [`create_key_audited`](Self::create_key_audited) with no audit event.
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.create_key_audited(key, None).await
+    }
     /// One key, with `last_used_at` filled in.
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// A page of the keys of one app, or of all keys, that `keep` accepts; oldest first (ties
@@ -185,9 +233,30 @@ pub trait KeyStore: Send + Sync + 'static {
         page: PageRequest<'_>,
         keep: Keep<'_, KeyRecord>,
     ) -> Result<Page<KeyRecord>, StoreError>;
-    /// Applies `change` to the key as stored now, atomically, and announces it to the other
-    /// instances. `NotFound`, or `Revoked` if the key is revoked.
-    async fn update_key(&self, id: &str, change: &KeyChange) -> Result<KeyRecord, StoreError>;
+    /// Applies `change` to the key as stored now, atomically, with `audit`'s event (made from
+    /// the key as changed), and announces it to the other instances. `NotFound`, or `Revoked`
+    /// if the key is revoked.
+    async fn update_key_audited(
+        &self,
+        id: &str,
+        change: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<KeyRecord, StoreError>;
+    /// [`update_key_audited`](Self::update_key_audited) with no audit event.
+    async fn update_key(&self, id: &str, change: &KeyChange) -> Result<KeyRecord, StoreError> {
+        self.update_key_audited(id, change, None).await
+    }
+    /// A roll in one step: stores `new` and applies `end` to the key `old_id`, with `audit`'s
+    /// event (made from the old key as changed), and announces both. Nothing is written if the
+    /// old key is missing (`NotFound`, also when its app is gone) or revoked (`Revoked`), so a
+    /// roll racing a revoke never leaves a new key behind that nobody was shown.
+    async fn roll_key(
+        &self,
+        old_id: &str,
+        new: &KeyRecord,
+        end: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<KeyRecord, StoreError>;
     /// Removes a key for good, with its usage counts (a revoked key past its retention).
     /// `Ok(false)` if it did not exist.
     async fn delete_key(&self, id: &str) -> Result<bool, StoreError>;

@@ -22,7 +22,8 @@
 use super::redis_limits;
 use super::redis_usage;
 use super::{
-    Indexed, Invalidation, Keep, KeyStore, QuotaLease, RateLease, StoreError, PURGE_CHUNK,
+    Audit, Indexed, Invalidation, Keep, KeyStore, QuotaLease, RateLease, StoreError,
+    AUDIT_MAX_EVENTS, PURGE_CHUNK,
 };
 mod audit;
 mod feed;
@@ -64,16 +65,21 @@ const MISSING: i64 = 0;
 const TAKEN: i64 = -1;
 const STALE: i64 = -2;
 
-/// KEYS: app, name claim, app index. ARGV: id, json, listing position.
+/// Every write the admin API makes adds its audit event (the last two ARGV: the stream's cap
+/// and the event, or empty for none) to the audit stream in the same script: a write is never
+/// kept without its event, whatever happens to the caller.
+///
+/// KEYS: app, name claim, app index, audit stream. ARGV: id, json, listing position, audit.
 const CREATE_APP: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX') then return -1 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], 0, ARGV[3])
+if ARGV[5] ~= '' then redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[5]) end
 return 1";
 
-/// KEYS: app, old name claim, new name claim.
-/// ARGV: id, json read by the caller, new json, channel, message.
+/// KEYS: app, old name claim, new name claim, audit stream.
+/// ARGV: id, json read by the caller, new json, channel, message, audit.
 const UPDATE_APP: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
@@ -85,22 +91,24 @@ if KEYS[2] ~= KEYS[3] then
   if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 end
 redis.call('SET', KEYS[1], ARGV[3])
+if ARGV[7] ~= '' then redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'e', ARGV[7]) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1";
 
 /// The app goes at once (its keys then resolve to no app on every instance); its keys are
 /// queued for purging in chunks, so this script is small whatever their number.
-/// KEYS: app, name claim, app index, deleted apps set, then the app's usage hashes.
-/// ARGV: id, json read by the caller, channel, listing position, who deletes it.
+/// KEYS: app, name claim, app index, deleted apps set, audit stream, then the app's usage
+/// hashes. ARGV: id, json read by the caller, channel, listing position, who deletes it, audit.
 const DELETE_APP: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 if cur ~= ARGV[2] then return -2 end
 redis.call('DEL', KEYS[1])
-for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('ZREM', KEYS[3], ARGV[4])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
+if ARGV[7] ~= '' then redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'e', ARGV[7]) end
 redis.call('PUBLISH', ARGV[3], 'app:' .. ARGV[1])
 return 1";
 
@@ -130,8 +138,8 @@ end
 return #ARGV - 2";
 
 /// A compare-and-set of one key record, keeping the revoked and expiry indexes in step.
-/// KEYS: key, revoked index, expiry index. ARGV: json read by the caller, new json, channel,
-/// key id, revoked at (or empty), expires at (or empty).
+/// KEYS: key, revoked index, expiry index, audit stream. ARGV: json read by the caller, new
+/// json, channel, key id, revoked at (or empty), expires at (or empty), audit.
 const UPDATE_KEY: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
@@ -143,11 +151,13 @@ if ARGV[5] ~= '' then
 elseif ARGV[6] ~= '' then
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[4])
 end
+if ARGV[8] ~= '' then redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[8]) end
 redis.call('PUBLISH', ARGV[3], 'key:' .. ARGV[4])
 return 1";
 
-/// KEYS: app, key, key index, app's key index, last_used hash, expiry index.
-/// ARGV: key id, json, last used time or empty, listing position, expires at or empty.
+/// KEYS: app, key, key index, app's key index, last_used hash, expiry index, audit stream.
+/// ARGV: key id, json, last used time or empty, listing position, expires at or empty,
+/// channel, audit. Announced too: an instance that cached the id as unknown learns of it.
 const CREATE_KEY: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
@@ -156,6 +166,36 @@ redis.call('ZADD', KEYS[3], 0, ARGV[4])
 redis.call('ZADD', KEYS[4], 0, ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[3]) end
 if ARGV[5] ~= '' then redis.call('ZADD', KEYS[6], ARGV[5], ARGV[1]) end
+if ARGV[8] ~= '' then redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[8]) end
+redis.call('PUBLISH', ARGV[6], 'key:' .. ARGV[1])
+return 1";
+
+/// A roll in one script: the new key is stored and the old one ended together, or neither
+/// (the old key changed since read: -2; it or its app is gone: 0; the new id is taken: -1).
+/// KEYS: old key, revoked index, expiry index, audit stream, app, new key, key index, app's
+/// key index, last_used hash. ARGV: 1-8 as for UPDATE_KEY (of the old key), then the new key's
+/// id, json, last used time or empty, listing position, expires at or empty.
+const ROLL_KEY: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+if cur ~= ARGV[1] then return -2 end
+if redis.call('EXISTS', KEYS[5]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[6]) == 1 then return -1 end
+redis.call('SET', KEYS[6], ARGV[10])
+redis.call('ZADD', KEYS[7], 0, ARGV[12])
+redis.call('ZADD', KEYS[8], 0, ARGV[12])
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[9], ARGV[9], ARGV[11]) end
+if ARGV[13] ~= '' then redis.call('ZADD', KEYS[3], ARGV[13], ARGV[9]) end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+  redis.call('ZREM', KEYS[3], ARGV[4])
+elseif ARGV[6] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[4])
+end
+if ARGV[8] ~= '' then redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[8]) end
+redis.call('PUBLISH', ARGV[3], 'key:' .. ARGV[4])
+redis.call('PUBLISH', ARGV[3], 'key:' .. ARGV[9])
 return 1";
 
 /// KEYS: key, key index, app's key index, last_used hash, revoked index, expiry index, then
@@ -373,6 +413,7 @@ impl RedisStore {
         id: &str,
         change: &AppChange,
         expected_version: Option<u64>,
+        audit: Option<&Audit<(App, App)>>,
     ) -> Result<(i64, Option<(App, App)>), StoreError> {
         let Some((old_json, old)) = self.current_app(id).await? else {
             return Ok((MISSING, None));
@@ -387,6 +428,7 @@ impl RedisStore {
                 &self.names().app(id),
                 &self.names().app_name(&old.name),
                 &self.names().app_name(&app.name),
+                &self.names().audit(),
             ],
         );
         cmd.arg(id)
@@ -394,7 +436,9 @@ impl RedisStore {
             .arg(encode(&app)?)
             .arg(self.names().channel())
             .arg(format!("app:{id}"));
-        Ok((self.query(&cmd).await?, Some((old, app))))
+        let both = (old, app);
+        audit_args(&mut cmd, audit, &both)?;
+        Ok((self.query(&cmd).await?, Some(both)))
     }
 
     /// One compare-and-set attempt of `delete_app`.
@@ -403,9 +447,10 @@ impl RedisStore {
         id: &str,
         by: &str,
         expected_version: Option<u64>,
-    ) -> Result<i64, StoreError> {
+        audit: Option<&Audit<App>>,
+    ) -> Result<(i64, Option<App>), StoreError> {
         let Some((old_json, old)) = self.current_app(id).await? else {
-            return Ok(MISSING);
+            return Ok((MISSING, None));
         };
         if expected_version.is_some_and(|v| v != old.version) {
             return Err(StoreError::VersionMismatch);
@@ -415,6 +460,7 @@ impl RedisStore {
             self.names().app_name(&old.name),
             self.names().app_index(),
             self.names().deleted_apps(),
+            self.names().audit(),
         ];
         let now = now_unix();
         let usage = redis_usage::usage_hashes(self.names().base(), UsageSubject::App(id), now);
@@ -424,7 +470,8 @@ impl RedisStore {
             .arg(self.names().channel())
             .arg(listing_position(old.created_at, id))
             .arg(by);
-        self.query(&cmd).await
+        audit_args(&mut cmd, audit, &old)?;
+        Ok((self.query(&cmd).await?, Some(old)))
     }
 
     /// One compare-and-set attempt of `update_key`.
@@ -432,28 +479,71 @@ impl RedisStore {
         &self,
         id: &str,
         change: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
     ) -> Result<(i64, Option<KeyRecord>), StoreError> {
-        let Some(old_json) = self.get_json(&self.names().key(id)).await? else {
+        let Some((cmd, key)) = self.key_change(UPDATE_KEY, &[], id, change, audit).await? else {
             return Ok((MISSING, None));
+        };
+        Ok((self.query(&cmd).await?, Some(key)))
+    }
+
+    /// The script call that changes key `id` as read now (KEYS and ARGV of [`UPDATE_KEY`],
+    /// then `more_keys`), and the key as changed; `None` if the key does not exist.
+    async fn key_change(
+        &self,
+        script: &str,
+        more_keys: &[String],
+        id: &str,
+        change: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<Option<(redis::Cmd, KeyRecord)>, StoreError> {
+        let Some(old_json) = self.get_json(&self.names().key(id)).await? else {
+            return Ok(None);
         };
         let old = decode_key(&old_json, None)?;
         let key = change.applied_to(&old).ok_or(StoreError::Revoked)?;
-        let mut cmd = eval(
-            UPDATE_KEY,
-            &[
-                &self.names().key(id),
-                &self.names().revoked(),
-                &self.names().expiring(),
-            ],
-        );
-        let text = |at: Option<UnixSeconds>| at.map(|t| t.to_string()).unwrap_or_default();
+        let fixed = [
+            self.names().key(id),
+            self.names().revoked(),
+            self.names().expiring(),
+            self.names().audit(),
+        ];
+        let mut cmd = eval(script, &keys_then(&fixed, more_keys));
         cmd.arg(old_json)
             .arg(encode_key(&key)?)
             .arg(self.names().channel())
             .arg(id)
-            .arg(text(key.revoked_at))
-            .arg(text(key.expires_at));
-        Ok((self.query(&cmd).await?, Some(key)))
+            .arg(optional_time(key.revoked_at))
+            .arg(optional_time(key.expires_at));
+        audit_args(&mut cmd, audit, &key)?;
+        Ok(Some((cmd, key)))
+    }
+
+    /// One compare-and-set attempt of `roll_key`.
+    async fn try_roll_key(
+        &self,
+        old_id: &str,
+        new: &KeyRecord,
+        end: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<(i64, Option<KeyRecord>), StoreError> {
+        let more = [
+            self.names().app(&new.app_id),
+            self.names().key(&new.id),
+            self.names().key_index(),
+            self.names().app_keys(&new.app_id),
+            self.names().last_used(),
+        ];
+        let Some((mut cmd, old)) = self.key_change(ROLL_KEY, &more, old_id, end, audit).await?
+        else {
+            return Ok((MISSING, None));
+        };
+        cmd.arg(&new.id)
+            .arg(encode_key(new)?)
+            .arg(optional_time(new.last_used_at))
+            .arg(listing_position(new.created_at, &new.id))
+            .arg(optional_time(new.expires_at));
+        Ok((self.query(&cmd).await?, Some(old)))
     }
 
     /// Up to `n` members of a listing index after `after`: one bounded `ZRANGEBYLEX`.
@@ -526,7 +616,11 @@ impl RedisStore {
 
 #[async_trait]
 impl KeyStore for RedisStore {
-    async fn create_app(&self, app: &App) -> Result<(), StoreError> {
+    async fn create_app_audited(
+        &self,
+        app: &App,
+        audit: Option<&Audit<App>>,
+    ) -> Result<(), StoreError> {
         self.linked().await?;
         let json = encode(app)?;
         let mut cmd = eval(
@@ -535,11 +629,13 @@ impl KeyStore for RedisStore {
                 &self.names().app(&app.id),
                 &self.names().app_name(&app.name),
                 &self.names().app_index(),
+                &self.names().audit(),
             ],
         );
         cmd.arg(&app.id)
             .arg(json)
             .arg(listing_position(app.created_at, &app.id));
+        audit_args(&mut cmd, audit, app)?;
         match self.query::<i64>(&cmd).await? {
             DONE => Ok(()),
             TAKEN => Err(StoreError::Conflict),
@@ -566,15 +662,19 @@ impl KeyStore for RedisStore {
         .await
     }
 
-    async fn update_app(
+    async fn update_app_audited(
         &self,
         id: &str,
         change: &AppChange,
         expected_version: Option<u64>,
+        audit: Option<&Audit<(App, App)>>,
     ) -> Result<(App, App), StoreError> {
         self.linked().await?;
         for _ in 0..CAS_ATTEMPTS {
-            match self.try_update_app(id, change, expected_version).await? {
+            match self
+                .try_update_app(id, change, expected_version, audit)
+                .await?
+            {
                 (DONE, Some(both)) => return Ok(both),
                 (MISSING, _) => return Err(StoreError::NotFound),
                 (TAKEN, _) => return Err(StoreError::Conflict),
@@ -585,19 +685,20 @@ impl KeyStore for RedisStore {
         Err(contended())
     }
 
-    async fn delete_app(
+    async fn delete_app_audited(
         &self,
         id: &str,
         by: &str,
         expected_version: Option<u64>,
-    ) -> Result<bool, StoreError> {
+        audit: Option<&Audit<App>>,
+    ) -> Result<Option<App>, StoreError> {
         self.linked().await?;
         for _ in 0..CAS_ATTEMPTS {
-            match self.try_delete_app(id, by, expected_version).await? {
-                DONE => return Ok(true),
-                MISSING => return Ok(false),
-                STALE => continue,
-                other => return Err(unexpected_status(other)),
+            match self.try_delete_app(id, by, expected_version, audit).await? {
+                (DONE, old) => return Ok(old),
+                (MISSING, _) => return Ok(None),
+                (STALE, _) => continue,
+                (other, _) => return Err(unexpected_status(other)),
             }
         }
         Err(contended())
@@ -635,7 +736,11 @@ impl KeyStore for RedisStore {
         Ok(positions.len())
     }
 
-    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+    async fn create_key_audited(
+        &self,
+        key: &KeyRecord,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<(), StoreError> {
         self.linked().await?;
         let keys = [
             self.names().app(&key.app_id),
@@ -644,14 +749,16 @@ impl KeyStore for RedisStore {
             self.names().app_keys(&key.app_id),
             self.names().last_used(),
             self.names().expiring(),
+            self.names().audit(),
         ];
         let mut cmd = eval(CREATE_KEY, &keys.each_ref().map(String::as_str));
-        let last_used = key.last_used_at.map(|t| t.to_string()).unwrap_or_default();
         cmd.arg(&key.id)
             .arg(encode_key(key)?)
-            .arg(last_used)
+            .arg(optional_time(key.last_used_at))
             .arg(listing_position(key.created_at, &key.id))
-            .arg(key.expires_at.map(|t| t.to_string()).unwrap_or_default());
+            .arg(optional_time(key.expires_at))
+            .arg(self.names().channel());
+        audit_args(&mut cmd, audit, key)?;
         match self.query::<i64>(&cmd).await? {
             DONE => Ok(()),
             MISSING => Err(StoreError::NotFound),
@@ -712,12 +819,37 @@ impl KeyStore for RedisStore {
         Ok(self.query::<i64>(&cmd).await? == DONE)
     }
 
-    async fn update_key(&self, id: &str, change: &KeyChange) -> Result<KeyRecord, StoreError> {
+    async fn update_key_audited(
+        &self,
+        id: &str,
+        change: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<KeyRecord, StoreError> {
         self.linked().await?;
         for _ in 0..CAS_ATTEMPTS {
-            match self.try_update_key(id, change).await? {
+            match self.try_update_key(id, change, audit).await? {
                 (DONE, Some(key)) => return Ok(key),
                 (MISSING, _) => return Err(StoreError::NotFound),
+                (STALE, _) => continue,
+                (other, _) => return Err(unexpected_status(other)),
+            }
+        }
+        Err(contended())
+    }
+
+    async fn roll_key(
+        &self,
+        old_id: &str,
+        new: &KeyRecord,
+        end: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<KeyRecord, StoreError> {
+        self.linked().await?;
+        for _ in 0..CAS_ATTEMPTS {
+            match self.try_roll_key(old_id, new, end, audit).await? {
+                (DONE, Some(old)) => return Ok(old),
+                (MISSING, _) => return Err(StoreError::NotFound),
+                (TAKEN, _) => return Err(StoreError::Conflict),
                 (STALE, _) => continue,
                 (other, _) => return Err(unexpected_status(other)),
             }
@@ -897,6 +1029,23 @@ fn id_of(position: &str) -> &str {
 /// A script's KEYS: the fixed ones, then a variable list (usage hashes).
 fn keys_then<'a>(fixed: &'a [String], more: &'a [String]) -> Vec<&'a str> {
     fixed.iter().chain(more).map(String::as_str).collect()
+}
+
+/// Appends the last two ARGV of an audited script: the stream's cap and the event `audit`
+/// makes of `done` (empty: no event).
+fn audit_args<T>(
+    cmd: &mut redis::Cmd,
+    audit: Option<&Audit<T>>,
+    done: &T,
+) -> Result<(), StoreError> {
+    let event = audit.map(|event_of| encode(&event_of(done))).transpose()?;
+    cmd.arg(AUDIT_MAX_EVENTS).arg(event.unwrap_or_default());
+    Ok(())
+}
+
+/// A time as a script argument: empty for none.
+fn optional_time(at: Option<UnixSeconds>) -> String {
+    at.map(|t| t.to_string()).unwrap_or_default()
 }
 
 /// `EVAL script numkeys keys...`; the caller appends ARGV. The full script is sent every time
