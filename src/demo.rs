@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::model::{now_unix, App};
 use crate::routing::{RouteSpec, RouteTable, Upstream};
 use crate::server::{serve, ConnectionSettings};
+use crate::store::UnauditedWrites;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;

@@ -16,7 +16,7 @@ use crate::ratelimit::RateLimits;
 use crate::redact;
 use crate::reload::{self, FixedSettings, Reloader};
 use crate::server::{serve, serve_with_tls, ConnectionSettings};
-use crate::store::{EmbeddedStore, KeyStore, RedisStore, StoreError};
+use crate::store::{EmbeddedStore, KeyStore, Ping, RedisStore, StoreError};
 use crate::throttle::Throttle;
 use crate::tls::{TlsAcceptorSource, TlsError};
 use crate::usage;

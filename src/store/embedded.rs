@@ -10,7 +10,10 @@ mod order;
 
 use super::embedded_quota;
 use super::embedded_usage::{self, remove_usage};
-use super::{Audit, Invalidation, Keep, KeyStore, QuotaLease, StoreError, PURGE_CHUNK};
+use super::{
+    Audit, BudgetLeases, ChangeFeed, Invalidation, Keep, Ping, QuotaLease, Records, StoreError,
+    Upkeep, UsageSink, PURGE_CHUNK,
+};
 use crate::model::{
     now_unix, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest, QuotaWindows,
     UnixSeconds, UsageBatch, UsageSubject,
@@ -147,7 +150,7 @@ impl EmbeddedStore {
 }
 
 #[async_trait]
-impl KeyStore for EmbeddedStore {
+impl Records for EmbeddedStore {
     async fn create_app_audited(
         &self,
         app: &App,
@@ -224,11 +227,6 @@ impl KeyStore for EmbeddedStore {
         .await
     }
 
-    async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError> {
-        self.blocking(move |db| write(db, |tx| revoke_chunk(tx, at)))
-            .await
-    }
-
     async fn update_key_audited(
         &self,
         id: &str,
@@ -264,20 +262,10 @@ impl KeyStore for EmbeddedStore {
                 audited(tx, audit.as_ref(), &old)?;
                 Ok(old)
             })?;
-            feed.announce([Invalidation::Key(new.id), Invalidation::Key(old_id)]);
+            feed.announce([Invalidation::Key(old_id)]);
             Ok(old)
         })
         .await
-    }
-
-    async fn revoked_before(&self, before: UnixSeconds) -> Result<Vec<String>, StoreError> {
-        self.blocking(move |db| read(db, |tx| order::revoked_before(tx, before, PURGE_CHUNK)))
-            .await
-    }
-
-    async fn count_expiring(&self, from: UnixSeconds, to: UnixSeconds) -> Result<u64, StoreError> {
-        self.blocking(move |db| read(db, |tx| order::count_expiring(tx, from, to)))
-            .await
     }
 
     async fn create_key_audited(
@@ -286,14 +274,12 @@ impl KeyStore for EmbeddedStore {
         audit: Option<&Audit<KeyRecord>>,
     ) -> Result<(), StoreError> {
         let (key, audit) = (key.clone(), audit.cloned());
-        self.blocking_with_feed(move |db, feed| {
+        // Not announced: nothing can be cached about a random id before it exists.
+        self.blocking(move |db| {
             write(db, |tx| {
                 insert_key(tx, &key)?;
                 audited(tx, audit.as_ref(), &key)
-            })?;
-            // A miss cached before the key existed must not hide it.
-            feed.announce([Invalidation::Key(key.id)]);
-            Ok(())
+            })
         })
         .await
     }
@@ -322,6 +308,41 @@ impl KeyStore for EmbeddedStore {
         .await
     }
 
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let event = event.clone();
+        self.blocking(move |db| write(db, |tx| audit::append(tx, &event)))
+            .await
+    }
+
+    async fn list_audit(
+        &self,
+        page: PageRequest<'_>,
+        keep: Keep<'_, AuditEvent>,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        super::scan_index(page, keep, |before, n| {
+            self.blocking(move |db| read(db, |tx| audit::before(tx, before.as_deref(), n)))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Upkeep for EmbeddedStore {
+    async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError> {
+        self.blocking(move |db| write(db, |tx| revoke_chunk(tx, at)))
+            .await
+    }
+
+    async fn revoked_before(&self, before: UnixSeconds) -> Result<Vec<String>, StoreError> {
+        self.blocking(move |db| read(db, |tx| order::revoked_before(tx, before, PURGE_CHUNK)))
+            .await
+    }
+
+    async fn count_expiring(&self, from: UnixSeconds, to: UnixSeconds) -> Result<u64, StoreError> {
+        self.blocking(move |db| read(db, |tx| order::count_expiring(tx, from, to)))
+            .await
+    }
+
     async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.blocking_with_feed(move |db, feed| {
@@ -331,7 +352,10 @@ impl KeyStore for EmbeddedStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl UsageSink for EmbeddedStore {
     async fn touch_keys(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError> {
         if uses.is_empty() {
             return Ok(());
@@ -365,24 +389,10 @@ impl KeyStore for EmbeddedStore {
         self.blocking(move |db| read(db, |tx| embedded_usage::read_counts(tx, &rows)))
             .await
     }
+}
 
-    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        let event = event.clone();
-        self.blocking(move |db| write(db, |tx| audit::append(tx, &event)))
-            .await
-    }
-
-    async fn list_audit(
-        &self,
-        page: PageRequest<'_>,
-        keep: Keep<'_, AuditEvent>,
-    ) -> Result<Page<AuditEvent>, StoreError> {
-        super::scan_index(page, keep, |before, n| {
-            self.blocking(move |db| read(db, |tx| audit::before(tx, before.as_deref(), n)))
-        })
-        .await
-    }
-
+#[async_trait]
+impl BudgetLeases for EmbeddedStore {
     /// One write transaction per slice (not per request): the counts survive a restart.
     async fn lease_quota(
         &self,
@@ -415,11 +425,9 @@ impl KeyStore for EmbeddedStore {
         self.blocking(move |db| read(db, |tx| embedded_quota::used(tx, &id, &windows)))
             .await
     }
+}
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.blocking(|db| read(db, |_| Ok(()))).await
-    }
-
+impl ChangeFeed for EmbeddedStore {
     /// One process owns the file, so the feed carries only this process's own writes: each
     /// announced as it commits, also when its caller is gone (see [`Feed`]). A second call
     /// replaces the first subscriber.
@@ -427,6 +435,13 @@ impl KeyStore for EmbeddedStore {
         let (sender, receiver) = mpsc::channel(FEED_CAPACITY);
         *self.feed.sender.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
         Some(receiver)
+    }
+}
+
+#[async_trait]
+impl Ping for EmbeddedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|db| read(db, |_| Ok(()))).await
     }
 }
 
@@ -701,6 +716,7 @@ pub(super) fn db_error(e: impl Into<redb::Error>) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::UnauditedWrites;
     use std::time::{Duration, Instant};
 
     fn app(id: &str) -> App {

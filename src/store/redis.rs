@@ -22,8 +22,8 @@
 use super::redis_limits;
 use super::redis_usage;
 use super::{
-    Audit, Indexed, Invalidation, Keep, KeyStore, QuotaLease, RateLease, StoreError,
-    AUDIT_MAX_EVENTS, PURGE_CHUNK,
+    Audit, BudgetLeases, ChangeFeed, Indexed, Invalidation, Keep, Ping, QuotaLease, RateLease,
+    Records, StoreError, Upkeep, UsageSink, AUDIT_MAX_EVENTS, PURGE_CHUNK,
 };
 mod audit;
 mod feed;
@@ -156,8 +156,8 @@ redis.call('PUBLISH', ARGV[3], 'key:' .. ARGV[4])
 return 1";
 
 /// KEYS: app, key, key index, app's key index, last_used hash, expiry index, audit stream.
-/// ARGV: key id, json, last used time or empty, listing position, expires at or empty,
-/// channel, audit. Announced too: an instance that cached the id as unknown learns of it.
+/// ARGV: key id, json, last used time or empty, listing position, expires at or empty, audit.
+/// Not announced: nothing can be cached about a random id before it exists.
 const CREATE_KEY: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
@@ -166,8 +166,7 @@ redis.call('ZADD', KEYS[3], 0, ARGV[4])
 redis.call('ZADD', KEYS[4], 0, ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[3]) end
 if ARGV[5] ~= '' then redis.call('ZADD', KEYS[6], ARGV[5], ARGV[1]) end
-if ARGV[8] ~= '' then redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[8]) end
-redis.call('PUBLISH', ARGV[6], 'key:' .. ARGV[1])
+if ARGV[7] ~= '' then redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[6], '*', 'e', ARGV[7]) end
 return 1";
 
 /// A roll in one script: the new key is stored and the old one ended together, or neither
@@ -195,7 +194,6 @@ elseif ARGV[6] ~= '' then
 end
 if ARGV[8] ~= '' then redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[8]) end
 redis.call('PUBLISH', ARGV[3], 'key:' .. ARGV[4])
-redis.call('PUBLISH', ARGV[3], 'key:' .. ARGV[9])
 return 1";
 
 /// KEYS: key, key index, app's key index, last_used hash, revoked index, expiry index, then
@@ -615,7 +613,7 @@ impl RedisStore {
 }
 
 #[async_trait]
-impl KeyStore for RedisStore {
+impl Records for RedisStore {
     async fn create_app_audited(
         &self,
         app: &App,
@@ -704,38 +702,6 @@ impl KeyStore for RedisStore {
         Err(contended())
     }
 
-    async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError> {
-        self.linked().await?;
-        let picked: Vec<String> = self
-            .read(
-                redis::cmd("HRANDFIELD")
-                    .arg(self.names().deleted_apps())
-                    .arg(1)
-                    .arg("WITHVALUES"),
-            )
-            .await?;
-        let [app, by] = picked.as_slice() else {
-            return Ok(0);
-        };
-        let index = self.names().app_keys(app);
-        let positions = self.positions_after(&index, None, PURGE_CHUNK).await?;
-        if positions.is_empty() {
-            // No key can be added to a deleted app, so an empty index stays empty.
-            self.query::<i64>(redis::cmd("HDEL").arg(self.names().deleted_apps()).arg(app))
-                .await?;
-            return Ok(1);
-        }
-        let fixed = [index, self.names().revoked(), self.names().expiring()];
-        let records: Vec<String> = positions
-            .iter()
-            .map(|p| self.names().key(id_of(p)))
-            .collect();
-        let mut cmd = eval(REVOKE_APP_KEYS, &keys_then(&fixed, &records));
-        cmd.arg(at).arg(by).arg(&positions);
-        self.query::<i64>(&cmd).await?;
-        Ok(positions.len())
-    }
-
     async fn create_key_audited(
         &self,
         key: &KeyRecord,
@@ -756,8 +722,7 @@ impl KeyStore for RedisStore {
             .arg(encode_key(key)?)
             .arg(optional_time(key.last_used_at))
             .arg(listing_position(key.created_at, &key.id))
-            .arg(optional_time(key.expires_at))
-            .arg(self.names().channel());
+            .arg(optional_time(key.expires_at));
         audit_args(&mut cmd, audit, key)?;
         match self.query::<i64>(&cmd).await? {
             DONE => Ok(()),
@@ -792,31 +757,6 @@ impl KeyStore for RedisStore {
             self.keys_after(index, after.as_deref(), n).await
         })
         .await
-    }
-
-    async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
-        self.linked().await?;
-        // Key records never change app or creation time, so reading them first is race-free;
-        // the script's DEL decides which of two concurrent deletes wins.
-        let Some(json) = self.get_json(&self.names().key(id)).await? else {
-            return Ok(false);
-        };
-        let record: KeyRecord = decode(&json)?;
-        let keys = [
-            self.names().key(id),
-            self.names().key_index(),
-            self.names().app_keys(&record.app_id),
-            self.names().last_used(),
-            self.names().revoked(),
-            self.names().expiring(),
-        ];
-        let usage =
-            redis_usage::usage_hashes(self.names().base(), UsageSubject::Key(id), now_unix());
-        let mut cmd = eval(DELETE_KEY, &keys_then(&keys, &usage));
-        cmd.arg(id)
-            .arg(self.names().channel())
-            .arg(listing_position(record.created_at, id));
-        Ok(self.query::<i64>(&cmd).await? == DONE)
     }
 
     async fn update_key_audited(
@@ -857,6 +797,83 @@ impl KeyStore for RedisStore {
         Err(contended())
     }
 
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.linked().await?;
+        self.append_audit_event(event).await
+    }
+
+    async fn list_audit(
+        &self,
+        page: PageRequest<'_>,
+        keep: Keep<'_, AuditEvent>,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        self.linked().await?;
+        super::scan_index(page, keep, |before, n| async move {
+            self.audit_before(before.as_deref(), n).await
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Upkeep for RedisStore {
+    async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError> {
+        self.linked().await?;
+        let picked: Vec<String> = self
+            .read(
+                redis::cmd("HRANDFIELD")
+                    .arg(self.names().deleted_apps())
+                    .arg(1)
+                    .arg("WITHVALUES"),
+            )
+            .await?;
+        let [app, by] = picked.as_slice() else {
+            return Ok(0);
+        };
+        let index = self.names().app_keys(app);
+        let positions = self.positions_after(&index, None, PURGE_CHUNK).await?;
+        if positions.is_empty() {
+            // No key can be added to a deleted app, so an empty index stays empty.
+            self.query::<i64>(redis::cmd("HDEL").arg(self.names().deleted_apps()).arg(app))
+                .await?;
+            return Ok(1);
+        }
+        let fixed = [index, self.names().revoked(), self.names().expiring()];
+        let records: Vec<String> = positions
+            .iter()
+            .map(|p| self.names().key(id_of(p)))
+            .collect();
+        let mut cmd = eval(REVOKE_APP_KEYS, &keys_then(&fixed, &records));
+        cmd.arg(at).arg(by).arg(&positions);
+        self.query::<i64>(&cmd).await?;
+        Ok(positions.len())
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
+        self.linked().await?;
+        // Key records never change app or creation time, so reading them first is race-free;
+        // the script's DEL decides which of two concurrent deletes wins.
+        let Some(json) = self.get_json(&self.names().key(id)).await? else {
+            return Ok(false);
+        };
+        let record: KeyRecord = decode(&json)?;
+        let keys = [
+            self.names().key(id),
+            self.names().key_index(),
+            self.names().app_keys(&record.app_id),
+            self.names().last_used(),
+            self.names().revoked(),
+            self.names().expiring(),
+        ];
+        let usage =
+            redis_usage::usage_hashes(self.names().base(), UsageSubject::Key(id), now_unix());
+        let mut cmd = eval(DELETE_KEY, &keys_then(&keys, &usage));
+        cmd.arg(id)
+            .arg(self.names().channel())
+            .arg(listing_position(record.created_at, id));
+        Ok(self.query::<i64>(&cmd).await? == DONE)
+    }
+
     async fn revoked_before(&self, before: UnixSeconds) -> Result<Vec<String>, StoreError> {
         self.linked().await?;
         let mut cmd = redis::cmd("ZRANGEBYSCORE");
@@ -880,6 +897,14 @@ impl KeyStore for RedisStore {
         .await
     }
 
+    async fn upgrade(&self) -> Result<usize, StoreError> {
+        self.linked().await?;
+        self.upgrade_legacy_indexes().await
+    }
+}
+
+#[async_trait]
+impl UsageSink for RedisStore {
     async fn touch_keys(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError> {
         if uses.is_empty() {
             return Ok(());
@@ -917,29 +942,10 @@ impl KeyStore for RedisStore {
             None => Ok(vec![0; dates.len()]),
         }
     }
+}
 
-    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.linked().await?;
-        self.append_audit_event(event).await
-    }
-
-    async fn upgrade(&self) -> Result<usize, StoreError> {
-        self.linked().await?;
-        self.upgrade_legacy_indexes().await
-    }
-
-    async fn list_audit(
-        &self,
-        page: PageRequest<'_>,
-        keep: Keep<'_, AuditEvent>,
-    ) -> Result<Page<AuditEvent>, StoreError> {
-        self.linked().await?;
-        super::scan_index(page, keep, |before, n| async move {
-            self.audit_before(before.as_deref(), n).await
-        })
-        .await
-    }
-
+#[async_trait]
+impl BudgetLeases for RedisStore {
     /// One script call (see `redis_limits.rs`): the request path's only store round trip with
     /// `rate_limit.shared`, made once per slice, not per request.
     async fn lease_rate(
@@ -988,16 +994,9 @@ impl KeyStore for RedisStore {
         let cmd = redis_limits::quota_used_command((&day, &month));
         Ok(redis_limits::quota_used(self.read(&cmd).await?))
     }
+}
 
-    /// `EXISTS` of the app index rather than `PING`: on a Cluster a PING may reach any node,
-    /// while this asks the node serving the gateway's slot, the one every call needs.
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.linked().await?;
-        self.query::<i64>(redis::cmd("EXISTS").arg(self.names().app_index()))
-            .await
-            .map(drop)
-    }
-
+impl ChangeFeed for RedisStore {
     /// Spawns the feed task and returns at once; the task subscribes within moments (one
     /// connect + SUBSCRIBE). Events published before that first subscription are not delivered,
     /// which is harmless at start-up since nothing is cached yet.
@@ -1018,6 +1017,18 @@ impl KeyStore for RedisStore {
 
     fn feed_live(&self) -> bool {
         self.feed_live.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Ping for RedisStore {
+    /// `EXISTS` of the app index rather than `PING`: on a Cluster a PING may reach any node,
+    /// while this asks the node serving the gateway's slot, the one every call needs.
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.linked().await?;
+        self.query::<i64>(redis::cmd("EXISTS").arg(self.names().app_index()))
+            .await
+            .map(drop)
     }
 }
 
