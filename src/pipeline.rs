@@ -343,12 +343,12 @@ impl Pipeline {
     }
 
     /// The key, its allowlist (the client address is worked out only for a key that has
-    /// one), then the route's scope.
+    /// one; an unknown client is outside every allowlist), then the route's scope.
     async fn authenticate(
         &self,
         presented: Option<&str>,
         access: &Access,
-        client: impl FnOnce() -> IpAddr,
+        client: impl FnOnce() -> Option<IpAddr>,
         seen: &mut Seen,
     ) -> Result<Principal, AuthError> {
         let presented = presented.ok_or(AuthError::Missing)?;
@@ -356,7 +356,7 @@ impl Pipeline {
         seen.app = Some(principal.app.id.clone());
         seen.key = Some(principal.key.id.clone());
         if principal.key.allowed_ips.is_some() {
-            principal.check_address(client())?;
+            principal.check_address(client().ok_or(AuthError::IpNotAllowed)?)?;
         }
         principal.authorize(access)?;
         Ok(principal)
@@ -444,12 +444,14 @@ fn check_framing<B>(request: &Request<B>) -> Result<(), ProxyError> {
 }
 
 /// The client's address as `limits.trusted_proxies` see it: the peer, unless it is a trusted
-/// proxy; then the right-most `X-Forwarded-For` entry that is not itself a trusted proxy (an
-/// entry that is not an address stops the walk: what lies left of it cannot be trusted).
-fn client_address(headers: &http::HeaderMap, peer: IpAddr, limits: &Limits) -> IpAddr {
+/// proxy; then the right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+/// `None` (unknown) when the walk meets an entry that is not a plain address (`ip:port`,
+/// `[v6]`, `unknown`, garbage): the trusted proxy vouched for a client it could not name, and
+/// taking its own address instead would admit whoever it forwards to keys limited to it.
+fn client_address(headers: &http::HeaderMap, peer: IpAddr, limits: &Limits) -> Option<IpAddr> {
     let mut client = peer;
     if !is_trusted(limits, peer) {
-        return client;
+        return Some(client);
     }
     let entries = headers
         .get_all(&X_FORWARDED_FOR)
@@ -457,15 +459,13 @@ fn client_address(headers: &http::HeaderMap, peer: IpAddr, limits: &Limits) -> I
         .rev()
         .flat_map(|v| v.to_str().unwrap_or("-").rsplit(','));
     for entry in entries {
-        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
-            return client;
-        };
+        let ip = entry.trim().parse::<IpAddr>().ok()?;
         client = ip;
         if !is_trusted(limits, ip) {
-            return ip;
+            return Some(ip);
         }
     }
-    client
+    Some(client)
 }
 
 static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
@@ -488,4 +488,50 @@ fn original_host<B>(request: &Request<B>) -> Option<HeaderValue> {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn behind_proxy(xff: &[&str]) -> Option<IpAddr> {
+        let limits = Limits {
+            trusted_proxies: vec![("10.0.0.0".parse().expect("ip"), 8)],
+            ..Limits::default()
+        };
+        let mut headers = http::HeaderMap::new();
+        for value in xff {
+            headers.append(
+                &X_FORWARDED_FOR,
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        client_address(&headers, "10.0.0.1".parse().expect("ip"), &limits)
+    }
+
+    #[test]
+    fn a_trusted_proxy_names_the_client_or_leaves_it_unknown() {
+        let ip = |text: &str| text.parse::<IpAddr>().ok();
+        assert_eq!(behind_proxy(&[]), ip("10.0.0.1"));
+        assert_eq!(behind_proxy(&["203.0.113.9"]), ip("203.0.113.9"));
+        assert_eq!(behind_proxy(&[" 2001:db8::9 "]), ip("2001:db8::9"));
+        assert_eq!(
+            behind_proxy(&["1.2.3.4, 203.0.113.9, 10.0.0.7"]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(behind_proxy(&["1.2.3.4", "203.0.113.9"]), ip("203.0.113.9"));
+        // Garbage left of the client is the client's own writing and does not matter.
+        assert_eq!(behind_proxy(&["junk, 203.0.113.9"]), ip("203.0.113.9"));
+        for bad in [
+            "203.0.113.9:4711",
+            "[2001:db8::9]",
+            "unknown",
+            "",
+            "203.0.113.9, ",
+            "10.0.0.7, garbage",
+            "junk, 10.0.0.7",
+        ] {
+            assert_eq!(behind_proxy(&[bad]), None, "{bad:?}");
+        }
+    }
 }

@@ -59,6 +59,14 @@ pub(super) fn valid_name(name: &str) -> Result<String, AdminError> {
             format!("must be at most {MAX_NAME_LEN} bytes"),
         ));
     }
+    // Names reach admins' terminals (the CLI) and logs: an ESC or C1 sequence would drive the
+    // terminal (OSC 52 writes the clipboard), a newline would forge a line.
+    if name.chars().any(char::is_control) {
+        return Err(invalid(
+            "name",
+            "must not contain control characters (ESC, newline, tab, DEL, ...)",
+        ));
+    }
     Ok(name.to_owned())
 }
 
@@ -268,5 +276,34 @@ impl Admin {
                 .per_month
                 .map(|limit| QuotaWindowView::new(limit, month, windows.month_ends)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_hold_no_control_characters() {
+        for bad in [
+            "a\u{1b}]52;c;eA==\u{7}",
+            "a\u{9b}1m",
+            "a\u{7f}",
+            "a\nb",
+            "a\tb",
+            "\u{0}",
+        ] {
+            assert!(
+                matches!(
+                    valid_name(bad),
+                    Err(AdminError::Invalid { field: "name", .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            valid_name("  Ünïcødé ✓ 名前 ").ok().as_deref(),
+            Some("Ünïcødé ✓ 名前")
+        );
     }
 }
