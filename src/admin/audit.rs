@@ -3,7 +3,7 @@
 //! once the store confirms it, and `GET /v1/audit` reads the log back, newest first, filtered
 //! and paginated.
 
-use super::handlers::invalid;
+use super::validate::invalid;
 use super::views::rfc3339;
 use super::Admin;
 use crate::error::AdminError;

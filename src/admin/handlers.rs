@@ -3,6 +3,7 @@
 //! [`Admin::handle`](super::Admin::handle)), so it is carried through whole or not at all.
 
 use super::audit::{audit_of, log_write};
+use super::validate::{invalid, matches, valid_name, whole_number, DAY_SECONDS};
 use super::views::{AppView, CreateApp, ScopeView, UpdateApp, UsageView};
 use super::views::{QuotaView, QuotaWindowView};
 use super::Admin;
@@ -26,50 +27,6 @@ const DEFAULT_USAGE_DAYS: u64 = 7;
 /// A year and a day: enough for any report, bounded so one call stays cheap.
 const MAX_USAGE_DAYS: u64 = 366;
 
-/// Longest app or key name accepted.
-const MAX_NAME_LEN: usize = 200;
-pub(super) const DAY_SECONDS: u64 = 86_400;
-
-pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> AdminError {
-    AdminError::Invalid {
-        field,
-        message: message.into(),
-    }
-}
-
-/// A query parameter that must be a whole number from 1 to `max`; 422 naming `field` otherwise.
-pub(super) fn whole_number(field: &'static str, text: &str, max: u64) -> Result<u64, AdminError> {
-    match text.parse::<u64>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(invalid(
-            field,
-            format!("must be a whole number from 1 to {max}"),
-        )),
-    }
-}
-
-pub(super) fn valid_name(name: &str) -> Result<String, AdminError> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(invalid("name", "must not be empty"));
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(invalid(
-            "name",
-            format!("must be at most {MAX_NAME_LEN} bytes"),
-        ));
-    }
-    // Names reach admins' terminals (the CLI) and logs: an ESC or C1 sequence would drive the
-    // terminal (OSC 52 writes the clipboard), a newline would forge a line.
-    if name.chars().any(char::is_control) {
-        return Err(invalid(
-            "name",
-            "must not contain control characters (ESC, newline, tab, DEL, ...)",
-        ));
-    }
-    Ok(name.to_owned())
-}
-
 fn valid_rate_limit(limit: Option<RateLimit>) -> Result<Option<RateLimit>, AdminError> {
     match limit {
         Some(l) if l.per_second == 0 || l.burst == 0 => Err(invalid(
@@ -90,10 +47,6 @@ fn valid_quota(quota: Option<Quota>) -> Result<Option<Quota>, AdminError> {
         )),
         other => Ok(other),
     }
-}
-
-pub(super) fn matches(name: &str, search: Option<&str>) -> bool {
-    search.is_none_or(|s| name.to_lowercase().contains(&s.to_lowercase()))
 }
 
 impl Admin {
@@ -276,34 +229,5 @@ impl Admin {
                 .per_month
                 .map(|limit| QuotaWindowView::new(limit, month, windows.month_ends)),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_hold_no_control_characters() {
-        for bad in [
-            "a\u{1b}]52;c;eA==\u{7}",
-            "a\u{9b}1m",
-            "a\u{7f}",
-            "a\nb",
-            "a\tb",
-            "\u{0}",
-        ] {
-            assert!(
-                matches!(
-                    valid_name(bad),
-                    Err(AdminError::Invalid { field: "name", .. })
-                ),
-                "{bad:?}"
-            );
-        }
-        assert_eq!(
-            valid_name("  Ünïcødé ✓ 名前 ").ok().as_deref(),
-            Some("Ünïcødé ✓ 名前")
-        );
     }
 }

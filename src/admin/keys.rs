@@ -4,7 +4,7 @@
 //! this instance's cached copy; other instances learn of it through the store's change feed.
 
 use super::audit::{audit_of, log_write};
-use super::handlers::{invalid, matches, valid_name, whole_number, DAY_SECONDS};
+use super::validate::{invalid, matches, valid_name, whole_number, DAY_SECONDS};
 use super::views::{rfc3339, CreateKey, KeyView, RollKey};
 use super::Admin;
 use crate::auth::key;

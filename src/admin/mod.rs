@@ -12,6 +12,7 @@ mod keys;
 mod paging;
 mod role;
 pub mod routes;
+mod validate;
 pub mod views;
 
 use crate::cache::KeyCache;

@@ -7,9 +7,12 @@
 
 mod audit;
 mod order;
+mod records;
+mod usage;
+
+use self::records::*;
 
 use super::embedded_quota;
-use super::embedded_usage::{self, remove_usage};
 use super::{
     Audit, BudgetLeases, ChangeFeed, Invalidation, Keep, Ping, QuotaLease, Records, StoreError,
     Upkeep, UsageSink, PURGE_CHUNK,
@@ -19,9 +22,7 @@ use crate::model::{
     UnixSeconds, UsageBatch, UsageSubject,
 };
 use async_trait::async_trait;
-use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
@@ -38,7 +39,7 @@ const APP_NAMES: TableDefinition<&str, &str> = TableDefinition::new("app_names")
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 /// Key id -> last use, unix seconds. Apart from the record because it is written in batches.
 const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
-// Usage counts live in tables of their own, described in `embedded_usage`.
+// Usage counts live in tables of their own, described in [`usage`].
 
 /// Apps and keys in a local redb database.
 pub struct EmbeddedStore {
@@ -94,7 +95,7 @@ impl EmbeddedStore {
             tx.open_table(KEYS).map_err(db_error)?;
             tx.open_table(LAST_USED).map_err(db_error)?;
             // Added after the first release: opening an older file adds them here.
-            embedded_usage::create_tables(tx)?;
+            usage::create_tables(tx)?;
             embedded_quota::create_tables(tx)?;
             tx.open_table(order::APP_ORDER).map_err(db_error)?;
             tx.open_table(order::KEY_ORDER).map_err(db_error)?;
@@ -367,10 +368,10 @@ impl UsageSink for EmbeddedStore {
 
     async fn add_usage(&self, batches: &[UsageBatch]) -> Result<(), StoreError> {
         let now = now_unix();
-        let Some(rows) = embedded_usage::row_batches(batches, now)? else {
+        let Some(rows) = usage::row_batches(batches, now)? else {
             return Ok(());
         };
-        self.blocking(move |db| write(db, |tx| embedded_usage::add_batches(tx, &rows, now)))
+        self.blocking(move |db| write(db, |tx| usage::add_batches(tx, &rows, now)))
             .await
     }
 
@@ -384,9 +385,9 @@ impl UsageSink for EmbeddedStore {
         }
         let rows: Vec<String> = dates
             .iter()
-            .map(|date| embedded_usage::usage_row(subject, date))
+            .map(|date| usage::usage_row(subject, date))
             .collect();
-        self.blocking(move |db| read(db, |tx| embedded_usage::read_counts(tx, &rows)))
+        self.blocking(move |db| read(db, |tx| usage::read_counts(tx, &rows)))
             .await
     }
 }
@@ -470,222 +471,6 @@ fn read<T>(
 ) -> Result<T, StoreError> {
     let tx = db.begin_read().map_err(db_error)?;
     op(&tx)
-}
-
-fn insert_app(tx: &WriteTransaction, app: &App) -> Result<(), StoreError> {
-    let mut apps = tx.open_table(APPS).map_err(db_error)?;
-    let mut names = tx.open_table(APP_NAMES).map_err(db_error)?;
-    let name = app.name.to_lowercase();
-    // An existing id is a conflict too: overwriting would orphan the old name claim.
-    if apps.get(app.id.as_str()).map_err(db_error)?.is_some()
-        || names.get(name.as_str()).map_err(db_error)?.is_some()
-    {
-        return Err(StoreError::Conflict);
-    }
-    apps.insert(app.id.as_str(), encode(app)?.as_slice())
-        .map_err(db_error)?;
-    names
-        .insert(name.as_str(), app.id.as_str())
-        .map_err(db_error)?;
-    order::index_app(tx, app)
-}
-
-fn read_app(tx: &ReadTransaction, id: &str) -> Result<Option<App>, StoreError> {
-    let apps = tx.open_table(APPS).map_err(db_error)?;
-    let found = apps.get(id).map_err(db_error)?;
-    found.map(|json| decode(json.value())).transpose()
-}
-
-/// Applies `change` to the stored app in this transaction, so nothing can come between the
-/// read and the write.
-fn change_app(
-    tx: &WriteTransaction,
-    id: &str,
-    change: &AppChange,
-    expected_version: Option<u64>,
-) -> Result<(App, App), StoreError> {
-    let mut apps = tx.open_table(APPS).map_err(db_error)?;
-    let old: App = match apps.get(id).map_err(db_error)? {
-        Some(json) => decode(json.value())?,
-        None => return Err(StoreError::NotFound),
-    };
-    if expected_version.is_some_and(|v| v != old.version) {
-        return Err(StoreError::VersionMismatch);
-    }
-    let app = change.applied_to(&old);
-    let (old_name, new_name) = (old.name.to_lowercase(), app.name.to_lowercase());
-    if old_name != new_name {
-        move_name_claim(tx, &app.id, &old_name, &new_name)?;
-    }
-    apps.insert(app.id.as_str(), encode(&app)?.as_slice())
-        .map_err(db_error)?;
-    Ok((old, app))
-}
-
-/// Claims `new` for `id` and releases `old`; `Conflict` if another app holds `new`.
-fn move_name_claim(
-    tx: &WriteTransaction,
-    id: &str,
-    old: &str,
-    new: &str,
-) -> Result<(), StoreError> {
-    let mut names = tx.open_table(APP_NAMES).map_err(db_error)?;
-    let owner = names
-        .get(new)
-        .map_err(db_error)?
-        .map(|v| v.value().to_owned());
-    if owner.is_some_and(|owner| owner != id) {
-        return Err(StoreError::Conflict);
-    }
-    names.insert(new, id).map_err(db_error)?;
-    release_name(&mut names, id, old)
-}
-
-/// Removes the claim on `name` if `id` holds it.
-fn release_name(
-    names: &mut redb::Table<&str, &str>,
-    id: &str,
-    name: &str,
-) -> Result<(), StoreError> {
-    let held = names.get(name).map_err(db_error)?.map(|v| v.value() == id);
-    if held == Some(true) {
-        names.remove(name).map_err(db_error)?;
-    }
-    Ok(())
-}
-
-/// Removes the app record (its keys stop working: they resolve to no app) and queues its keys
-/// for [`revoke_chunk`], so one call stays small whatever the number of keys.
-fn remove_app(
-    tx: &WriteTransaction,
-    id: &str,
-    by: &str,
-    expected_version: Option<u64>,
-) -> Result<Option<App>, StoreError> {
-    let mut apps = tx.open_table(APPS).map_err(db_error)?;
-    let old: App = match apps.get(id).map_err(db_error)? {
-        Some(json) => decode(json.value())?,
-        None => return Ok(None),
-    };
-    if expected_version.is_some_and(|v| v != old.version) {
-        return Err(StoreError::VersionMismatch);
-    }
-    apps.remove(id).map_err(db_error)?;
-    let mut names = tx.open_table(APP_NAMES).map_err(db_error)?;
-    release_name(&mut names, id, &old.name.to_lowercase())?;
-    order::unindex_app(tx, &old)?;
-    order::queue_deleted_app(tx, id, by)?;
-    remove_usage(tx, UsageSubject::App(id))?;
-    Ok(Some(old))
-}
-
-/// Marks up to [`PURGE_CHUNK`] keys of one deleted app revoked, and takes them off its index.
-fn revoke_chunk(tx: &WriteTransaction, at: UnixSeconds) -> Result<usize, StoreError> {
-    let Some((by, ids)) = order::deleted_app_keys(tx, PURGE_CHUNK)? else {
-        return Ok(0);
-    };
-    let revoke = KeyChange::Revoke { at, by };
-    for id in &ids {
-        let key = match change_key(tx, id, &revoke) {
-            Ok(key) => key,
-            Err(StoreError::Revoked) => match read_key_for_write(tx, id)? {
-                Some(key) => key,
-                None => continue,
-            },
-            Err(StoreError::NotFound) => continue,
-            Err(e) => return Err(e),
-        };
-        order::unindex_from_app(tx, &key)?;
-    }
-    // A finished app counts as progress too, so callers go on to the next one.
-    Ok(ids.len().max(1))
-}
-
-fn read_key_for_write(tx: &WriteTransaction, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-    let keys = tx.open_table(KEYS).map_err(db_error)?;
-    let found = keys.get(id).map_err(db_error)?;
-    found.map(|json| decode(json.value())).transpose()
-}
-
-/// Applies `change` to the stored key in this transaction.
-fn change_key(
-    tx: &WriteTransaction,
-    id: &str,
-    change: &KeyChange,
-) -> Result<KeyRecord, StoreError> {
-    let old = read_key_for_write(tx, id)?.ok_or(StoreError::NotFound)?;
-    let key = change.applied_to(&old).ok_or(StoreError::Revoked)?;
-    let mut keys = tx.open_table(KEYS).map_err(db_error)?;
-    keys.insert(id, encode_key(&key)?.as_slice())
-        .map_err(db_error)?;
-    drop(keys);
-    order::track_state(tx, Some(&old), Some(&key))?;
-    Ok(key)
-}
-
-fn insert_key(tx: &WriteTransaction, key: &KeyRecord) -> Result<(), StoreError> {
-    let apps = tx.open_table(APPS).map_err(db_error)?;
-    if apps.get(key.app_id.as_str()).map_err(db_error)?.is_none() {
-        return Err(StoreError::NotFound);
-    }
-    let mut keys = tx.open_table(KEYS).map_err(db_error)?;
-    if keys.get(key.id.as_str()).map_err(db_error)?.is_some() {
-        return Err(StoreError::Conflict);
-    }
-    keys.insert(key.id.as_str(), encode_key(key)?.as_slice())
-        .map_err(db_error)?;
-    order::index_key(tx, key)?;
-    order::track_state(tx, None, Some(key))?;
-    if let Some(at) = key.last_used_at {
-        let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
-        last_used.insert(key.id.as_str(), at).map_err(db_error)?;
-    }
-    Ok(())
-}
-
-fn read_key(tx: &ReadTransaction, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-    let keys = tx.open_table(KEYS).map_err(db_error)?;
-    let last_used = tx.open_table(LAST_USED).map_err(db_error)?;
-    let Some(json) = keys.get(id).map_err(db_error)? else {
-        return Ok(None);
-    };
-    let mut key: KeyRecord = decode(json.value())?;
-    key.last_used_at = last_used.get(id).map_err(db_error)?.map(|at| at.value());
-    Ok(Some(key))
-}
-
-fn remove_key(tx: &WriteTransaction, id: &str) -> Result<bool, StoreError> {
-    let mut keys = tx.open_table(KEYS).map_err(db_error)?;
-    let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
-    let removed = keys.remove(id).map_err(db_error)?;
-    let Some(json) = removed else {
-        return Ok(false);
-    };
-    let record: KeyRecord = decode(json.value())?;
-    drop(json);
-    order::unindex_key(tx, &record)?;
-    order::track_state(tx, Some(&record), None)?;
-    last_used.remove(id).map_err(db_error)?;
-    remove_usage(tx, UsageSubject::Key(id))?;
-    Ok(true)
-}
-
-fn record_uses(tx: &WriteTransaction, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError> {
-    let keys = tx.open_table(KEYS).map_err(db_error)?;
-    let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
-    for (id, at) in uses {
-        if keys.get(id.as_str()).map_err(db_error)?.is_none() {
-            continue;
-        }
-        let current = last_used
-            .get(id.as_str())
-            .map_err(db_error)?
-            .map(|v| v.value());
-        if current.is_none_or(|current| current < *at) {
-            last_used.insert(id.as_str(), *at).map_err(db_error)?;
-        }
-    }
-    Ok(())
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {

@@ -8,10 +8,8 @@
 
 mod embedded;
 mod embedded_quota;
-mod embedded_usage;
 mod redis;
 mod redis_limits;
-mod redis_usage;
 
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::{RedisStore, DEFAULT_PREFIX};
@@ -432,7 +430,7 @@ type Indexed<T> = (String, Option<T>);
 /// Walks an index from `page.cursor` in chunks of at most [`LIST_CHUNK`] positions (`fetch`
 /// reads the chunk after a position), keeping what `keep` accepts, until the page is full,
 /// the index ends, or [`LIST_SCAN_BUDGET`] positions were examined.
-async fn scan_index<T, F, Fut>(
+pub(crate) async fn scan_index<T, F, Fut>(
     page: PageRequest<'_>,
     keep: Keep<'_, T>,
     mut fetch: F,

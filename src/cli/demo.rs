@@ -77,7 +77,7 @@ async fn prepare_and_run(mut config: Config) -> Result<(), String> {
         &token,
         &scopes,
     );
-    crate::cli::wait_for_stop_signal().await;
+    super::wait_for_stop_signal().await;
     gateway.shutdown().await;
     let _ = stop.send(true);
     Ok(())
