@@ -29,6 +29,7 @@ pub mod error;
 pub mod gateway;
 pub mod lease;
 pub mod lifecycle;
+pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -12,8 +12,8 @@ use self::unread::Unread;
 use crate::auth::{credential, AuthError, Authenticator, Principal};
 use crate::config::{cidr_contains, Limits};
 use crate::error::{quota_headers, rate_limit_headers, Counted, ProxyError};
-use crate::metrics::{Metrics, RouteMetrics, StoreOp, UNMATCHED};
-use crate::model::RateLimit;
+use crate::live::{Live, LiveConfig};
+use crate::metrics::{Metrics, StoreOp};
 use crate::proxy::body::GatewayBody;
 use crate::proxy::headers::Forwarded;
 use crate::proxy::{declared_length, Forwarder, Outgoing};
@@ -23,7 +23,6 @@ use crate::ratelimit::{Budget, Decision, RateLimits};
 use crate::routing::normalize::normalize;
 use crate::routing::{Access, Route, RouteMatch, RouteTable};
 use crate::usage::UsageRecorder;
-use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use std::borrow::Cow;
@@ -31,44 +30,6 @@ use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
-
-/// What changes when the config is reloaded, swapped as one.
-pub struct LiveConfig {
-    pub routes: RouteTable,
-    pub limits: Limits,
-    /// For keys whose app sets no limit of its own.
-    pub default_rate_limit: RateLimit,
-    /// `log.access`: one line per proxied request.
-    pub access_log: bool,
-    /// Per route, in the table's order.
-    route_metrics: Vec<RouteMetrics>,
-    unmatched: RouteMetrics,
-}
-
-impl LiveConfig {
-    pub fn new(
-        routes: RouteTable,
-        limits: Limits,
-        default_rate_limit: RateLimit,
-        access_log: bool,
-        metrics: &Metrics,
-    ) -> LiveConfig {
-        let route_metrics = routes
-            .routes()
-            .iter()
-            .map(|r| metrics.route(&r.pattern, Some(&r.spec.upstream.name)))
-            .collect();
-        let unmatched = metrics.route(&Arc::from(UNMATCHED), None);
-        LiveConfig {
-            routes,
-            limits,
-            default_rate_limit,
-            access_log,
-            route_metrics,
-            unmatched,
-        }
-    }
-}
 
 /// What the outer handler needs to label a request's metrics, filled in as the pipeline runs.
 #[derive(Debug, Default)]
@@ -102,7 +63,7 @@ struct Refusal {
 
 /// Everything a proxied request needs; shared by all connections.
 pub struct Pipeline {
-    pub live: ArcSwap<LiveConfig>,
+    pub live: Live,
     pub auth: Authenticator,
     pub forwarder: Forwarder,
     pub rate_limits: RateLimits,

@@ -51,7 +51,8 @@ fn valid_quota(quota: Option<Quota>) -> Result<Option<Quota>, AdminError> {
 
 impl Admin {
     fn valid_scopes(&self, scopes: Vec<String>) -> Result<Vec<String>, AdminError> {
-        let known = self.scopes.load();
+        let live = self.live.load();
+        let known = &live.scopes;
         let mut out: Vec<String> = Vec::with_capacity(scopes.len());
         for scope in scopes {
             if !known.iter().any(|(name, _)| *name == scope) {
@@ -65,7 +66,8 @@ impl Admin {
     }
 
     pub(super) fn list_scopes(&self) -> serde_json::Value {
-        let scopes = self.scopes.load();
+        let live = self.live.load();
+        let scopes = &live.scopes;
         let views: Vec<ScopeView<'_>> = scopes
             .iter()
             .map(|(name, description)| ScopeView { name, description })

@@ -73,7 +73,7 @@ impl Admin {
         days: Option<u32>,
         now: UnixSeconds,
     ) -> Result<Option<UnixSeconds>, AdminError> {
-        let policy = **self.keys.load();
+        let policy = self.live.load().key_policy;
         let max = policy.max_expires_in_days.unwrap_or(MAX_EXPIRY_DAYS);
         match days.or(policy.default_expires_in_days) {
             Some(0) => Err(invalid("expires_in_days", "must be at least 1")),

@@ -16,19 +16,18 @@ mod validate;
 pub mod views;
 
 use crate::cache::KeyCache;
-use crate::config::{KeyPolicy, Role};
+use crate::config::Role;
 use crate::error::AdminError;
+use crate::live::Live;
 use crate::metrics::{Metrics, StoreOp};
 use crate::model::{App, UsageSubject};
 use crate::store::KeyStore;
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
 use hyper::body::Incoming;
-use routes::RouteView;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -65,13 +64,9 @@ impl AdminIdentity {
 pub struct Admin {
     pub store: Arc<dyn KeyStore>,
     pub cache: KeyCache,
-    /// The config's scopes (name, description); swapped on reload.
-    pub scopes: ArcSwap<Vec<(String, String)>>,
-    /// The config's routes, for `GET /v1/routes`; swapped on reload.
-    pub routes: ArcSwap<Vec<RouteView>>,
+    /// The config in force (scopes, routes, the `keys:` policy), shared with the proxy.
+    pub live: Live,
     pub identities: Vec<AdminIdentity>,
-    /// The config's `keys:` policy; swapped on reload.
-    pub keys: ArcSwap<KeyPolicy>,
     pub metrics: Arc<Metrics>,
     /// The proxy's quotas: the config's default (swapped on reload) and the counts.
     pub quotas: crate::quota::Quotas,
@@ -195,7 +190,10 @@ impl Admin {
                 &serde_json::json!({"name": identity.name, "role": identity.role.as_str()}),
             )),
             (Call::Scopes, Method::GET) => Ok(json(StatusCode::OK, &self.list_scopes())),
-            (Call::Routes, Method::GET) => Ok(json(StatusCode::OK, &**self.routes.load())),
+            (Call::Routes, Method::GET) => Ok(json(
+                StatusCode::OK,
+                &routes::views(&self.live.load().route_specs),
+            )),
             (Call::UsageExport, Method::GET) => {
                 let export = export::Export::parse(
                     query_param(query, "from").as_deref(),
