@@ -16,7 +16,7 @@ use crate::live::{Live, LiveConfig};
 use crate::metrics::{Metrics, StoreOp};
 use crate::proxy::body::GatewayBody;
 use crate::proxy::headers::Forwarded;
-use crate::proxy::{declared_length, Forwarder, Outgoing};
+use crate::proxy::{Forwarder, Outgoing};
 use crate::quota::{QuotaStatus, Quotas};
 use crate::ratelimit::shared::SharedRateLimits;
 use crate::ratelimit::{Budget, Decision, RateLimits};
@@ -49,6 +49,8 @@ pub struct Admission<'a> {
     /// The normalised path when it differs from the request's (`None`: forward it as sent).
     pub rewritten_path: Option<String>,
     pub principal: Option<Principal>,
+    /// The credential came as `Authorization: Bearer`: removed before forwarding.
+    pub strip_bearer: bool,
     /// The key's rate-limit state after this request.
     pub budget: Option<Budget>,
     /// The key's tightest quota window after this request, when it has a quota.
@@ -173,7 +175,7 @@ impl Pipeline {
             upstream: &route.spec.upstream,
             rewritten_path: admission.rewritten_path.as_deref(),
             max_body: route.spec.max_body.unwrap_or(live.limits.max_body),
-            strip_bearer: credential::is_bearer(request.headers()),
+            strip_bearer: admission.strip_bearer,
             forwarded,
         };
         let unread = Unread::after_forwarding(&request);
@@ -222,12 +224,15 @@ impl Pipeline {
         };
         seen.route = Some(route.index);
         route.check_parameters(&path)?;
-        let presented = credential::extract(request.headers())?;
+        let presented = credential::presented(request.headers())?;
         let principal = match &route.spec.access {
             Access::Public => None,
             access => {
                 let client = || client_address(request.headers(), peer, &live.limits);
-                Some(self.authenticate(presented, access, client, seen).await?)
+                Some(
+                    self.authenticate(presented.key, access, client, seen)
+                        .await?,
+                )
             }
         };
         // Before the rate limit and usage: a body refused unread costs the key nothing.
@@ -275,6 +280,7 @@ impl Pipeline {
             route,
             rewritten_path,
             principal,
+            strip_bearer: presented.bearer,
             budget,
             quota,
         })
@@ -449,6 +455,17 @@ fn original_host<B>(request: &Request<B>) -> Option<HeaderValue> {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         })
+}
+
+/// The request's `Content-Length`, when it has one (hyper has already refused a malformed or
+/// conflicting one).
+pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
