@@ -74,6 +74,9 @@ pub enum AdminError {
     KeyRevoked,
     #[error("store unavailable")]
     Store(StoreError),
+    /// The call's task failed (a bug): its write, if any, was applied whole or not at all.
+    #[error("internal error: {0}")]
+    Failed(String),
 }
 
 impl From<StoreError> for AdminError {
@@ -264,6 +267,7 @@ impl AdminError {
             AdminError::PreconditionFailed => (S::PRECONDITION_FAILED, "precondition_failed"),
             AdminError::KeyRevoked => (S::CONFLICT, "conflict"),
             AdminError::Store(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            AdminError::Failed(_) => (S::INTERNAL_SERVER_ERROR, "internal_error"),
         };
         ErrorAnswer {
             status,
@@ -485,6 +489,7 @@ mod tests {
             (AdminError::Conflict, 409, "conflict"),
             (AdminError::PreconditionFailed, 412, "precondition_failed"),
             (AdminError::KeyRevoked, 409, "conflict"),
+            (AdminError::Failed("panic".into()), 500, "internal_error"),
             (
                 StoreError::Unavailable("x".into()).into(),
                 503,

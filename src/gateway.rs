@@ -1,14 +1,15 @@
 //! Starting and stopping a whole gateway: store, cache, background tasks and the three
 //! listeners (proxy, admin, metrics), wired from a validated [`Config`].
 
-use crate::admin::{routes, Admin, AdminIdentity};
+use crate::admin::{Admin, AdminIdentity};
 use crate::auth::Authenticator;
 use crate::cache::KeyCache;
 use crate::config::{Config, Role, StoreConfig};
 use crate::lease::Fallback;
 use crate::lifecycle;
+use crate::live::LiveConfig;
 use crate::metrics::{Metrics, MetricsEndpoint};
-use crate::pipeline::{LiveConfig, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::proxy::Forwarder;
 use crate::quota::Quotas;
 use crate::ratelimit::shared::SharedRateLimits;
@@ -16,11 +17,10 @@ use crate::ratelimit::RateLimits;
 use crate::redact;
 use crate::reload::{self, FixedSettings, Reloader};
 use crate::server::{serve, serve_with_tls, ConnectionSettings};
-use crate::store::{EmbeddedStore, KeyStore, RedisStore, StoreError};
+use crate::store::{EmbeddedStore, KeyStore, Ping, RedisStore, StoreError};
 use crate::throttle::Throttle;
 use crate::tls::{TlsAcceptorSource, TlsError};
 use crate::usage;
-use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -120,7 +120,7 @@ pub async fn start(
 
 /// Like [`start`], with a store opened by the caller.
 pub async fn start_with_store(
-    config: Config,
+    mut config: Config,
     admin_tokens: Vec<(String, String)>,
     store: Arc<dyn KeyStore>,
 ) -> Result<RunningGateway, StartError> {
@@ -170,14 +170,9 @@ pub async fn start_with_store(
     }
     let quotas = Quotas::new(store.clone(), fallback, config.quota);
     let admin_quotas = quotas.clone();
+    let live = LiveConfig::shared(&mut config, &metrics);
     let pipeline = Arc::new(Pipeline {
-        live: ArcSwap::from_pointee(LiveConfig::new(
-            config.routes,
-            config.limits,
-            config.rate_limit,
-            config.log.access,
-            &metrics,
-        )),
+        live: live.clone(),
         rate_limits: RateLimits::new(config.cache.max_entries),
         shared_rate_limits,
         quotas,
@@ -195,11 +190,9 @@ pub async fn start_with_store(
     let admin = Arc::new(Admin {
         store: store.clone(),
         cache: cache.clone(),
-        scopes: ArcSwap::from_pointee(config.scopes),
-        routes: ArcSwap::from_pointee(routes::views(&config.route_specs)),
+        live,
         identities,
         metrics: metrics.clone(),
-        keys: ArcSwap::from_pointee(config.keys),
         quotas: admin_quotas,
     });
     background.push(spawn_lifecycle_upkeep(admin.clone()));
@@ -214,7 +207,6 @@ pub async fn start_with_store(
         config_path,
         fixed,
         pipeline.clone(),
-        admin.clone(),
         cache,
         metrics.clone(),
         tls.clone(),
@@ -353,7 +345,7 @@ fn spawn_lifecycle_upkeep(admin: Arc<Admin>) -> JoinHandle<()> {
             tick.tick().await;
             lifecycle::upgrade(&*admin.store).await;
             lifecycle::revoke_keys_of_deleted_apps(admin.store.clone()).await;
-            let retain = admin.keys.load().retain_revoked;
+            let retain = admin.live.load().key_policy.retain_revoked;
             lifecycle::purge_revoked(&*admin.store, retain).await;
             lifecycle::count_expiring_soon(&*admin.store, &admin.metrics).await;
         }

@@ -17,7 +17,7 @@
 //! Beside the request path: [`admin`] (apps and keys API), [`metrics`] (health and readiness),
 //! [`config`] (the YAML file, validated), [`tls`] (the listener's certificate, upstream CAs),
 //! [`gateway`] (wiring and shutdown), [`lifecycle`] (key upkeep off the request path: revoking
-//! deleted apps' keys, purging revoked ones, the expiring-keys gauge), [`cli`] and [`demo`]; [`redact`] keeps credentials in
+//! deleted apps' keys, purging revoked ones, the expiring-keys gauge), [`cli`] (with `demo`); [`redact`] keeps credentials in
 //! URLs out of everything printed; [`throttle`] bounds log lines a client can cause.
 
 pub mod admin;
@@ -25,11 +25,11 @@ pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod error;
 pub mod gateway;
 pub mod lease;
 pub mod lifecycle;
+pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

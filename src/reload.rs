@@ -10,11 +10,11 @@
 //! Settings bound at start (listeners, store, admin identities, connection limits) are never
 //! changed live: a reload that changes one says so and keeps the running value.
 
-use crate::admin::Admin;
 use crate::cache::KeyCache;
 use crate::config::{self, AdminIdentity, Config, StoreConfig};
+use crate::live::LiveConfig;
 use crate::metrics::Metrics;
-use crate::pipeline::{LiveConfig, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::tls::TlsAcceptorSource;
 use notify::{RecursiveMode, Watcher};
 use std::ffi::{OsStr, OsString};
@@ -104,7 +104,6 @@ pub struct Reloader {
     path: PathBuf,
     fixed: FixedSettings,
     pipeline: Arc<Pipeline>,
-    admin: Arc<Admin>,
     cache: KeyCache,
     metrics: Arc<Metrics>,
     tls: Option<Arc<TlsAcceptorSource>>,
@@ -116,7 +115,6 @@ impl Reloader {
         path: PathBuf,
         fixed: FixedSettings,
         pipeline: Arc<Pipeline>,
-        admin: Arc<Admin>,
         cache: KeyCache,
         metrics: Arc<Metrics>,
         tls: Option<Arc<TlsAcceptorSource>>,
@@ -125,7 +123,6 @@ impl Reloader {
             path,
             fixed,
             pipeline,
-            admin,
             cache,
             metrics,
             tls,
@@ -143,7 +140,7 @@ impl Reloader {
 
     /// Loads the file again; swaps it in if valid. Returns whether it was applied.
     pub fn reload(&self) -> bool {
-        let config = match config::load(&self.path) {
+        let mut config = match config::load(&self.path) {
             Ok(config) => config,
             Err(errors) => return self.refuse(&errors.problems),
         };
@@ -172,18 +169,10 @@ impl Reloader {
             .set_enabled(shares_rate_limits(&config));
         self.pipeline.quotas.set_default(config.quota);
         self.cache.set_ttl(config.cache.ttl);
-        self.admin.scopes.store(Arc::new(config.scopes));
-        self.admin.keys.store(Arc::new(config.keys));
-        self.admin
-            .routes
-            .store(Arc::new(crate::admin::routes::views(&config.route_specs)));
-        self.pipeline.live.store(Arc::new(LiveConfig::new(
-            config.routes,
-            config.limits,
-            config.rate_limit,
-            config.log.access,
-            &self.metrics,
-        )));
+        // One pointer for the proxy and the admin API alike.
+        self.pipeline
+            .live
+            .store(Arc::new(LiveConfig::new(&mut config, &self.metrics)));
         self.metrics.config_reload(true);
         tracing::info!(path = %self.path.display(), "config reloaded");
         true

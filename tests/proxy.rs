@@ -7,6 +7,7 @@ use common::gateway::TestGateway;
 use common::http::{get, send};
 use common::upstream::Upstream;
 use http::Method;
+use scopegate::store::prelude::*;
 
 async fn setup() -> (Upstream, TestGateway) {
     let upstream = Upstream::start().await;

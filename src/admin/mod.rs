@@ -12,22 +12,22 @@ mod keys;
 mod paging;
 mod role;
 pub mod routes;
+mod validate;
 pub mod views;
 
 use crate::cache::KeyCache;
-use crate::config::{KeyPolicy, Role};
+use crate::config::Role;
 use crate::error::AdminError;
+use crate::live::Live;
 use crate::metrics::{Metrics, StoreOp};
 use crate::model::{App, UsageSubject};
 use crate::store::KeyStore;
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
 use hyper::body::Incoming;
-use routes::RouteView;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -64,13 +64,9 @@ impl AdminIdentity {
 pub struct Admin {
     pub store: Arc<dyn KeyStore>,
     pub cache: KeyCache,
-    /// The config's scopes (name, description); swapped on reload.
-    pub scopes: ArcSwap<Vec<(String, String)>>,
-    /// The config's routes, for `GET /v1/routes`; swapped on reload.
-    pub routes: ArcSwap<Vec<RouteView>>,
+    /// The config in force (scopes, routes, the `keys:` policy), shared with the proxy.
+    pub live: Live,
     pub identities: Vec<AdminIdentity>,
-    /// The config's `keys:` policy; swapped on reload.
-    pub keys: ArcSwap<KeyPolicy>,
     pub metrics: Arc<Metrics>,
     /// The proxy's quotas: the config's default (swapped on reload) and the counts.
     pub quotas: crate::quota::Quotas,
@@ -121,18 +117,35 @@ fn parse_path(path: &str) -> Option<Call<'_>> {
 
 impl Admin {
     /// Serves one admin request; errors become their JSON answer.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<AdminBody> {
+    ///
+    /// A call that may write runs in a task of its own: hyper drops this future when the
+    /// caller hangs up, and a write the store applied must still be carried through whole (its
+    /// cache invalidation, its log line). The store keeps each write with its audit event.
+    pub async fn handle(self: &Arc<Self>, request: Request<Incoming>) -> Response<AdminBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         // The console's static files hold no data: served before (and without) the token check.
         if console::is_console(&method, &path) {
             return console::serve(&method, &path);
         }
-        match self.run(request).await {
+        let outcome = if method == Method::GET || method == Method::HEAD {
+            self.run(request).await
+        } else {
+            let admin = Arc::clone(self);
+            tokio::spawn(async move { admin.run(request).await })
+                .await
+                .unwrap_or_else(|e| Err(AdminError::Failed(e.to_string())))
+        };
+        match outcome {
             Ok(response) => response,
             Err(e) => {
                 if let AdminError::Store(_) = e {
                     self.metrics.store_error(StoreOp::Admin);
+                    if method != Method::GET {
+                        // Applied whole (audit event included) or not at all: the audit log
+                        // says which.
+                        tracing::warn!(%method, %path, error = %e, "admin write not confirmed by the store");
+                    }
                 }
                 tracing::debug!(%method, %path, error = %e, "admin call refused");
                 e.into_response::<Full<Bytes>>().map(Either::Left)
@@ -177,7 +190,10 @@ impl Admin {
                 &serde_json::json!({"name": identity.name, "role": identity.role.as_str()}),
             )),
             (Call::Scopes, Method::GET) => Ok(json(StatusCode::OK, &self.list_scopes())),
-            (Call::Routes, Method::GET) => Ok(json(StatusCode::OK, &**self.routes.load())),
+            (Call::Routes, Method::GET) => Ok(json(
+                StatusCode::OK,
+                &routes::views(&self.live.load().route_specs),
+            )),
             (Call::UsageExport, Method::GET) => {
                 let export = export::Export::parse(
                     query_param(query, "from").as_deref(),

@@ -118,7 +118,7 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::model::App;
-    use crate::store::{EmbeddedStore, KeyStore};
+    use crate::store::{EmbeddedStore, UnauditedWrites};
     use std::time::Duration;
 
     const ID: &str = "abcdefghijkl";

@@ -29,17 +29,19 @@ pub async fn run(config_path: &Path, url: Option<String>) -> ExitCode {
         },
     };
     let target = format!("{base}/readyz");
+    // What is printed of it: a `--url` may carry user info.
+    let shown = crate::redact::url(&target);
     match probe(&target).await {
         Ok(200) => {
             println!("ready");
             ExitCode::SUCCESS
         }
         Ok(status) => {
-            eprintln!("scopegate: {target} answered {status}: not ready");
+            eprintln!("scopegate: {shown} answered {status}: not ready");
             ExitCode::FAILURE
         }
         Err(why) => {
-            eprintln!("scopegate: {target}: {why}");
+            eprintln!("scopegate: {shown}: {}", crate::redact::in_text(&why));
             ExitCode::FAILURE
         }
     }

@@ -10,7 +10,7 @@
 //! lingering close (`server::socket`) lets the answer reach a client that is still sending.
 //! HTTP/2 needs none of this: a refused stream is reset on its own, the connection unaffected.
 
-use crate::proxy::declared_length;
+use super::declared_length;
 use http::{header, Request, Version};
 use http_body::Body;
 use http_body_util::BodyExt;

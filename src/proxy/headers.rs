@@ -2,6 +2,7 @@
 //! would steer the upstream out, `X-Forwarded-*` and the caller's identity in.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::fmt::Write;
 use std::net::IpAddr;
 
 pub static X_SCOPEGATE_APP: HeaderName = HeaderName::from_static("x-scopegate-app");
@@ -173,20 +174,30 @@ fn is_replaced(name: &str) -> bool {
 }
 
 /// The `X-Forwarded-For` to send: the peer's address, after the client's own list when the
-/// peer is trusted to speak for earlier hops.
+/// peer is trusted to speak for earlier hops. An earlier entry that is not a plain address
+/// (`ip:port`, `[v6]`, garbage) goes on as `unknown` (RFC 7239's word for it) in its place: the
+/// upstream learns the client is unknown, and is never handed garbage as if it were an address.
 fn forwarded_for(headers: &HeaderMap, fwd: &Forwarded<'_>) -> Option<HeaderValue> {
     if !fwd.trusted_peer {
         return Some(ip_value(fwd.client_ip));
     }
-    let earlier: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if earlier.is_empty() {
+    let mut list = String::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        for entry in value.to_str().unwrap_or("-").split(',') {
+            let entry = entry.trim();
+            list.push_str(if entry.parse::<IpAddr>().is_ok() {
+                entry
+            } else {
+                "unknown"
+            });
+            list.push_str(", ");
+        }
+    }
+    if list.is_empty() {
         return Some(ip_value(fwd.client_ip));
     }
-    HeaderValue::try_from(format!("{}, {}", earlier.join(", "), fwd.client_ip)).ok()
+    let _ = write!(list, "{}", fwd.client_ip);
+    HeaderValue::try_from(list).ok()
 }
 
 /// An address as header text; IPv4 without the formatting machinery (it runs per request).
@@ -330,6 +341,21 @@ mod tests {
         let mut h = request_headers();
         prepare_request(&mut h, true, &forwarded(true));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
+    }
+
+    #[test]
+    fn entries_that_are_not_addresses_go_on_as_unknown() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.1:80, [2001:db8::9], 2001:db8::1"),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("garbage,"));
+        prepare_request(&mut h, true, &forwarded(true));
+        assert_eq!(
+            h["x-forwarded-for"],
+            "unknown, unknown, 2001:db8::1, unknown, unknown, 10.1.2.3"
+        );
     }
 
     fn with_steering_headers() -> HeaderMap {

@@ -160,17 +160,6 @@ impl Forwarder {
     }
 }
 
-/// The request's `Content-Length`, when it has one (hyper has already refused a malformed or
-/// conflicting one).
-pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
 /// The origin-form target toward the upstream: its path prefix, the authorised path, the
 /// client's query.
 fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {

@@ -73,7 +73,7 @@ pub(super) fn before(
 mod tests {
     use super::*;
     use crate::model::PageRequest;
-    use crate::store::{EmbeddedStore, KeyStore};
+    use crate::store::{EmbeddedStore, Records};
 
     fn event(at: u64, action: &str) -> AuditEvent {
         AuditEvent {

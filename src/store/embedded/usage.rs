@@ -1,12 +1,12 @@
 //! Usage counts in the embedded store: the tables, adding batches exactly once, reading, and
-//! keeping the tables bounded. Used by [`super::embedded`] inside its transactions.
+//! keeping the tables bounded. Used by [`super`] (the embedded store) inside its transactions.
 //!
 //! Every write of counts also does a bounded share of the cleanup (forgetting old batch ids,
 //! pruning rows past retention), so the cost of keeping the file bounded is spread over the
 //! flushes and no single transaction scans a whole table.
 
-use super::{usage_cutoff, usage_increments, StoreError, USAGE_BATCH_MEMORY_SECS};
 use crate::model::{UnixSeconds, UsageBatch, UsageSubject};
+use crate::store::{usage_cutoff, usage_increments, StoreError, USAGE_BATCH_MEMORY_SECS};
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 /// `k\0{key id}\0{date}` or `a\0{app id}\0{date}` -> request count that day. Ids never hold
@@ -170,7 +170,7 @@ pub(super) fn read_counts(tx: &ReadTransaction, rows: &[String]) -> Result<Vec<u
         .collect()
 }
 
-/// Removes every usage row of `subject` (at most about [`super::USAGE_RETENTION_DAYS`] of them, since
+/// Removes every usage row of `subject` (at most about [`crate::store::USAGE_RETENTION_DAYS`] of them, since
 /// older ones are pruned): the range from its prefix up to the same prefix with the final NUL
 /// raised to 0x01, which is exactly the strings starting with the prefix.
 pub(super) fn remove_usage(
@@ -205,7 +205,7 @@ fn row_date(row: &str) -> &str {
 }
 
 fn db_error(e: impl Into<redb::Error>) -> StoreError {
-    super::embedded::db_error(e)
+    super::db_error(e)
 }
 
 #[cfg(test)]
