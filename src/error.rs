@@ -3,9 +3,11 @@
 
 use crate::auth::credential::CredentialError;
 use crate::auth::AuthError;
+use crate::budgets::headers::{quota_headers, rate_limit_headers};
+use crate::budgets::quota::{QuotaExceeded, QuotaStatus};
+use crate::budgets::Refused;
 use crate::config::Role;
 use crate::metrics::AuthFailure;
-use crate::quota::{QuotaExceeded, QuotaStatus};
 use crate::routing::normalize::PathError;
 use crate::store::StoreError;
 use bytes::Bytes;
@@ -77,6 +79,23 @@ pub enum AdminError {
     /// The call's task failed (a bug): its write, if any, was applied whole or not at all.
     #[error("internal error: {0}")]
     Failed(String),
+}
+
+impl From<Refused> for ProxyError {
+    fn from(refused: Refused) -> ProxyError {
+        match refused {
+            Refused::RateLimited {
+                limit,
+                retry_after,
+                reset,
+            } => ProxyError::RateLimited {
+                limit,
+                retry_after,
+                reset,
+            },
+            Refused::Quota(exceeded) => ProxyError::QuotaExceeded(exceeded),
+        }
+    }
 }
 
 impl From<StoreError> for AdminError {
@@ -229,30 +248,6 @@ impl ProxyError {
     }
 }
 
-/// The IETF draft `RateLimit-*` fields: the burst, what is left of it, and whole seconds until
-/// it is full again.
-pub fn rate_limit_headers(headers: &mut http::HeaderMap, limit: u32, remaining: u32, reset: u64) {
-    headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(limit));
-    headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(remaining));
-    headers.insert(&RATELIMIT_RESET, HeaderValue::from(reset));
-}
-
-/// `X-Quota-Limit`, `X-Quota-Remaining`, `X-Quota-Reset`: the tightest quota window (the one
-/// with the fewest requests left), its requests left, and whole seconds until it ends.
-pub fn quota_headers(headers: &mut http::HeaderMap, status: QuotaStatus) {
-    headers.insert(&QUOTA_LIMIT, HeaderValue::from(status.limit));
-    headers.insert(&QUOTA_REMAINING, HeaderValue::from(status.remaining));
-    headers.insert(&QUOTA_RESET, HeaderValue::from(status.reset));
-}
-
-static QUOTA_LIMIT: http::HeaderName = http::HeaderName::from_static("x-quota-limit");
-static QUOTA_REMAINING: http::HeaderName = http::HeaderName::from_static("x-quota-remaining");
-static QUOTA_RESET: http::HeaderName = http::HeaderName::from_static("x-quota-reset");
-
-static RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
-static RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
-static RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
-
 impl AdminError {
     pub fn answer(&self) -> ErrorAnswer {
         use StatusCode as S;
@@ -310,7 +305,7 @@ impl ErrorAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::Window;
+    use crate::budgets::quota::Window;
 
     #[test]
     fn every_refusal_counts_in_its_own_metric() {

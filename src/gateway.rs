@@ -3,17 +3,18 @@
 
 use crate::admin::{Admin, AdminIdentity};
 use crate::auth::Authenticator;
+use crate::budgets::local::RateLimits;
+use crate::budgets::quota::Quotas;
+use crate::budgets::shared::SharedRateLimits;
+use crate::budgets::slice::Fallback;
+use crate::budgets::Budgets;
 use crate::cache::KeyCache;
 use crate::config::{Config, Role, StoreConfig};
-use crate::lease::Fallback;
 use crate::lifecycle;
 use crate::live::LiveConfig;
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::pipeline::Pipeline;
 use crate::proxy::Forwarder;
-use crate::quota::Quotas;
-use crate::ratelimit::shared::SharedRateLimits;
-use crate::ratelimit::RateLimits;
 use crate::redact;
 use crate::reload::{self, FixedSettings, Reloader};
 use crate::server::{serve, serve_with_tls, ConnectionSettings};
@@ -173,9 +174,11 @@ pub async fn start_with_store(
     let live = LiveConfig::shared(&mut config, &metrics);
     let pipeline = Arc::new(Pipeline {
         live: live.clone(),
-        rate_limits: RateLimits::new(config.cache.max_entries),
-        shared_rate_limits,
-        quotas,
+        budgets: Budgets {
+            local: RateLimits::new(config.cache.max_entries),
+            shared: shared_rate_limits,
+            quotas,
+        },
         auth: Authenticator::new(cache.clone()),
         forwarder: Forwarder::new(&config.upstreams)?,
         usage,
@@ -359,9 +362,7 @@ fn spawn_rate_limit_upkeep(pipeline: Arc<Pipeline>) -> JoinHandle<()> {
         let mut tick = tokio::time::interval(RATE_LIMIT_UPKEEP);
         loop {
             tick.tick().await;
-            pipeline.rate_limits.prune();
-            pipeline.shared_rate_limits.prune();
-            pipeline.quotas.upkeep().await;
+            pipeline.budgets.upkeep().await;
         }
     })
 }
@@ -391,7 +392,7 @@ impl RunningGateway {
         let _ = self.usage_stop.send(true);
         let _ = self.usage_task.await;
         // Unused quota slices go back, so the counts say what was admitted.
-        self.pipeline.quotas.give_back_all().await;
+        self.pipeline.budgets.quotas.give_back_all().await;
         for task in self.background {
             task.abort();
         }

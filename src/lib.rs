@@ -8,11 +8,12 @@
 //! - [`routing`] normalises the path and finds the route (method + pattern → scope, upstream);
 //! - [`auth`] reads the credential, resolves the key through [`cache`] (backed by [`store`])
 //!   into a principal, and checks the route's scope;
-//! - [`ratelimit`] counts the request against the key's budget (per instance, or shared across
-//!   instances through leased slices: [`ratelimit::shared`], [`lease`]), then [`quota`]
-//!   against its day and month quota;
+//! - [`budgets`] counts the request against the key's rate limit (per instance, or shared
+//!   across instances through leased slices) and its day and month quota, in one call;
 //! - [`usage`] notes the key's use for a background task (the request never waits on it);
 //! - [`proxy`] forwards to the upstream over a pooled client and streams the answer back.
+//!
+//! Every stage reads the config in force from one [`live`] snapshot.
 //!
 //! Beside the request path: [`admin`] (apps and keys API), [`metrics`] (health and readiness),
 //! [`config`] (the YAML file, validated), [`tls`] (the listener's certificate, upstream CAs),
@@ -22,20 +23,18 @@
 
 pub mod admin;
 pub mod auth;
+pub mod budgets;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
-pub mod lease;
 pub mod lifecycle;
 pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod proxy;
-pub mod quota;
-pub mod ratelimit;
 pub mod redact;
 pub mod reload;
 pub mod routing;

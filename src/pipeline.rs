@@ -10,16 +10,14 @@ mod unread;
 
 use self::unread::Unread;
 use crate::auth::{credential, AuthError, Authenticator, Principal};
+use crate::budgets::{Budgets, Grant};
 use crate::config::{cidr_contains, Limits};
-use crate::error::{quota_headers, rate_limit_headers, Counted, ProxyError};
+use crate::error::{Counted, ProxyError};
 use crate::live::{Live, LiveConfig};
 use crate::metrics::{Metrics, StoreOp};
 use crate::proxy::body::GatewayBody;
 use crate::proxy::headers::Forwarded;
 use crate::proxy::{Forwarder, Outgoing};
-use crate::quota::{QuotaStatus, Quotas};
-use crate::ratelimit::shared::SharedRateLimits;
-use crate::ratelimit::{Budget, Decision, RateLimits};
 use crate::routing::normalize::normalize;
 use crate::routing::{Access, Route, RouteMatch, RouteTable};
 use crate::usage::UsageRecorder;
@@ -51,10 +49,8 @@ pub struct Admission<'a> {
     pub principal: Option<Principal>,
     /// The credential came as `Authorization: Bearer`: removed before forwarding.
     pub strip_bearer: bool,
-    /// The key's rate-limit state after this request.
-    pub budget: Option<Budget>,
-    /// The key's tightest quota window after this request, when it has a quota.
-    pub quota: Option<QuotaStatus>,
+    /// What the key's budgets granted (its headers go on the response).
+    pub grant: Option<Grant>,
 }
 
 /// A request the gateway answers with an error, and what it left unread on the connection.
@@ -68,10 +64,7 @@ pub struct Pipeline {
     pub live: Live,
     pub auth: Authenticator,
     pub forwarder: Forwarder,
-    pub rate_limits: RateLimits,
-    /// `rate_limit.shared`: consulted before `rate_limits`, which it falls back to.
-    pub shared_rate_limits: SharedRateLimits,
-    pub quotas: Quotas,
+    pub budgets: Budgets,
     pub usage: UsageRecorder,
     pub metrics: Arc<Metrics>,
     /// `https` when the listener speaks TLS.
@@ -192,11 +185,8 @@ impl Pipeline {
         }
         let mut response = response.map_err(|error| Refusal { error, unread })?;
         seen.upstream_status = Some(response.status().as_u16());
-        if let Some(b) = admission.budget {
-            rate_limit_headers(response.headers_mut(), b.limit, b.remaining, b.reset);
-        }
-        if let Some(status) = admission.quota {
-            quota_headers(response.headers_mut(), status);
+        if let Some(grant) = &admission.grant {
+            grant.write_headers(response.headers_mut());
         }
         Ok(response)
     }
@@ -240,38 +230,10 @@ impl Pipeline {
         if declared_length(request.headers()).is_some_and(|len| len > max_body) {
             return Err(ProxyError::BodyTooLarge { limit: max_body });
         }
-        let mut budget = None;
-        let mut quota = None;
-        if let Some(p) = &principal {
-            let limit = p.app.rate_limit.unwrap_or(live.default_rate_limit);
-            // The shared budget when `rate_limit.shared` is on; `rate_limits` otherwise.
-            let shared = &self.shared_rate_limits;
-            let decision = shared.check(&self.rate_limits, &p.key.id, limit).await;
-            budget = Some(match decision {
-                Decision::Limited {
-                    limit,
-                    retry_after,
-                    reset,
-                } => {
-                    return Err(ProxyError::RateLimited {
-                        limit,
-                        retry_after,
-                        reset,
-                    })
-                }
-                Decision::Allowed {
-                    limit,
-                    remaining,
-                    reset,
-                } => Budget {
-                    limit,
-                    remaining,
-                    reset,
-                },
-            });
-            // After the rate limit, so a request it refuses consumes no quota.
-            quota = self.quotas.check(&p.key.id, p.app.quota).await?;
-        }
+        let grant = match &principal {
+            Some(p) => Some(self.budgets.check(p, live).await?),
+            None => None,
+        };
         let rewritten_path = match path {
             Cow::Borrowed(_) => None,
             Cow::Owned(p) => Some(p),
@@ -281,8 +243,7 @@ impl Pipeline {
             rewritten_path,
             principal,
             strip_bearer: presented.bearer,
-            budget,
-            quota,
+            grant,
         })
     }
 

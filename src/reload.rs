@@ -165,9 +165,8 @@ impl Reloader {
             );
         }
         self.pipeline
-            .shared_rate_limits
-            .set_enabled(shares_rate_limits(&config));
-        self.pipeline.quotas.set_default(config.quota);
+            .budgets
+            .reload(shares_rate_limits(&config), config.quota);
         self.cache.set_ttl(config.cache.ttl);
         // One pointer for the proxy and the admin API alike.
         self.pipeline

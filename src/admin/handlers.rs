@@ -221,7 +221,7 @@ impl Admin {
         let Some(quota) = self.quotas.effective(app.and_then(|a| a.quota)) else {
             return Ok(QuotaView::default());
         };
-        let windows = crate::quota::windows_now(quota);
+        let windows = crate::budgets::quota::windows_now(quota);
         let (day, month) = self.quotas.used(id, &windows).await?;
         Ok(QuotaView {
             per_day: quota

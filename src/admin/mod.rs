@@ -69,7 +69,7 @@ pub struct Admin {
     pub identities: Vec<AdminIdentity>,
     pub metrics: Arc<Metrics>,
     /// The proxy's quotas: the config's default (swapped on reload) and the counts.
-    pub quotas: crate::quota::Quotas,
+    pub quotas: crate::budgets::quota::Quotas,
 }
 
 enum Call<'a> {
@@ -289,12 +289,12 @@ impl Admin {
                 // The quota left, in the headers the proxy sets (the body is the contract's list).
                 if let Ok(quota) = self.key_quota(id).await {
                     if let Some(w) = quota.tightest() {
-                        let status = crate::quota::QuotaStatus {
+                        let status = crate::budgets::quota::QuotaStatus {
                             limit: w.limit,
                             remaining: w.remaining,
                             reset: w.ends.saturating_sub(crate::model::now_unix()),
                         };
-                        crate::error::quota_headers(response.headers_mut(), status);
+                        crate::budgets::headers::quota_headers(response.headers_mut(), status);
                     }
                 }
                 Ok(response)

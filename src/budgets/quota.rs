@@ -4,7 +4,7 @@
 //! # How
 //! Counts live in the store, one per key per window (Redis, or the embedded file, where they
 //! survive a restart). Each instance leases slices of the quota like it does a shared rate
-//! budget ([`crate::lease`]): a lease counts up to [`SLICE`] requests as used at once, the
+//! budget ([`crate::budgets::slice`]): a lease counts up to [`SLICE`] requests as used at once, the
 //! instance admits them with one compare-and-swap each, and leases the next slice in the
 //! background when the slice runs low. Near the end of a window a lease grants only an eighth
 //! of what is left, and once no more than a slice is left exactly 1
@@ -35,7 +35,7 @@
 //! It never refuses a request without a count to show for it, and a refused request consumes
 //! nothing. It never calls the store for a request its slice can serve.
 
-use crate::lease::{Fallback, Slice, Take};
+use crate::budgets::slice::{Fallback, Slice, Take};
 use crate::model::{now_unix, Quota, QuotaWindows};
 use crate::store::{KeyStore, QuotaAsk, QuotaLease, StoreError};
 use arc_swap::ArcSwap;

@@ -1,5 +1,5 @@
 //! Slices of a shared budget, leased from the store and spent locally: the machinery under
-//! [`crate::ratelimit::shared`] and [`crate::quota`].
+//! [`crate::budgets::shared`] and [`crate::budgets::quota`].
 //!
 //! # What this module owns
 //! `Slice`: one key's leased requests on this instance (an atomic count), when they stop

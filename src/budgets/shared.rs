@@ -25,7 +25,7 @@
 //! it knows is down (one probe per `lease::PROBE_EVERY_MS`).
 
 use super::{Decision, RateLimits};
-use crate::lease::{Fallback, Slice, Take};
+use crate::budgets::slice::{Fallback, Slice, Take};
 use crate::model::RateLimit;
 use crate::store::{KeyStore, RateLease};
 use dashmap::DashMap;
