@@ -310,6 +310,16 @@ impl RedisStore {
             )
             .await?;
             let names = Names::for_mode(&self.prefix, link.mode())?;
+            // Marks the node holding the data (see `holds_data`); an existing mark is kept.
+            let mut mark = redis::cmd("SET");
+            mark.arg(names.marker()).arg(now_unix()).arg("NX");
+            let mut conn = link.clone();
+            bounded_until(
+                deadline,
+                self.op_timeout,
+                mark.query_async::<Option<String>>(&mut conn),
+            )
+            .await?;
             Ok::<_, StoreError>(Linked { link, names })
         };
         let linked = self.conn.get_or_try_init(make).await?;
@@ -357,6 +367,12 @@ impl RedisStore {
             Ok(result) => result.map_err(map_redis_error),
             Err(_) => Err(timed_out(self.op_timeout)),
         }
+    }
+
+    /// Adds `EXISTS` of the deployment's marker (see [`Names::marker`]) to a lookup's
+    /// pipeline: 0 means the answering node does not hold the deployment's data.
+    fn holds_data(&self, pipe: &mut redis::Pipeline) {
+        pipe.cmd("EXISTS").arg(self.names().marker());
     }
 
     async fn get_json(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -551,11 +567,17 @@ impl KeyStore for RedisStore {
         }
     }
 
+    /// With [`RedisStore::holds_data`] in the same round trip: see [`KeyStore::get_key`].
     async fn get_app(&self, id: &str) -> Result<Option<App>, StoreError> {
         self.linked().await?;
-        self.current_app(id)
-            .await
-            .map(|found| found.map(|(_, app)| app))
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.names().app(id));
+        self.holds_data(&mut pipe);
+        let (json, marked): (Option<String>, u64) = self.read_pipe(&pipe).await?;
+        match json {
+            Some(json) => decode(&json).map(Some),
+            None => absent(marked),
+        }
     }
 
     async fn list_apps(
@@ -664,6 +686,10 @@ impl KeyStore for RedisStore {
         }
     }
 
+    /// "No such key" is believed only from a node that holds the deployment's data: the same
+    /// round trip asks whether the deployment's marker exists there. During a Cluster failover a
+    /// node may serve the slot without the data (an empty one was seen answering nil under
+    /// load); its nil would be a 401 for a valid key, and remembered as an unknown id.
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.linked().await?;
         let mut pipe = redis::pipe();
@@ -672,8 +698,12 @@ impl KeyStore for RedisStore {
             .cmd("HGET")
             .arg(self.names().last_used())
             .arg(id);
-        let (json, at): (Option<String>, Option<u64>) = self.read_pipe(&pipe).await?;
-        json.map(|json| decode_key(&json, at)).transpose()
+        self.holds_data(&mut pipe);
+        let (json, at, marked): (Option<String>, Option<u64>, u64) = self.read_pipe(&pipe).await?;
+        match json {
+            Some(json) => decode_key(&json, at).map(Some),
+            None => absent(marked),
+        }
     }
 
     async fn list_keys(
@@ -958,6 +988,18 @@ fn map_redis_error(e: RedisError) -> StoreError {
         redis::ErrorKind::UnexpectedReturnType => StoreError::Corrupt(e.to_string()),
         _ => StoreError::Unavailable(e.to_string()),
     }
+}
+
+/// A lookup's "not found", given whether the answering node has the deployment's marker (see
+/// [`RedisStore::holds_data`]): believed only from a node with the deployment's data.
+fn absent<T>(marked: u64) -> Result<Option<T>, StoreError> {
+    if marked == 0 {
+        return Err(StoreError::Unavailable(
+            "the node serving the store holds none of its data (a failover in progress?)"
+                .to_owned(),
+        ));
+    }
+    Ok(None)
 }
 
 fn unexpected_status(status: i64) -> StoreError {
