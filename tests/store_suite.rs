@@ -1563,6 +1563,8 @@ async fn redis_layout_and_cleanup() {
         "sg:appidx".to_owned(),
         "sg:appkeyidx:a1".to_owned(),
         "sg:appname:myapp".to_owned(),
+        // The deployment's marker: lookups believe "no such key" only where it is.
+        "sg:deployment".to_owned(),
         "sg:key:k1".to_owned(),
         "sg:keyidx".to_owned(),
         "sg:last_used".to_owned(),
@@ -1604,11 +1606,14 @@ async fn redis_layout_and_cleanup() {
     assert!(ttl > 0 && ttl <= max_marker_ttl, "marker TTL {ttl}");
 
     assert!(delete_app_fully(&store, "a1").await);
-    // The revoked key stays (with its usage) until purged; then only the marker is left, and
-    // it expires by itself.
+    // The revoked key stays (with its usage) until purged; then only the batch marker (which
+    // expires by itself) and the deployment's marker are left.
     assert!(all_keys(&mut conn).await.contains(&"sg:revoked".to_owned()));
     assert!(store.delete_key("k1").await.expect("purge"));
-    assert_eq!(all_keys(&mut conn).await, std::slice::from_ref(&marker));
+    assert_eq!(
+        all_keys(&mut conn).await,
+        ["sg:deployment".to_owned(), marker.clone()]
+    );
 
     // Counts for ids that do not exist are stored anyway (the documented choice): cheap
     // orphans, which is why this comes after the cleanup check. They expire like any other.
@@ -1622,6 +1627,7 @@ async fn redis_layout_and_cleanup() {
         .expect("orphan usage");
     let ghost = format!("sg:usage:key:ghost:{}", &d3()[..7]);
     let mut expected = vec![
+        "sg:deployment".to_owned(),
         marker,
         format!("sg:usage:batch:{}:0", orphan.id),
         ghost.clone(),

@@ -7,6 +7,13 @@
 //! recently used first), and put back by the response body itself when it reaches its end
 //! ([`Lease`]); the `Host` value is built once per host.
 //!
+//! The idle list holds only connections that are idle both ways: response read to its end and
+//! request body sent whole. An upstream may answer before it has read a request's body; its
+//! connection is then still sending that body, for as long as the client takes, and joins the
+//! list only once it is done (a task waits for that, as hyper-util's does). So a checkout
+//! never waits on a connection and never walks past busy ones: it takes the newest idle one,
+//! dropping the few that closed or aged out meanwhile, or connects.
+//!
 //! A pooled connection the upstream has just closed may refuse a request before sending any of
 //! it; that request is sent again, once, on a fresh connection.
 
@@ -33,9 +40,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 const MAX_IDLE_PER_HOST: usize = 1024;
 /// A refused or black-holed upstream fails fast instead of eating the whole deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a pooled connection may take to be ready for the next request before another is
-/// used instead.
-const READY_WAIT: Duration = Duration::from_millis(100);
 
 type Sender = SendRequest<LimitedBody>;
 
@@ -121,7 +125,7 @@ impl Pool {
         host: Arc<Host>,
         mut request: Request<LimitedBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
-        if let Some(mut sender) = host.checkout().await {
+        if let Some(mut sender) = host.checkout() {
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, Lease { sender, host })),
                 Err(mut refused) => match refused.take_message() {
@@ -178,22 +182,13 @@ where
 }
 
 impl Host {
-    /// The most recently used idle connection that is still open and fresh.
-    async fn checkout(&self) -> Option<Sender> {
+    /// The most recently used idle connection that is still open and fresh. Only connections
+    /// that were ready when checked in are listed, so one not ready now is closing: dropped.
+    fn checkout(&self) -> Option<Sender> {
         loop {
             let idle = self.lock().pop_back()?;
-            if idle.sender.is_closed() || idle.since.elapsed() >= IDLE_TIMEOUT {
-                continue;
-            }
-            let mut sender = idle.sender;
-            if sender.is_ready() {
-                return Some(sender);
-            }
-            // Released at the end of its last response, the connection may not have seen it
-            // yet: a moment. Longer means it is still sending an earlier request's body (the
-            // upstream answered before reading it all): not worth waiting for.
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
-                return Some(sender);
+            if idle.sender.is_ready() && idle.since.elapsed() < IDLE_TIMEOUT {
+                return Some(idle.sender);
             }
         }
     }
@@ -221,9 +216,28 @@ impl Host {
 
 impl Lease {
     /// Gives the connection back for the next request: call it once the response is complete.
+    ///
+    /// Not ready yet means the connection is not idle: its task has not yet taken in the end
+    /// of the response (a moment), or it is still sending the request's body because the
+    /// upstream answered early (as long as the client takes). It joins the idle list once it
+    /// is ready, never before, so no other request is handed a busy connection.
     pub fn release(self) {
-        if !self.sender.is_closed() {
-            self.host.checkin(self.sender);
+        let Lease { mut sender, host } = self;
+        if sender.is_ready() {
+            host.checkin(sender);
+            return;
+        }
+        if sender.is_closed() {
+            return;
+        }
+        // Outside a runtime (never on the request path) the connection is simply dropped.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // An error: the connection closed, and is dropped with the sender.
+                if sender.ready().await.is_ok() {
+                    host.checkin(sender);
+                }
+            });
         }
     }
 }

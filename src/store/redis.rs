@@ -52,11 +52,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Reconnect schedule of the command connection. After the retries run out the manager starts a
-/// new round on the next command, so it keeps trying for as long as the store is used.
+/// Reconnect schedule of the command connection: a round is a try, then one after 50-100 ms and
+/// one after 100-200 ms more (the client's jitter adds up to the delay again). After the retries
+/// run out the manager starts a new round on the next command, so while the store is used it
+/// tries at least every 200 ms, and a command (bounded by `store.timeout`, 250 ms by default)
+/// never waits on a longer sleep than that; a longer schedule let a probe time out just after
+/// Redis came back. A link nobody uses is remade by the next command (see [`RedisStore::read`]).
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
-const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
-const RECONNECT_RETRIES: usize = 4;
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(200);
+const RECONNECT_RETRIES: usize = 2;
 
 /// Compare-and-set attempts for writes that read the current record first.
 const CAS_ATTEMPTS: usize = 5;
@@ -179,6 +183,16 @@ impl RedisStore {
             )
             .await?;
             let names = Names::for_mode(&self.prefix, link.mode())?;
+            // Marks the node holding the data (see `holds_data`); an existing mark is kept.
+            let mut mark = redis::cmd("SET");
+            mark.arg(names.marker()).arg(now_unix()).arg("NX");
+            let mut conn = link.clone();
+            bounded_until(
+                deadline,
+                self.op_timeout,
+                mark.query_async::<Option<String>>(&mut conn),
+            )
+            .await?;
             Ok::<_, StoreError>(Linked { link, names })
         };
         let linked = self.conn.get_or_try_init(make).await?;
@@ -341,9 +355,12 @@ impl ChangeFeed for RedisStore {
 impl Ping for RedisStore {
     /// `EXISTS` of the app index rather than `PING`: on a Cluster a PING may reach any node,
     /// while this asks the node serving the gateway's slot, the one every call needs.
+    /// A read, so retried once on a broken link: after an outage with no traffic the link
+    /// still holds the connection Redis dropped, and the first probe would report that stale
+    /// failure (a whole probe period of "not ready") instead of remaking the link.
     async fn ping(&self) -> Result<(), StoreError> {
         self.linked().await?;
-        self.query::<i64>(redis::cmd("EXISTS").arg(self.names().app_index()))
+        self.read::<i64>(redis::cmd("EXISTS").arg(self.names().app_index()))
             .await
             .map(drop)
     }
@@ -428,6 +445,18 @@ fn map_redis_error(e: RedisError) -> StoreError {
         redis::ErrorKind::UnexpectedReturnType => StoreError::Corrupt(e.to_string()),
         _ => StoreError::Unavailable(e.to_string()),
     }
+}
+
+/// A lookup's "not found", given whether the answering node has the deployment's marker (see
+/// [`RedisStore::holds_data`]): believed only from a node with the deployment's data.
+fn absent<T>(marked: u64) -> Result<Option<T>, StoreError> {
+    if marked == 0 {
+        return Err(StoreError::Unavailable(
+            "the node serving the store holds none of its data (a failover in progress?)"
+                .to_owned(),
+        ));
+    }
+    Ok(None)
 }
 
 fn unexpected_status(status: i64) -> StoreError {

@@ -104,6 +104,12 @@ impl Names {
         self.under("last_used")
     }
 
+    /// String: when the deployment's data was first linked to. Set once (`NX`) by each link and
+    /// never removed, so a node serving the slot without it does not hold the data.
+    pub(super) fn marker(&self) -> String {
+        self.under("deployment")
+    }
+
     pub(super) fn audit(&self) -> String {
         self.under("audit")
     }

@@ -5,7 +5,7 @@
 
 use super::scripts::*;
 use super::{
-    audit_args, contended, decode, decode_key, encode, encode_key, eval, id_of, keys_then,
+    absent, audit_args, contended, decode, decode_key, encode, encode_key, eval, id_of, keys_then,
     optional_time, unexpected_status, RedisStore, CAS_ATTEMPTS,
 };
 use crate::model::{
@@ -16,6 +16,14 @@ use crate::store::{Audit, Indexed, Keep, Records, StoreError, Upkeep, PURGE_CHUN
 use async_trait::async_trait;
 
 impl RedisStore {
+    /// Adds `EXISTS` of the deployment's marker (see [`Names::marker`]) to a lookup's
+    /// pipeline: 0 means the answering node does not hold the deployment's data.
+    ///
+    /// [`Names::marker`]: super::names::Names::marker
+    fn holds_data(&self, pipe: &mut redis::Pipeline) {
+        pipe.cmd("EXISTS").arg(self.names().marker());
+    }
+
     pub(super) async fn get_json(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.read(redis::cmd("GET").arg(key)).await
     }
@@ -264,11 +272,17 @@ impl Records for RedisStore {
         }
     }
 
+    /// With [`RedisStore::holds_data`] in the same round trip: see [`Records::get_key`].
     async fn get_app(&self, id: &str) -> Result<Option<App>, StoreError> {
         self.linked().await?;
-        self.current_app(id)
-            .await
-            .map(|found| found.map(|(_, app)| app))
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.names().app(id));
+        self.holds_data(&mut pipe);
+        let (json, marked): (Option<String>, u64) = self.read_pipe(&pipe).await?;
+        match json {
+            Some(json) => decode(&json).map(Some),
+            None => absent(marked),
+        }
     }
 
     async fn list_apps(
@@ -355,6 +369,10 @@ impl Records for RedisStore {
         }
     }
 
+    /// "No such key" is believed only from a node that holds the deployment's data: the same
+    /// round trip asks whether the deployment's marker exists there. During a Cluster failover a
+    /// node may serve the slot without the data (an empty one was seen answering nil under
+    /// load); its nil would be a 401 for a valid key, and remembered as an unknown id.
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.linked().await?;
         let mut pipe = redis::pipe();
@@ -363,8 +381,12 @@ impl Records for RedisStore {
             .cmd("HGET")
             .arg(self.names().last_used())
             .arg(id);
-        let (json, at): (Option<String>, Option<u64>) = self.read_pipe(&pipe).await?;
-        json.map(|json| decode_key(&json, at)).transpose()
+        self.holds_data(&mut pipe);
+        let (json, at, marked): (Option<String>, Option<u64>, u64) = self.read_pipe(&pipe).await?;
+        match json {
+            Some(json) => decode_key(&json, at).map(Some),
+            None => absent(marked),
+        }
     }
 
     async fn list_keys(
