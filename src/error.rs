@@ -52,7 +52,7 @@ pub enum ProxyError {
 
 /// An admin API call that fails.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     #[error("a valid admin token is required")]
     Unauthorized,
     #[error("this token's role ({role}) may not make this call; it needs {needed}")]
@@ -116,6 +116,8 @@ pub struct ErrorAnswer {
     pub code: &'static str,
     pub message: String,
 }
+
+opaque_debug!(ErrorAnswer);
 
 /// What a refusal adds to the metrics, besides the request counter every answer adds to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,7 +251,7 @@ impl ProxyError {
 }
 
 impl AdminError {
-    pub fn answer(&self) -> ErrorAnswer {
+    pub(crate) fn answer(&self) -> ErrorAnswer {
         use StatusCode as S;
         let (status, code) = match self {
             AdminError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
@@ -271,7 +273,7 @@ impl AdminError {
         }
     }
 
-    pub fn into_response<B: From<Full<Bytes>>>(self) -> Response<B> {
+    pub(crate) fn into_response<B: From<Full<Bytes>>>(self) -> Response<B> {
         let mut response = self.answer().into_response();
         match self {
             AdminError::Unauthorized => {

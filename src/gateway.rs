@@ -64,6 +64,8 @@ pub struct RunningGateway {
     reload_tx: mpsc::Sender<()>,
 }
 
+opaque_debug!(RunningGateway);
+
 /// Opens the configured store: Redis when a URL is given, the embedded file store otherwise.
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn KeyStore>, StoreError> {
     Ok(match &config.redis {

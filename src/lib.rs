@@ -21,25 +21,37 @@
 //! deleted apps' keys, purging revoked ones, the expiring-keys gauge), [`cli`] (with `demo`); [`redact`] keeps credentials in
 //! URLs out of everything printed; [`throttle`] bounds log lines a client can cause.
 
-pub mod admin;
+/// A `Debug` that names the type and nothing more, for handles whose fields are shared state
+/// with nothing useful to print, or secrets that must never be printed.
+macro_rules! opaque_debug {
+    ($t:ty) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t)).finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+mod admin;
 pub mod auth;
 pub mod budgets;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod error;
+mod error;
 pub mod gateway;
 pub mod lifecycle;
-pub mod live;
+mod live;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
-pub mod proxy;
-pub mod redact;
-pub mod reload;
+mod proxy;
+mod redact;
+mod reload;
 pub mod routing;
-pub mod server;
+mod server;
 pub mod store;
-pub mod throttle;
+mod throttle;
 pub mod tls;
-pub mod usage;
+mod usage;

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use std::sync::Arc;
 
 /// The config in force, shared by the proxy, the admin API and the reloader.
-pub type Live = Arc<ArcSwap<LiveConfig>>;
+pub(crate) type Live = Arc<ArcSwap<LiveConfig>>;
 
 /// One config's reloadable settings.
 pub struct LiveConfig {
@@ -32,6 +32,8 @@ pub struct LiveConfig {
     pub(crate) route_metrics: Vec<RouteMetrics>,
     pub(crate) unmatched: RouteMetrics,
 }
+
+opaque_debug!(LiveConfig);
 
 impl LiveConfig {
     /// The reloadable part of `config` (its route table is taken, the rest copied).

@@ -71,6 +71,8 @@ pub struct Pipeline {
     pub proto: &'static str,
 }
 
+opaque_debug!(Pipeline);
+
 impl Pipeline {
     /// Serves one request; never fails (errors become responses). Times, counts and logs it.
     pub async fn handle(

@@ -17,7 +17,7 @@ const SECRET_PARAMS: [&str; 2] = ["pass=", "password="];
 /// taken as one URL, so a password with spaces or `/` in a malformed URL is masked too, and so
 /// is the user info of a URL whose scheme is misspelled (`redis//:pw@host`, `redis:/u:pw@h`):
 /// see [`user_info`].
-pub fn url(url: &str) -> Cow<'_, str> {
+pub(crate) fn url(url: &str) -> Cow<'_, str> {
     let Some((start, at)) = user_info(url) else {
         return mask_params(url);
     };
@@ -33,7 +33,7 @@ pub fn url(url: &str) -> Cow<'_, str> {
 
 /// `text` with every URL-ish word in it passed through [`url`]: a word (up to a space or quote)
 /// with `://` or `@` in it, as in an error message that quotes a value, misspelled or not.
-pub fn in_text(text: &str) -> Cow<'_, str> {
+pub(crate) fn in_text(text: &str) -> Cow<'_, str> {
     if !text.contains("://") && !text.contains('@') {
         return Cow::Borrowed(text);
     }
@@ -62,7 +62,7 @@ fn is_word_end(c: char) -> bool {
 
 /// `text` (an error from a library given `url`) through [`in_text`], and with every verbatim
 /// copy of `url`'s secrets masked, for messages that quote a password without its URL.
-pub fn scrub(text: &str, url: &str) -> String {
+pub(crate) fn scrub(text: &str, url: &str) -> String {
     let mut out = in_text(text).into_owned();
     for secret in secrets(url) {
         out = out.replace(secret, MASK);

@@ -30,7 +30,7 @@ const SETTLE: Duration = Duration::from_millis(150);
 
 /// Settings read once at start.
 #[derive(Clone, Debug, PartialEq)]
-pub struct FixedSettings {
+pub(crate) struct FixedSettings {
     listen: SocketAddr,
     tls: bool,
     admin_listen: SocketAddr,
@@ -47,7 +47,7 @@ pub struct FixedSettings {
 }
 
 impl FixedSettings {
-    pub fn of(c: &Config) -> FixedSettings {
+    pub(crate) fn of(c: &Config) -> FixedSettings {
         FixedSettings {
             listen: c.listen,
             tls: c.tls.is_some(),
@@ -100,7 +100,7 @@ impl FixedSettings {
 }
 
 /// Applies config files to a running gateway.
-pub struct Reloader {
+pub(crate) struct Reloader {
     path: PathBuf,
     fixed: FixedSettings,
     pipeline: Arc<Pipeline>,
@@ -111,7 +111,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// `fixed` are the settings the gateway started with, from the file at `path`.
-    pub fn new(
+    pub(crate) fn new(
         path: PathBuf,
         fixed: FixedSettings,
         pipeline: Arc<Pipeline>,
@@ -139,7 +139,7 @@ impl Reloader {
     }
 
     /// Loads the file again; swaps it in if valid. Returns whether it was applied.
-    pub fn reload(&self) -> bool {
+    pub(crate) fn reload(&self) -> bool {
         let mut config = match config::load(&self.path) {
             Ok(config) => config,
             Err(errors) => return self.refuse(&errors.problems),
@@ -180,12 +180,12 @@ impl Reloader {
 
 /// `rate_limit.shared` takes effect only on a store other instances share (Redis); with the
 /// embedded store there is one instance, and its local limiter is the shared one.
-pub fn shares_rate_limits(config: &crate::config::Config) -> bool {
+pub(crate) fn shares_rate_limits(config: &crate::config::Config) -> bool {
     config.shared_rate_limit && config.store.redis.is_some()
 }
 
 /// Watches the config file and `triggers`, reloading on each change, until `shutdown`.
-pub fn spawn(
+pub(crate) fn spawn(
     reloader: Arc<Reloader>,
     mut triggers: mpsc::Receiver<()>,
     mut shutdown: watch::Receiver<bool>,

@@ -32,7 +32,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 /// How a listener treats its connections.
 #[derive(Clone, Debug)]
-pub struct ConnectionSettings {
+pub(crate) struct ConnectionSettings {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
@@ -63,7 +63,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Serves `listener` in plain HTTP until `shutdown` turns true, then drains for up to
 /// `settings.grace`.
-pub async fn serve<F, Fut, B>(
+pub(crate) async fn serve<F, Fut, B>(
     listener: TcpListener,
     settings: ConnectionSettings,
     handler: F,
@@ -82,7 +82,7 @@ pub async fn serve<F, Fut, B>(
 /// source's config current at accept time, within `settings.header_read_timeout` (a failed or
 /// late handshake is logged at debug and the connection dropped); then, as on plain
 /// connections, its first request head is due within `settings.header_read_timeout`.
-pub async fn serve_with_tls<F, Fut, B>(
+pub(crate) async fn serve_with_tls<F, Fut, B>(
     listener: TcpListener,
     settings: ConnectionSettings,
     tls: Option<Arc<TlsAcceptorSource>>,
@@ -552,6 +552,6 @@ impl<B: Body> Body for TrackedBody<B> {
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }

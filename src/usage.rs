@@ -26,14 +26,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Often enough that the admin API shows a use within its 2-second promise.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// Cells handed to the task between two sweeps: one per key used since the last sweep, so it
 /// fills only if more keys than this are used within one flush interval.
 const CHANNEL_CAPACITY: usize = 65_536;
 /// Cells taken off the channel per wake-up of the task, at most.
 const RECEIVE_BATCH: usize = 1024;
 /// Pending (id, day) counters and last-used entries kept while the store is unreachable.
-pub const MAX_PENDING: usize = 200_000;
+pub(crate) const MAX_PENDING: usize = 200_000;
 /// Counters per sealed batch: one idempotent unit of the store (one Redis script). Also what
 /// is dropped at once when pending counts reach [`MAX_PENDING`] with batches unconfirmed.
 const BATCH_COUNTERS: usize = USAGE_CHUNK;
@@ -85,6 +85,8 @@ pub struct UsageRecorder {
     metrics: Arc<Metrics>,
 }
 
+opaque_debug!(UsageRecorder);
+
 impl UsageRecorder {
     /// Notes one use of the cell's key. Never blocks; if the task's queue is full the use is
     /// dropped and counted.
@@ -103,7 +105,7 @@ impl UsageRecorder {
 }
 
 /// Starts the background writer. It flushes and ends when `shutdown` turns true.
-pub fn spawn(
+pub(crate) fn spawn(
     store: Arc<dyn UsageSink>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,

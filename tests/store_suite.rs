@@ -1065,11 +1065,12 @@ async fn embedded_opens_a_file_without_usage_table() {
     std::fs::create_dir_all(&path).expect("dir");
     {
         // The previous version's tables, written with redb directly.
-        const APPS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("apps");
-        const APP_NAMES: redb::TableDefinition<&str, &str> =
+        const APPS: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("apps");
+        const APP_NAMES: redb::TableDefinition<'_, &str, &str> =
             redb::TableDefinition::new("app_names");
-        const KEYS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("keys");
-        const LAST_USED: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("last_used");
+        const KEYS: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("keys");
+        const LAST_USED: redb::TableDefinition<'_, &str, u64> =
+            redb::TableDefinition::new("last_used");
         let db = redb::Database::create(path.join("scopegate.redb")).expect("create");
         let tx = db.begin_write().expect("write");
         {
@@ -1108,9 +1109,10 @@ async fn embedded_opens_a_file_without_usage_table() {
 /// bounded share per write; recent ones stay and are honoured.
 #[tokio::test]
 async fn embedded_prunes_old_rows_and_batch_ids() {
-    const USAGE: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("usage");
-    const BATCHES: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("usage_batches");
-    const BATCH_AGES: redb::TableDefinition<(u64, &str), ()> =
+    const USAGE: redb::TableDefinition<'_, &str, u64> = redb::TableDefinition::new("usage");
+    const BATCHES: redb::TableDefinition<'_, &str, u64> =
+        redb::TableDefinition::new("usage_batches");
+    const BATCH_AGES: redb::TableDefinition<'_, (u64, &str), ()> =
         redb::TableDefinition::new("usage_batch_ages");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("data");

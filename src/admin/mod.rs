@@ -11,9 +11,9 @@ mod handlers;
 mod keys;
 mod paging;
 mod role;
-pub mod routes;
+pub(crate) mod routes;
 mod validate;
-pub mod views;
+pub(crate) mod views;
 
 use crate::cache::KeyCache;
 use crate::config::Role;
@@ -36,14 +36,14 @@ use subtle::ConstantTimeEq;
 use views::AppView;
 
 /// What the admin API answers: a whole JSON document, or a streamed export.
-pub type AdminBody =
+pub(crate) type AdminBody =
     Either<Full<Bytes>, StreamBody<BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>>>;
 
 /// Admin request bodies are small JSON documents.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
 /// An operator allowed to call the admin API.
-pub struct AdminIdentity {
+pub(crate) struct AdminIdentity {
     pub name: String,
     pub role: Role,
     /// SHA-256 of the token, so comparisons are constant-time whatever the lengths.
@@ -51,7 +51,7 @@ pub struct AdminIdentity {
 }
 
 impl AdminIdentity {
-    pub fn new(name: impl Into<String>, token: &str, role: Role) -> AdminIdentity {
+    pub(crate) fn new(name: impl Into<String>, token: &str, role: Role) -> AdminIdentity {
         AdminIdentity {
             name: name.into(),
             role,
@@ -61,7 +61,7 @@ impl AdminIdentity {
 }
 
 /// The admin API's shared state.
-pub struct Admin {
+pub(crate) struct Admin {
     pub store: Arc<dyn KeyStore>,
     pub cache: KeyCache,
     /// The config in force (scopes, routes, the `keys:` policy), shared with the proxy.
@@ -121,7 +121,10 @@ impl Admin {
     /// A call that may write runs in a task of its own: hyper drops this future when the
     /// caller hangs up, and a write the store applied must still be carried through whole (its
     /// cache invalidation, its log line). The store keeps each write with its audit event.
-    pub async fn handle(self: &Arc<Self>, request: Request<Incoming>) -> Response<AdminBody> {
+    pub(crate) async fn handle(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Response<AdminBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         // The console's static files hold no data: served before (and without) the token check.

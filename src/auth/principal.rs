@@ -44,6 +44,8 @@ pub struct Authenticator {
     cache: KeyCache,
 }
 
+opaque_debug!(Authenticator);
+
 /// Compared against when the key id is unknown, so that case costs what a wrong secret costs.
 const NO_DIGEST: [u8; 32] = [0u8; 32];
 

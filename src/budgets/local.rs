@@ -46,6 +46,8 @@ pub struct RateLimits {
     epoch: Instant,
 }
 
+opaque_debug!(RateLimits);
+
 /// A key's rate-limit state after a request it allowed, as the `RateLimit-*` headers show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {

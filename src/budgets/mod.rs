@@ -32,6 +32,8 @@ pub struct Budgets {
     pub quotas: Quotas,
 }
 
+opaque_debug!(Budgets);
+
 /// What an admitted request was granted: its key's rate-limit state after it, and the tightest
 /// quota window when the key has a quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

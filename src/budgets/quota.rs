@@ -101,6 +101,8 @@ pub struct Quotas {
     inner: Arc<Inner>,
 }
 
+opaque_debug!(Quotas);
+
 struct Inner {
     /// The config's `quota:`, for keys whose app sets none.
     default: ArcSwap<Option<Quota>>,

@@ -61,6 +61,8 @@ pub struct SharedRateLimits {
     inner: Arc<Inner>,
 }
 
+opaque_debug!(SharedRateLimits);
+
 struct Inner {
     /// `rate_limit.shared` with a Redis store; off: every check goes to the local limiter.
     enabled: AtomicBool,

@@ -149,6 +149,8 @@ pub struct Fallback {
     epoch: std::time::Instant,
 }
 
+opaque_debug!(Fallback);
+
 impl Fallback {
     pub fn new(metrics: Arc<Metrics>) -> Fallback {
         Fallback {

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 /// Scopes the demo app gets: enough for an allowed call, and missing one for a 403.
 const DEMO_SCOPES: &[&str] = &["deploy_tool", "view_job_status"];
 
-pub async fn run(config: Config) -> ExitCode {
+pub(super) async fn run(config: Config) -> ExitCode {
     match prepare_and_run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

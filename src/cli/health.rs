@@ -15,7 +15,7 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Asks `/readyz` on the metrics listener (`url` overrides the config's `metrics.listen`).
-pub async fn run(config_path: &Path, url: Option<String>) -> ExitCode {
+pub(super) async fn run(config_path: &Path, url: Option<String>) -> ExitCode {
     let base = match url {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => match config::load(config_path) {
@@ -58,7 +58,7 @@ async fn probe(url: &str) -> Result<u16, String> {
 }
 
 /// A listen address as a client can dial it: a wildcard (`0.0.0.0`, `::`) becomes loopback.
-pub fn reachable(listen: SocketAddr) -> SocketAddr {
+pub(super) fn reachable(listen: SocketAddr) -> SocketAddr {
     match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())

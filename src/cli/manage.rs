@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 /// Why a management command failed, ready to print after `scopegate: `.
 #[derive(Debug, thiserror::Error)]
-pub enum ManageError {
+pub(super) enum ManageError {
     #[error(transparent)]
     Usage(#[from] UsageError),
     #[error("{what} {id:?} not found")]
@@ -26,7 +26,11 @@ pub enum ManageError {
 }
 
 /// Builds the call, makes it, prints the answer; the exit code says how it went.
-pub async fn run(config: &Path, args: &AdminArgs, call: Result<AdminCall, UsageError>) -> ExitCode {
+pub(super) async fn run(
+    config: &Path,
+    args: &AdminArgs,
+    call: Result<AdminCall, UsageError>,
+) -> ExitCode {
     match execute(config, args, call).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

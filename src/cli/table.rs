@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 /// One column of a table.
 #[derive(Clone, Copy, Debug)]
-pub struct Column {
+pub(super) struct Column {
     /// The JSON field shown.
     pub field: &'static str,
     /// Longest cell before it is cut (in characters), unless the table is wide.
@@ -20,7 +20,7 @@ pub struct Column {
 const CUT: char = '~';
 
 /// Renders objects as a table with the given columns.
-pub fn render(rows: &[Value], columns: &[Column], wide: bool) -> String {
+pub(super) fn render(rows: &[Value], columns: &[Column], wide: bool) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
@@ -52,7 +52,7 @@ pub fn render(rows: &[Value], columns: &[Column], wide: bool) -> String {
 }
 
 /// One object as `field: value` lines, every field, nothing cut.
-pub fn record(row: &Value) -> String {
+pub(super) fn record(row: &Value) -> String {
     let Value::Object(map) = row else {
         return format!("{}\n", cell(row));
     };
@@ -67,7 +67,7 @@ pub fn record(row: &Value) -> String {
 
 /// `text` with every control character written as an escape: `\n`, `\r`, `\t`, `\x1b` (other
 /// C0 controls and DEL), `\u{9b}` (C1 controls). Borrowed when there is none.
-pub fn escape_controls(text: &str) -> Cow<'_, str> {
+pub(super) fn escape_controls(text: &str) -> Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return Cow::Borrowed(text);
     }
@@ -91,7 +91,7 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
 
 /// JSON text (from serde_json, which escapes C0 controls only) with DEL and C1 controls
 /// escaped too (`\u009b`): the same JSON value, nothing raw for a terminal to act on.
-pub fn escape_json_controls(json: &str) -> Cow<'_, str> {
+pub(super) fn escape_json_controls(json: &str) -> Cow<'_, str> {
     if !json.chars().any(char::is_control) {
         return Cow::Borrowed(json);
     }

@@ -12,17 +12,17 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::time::{Instant, Sleep};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request body grew past the route's `max_body`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the limit")]
-pub struct BodyLimitExceeded;
+pub(crate) struct BodyLimitExceeded;
 
 /// The upstream's whole-response deadline passed while the body was still streaming.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream response exceeded its deadline")]
-pub struct DeadlineExceeded;
+pub(crate) struct DeadlineExceeded;
 
 pin_project! {
     /// A request body that fails once more than `remaining` bytes have passed.
@@ -34,7 +34,7 @@ pin_project! {
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64) -> LimitedBody {
+    pub(crate) fn new(inner: Incoming, limit: u64) -> LimitedBody {
         LimitedBody {
             inner,
             remaining: limit,
@@ -184,7 +184,7 @@ impl Body for GatewayBody {
 }
 
 /// Whether an error (or anything in its source chain) is a [`BodyLimitExceeded`].
-pub fn is_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(e) = current {
         if e.is::<BodyLimitExceeded>() {

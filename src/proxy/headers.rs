@@ -5,8 +5,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::fmt::Write;
 use std::net::IpAddr;
 
-pub static X_SCOPEGATE_APP: HeaderName = HeaderName::from_static("x-scopegate-app");
-pub static X_SCOPEGATE_KEY: HeaderName = HeaderName::from_static("x-scopegate-key");
+pub(crate) static X_SCOPEGATE_APP: HeaderName = HeaderName::from_static("x-scopegate-app");
+pub(crate) static X_SCOPEGATE_KEY: HeaderName = HeaderName::from_static("x-scopegate-key");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -64,9 +64,11 @@ pub struct Forwarded<'a> {
     pub key_id: Option<&'a HeaderValue>,
 }
 
+opaque_debug!(Forwarded<'_>);
+
 /// Removes `Connection`-named and hop-by-hop headers. Runs before anything is added, so a
 /// client cannot use `Connection` to strip what the gateway sets.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     strip_nominated(headers);
     remove_where(headers, |name| is_hop_by_hop(name.as_str()));
 }
@@ -90,7 +92,7 @@ fn strip_nominated(headers: &mut HeaderMap) {
 
 /// Rewrites a request's headers for the upstream: one pass over the client's headers decides
 /// which go, then the gateway's own are set.
-pub fn prepare_request(headers: &mut HeaderMap, strip_bearer: bool, fwd: &Forwarded<'_>) {
+pub(crate) fn prepare_request(headers: &mut HeaderMap, strip_bearer: bool, fwd: &Forwarded<'_>) {
     strip_nominated(headers);
     // Read before the client's copy is removed below.
     let forwarded_for = forwarded_for(headers, fwd);

@@ -10,9 +10,9 @@
 //! then [`Forwarder::prepare`] on every config reload). Upstreams naming the same CA file share
 //! its pool; an upstream never borrows another's trust.
 
-pub mod body;
-pub mod headers;
-pub mod pool;
+pub(crate) mod body;
+pub(crate) mod headers;
+pub(crate) mod pool;
 
 use self::body::{is_body_limit, GatewayBody, LimitedBody};
 use self::headers::Forwarded;
@@ -42,6 +42,8 @@ pub struct Forwarder {
     with_ca: Arc<ArcSwap<CaPools>>,
 }
 
+opaque_debug!(Forwarder);
+
 /// What is sent upstream besides the request itself.
 pub struct Outgoing<'a> {
     pub upstream: &'a Upstream,
@@ -52,6 +54,8 @@ pub struct Outgoing<'a> {
     pub strip_bearer: bool,
     pub forwarded: Forwarded<'a>,
 }
+
+opaque_debug!(Outgoing<'_>);
 
 /// A pool whose TLS trusts the webpki roots and `extra`.
 fn pool(extra: Option<&TrustedCa>) -> Result<Arc<Pool>, TlsError> {

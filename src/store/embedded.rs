@@ -32,13 +32,13 @@ use tokio::sync::mpsc;
 const FILE_NAME: &str = "scopegate.redb";
 
 /// App id -> app JSON.
-const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+const APPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("apps");
 /// Lowercased app name -> app id: the unique-name claims.
-const APP_NAMES: TableDefinition<&str, &str> = TableDefinition::new("app_names");
+const APP_NAMES: TableDefinition<'_, &str, &str> = TableDefinition::new("app_names");
 /// Key id -> key JSON (without its last-use time).
-const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
 /// Key id -> last use, unix seconds. Apart from the record because it is written in batches.
-const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
+const LAST_USED: TableDefinition<'_, &str, u64> = TableDefinition::new("last_used");
 // Usage counts live in tables of their own, described in [`usage`].
 
 /// Apps and keys in a local redb database.
@@ -47,6 +47,8 @@ pub struct EmbeddedStore {
     op_timeout: std::time::Duration,
     feed: Arc<Feed>,
 }
+
+opaque_debug!(EmbeddedStore);
 
 /// Announces each committed change to this process's cache, from the thread that committed it.
 /// A write that outlives its caller (a hang-up, or `store.timeout`) still commits on the

@@ -13,9 +13,9 @@ use super::{quota_grant, QuotaAsk, QuotaLease, StoreError};
 use crate::model::QuotaWindows;
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
-const QUOTA: TableDefinition<&str, u64> = TableDefinition::new("quota");
+const QUOTA: TableDefinition<'_, &str, u64> = TableDefinition::new("quota");
 /// (granted, returned, owed) per holder and day.
-const TALLIES: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("quota_tallies");
+const TALLIES: TableDefinition<'_, &str, (u64, u64, u64)> = TableDefinition::new("quota_tallies");
 
 pub(super) fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(QUOTA).map_err(db_error)?;

@@ -90,6 +90,8 @@ pub struct RedisStore {
     runtime: tokio::runtime::Handle,
 }
 
+opaque_debug!(RedisStore);
+
 impl RedisStore {
     /// Connects to `url`; fails with `Unavailable` if Redis cannot be reached within `op_timeout`.
     /// Every later operation is bounded by `op_timeout` too, and the connection heals by itself.

@@ -18,12 +18,12 @@ use tokio::time::Instant;
 
 /// One reply chunk held back on a command connection.
 #[derive(Clone, Debug)]
-pub struct Held {
+pub(crate) struct Held {
     pub text: String,
     pub release_at: Instant,
 }
 
-pub struct DelayProxy {
+pub(crate) struct DelayProxy {
     pub addr: SocketAddr,
     held: Arc<Mutex<Vec<Held>>>,
     /// The delay in milliseconds, read for each reply (see [`DelayProxy::set_delay`]).
@@ -32,7 +32,7 @@ pub struct DelayProxy {
 
 impl DelayProxy {
     /// Listens on an ephemeral port and forwards to `target`, replies `delay` late.
-    pub async fn start(target: SocketAddr, delay: Duration) -> DelayProxy {
+    pub(crate) async fn start(target: SocketAddr, delay: Duration) -> DelayProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let held = Arc::new(Mutex::new(Vec::new()));
@@ -52,17 +52,17 @@ impl DelayProxy {
     }
 
     /// Replies read from now on are held back `delay` (those already held keep their time).
-    pub fn set_delay(&self, delay: Duration) {
+    pub(crate) fn set_delay(&self, delay: Duration) {
         let millis = u64::try_from(delay.as_millis()).expect("delay");
         self.delay.store(millis, Ordering::SeqCst);
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://{}/", self.addr)
     }
 
     /// Waits (up to 10 s) until a held reply contains `needle`; returns it.
-    pub async fn wait_held(&self, needle: &str) -> Held {
+    pub(crate) async fn wait_held(&self, needle: &str) -> Held {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let found = self

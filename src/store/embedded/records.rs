@@ -79,7 +79,7 @@ pub(super) fn move_name_claim(
 
 /// Removes the claim on `name` if `id` holds it.
 pub(super) fn release_name(
-    names: &mut redb::Table<&str, &str>,
+    names: &mut redb::Table<'_, &str, &str>,
     id: &str,
     name: &str,
 ) -> Result<(), StoreError> {

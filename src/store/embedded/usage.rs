@@ -11,13 +11,13 @@ use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 /// `k\0{key id}\0{date}` or `a\0{app id}\0{date}` -> request count that day. Ids never hold
 /// NUL (they are alphanumeric), so `k\0{id}\0` is a prefix of that id's rows only.
-const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
+const USAGE: TableDefinition<'_, &str, u64> = TableDefinition::new("usage");
 /// Batch id -> when it was applied (unix seconds): a batch found here is not applied again.
-const BATCHES: TableDefinition<&str, u64> = TableDefinition::new("usage_batches");
+const BATCHES: TableDefinition<'_, &str, u64> = TableDefinition::new("usage_batches");
 /// (applied at, batch id): the same ids in age order, so the oldest are found without a scan.
-const BATCH_AGES: TableDefinition<(u64, &str), ()> = TableDefinition::new("usage_batch_ages");
+const BATCH_AGES: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("usage_batch_ages");
 /// Bookkeeping of the row pruning: `prune_from` -> the row the next pass starts at.
-const META: TableDefinition<&str, &str> = TableDefinition::new("usage_meta");
+const META: TableDefinition<'_, &str, &str> = TableDefinition::new("usage_meta");
 const PRUNE_FROM: &str = "prune_from";
 
 /// Usage rows looked at per write for retention; a full pass over a million rows takes about a
