@@ -13,10 +13,12 @@
 pub(crate) mod body;
 pub(crate) mod headers;
 pub(crate) mod pool;
+mod request_body;
 
-use self::body::{is_body_limit, GatewayBody, LimitedBody};
+use self::body::GatewayBody;
 use self::headers::Forwarded;
 use self::pool::{Pool, SendError};
+use self::request_body::{is_body_limit, LimitedBody};
 use crate::error::ProxyError;
 use crate::routing::Upstream;
 use crate::tls::{upstream_client_config, TlsError, TrustedCa};

@@ -17,7 +17,7 @@
 //! A pooled connection the upstream has just closed may refuse a request before sending any of
 //! it; that request is sent again, once, on a fresh connection.
 
-use super::body::LimitedBody;
+use super::request_body::LimitedBody;
 use crate::routing::Upstream;
 use dashmap::DashMap;
 use http::uri::Scheme;
