@@ -2,7 +2,7 @@
 //! admin API's scopes, route list and key policy. Swapped as one pointer ([`Live`]) and read
 //! once per request or admin call, so neither ever sees half of one config and half of another.
 //!
-//! Settings that need a restart are not here (see [`crate::reload`]).
+//! Settings that need a restart are not here: the reloader keeps the running value and warns.
 
 use crate::config::{Config, KeyPolicy, Limits};
 use crate::metrics::{Metrics, RouteMetrics, UNMATCHED};

@@ -1,5 +1,5 @@
 //! Slices of a shared budget, leased from the store and spent locally: the machinery under
-//! [`crate::budgets::shared`] and [`crate::budgets::quota`].
+//! the shared rate limits and the quotas beside it.
 //!
 //! # What this module owns
 //! `Slice`: one key's leased requests on this instance (an atomic count), when they stop
