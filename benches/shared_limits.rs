@@ -70,8 +70,8 @@ fn bench_limits(c: &mut Criterion) {
     );
     let fallback = Arc::new(Fallback::new(Metrics::new()));
     let local = RateLimits::new(1_000);
-    let shared = SharedRateLimits::new(store.clone(), fallback.clone(), true);
-    let quotas = Quotas::new(store, fallback, None);
+    let shared = SharedRateLimits::new(store.clone(), fallback.clone());
+    let quotas = Quotas::new(store, fallback);
     let quota = Some(Quota {
         per_day: Some(1_000_000_000_000),
         per_month: None,

@@ -163,15 +163,11 @@ pub async fn start_with_store(
         grace: config.shutdown_grace,
     };
     let fallback = Arc::new(Fallback::new(metrics.clone()));
-    let shared_rate_limits = SharedRateLimits::new(
-        store.clone(),
-        fallback.clone(),
-        reload::shares_rate_limits(&config),
-    );
+    let shared_rate_limits = SharedRateLimits::new(store.clone(), fallback.clone());
     if config.shared_rate_limit && config.store.redis.is_none() {
         tracing::info!("rate_limit.shared: one instance on the embedded store; its own limiter is the shared one");
     }
-    let quotas = Quotas::new(store.clone(), fallback, config.quota);
+    let quotas = Quotas::new(store.clone(), fallback);
     let admin_quotas = quotas.clone();
     let live = LiveConfig::shared(&mut config, &metrics);
     let pipeline = Arc::new(Pipeline {

@@ -6,7 +6,7 @@
 
 use crate::config::{Config, KeyPolicy, Limits};
 use crate::metrics::{Metrics, RouteMetrics, UNMATCHED};
-use crate::model::RateLimit;
+use crate::model::{Quota, RateLimit};
 use crate::routing::{RouteSpec, RouteTable};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -20,6 +20,11 @@ pub struct LiveConfig {
     pub limits: Limits,
     /// For keys whose app sets no limit of its own.
     pub default_rate_limit: RateLimit,
+    /// `rate_limit.shared` on a store other instances share (Redis); with the embedded store
+    /// there is one instance, and its local limiter is the shared one.
+    pub shared_rate_limits: bool,
+    /// `quota:`, for keys whose app sets none.
+    pub default_quota: Option<Quota>,
     /// `log.access`: one line per proxied request.
     pub access_log: bool,
     /// The config's scopes (name, description), for the admin API.
@@ -49,6 +54,8 @@ impl LiveConfig {
             routes,
             limits: config.limits.clone(),
             default_rate_limit: config.rate_limit,
+            shared_rate_limits: config.shared_rate_limit && config.store.redis.is_some(),
+            default_quota: config.quota,
             access_log: config.log.access,
             scopes: config.scopes.clone(),
             route_specs: config.route_specs.clone(),

@@ -164,9 +164,6 @@ impl Reloader {
                 "config reload: this setting needs a restart; keeping the running value"
             );
         }
-        self.pipeline
-            .budgets
-            .reload(shares_rate_limits(&config), config.quota);
         self.cache.set_ttl(config.cache.ttl);
         // One pointer for the proxy and the admin API alike.
         self.pipeline
@@ -176,12 +173,6 @@ impl Reloader {
         tracing::info!(path = %self.path.display(), "config reloaded");
         true
     }
-}
-
-/// `rate_limit.shared` takes effect only on a store other instances share (Redis); with the
-/// embedded store there is one instance, and its local limiter is the shared one.
-pub(crate) fn shares_rate_limits(config: &crate::config::Config) -> bool {
-    config.shared_rate_limit && config.store.redis.is_some()
 }
 
 /// Watches the config file and `triggers`, reloading on each change, until `shutdown`.

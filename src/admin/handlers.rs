@@ -218,7 +218,9 @@ impl Admin {
     pub(super) async fn key_quota(&self, id: &str) -> Result<QuotaView, AdminError> {
         let key = self.store.get_key(id).await?.ok_or(AdminError::NotFound)?;
         let app = self.store.get_app(&key.app_id).await?;
-        let Some(quota) = self.quotas.effective(app.and_then(|a| a.quota)) else {
+        let default = self.live.load().default_quota;
+        let Some(quota) = crate::budgets::quota::effective(app.and_then(|a| a.quota), default)
+        else {
             return Ok(QuotaView::default());
         };
         let windows = crate::budgets::quota::windows_now(quota);

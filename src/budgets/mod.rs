@@ -71,7 +71,12 @@ impl Budgets {
         let key_id = &principal.key.id;
         let limit = principal.app.rate_limit.unwrap_or(live.default_rate_limit);
         // The shared budget when `rate_limit.shared` is on; the local limiter otherwise.
-        let rate = match self.shared.check(&self.local, key_id, limit).await {
+        let decision = if live.shared_rate_limits {
+            self.shared.check(&self.local, key_id, limit).await
+        } else {
+            self.local.check(key_id, limit)
+        };
+        let rate = match decision {
             Decision::Limited {
                 limit,
                 retry_after,
@@ -93,18 +98,13 @@ impl Budgets {
                 reset,
             },
         };
+        let quota = quota::effective(principal.app.quota, live.default_quota);
         let quota = self
             .quotas
-            .check(key_id, principal.app.quota)
+            .check(key_id, quota)
             .await
             .map_err(Refused::Quota)?;
         Ok(Grant { rate, quota })
-    }
-
-    /// Applies a reloaded config's budget settings (`rate_limit.shared`, the default quota).
-    pub fn reload(&self, shared: bool, default_quota: Option<crate::model::Quota>) {
-        self.shared.set_enabled(shared);
-        self.quotas.set_default(default_quota);
     }
 
     /// Background upkeep (every second): idle limiter state dropped, unused quota slices given

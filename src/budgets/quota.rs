@@ -38,7 +38,6 @@
 use crate::budgets::slice::{Fallback, Slice, Take};
 use crate::model::{now_unix, Quota, QuotaWindows};
 use crate::store::{KeyStore, QuotaAsk, QuotaLease, StoreError};
-use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -104,8 +103,6 @@ pub struct Quotas {
 opaque_debug!(Quotas);
 
 struct Inner {
-    /// The config's `quota:`, for keys whose app sets none.
-    default: ArcSwap<Option<Quota>>,
     store: Arc<dyn KeyStore>,
     /// Keyed by authenticated key ids only, so a fast (seeded) hash is safe here.
     entries: DashMap<Arc<str>, Arc<Entry>, foldhash::fast::RandomState>,
@@ -268,11 +265,16 @@ impl Entry {
     }
 }
 
+/// The quota a key of an app with `app_quota` has, the config's `default` applying when the app
+/// sets none; `None` when no window is limited.
+pub fn effective(app_quota: Option<Quota>, default: Option<Quota>) -> Option<Quota> {
+    app_quota.or(default).filter(Quota::is_limited)
+}
+
 impl Quotas {
-    pub fn new(store: Arc<dyn KeyStore>, fallback: Arc<Fallback>, default: Option<Quota>) -> Self {
+    pub fn new(store: Arc<dyn KeyStore>, fallback: Arc<Fallback>) -> Self {
         Quotas {
             inner: Arc::new(Inner {
-                default: ArcSwap::from_pointee(default),
                 store,
                 entries: DashMap::default(),
                 retired: std::sync::Mutex::default(),
@@ -283,25 +285,13 @@ impl Quotas {
         }
     }
 
-    /// The config's default (reload).
-    pub fn set_default(&self, default: Option<Quota>) {
-        self.inner.default.store(Arc::new(default));
-    }
-
-    /// What applies to a key of an app with `app_quota`.
-    pub fn effective(&self, app_quota: Option<Quota>) -> Option<Quota> {
-        app_quota
-            .or(**self.inner.default.load())
-            .filter(Quota::is_limited)
-    }
-
-    /// Counts one request of `key_id` against its quota, if it has one.
+    /// Counts one request of `key_id` against `quota` (see [`effective`]), if it has one.
     pub async fn check(
         &self,
         key_id: &Arc<str>,
-        app_quota: Option<Quota>,
+        quota: Option<Quota>,
     ) -> Result<Option<QuotaStatus>, QuotaExceeded> {
-        match self.effective(app_quota) {
+        match quota {
             None => Ok(None),
             Some(quota) => self.check_at(key_id, quota, now_millis()).await.map(Some),
         }
@@ -590,7 +580,7 @@ mod tests {
     fn quotas(dir: &std::path::Path) -> (Quotas, Arc<dyn KeyStore>) {
         let store: Arc<dyn KeyStore> = Arc::new(EmbeddedStore::open(dir).expect("store"));
         let fallback = Arc::new(Fallback::new(Metrics::new()));
-        (Quotas::new(store.clone(), fallback, None), store)
+        (Quotas::new(store.clone(), fallback), store)
     }
 
     /// Unix milliseconds at `date` (`YYYY-MM-DD`) plus `secs` seconds.

@@ -29,7 +29,7 @@ use crate::budgets::slice::{Fallback, Slice, Take};
 use crate::model::RateLimit;
 use crate::store::{KeyStore, RateLease};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,8 +64,6 @@ pub struct SharedRateLimits {
 opaque_debug!(SharedRateLimits);
 
 struct Inner {
-    /// `rate_limit.shared` with a Redis store; off: every check goes to the local limiter.
-    enabled: AtomicBool,
     store: Arc<dyn KeyStore>,
     /// Keyed by authenticated key ids only, so a fast (seeded) hash is safe here.
     entries: DashMap<Arc<str>, Arc<Entry>, foldhash::fast::RandomState>,
@@ -129,10 +127,9 @@ fn ceil_secs(d: Duration) -> u64 {
 }
 
 impl SharedRateLimits {
-    pub fn new(store: Arc<dyn KeyStore>, fallback: Arc<Fallback>, enabled: bool) -> Self {
+    pub fn new(store: Arc<dyn KeyStore>, fallback: Arc<Fallback>) -> Self {
         SharedRateLimits {
             inner: Arc::new(Inner {
-                enabled: AtomicBool::new(enabled),
                 store,
                 entries: DashMap::default(),
                 fallback,
@@ -141,17 +138,10 @@ impl SharedRateLimits {
         }
     }
 
-    /// Turns sharing on or off (config reload).
-    pub fn set_enabled(&self, enabled: bool) {
-        self.inner.enabled.store(enabled, Ordering::Release);
-    }
-
-    /// Counts one request of `key_id` against `limit`: against the shared budget when sharing
-    /// is on and the store answers, against this instance's `local` limiter otherwise.
+    /// Counts one request of `key_id` against `limit`'s shared budget while the store answers,
+    /// against this instance's `local` limiter otherwise (the caller asks only when
+    /// `rate_limit.shared` is on, see [`super::Budgets::check`]).
     pub async fn check(&self, local: &RateLimits, key_id: &Arc<str>, limit: RateLimit) -> Decision {
-        if !self.inner.enabled.load(Ordering::Acquire) {
-            return local.check(key_id, limit);
-        }
         let now = self.inner.now();
         let entry = self.inner.entry(key_id, limit, now);
         entry.last_used.store(now, Ordering::Relaxed);
