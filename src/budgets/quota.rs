@@ -35,7 +35,7 @@
 //! It never refuses a request without a count to show for it, and a refused request consumes
 //! nothing. It never calls the store for a request its slice can serve.
 
-use crate::budgets::slice::{Fallback, Slice, Take};
+use super::slice::{Fallback, Slice, Take, Turn};
 use crate::model::{now_unix, Quota, QuotaWindows};
 use crate::store::{KeyStore, QuotaAsk, QuotaLease, StoreError};
 use dashmap::DashMap;
@@ -371,24 +371,19 @@ impl Quotas {
             if !self.inner.fallback.try_store() {
                 return admit_locally(entry, now);
             }
-            let held = entry.slice.fetch.clone().lock_owned().await;
-            match entry.slice.take(now) {
-                Take::Got(left) => return Ok(self.took(key_id, entry, left, now)),
-                Take::Blocked(_) => return Err(entry.exceeded(now)),
-                Take::Empty => {}
-            }
-            // Detached from the request: dropped here (its client hung up), the request leaves
-            // the task to apply the reply, so what the store counted is spent or given back.
-            let step = tokio::spawn({
+            // The reply is applied whatever happens to this request, so what the store
+            // counted is spent or given back.
+            let turn = entry.slice.lease_turn(now, || {
                 let (inner, key_id, entry) = (self.inner.clone(), key_id.clone(), entry.clone());
-                async move {
-                    let _held = held;
-                    inner.step(&key_id, &entry, now, SLICE).await
-                }
+                async move { inner.step(&key_id, &entry, now, SLICE).await.ok() }
             });
-            let Ok(Ok(lease)) = step.await else {
+            let lease = match turn.await {
+                Turn::Found(Take::Got(left)) => return Ok(self.took(key_id, entry, left, now)),
+                Turn::Found(Take::Blocked(_)) => return Err(entry.exceeded(now)),
+                Turn::Found(Take::Empty) => continue,
                 // The store failed (noted by `step`): admit on this instance's own count.
-                return admit_locally(entry, now);
+                Turn::Leased(None) => return admit_locally(entry, now),
+                Turn::Leased(Some(lease)) => lease,
             };
             match entry.slice.take(now) {
                 Take::Got(left) => return Ok(self.took(key_id, entry, left, now)),

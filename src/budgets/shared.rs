@@ -24,8 +24,8 @@
 //! It never calls the store for a request that its slice can serve, and never waits on a store
 //! it knows is down (one probe per `lease::PROBE_EVERY_MS`).
 
+use super::slice::{Fallback, Slice, Take, Turn};
 use super::{Decision, RateLimits};
-use crate::budgets::slice::{Fallback, Slice, Take};
 use crate::model::RateLimit;
 use crate::store::{KeyStore, RateLease};
 use dashmap::DashMap;
@@ -186,24 +186,16 @@ impl SharedRateLimits {
         // Requests on the fast path may spend a fresh slice before this one gets to it: lease
         // again a few times rather than refuse while the shared budget has room.
         for _ in 0..LEASE_ATTEMPTS {
-            let held = entry.slice.fetch.clone().lock_owned().await;
             let now = self.inner.now();
-            match entry.slice.take(now) {
-                Take::Got(left) => return entry.allowed(left, now),
-                Take::Blocked(until) => return entry.limited(until, now),
-                Take::Empty => {}
-            }
-            // Detached from the request: dropped here (its client hung up), the request leaves
-            // the task to fill the slice with what the store granted, for the next requests.
-            let lease = tokio::spawn({
+            let turn = entry.slice.lease_turn(now, || {
                 let (inner, key_id, entry) = (self.inner.clone(), key_id.clone(), entry.clone());
-                async move {
-                    let _held = held;
-                    inner.lease(&key_id, &entry).await
-                }
+                async move { inner.lease(&key_id, &entry).await.ok() }
             });
-            if !matches!(lease.await, Ok(Ok(()))) {
-                return local.check(key_id, entry.limit);
+            match turn.await {
+                Turn::Found(Take::Got(left)) => return entry.allowed(left, now),
+                Turn::Found(Take::Blocked(until)) => return entry.limited(until, now),
+                Turn::Found(Take::Empty) | Turn::Leased(Some(())) => {}
+                Turn::Leased(None) => return local.check(key_id, entry.limit),
             }
             let now = self.inner.now();
             match entry.slice.take(now) {

@@ -46,7 +46,40 @@ pub(crate) struct Slice {
     pub(crate) fetch: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// What one turn of [`Slice::lease_turn`] found.
+#[derive(Debug)]
+pub(crate) enum Turn<T> {
+    /// While this request waited for the lock, another one's lease refilled (or blocked) the
+    /// slice: no lease was needed. Never `Take::Empty`.
+    Found(Take),
+    /// A lease ran; `None` when the store failed. The caller takes from the slice again.
+    Leased(Option<T>),
+}
+
 impl Slice {
+    /// One lease of an empty slice, the step quotas and shared limits have in common: under
+    /// the slice's fetch lock (one lease per key at a time; the requests behind it usually find
+    /// the slice refilled) and in a task of its own, so a request dropped mid-lease (its client
+    /// hung up) leaves the task to apply what the store granted, for the next requests.
+    pub(crate) async fn lease_turn<T, F, Fut>(&self, now: u64, lease: F) -> Turn<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let held = self.fetch.clone().lock_owned().await;
+        match self.take(now) {
+            Take::Empty => {}
+            found => return Turn::Found(found),
+        }
+        let lease = lease();
+        let task = tokio::spawn(async move {
+            let _held = held;
+            lease.await
+        });
+        Turn::Leased(task.await.ok().flatten())
+    }
+
     /// Runs `lease` in a task of its own, unless a lease is already out; the slice's fetch
     /// lock is held until it ends, so requests that find the slice empty wait for its refill.
     pub(crate) fn prefetch<F, Fut>(&self, lease: F)
