@@ -6,12 +6,12 @@
 //! `cargo bench --bench shared_limits` (needs `redis-server` on the PATH)
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use scopegate::lease::Fallback;
+use scopegate::budgets::local::RateLimits;
+use scopegate::budgets::quota::Quotas;
+use scopegate::budgets::shared::SharedRateLimits;
+use scopegate::budgets::slice::Fallback;
 use scopegate::metrics::Metrics;
 use scopegate::model::{Quota, RateLimit};
-use scopegate::quota::Quotas;
-use scopegate::ratelimit::shared::SharedRateLimits;
-use scopegate::ratelimit::RateLimits;
 use scopegate::store::{KeyStore, RedisStore};
 use std::hint::black_box;
 use std::process::{Child, Command, Stdio};

@@ -3,9 +3,11 @@
 
 use crate::auth::credential::CredentialError;
 use crate::auth::AuthError;
+use crate::budgets::headers::{quota_headers, rate_limit_headers};
+use crate::budgets::quota::{QuotaExceeded, QuotaStatus};
+use crate::budgets::Refused;
 use crate::config::Role;
 use crate::metrics::AuthFailure;
-use crate::quota::{QuotaExceeded, QuotaStatus};
 use crate::routing::normalize::PathError;
 use crate::store::StoreError;
 use bytes::Bytes;
@@ -50,7 +52,7 @@ pub enum ProxyError {
 
 /// An admin API call that fails.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     #[error("a valid admin token is required")]
     Unauthorized,
     #[error("this token's role ({role}) may not make this call; it needs {needed}")]
@@ -74,6 +76,26 @@ pub enum AdminError {
     KeyRevoked,
     #[error("store unavailable")]
     Store(StoreError),
+    /// The call's task failed (a bug): its write, if any, was applied whole or not at all.
+    #[error("internal error: {0}")]
+    Failed(String),
+}
+
+impl From<Refused> for ProxyError {
+    fn from(refused: Refused) -> ProxyError {
+        match refused {
+            Refused::RateLimited {
+                limit,
+                retry_after,
+                reset,
+            } => ProxyError::RateLimited {
+                limit,
+                retry_after,
+                reset,
+            },
+            Refused::Quota(exceeded) => ProxyError::QuotaExceeded(exceeded),
+        }
+    }
 }
 
 impl From<StoreError> for AdminError {
@@ -94,6 +116,8 @@ pub struct ErrorAnswer {
     pub code: &'static str,
     pub message: String,
 }
+
+opaque_debug!(ErrorAnswer);
 
 /// What a refusal adds to the metrics, besides the request counter every answer adds to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,32 +250,8 @@ impl ProxyError {
     }
 }
 
-/// The IETF draft `RateLimit-*` fields: the burst, what is left of it, and whole seconds until
-/// it is full again.
-pub fn rate_limit_headers(headers: &mut http::HeaderMap, limit: u32, remaining: u32, reset: u64) {
-    headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(limit));
-    headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(remaining));
-    headers.insert(&RATELIMIT_RESET, HeaderValue::from(reset));
-}
-
-/// `X-Quota-Limit`, `X-Quota-Remaining`, `X-Quota-Reset`: the tightest quota window (the one
-/// with the fewest requests left), its requests left, and whole seconds until it ends.
-pub fn quota_headers(headers: &mut http::HeaderMap, status: QuotaStatus) {
-    headers.insert(&QUOTA_LIMIT, HeaderValue::from(status.limit));
-    headers.insert(&QUOTA_REMAINING, HeaderValue::from(status.remaining));
-    headers.insert(&QUOTA_RESET, HeaderValue::from(status.reset));
-}
-
-static QUOTA_LIMIT: http::HeaderName = http::HeaderName::from_static("x-quota-limit");
-static QUOTA_REMAINING: http::HeaderName = http::HeaderName::from_static("x-quota-remaining");
-static QUOTA_RESET: http::HeaderName = http::HeaderName::from_static("x-quota-reset");
-
-static RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
-static RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
-static RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
-
 impl AdminError {
-    pub fn answer(&self) -> ErrorAnswer {
+    pub(crate) fn answer(&self) -> ErrorAnswer {
         use StatusCode as S;
         let (status, code) = match self {
             AdminError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
@@ -264,6 +264,7 @@ impl AdminError {
             AdminError::PreconditionFailed => (S::PRECONDITION_FAILED, "precondition_failed"),
             AdminError::KeyRevoked => (S::CONFLICT, "conflict"),
             AdminError::Store(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            AdminError::Failed(_) => (S::INTERNAL_SERVER_ERROR, "internal_error"),
         };
         ErrorAnswer {
             status,
@@ -272,7 +273,7 @@ impl AdminError {
         }
     }
 
-    pub fn into_response<B: From<Full<Bytes>>>(self) -> Response<B> {
+    pub(crate) fn into_response<B: From<Full<Bytes>>>(self) -> Response<B> {
         let mut response = self.answer().into_response();
         match self {
             AdminError::Unauthorized => {
@@ -306,7 +307,7 @@ impl ErrorAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::Window;
+    use crate::budgets::quota::Window;
 
     #[test]
     fn every_refusal_counts_in_its_own_metric() {
@@ -485,6 +486,7 @@ mod tests {
             (AdminError::Conflict, 409, "conflict"),
             (AdminError::PreconditionFailed, 412, "precondition_failed"),
             (AdminError::KeyRevoked, 409, "conflict"),
+            (AdminError::Failed("panic".into()), 500, "internal_error"),
             (
                 StoreError::Unavailable("x".into()).into(),
                 503,

@@ -1,26 +1,27 @@
 //! Starting and stopping a whole gateway: store, cache, background tasks and the three
 //! listeners (proxy, admin, metrics), wired from a validated [`Config`].
 
-use crate::admin::{routes, Admin, AdminIdentity};
+use crate::admin::{Admin, AdminIdentity};
 use crate::auth::Authenticator;
+use crate::budgets::local::RateLimits;
+use crate::budgets::quota::Quotas;
+use crate::budgets::shared::SharedRateLimits;
+use crate::budgets::slice::Fallback;
+use crate::budgets::Budgets;
 use crate::cache::KeyCache;
 use crate::config::{Config, Role, StoreConfig};
-use crate::lease::Fallback;
 use crate::lifecycle;
+use crate::live::LiveConfig;
 use crate::metrics::{Metrics, MetricsEndpoint};
-use crate::pipeline::{LiveConfig, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::proxy::Forwarder;
-use crate::quota::Quotas;
-use crate::ratelimit::shared::SharedRateLimits;
-use crate::ratelimit::RateLimits;
 use crate::redact;
 use crate::reload::{self, FixedSettings, Reloader};
 use crate::server::{serve, serve_with_tls, ConnectionSettings};
-use crate::store::{EmbeddedStore, KeyStore, RedisStore, StoreError};
+use crate::store::{EmbeddedStore, KeyStore, Ping, RedisStore, StoreError};
 use crate::throttle::Throttle;
 use crate::tls::{TlsAcceptorSource, TlsError};
 use crate::usage;
-use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -62,6 +63,8 @@ pub struct RunningGateway {
     background: Vec<JoinHandle<()>>,
     reload_tx: mpsc::Sender<()>,
 }
+
+opaque_debug!(RunningGateway);
 
 /// Opens the configured store: Redis when a URL is given, the embedded file store otherwise.
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn KeyStore>, StoreError> {
@@ -120,7 +123,7 @@ pub async fn start(
 
 /// Like [`start`], with a store opened by the caller.
 pub async fn start_with_store(
-    config: Config,
+    mut config: Config,
     admin_tokens: Vec<(String, String)>,
     store: Arc<dyn KeyStore>,
 ) -> Result<RunningGateway, StartError> {
@@ -170,17 +173,14 @@ pub async fn start_with_store(
     }
     let quotas = Quotas::new(store.clone(), fallback, config.quota);
     let admin_quotas = quotas.clone();
+    let live = LiveConfig::shared(&mut config, &metrics);
     let pipeline = Arc::new(Pipeline {
-        live: ArcSwap::from_pointee(LiveConfig::new(
-            config.routes,
-            config.limits,
-            config.rate_limit,
-            config.log.access,
-            &metrics,
-        )),
-        rate_limits: RateLimits::new(config.cache.max_entries),
-        shared_rate_limits,
-        quotas,
+        live: live.clone(),
+        budgets: Budgets {
+            local: RateLimits::new(config.cache.max_entries),
+            shared: shared_rate_limits,
+            quotas,
+        },
         auth: Authenticator::new(cache.clone()),
         forwarder: Forwarder::new(&config.upstreams)?,
         usage,
@@ -195,11 +195,9 @@ pub async fn start_with_store(
     let admin = Arc::new(Admin {
         store: store.clone(),
         cache: cache.clone(),
-        scopes: ArcSwap::from_pointee(config.scopes),
-        routes: ArcSwap::from_pointee(routes::views(&config.route_specs)),
+        live,
         identities,
         metrics: metrics.clone(),
-        keys: ArcSwap::from_pointee(config.keys),
         quotas: admin_quotas,
     });
     background.push(spawn_lifecycle_upkeep(admin.clone()));
@@ -214,7 +212,6 @@ pub async fn start_with_store(
         config_path,
         fixed,
         pipeline.clone(),
-        admin.clone(),
         cache,
         metrics.clone(),
         tls.clone(),
@@ -353,7 +350,7 @@ fn spawn_lifecycle_upkeep(admin: Arc<Admin>) -> JoinHandle<()> {
             tick.tick().await;
             lifecycle::upgrade(&*admin.store).await;
             lifecycle::revoke_keys_of_deleted_apps(admin.store.clone()).await;
-            let retain = admin.keys.load().retain_revoked;
+            let retain = admin.live.load().key_policy.retain_revoked;
             lifecycle::purge_revoked(&*admin.store, retain).await;
             lifecycle::count_expiring_soon(&*admin.store, &admin.metrics).await;
         }
@@ -367,9 +364,7 @@ fn spawn_rate_limit_upkeep(pipeline: Arc<Pipeline>) -> JoinHandle<()> {
         let mut tick = tokio::time::interval(RATE_LIMIT_UPKEEP);
         loop {
             tick.tick().await;
-            pipeline.rate_limits.prune();
-            pipeline.shared_rate_limits.prune();
-            pipeline.quotas.upkeep().await;
+            pipeline.budgets.upkeep().await;
         }
     })
 }
@@ -399,7 +394,7 @@ impl RunningGateway {
         let _ = self.usage_stop.send(true);
         let _ = self.usage_task.await;
         // Unused quota slices go back, so the counts say what was admitted.
-        self.pipeline.quotas.give_back_all().await;
+        self.pipeline.budgets.quotas.give_back_all().await;
         for task in self.background {
             task.abort();
         }

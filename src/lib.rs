@@ -8,39 +8,50 @@
 //! - [`routing`] normalises the path and finds the route (method + pattern → scope, upstream);
 //! - [`auth`] reads the credential, resolves the key through [`cache`] (backed by [`store`])
 //!   into a principal, and checks the route's scope;
-//! - [`ratelimit`] counts the request against the key's budget (per instance, or shared across
-//!   instances through leased slices: [`ratelimit::shared`], [`lease`]), then [`quota`]
-//!   against its day and month quota;
+//! - [`budgets`] counts the request against the key's rate limit (per instance, or shared
+//!   across instances through leased slices) and its day and month quota, in one call;
 //! - [`usage`] notes the key's use for a background task (the request never waits on it);
 //! - [`proxy`] forwards to the upstream over a pooled client and streams the answer back.
+//!
+//! Every stage reads the config in force from one [`live`] snapshot.
 //!
 //! Beside the request path: [`admin`] (apps and keys API), [`metrics`] (health and readiness),
 //! [`config`] (the YAML file, validated), [`tls`] (the listener's certificate, upstream CAs),
 //! [`gateway`] (wiring and shutdown), [`lifecycle`] (key upkeep off the request path: revoking
-//! deleted apps' keys, purging revoked ones, the expiring-keys gauge), [`cli`] and [`demo`]; [`redact`] keeps credentials in
+//! deleted apps' keys, purging revoked ones, the expiring-keys gauge), [`cli`] (with `demo`); [`redact`] keeps credentials in
 //! URLs out of everything printed; [`throttle`] bounds log lines a client can cause.
 
-pub mod admin;
+/// A `Debug` that names the type and nothing more, for handles whose fields are shared state
+/// with nothing useful to print, or secrets that must never be printed.
+macro_rules! opaque_debug {
+    ($t:ty) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t)).finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+mod admin;
 pub mod auth;
+pub mod budgets;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod error;
+mod error;
 pub mod gateway;
-pub mod lease;
 pub mod lifecycle;
+mod live;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
-pub mod proxy;
-pub mod quota;
-pub mod ratelimit;
-pub mod redact;
-pub mod reload;
+mod proxy;
+mod redact;
+mod reload;
 pub mod routing;
-pub mod server;
+mod server;
 pub mod store;
-pub mod throttle;
+mod throttle;
 pub mod tls;
-pub mod usage;
+mod usage;

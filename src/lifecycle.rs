@@ -120,6 +120,7 @@ mod tests {
     use crate::auth::key;
     use crate::model::App;
     use crate::store::EmbeddedStore;
+    use crate::store::UnauditedWrites;
 
     #[tokio::test]
     async fn the_gauge_counts_keys_expiring_within_a_week_and_not_revoked() {

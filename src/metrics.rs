@@ -94,6 +94,8 @@ pub struct Metrics {
     shared_limits_fallback: metrics::Gauge,
 }
 
+opaque_debug!(Metrics);
+
 /// The handles of one route (or of unmatched requests).
 pub struct RouteMetrics {
     pattern: Arc<str>,
@@ -103,6 +105,8 @@ pub struct RouteMetrics {
     /// fast (seeded) hash is safe here.
     requests: DashMap<RequestLabels, Counter, foldhash::fast::RandomState>,
 }
+
+opaque_debug!(RouteMetrics);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RequestLabels {
@@ -420,6 +424,8 @@ pub struct MetricsEndpoint {
     pub store: Arc<dyn KeyStore>,
     pub metrics: Arc<Metrics>,
 }
+
+opaque_debug!(MetricsEndpoint);
 
 impl MetricsEndpoint {
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>> {

@@ -10,20 +10,17 @@ mod unread;
 
 use self::unread::Unread;
 use crate::auth::{credential, AuthError, Authenticator, Principal};
+use crate::budgets::{Budgets, Grant};
 use crate::config::{cidr_contains, Limits};
-use crate::error::{quota_headers, rate_limit_headers, Counted, ProxyError};
-use crate::metrics::{Metrics, RouteMetrics, StoreOp, UNMATCHED};
-use crate::model::RateLimit;
+use crate::error::{Counted, ProxyError};
+use crate::live::{Live, LiveConfig};
+use crate::metrics::{Metrics, StoreOp};
 use crate::proxy::body::GatewayBody;
 use crate::proxy::headers::Forwarded;
-use crate::proxy::{declared_length, Forwarder, Outgoing};
-use crate::quota::{QuotaStatus, Quotas};
-use crate::ratelimit::shared::SharedRateLimits;
-use crate::ratelimit::{Budget, Decision, RateLimits};
+use crate::proxy::{Forwarder, Outgoing};
 use crate::routing::normalize::normalize;
 use crate::routing::{Access, Route, RouteMatch, RouteTable};
 use crate::usage::UsageRecorder;
-use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use std::borrow::Cow;
@@ -31,44 +28,6 @@ use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
-
-/// What changes when the config is reloaded, swapped as one.
-pub struct LiveConfig {
-    pub routes: RouteTable,
-    pub limits: Limits,
-    /// For keys whose app sets no limit of its own.
-    pub default_rate_limit: RateLimit,
-    /// `log.access`: one line per proxied request.
-    pub access_log: bool,
-    /// Per route, in the table's order.
-    route_metrics: Vec<RouteMetrics>,
-    unmatched: RouteMetrics,
-}
-
-impl LiveConfig {
-    pub fn new(
-        routes: RouteTable,
-        limits: Limits,
-        default_rate_limit: RateLimit,
-        access_log: bool,
-        metrics: &Metrics,
-    ) -> LiveConfig {
-        let route_metrics = routes
-            .routes()
-            .iter()
-            .map(|r| metrics.route(&r.pattern, Some(&r.spec.upstream.name)))
-            .collect();
-        let unmatched = metrics.route(&Arc::from(UNMATCHED), None);
-        LiveConfig {
-            routes,
-            limits,
-            default_rate_limit,
-            access_log,
-            route_metrics,
-            unmatched,
-        }
-    }
-}
 
 /// What the outer handler needs to label a request's metrics, filled in as the pipeline runs.
 #[derive(Debug, Default)]
@@ -88,10 +47,10 @@ pub struct Admission<'a> {
     /// The normalised path when it differs from the request's (`None`: forward it as sent).
     pub rewritten_path: Option<String>,
     pub principal: Option<Principal>,
-    /// The key's rate-limit state after this request.
-    pub budget: Option<Budget>,
-    /// The key's tightest quota window after this request, when it has a quota.
-    pub quota: Option<QuotaStatus>,
+    /// The credential came as `Authorization: Bearer`: removed before forwarding.
+    pub strip_bearer: bool,
+    /// What the key's budgets granted (its headers go on the response).
+    pub grant: Option<Grant>,
 }
 
 /// A request the gateway answers with an error, and what it left unread on the connection.
@@ -102,18 +61,17 @@ struct Refusal {
 
 /// Everything a proxied request needs; shared by all connections.
 pub struct Pipeline {
-    pub live: ArcSwap<LiveConfig>,
+    pub live: Live,
     pub auth: Authenticator,
     pub forwarder: Forwarder,
-    pub rate_limits: RateLimits,
-    /// `rate_limit.shared`: consulted before `rate_limits`, which it falls back to.
-    pub shared_rate_limits: SharedRateLimits,
-    pub quotas: Quotas,
+    pub budgets: Budgets,
     pub usage: UsageRecorder,
     pub metrics: Arc<Metrics>,
     /// `https` when the listener speaks TLS.
     pub proto: &'static str,
 }
+
+opaque_debug!(Pipeline);
 
 impl Pipeline {
     /// Serves one request; never fails (errors become responses). Times, counts and logs it.
@@ -212,7 +170,7 @@ impl Pipeline {
             upstream: &route.spec.upstream,
             rewritten_path: admission.rewritten_path.as_deref(),
             max_body: route.spec.max_body.unwrap_or(live.limits.max_body),
-            strip_bearer: credential::is_bearer(request.headers()),
+            strip_bearer: admission.strip_bearer,
             forwarded,
         };
         let unread = Unread::after_forwarding(&request);
@@ -229,11 +187,8 @@ impl Pipeline {
         }
         let mut response = response.map_err(|error| Refusal { error, unread })?;
         seen.upstream_status = Some(response.status().as_u16());
-        if let Some(b) = admission.budget {
-            rate_limit_headers(response.headers_mut(), b.limit, b.remaining, b.reset);
-        }
-        if let Some(status) = admission.quota {
-            quota_headers(response.headers_mut(), status);
+        if let Some(grant) = &admission.grant {
+            grant.write_headers(response.headers_mut());
         }
         Ok(response)
     }
@@ -261,12 +216,15 @@ impl Pipeline {
         };
         seen.route = Some(route.index);
         route.check_parameters(&path)?;
-        let presented = credential::extract(request.headers())?;
+        let presented = credential::presented(request.headers())?;
         let principal = match &route.spec.access {
             Access::Public => None,
             access => {
                 let client = || client_address(request.headers(), peer, &live.limits);
-                Some(self.authenticate(presented, access, client, seen).await?)
+                Some(
+                    self.authenticate(presented.key, access, client, seen)
+                        .await?,
+                )
             }
         };
         // Before the rate limit and usage: a body refused unread costs the key nothing.
@@ -274,38 +232,10 @@ impl Pipeline {
         if declared_length(request.headers()).is_some_and(|len| len > max_body) {
             return Err(ProxyError::BodyTooLarge { limit: max_body });
         }
-        let mut budget = None;
-        let mut quota = None;
-        if let Some(p) = &principal {
-            let limit = p.app.rate_limit.unwrap_or(live.default_rate_limit);
-            // The shared budget when `rate_limit.shared` is on; `rate_limits` otherwise.
-            let shared = &self.shared_rate_limits;
-            let decision = shared.check(&self.rate_limits, &p.key.id, limit).await;
-            budget = Some(match decision {
-                Decision::Limited {
-                    limit,
-                    retry_after,
-                    reset,
-                } => {
-                    return Err(ProxyError::RateLimited {
-                        limit,
-                        retry_after,
-                        reset,
-                    })
-                }
-                Decision::Allowed {
-                    limit,
-                    remaining,
-                    reset,
-                } => Budget {
-                    limit,
-                    remaining,
-                    reset,
-                },
-            });
-            // After the rate limit, so a request it refuses consumes no quota.
-            quota = self.quotas.check(&p.key.id, p.app.quota).await?;
-        }
+        let grant = match &principal {
+            Some(p) => Some(self.budgets.check(p, live).await?),
+            None => None,
+        };
         let rewritten_path = match path {
             Cow::Borrowed(_) => None,
             Cow::Owned(p) => Some(p),
@@ -314,8 +244,8 @@ impl Pipeline {
             route,
             rewritten_path,
             principal,
-            budget,
-            quota,
+            strip_bearer: presented.bearer,
+            grant,
         })
     }
 
@@ -343,12 +273,12 @@ impl Pipeline {
     }
 
     /// The key, its allowlist (the client address is worked out only for a key that has
-    /// one), then the route's scope.
+    /// one; an unknown client is outside every allowlist), then the route's scope.
     async fn authenticate(
         &self,
         presented: Option<&str>,
         access: &Access,
-        client: impl FnOnce() -> IpAddr,
+        client: impl FnOnce() -> Option<IpAddr>,
         seen: &mut Seen,
     ) -> Result<Principal, AuthError> {
         let presented = presented.ok_or(AuthError::Missing)?;
@@ -356,7 +286,7 @@ impl Pipeline {
         seen.app = Some(principal.app.id.clone());
         seen.key = Some(principal.key.id.clone());
         if principal.key.allowed_ips.is_some() {
-            principal.check_address(client())?;
+            principal.check_address(client().ok_or(AuthError::IpNotAllowed)?)?;
         }
         principal.authorize(access)?;
         Ok(principal)
@@ -444,12 +374,14 @@ fn check_framing<B>(request: &Request<B>) -> Result<(), ProxyError> {
 }
 
 /// The client's address as `limits.trusted_proxies` see it: the peer, unless it is a trusted
-/// proxy; then the right-most `X-Forwarded-For` entry that is not itself a trusted proxy (an
-/// entry that is not an address stops the walk: what lies left of it cannot be trusted).
-fn client_address(headers: &http::HeaderMap, peer: IpAddr, limits: &Limits) -> IpAddr {
+/// proxy; then the right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+/// `None` (unknown) when the walk meets an entry that is not a plain address (`ip:port`,
+/// `[v6]`, `unknown`, garbage): the trusted proxy vouched for a client it could not name, and
+/// taking its own address instead would admit whoever it forwards to keys limited to it.
+fn client_address(headers: &http::HeaderMap, peer: IpAddr, limits: &Limits) -> Option<IpAddr> {
     let mut client = peer;
     if !is_trusted(limits, peer) {
-        return client;
+        return Some(client);
     }
     let entries = headers
         .get_all(&X_FORWARDED_FOR)
@@ -457,15 +389,13 @@ fn client_address(headers: &http::HeaderMap, peer: IpAddr, limits: &Limits) -> I
         .rev()
         .flat_map(|v| v.to_str().unwrap_or("-").rsplit(','));
     for entry in entries {
-        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
-            return client;
-        };
+        let ip = entry.trim().parse::<IpAddr>().ok()?;
         client = ip;
         if !is_trusted(limits, ip) {
-            return ip;
+            return Some(ip);
         }
     }
-    client
+    Some(client)
 }
 
 static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
@@ -488,4 +418,61 @@ fn original_host<B>(request: &Request<B>) -> Option<HeaderValue> {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         })
+}
+
+/// The request's `Content-Length`, when it has one (hyper has already refused a malformed or
+/// conflicting one).
+pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn behind_proxy(xff: &[&str]) -> Option<IpAddr> {
+        let limits = Limits {
+            trusted_proxies: vec![("10.0.0.0".parse().expect("ip"), 8)],
+            ..Limits::default()
+        };
+        let mut headers = http::HeaderMap::new();
+        for value in xff {
+            headers.append(
+                &X_FORWARDED_FOR,
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        client_address(&headers, "10.0.0.1".parse().expect("ip"), &limits)
+    }
+
+    #[test]
+    fn a_trusted_proxy_names_the_client_or_leaves_it_unknown() {
+        let ip = |text: &str| text.parse::<IpAddr>().ok();
+        assert_eq!(behind_proxy(&[]), ip("10.0.0.1"));
+        assert_eq!(behind_proxy(&["203.0.113.9"]), ip("203.0.113.9"));
+        assert_eq!(behind_proxy(&[" 2001:db8::9 "]), ip("2001:db8::9"));
+        assert_eq!(
+            behind_proxy(&["1.2.3.4, 203.0.113.9, 10.0.0.7"]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(behind_proxy(&["1.2.3.4", "203.0.113.9"]), ip("203.0.113.9"));
+        // Garbage left of the client is the client's own writing and does not matter.
+        assert_eq!(behind_proxy(&["junk, 203.0.113.9"]), ip("203.0.113.9"));
+        for bad in [
+            "203.0.113.9:4711",
+            "[2001:db8::9]",
+            "unknown",
+            "",
+            "203.0.113.9, ",
+            "10.0.0.7, garbage",
+            "junk, 10.0.0.7",
+        ] {
+            assert_eq!(behind_proxy(&[bad]), None, "{bad:?}");
+        }
+    }
 }

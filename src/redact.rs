@@ -14,41 +14,55 @@ const SECRET_PARAMS: [&str; 2] = ["pass=", "password="];
 
 /// `url` with its user info and password parameters masked: `redis://user:pw@host` becomes
 /// `redis://user:***@host`, `redis://token@host` becomes `redis://***@host`. The whole text is
-/// taken as one URL, so a password with spaces or `/` in a malformed URL is masked too.
-pub fn url(url: &str) -> Cow<'_, str> {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match mask_after_scheme(rest) {
-            Cow::Borrowed(_) => Cow::Borrowed(url),
-            Cow::Owned(rest) => Cow::Owned(format!("{scheme}://{rest}")),
-        },
-        None => mask_params(url),
-    }
+/// taken as one URL, so a password with spaces or `/` in a malformed URL is masked too, and so
+/// is the user info of a URL whose scheme is misspelled (`redis//:pw@host`, `redis:/u:pw@h`):
+/// see [`user_info`].
+pub(crate) fn url(url: &str) -> Cow<'_, str> {
+    let Some((start, at)) = user_info(url) else {
+        return mask_params(url);
+    };
+    let info = &url[start..at];
+    // The user name says which account without giving it away; a lone token may be the secret.
+    let user = info.split_once(':').map(|(user, _)| user);
+    let host = mask_params(&url[at + 1..]);
+    Cow::Owned(match user {
+        Some(user) => format!("{}{user}:{MASK}@{host}", &url[..start]),
+        None => format!("{}{MASK}@{host}", &url[..start]),
+    })
 }
 
-/// `text` with every URL in it passed through [`url`]. A URL runs from its `://` to the next
-/// space, quote or end of the text, as in an error message that quotes it.
-pub fn in_text(text: &str) -> Cow<'_, str> {
-    if !text.contains("://") {
+/// `text` with every URL-ish word in it passed through [`url`]: a word (up to a space or quote)
+/// with `://` or `@` in it, as in an error message that quotes a value, misspelled or not.
+pub(crate) fn in_text(text: &str) -> Cow<'_, str> {
+    if !text.contains("://") && !text.contains('@') {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (before, after) = rest.split_at(at + 3);
-        out.push_str(before);
-        let end = after
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
-            .unwrap_or(after.len());
-        out.push_str(&mask_after_scheme(&after[..end]));
-        rest = &after[end..];
+    while !rest.is_empty() {
+        let end = rest.find(is_word_end).unwrap_or(rest.len());
+        let (word, after) = rest.split_at(end);
+        if word.contains("://") || word.contains('@') {
+            out.push_str(&url(word));
+        } else {
+            out.push_str(word);
+        }
+        // The delimiter itself, then the next word.
+        let delimiter = after.chars().next().map_or(0, char::len_utf8);
+        out.push_str(&after[..delimiter]);
+        rest = &after[delimiter..];
     }
-    out.push_str(rest);
     Cow::Owned(out)
+}
+
+/// Where a URL quoted in a message ends.
+fn is_word_end(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>')
 }
 
 /// `text` (an error from a library given `url`) through [`in_text`], and with every verbatim
 /// copy of `url`'s secrets masked, for messages that quote a password without its URL.
-pub fn scrub(text: &str, url: &str) -> String {
+pub(crate) fn scrub(text: &str, url: &str) -> String {
     let mut out = in_text(text).into_owned();
     for secret in secrets(url) {
         out = out.replace(secret, MASK);
@@ -56,12 +70,27 @@ pub fn scrub(text: &str, url: &str) -> String {
     out
 }
 
+/// Where `url`'s user info lies (start, and the index of the `@` that ends it), for any text
+/// with an `@`, however malformed: it runs to the last `@` from just after the first run of
+/// `/` (`redis://`, `redis//`, `redis:/`, `//`), or, with no `/` before the `@`, from the start
+/// of the text (`redis:user:pw@host` shows as `redis:***@host`). Where in doubt, more is masked.
+fn user_info(url: &str) -> Option<(usize, usize)> {
+    let at = url.rfind('@')?;
+    let start = match url[..at].find('/') {
+        Some(slash) => slash + url[slash..at].len() - url[slash..at].trim_start_matches('/').len(),
+        None => 0,
+    };
+    Some((start, at))
+}
+
 /// The parts of `url` that [`url`] masks.
 fn secrets(url: &str) -> Vec<&str> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let mut found = Vec::new();
-    if let Some((info, _)) = rest.rsplit_once('@') {
+    let mut rest = url;
+    if let Some((start, at)) = user_info(url) {
+        let info = &url[start..at];
         found.push(info.split_once(':').map_or(info, |(_, password)| password));
+        rest = &url[at + 1..];
     }
     for param in SECRET_PARAMS {
         let mut search = rest;
@@ -74,20 +103,6 @@ fn secrets(url: &str) -> Vec<&str> {
     }
     found.retain(|s| !s.is_empty());
     found
-}
-
-/// What follows `scheme://`: user info (up to the last `@`) and password parameters masked.
-fn mask_after_scheme(rest: &str) -> Cow<'_, str> {
-    let Some((info, host)) = rest.rsplit_once('@') else {
-        return mask_params(rest);
-    };
-    // The user name says which account without giving it away; a lone token may be the secret.
-    let user = info.split_once(':').map(|(user, _)| user);
-    let masked = match user {
-        Some(user) => format!("{user}:{MASK}@{}", mask_params(host)),
-        None => format!("{MASK}@{}", mask_params(host)),
-    };
-    Cow::Owned(masked)
 }
 
 /// Masks the value of every `pass=` / `password=` parameter.
@@ -156,6 +171,13 @@ mod tests {
             ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
             ("redis://h/?bypass=1", "redis://h/?bypass=1"),
             ("not a url", "not a url"),
+            // Misspelled schemes: no `://` to say where the user info starts.
+            ("redis//:S3cret@host", "redis//:***@host"),
+            ("redis:/user:S3cret@host:6379", "redis:/user:***@host:6379"),
+            ("//:S3cret@h", "//:***@h"),
+            ("redis:user:S3cret@host", "redis:***@host"),
+            ("redis:/S3cret@host/x@y", "redis:/***@y"),
+            ("rediss://u:S3cret@h:x", "rediss://u:***@h:x"),
         ] {
             assert_eq!(url(input), want, "{input}");
         }
@@ -174,6 +196,15 @@ mod tests {
             "`http://a:***@x` and `http://b:***@y?pass=***`"
         );
         assert!(matches!(in_text("no url here"), Cow::Borrowed(_)));
+        let misspelled = r#"invalid type: string "redis//:S3cret@host", expected struct store"#;
+        assert_eq!(
+            in_text(misspelled),
+            r#"invalid type: string "redis//:***@host", expected struct store"#
+        );
+        assert_eq!(
+            in_text("at redis:/u:S3cret@h:1 now"),
+            "at redis:/u:***@h:1 now"
+        );
     }
 
     #[test]
@@ -185,5 +216,6 @@ mod tests {
         );
         assert_eq!(scrub("pass hunter3", "unix:///s?pass=hunter3"), "pass ***");
         assert_eq!(scrub("plain", "redis://h"), "plain");
+        assert_eq!(scrub("bad S3cret", "redis//:S3cret@h"), "bad ***");
     }
 }

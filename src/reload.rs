@@ -10,11 +10,11 @@
 //! Settings bound at start (listeners, store, admin identities, connection limits) are never
 //! changed live: a reload that changes one says so and keeps the running value.
 
-use crate::admin::Admin;
 use crate::cache::KeyCache;
 use crate::config::{self, AdminIdentity, Config, StoreConfig};
+use crate::live::LiveConfig;
 use crate::metrics::Metrics;
-use crate::pipeline::{LiveConfig, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::tls::TlsAcceptorSource;
 use notify::{RecursiveMode, Watcher};
 use std::ffi::{OsStr, OsString};
@@ -30,7 +30,7 @@ const SETTLE: Duration = Duration::from_millis(150);
 
 /// Settings read once at start.
 #[derive(Clone, Debug, PartialEq)]
-pub struct FixedSettings {
+pub(crate) struct FixedSettings {
     listen: SocketAddr,
     tls: bool,
     admin_listen: SocketAddr,
@@ -47,7 +47,7 @@ pub struct FixedSettings {
 }
 
 impl FixedSettings {
-    pub fn of(c: &Config) -> FixedSettings {
+    pub(crate) fn of(c: &Config) -> FixedSettings {
         FixedSettings {
             listen: c.listen,
             tls: c.tls.is_some(),
@@ -100,11 +100,10 @@ impl FixedSettings {
 }
 
 /// Applies config files to a running gateway.
-pub struct Reloader {
+pub(crate) struct Reloader {
     path: PathBuf,
     fixed: FixedSettings,
     pipeline: Arc<Pipeline>,
-    admin: Arc<Admin>,
     cache: KeyCache,
     metrics: Arc<Metrics>,
     tls: Option<Arc<TlsAcceptorSource>>,
@@ -112,11 +111,10 @@ pub struct Reloader {
 
 impl Reloader {
     /// `fixed` are the settings the gateway started with, from the file at `path`.
-    pub fn new(
+    pub(crate) fn new(
         path: PathBuf,
         fixed: FixedSettings,
         pipeline: Arc<Pipeline>,
-        admin: Arc<Admin>,
         cache: KeyCache,
         metrics: Arc<Metrics>,
         tls: Option<Arc<TlsAcceptorSource>>,
@@ -125,7 +123,6 @@ impl Reloader {
             path,
             fixed,
             pipeline,
-            admin,
             cache,
             metrics,
             tls,
@@ -142,8 +139,8 @@ impl Reloader {
     }
 
     /// Loads the file again; swaps it in if valid. Returns whether it was applied.
-    pub fn reload(&self) -> bool {
-        let config = match config::load(&self.path) {
+    pub(crate) fn reload(&self) -> bool {
+        let mut config = match config::load(&self.path) {
             Ok(config) => config,
             Err(errors) => return self.refuse(&errors.problems),
         };
@@ -168,22 +165,13 @@ impl Reloader {
             );
         }
         self.pipeline
-            .shared_rate_limits
-            .set_enabled(shares_rate_limits(&config));
-        self.pipeline.quotas.set_default(config.quota);
+            .budgets
+            .reload(shares_rate_limits(&config), config.quota);
         self.cache.set_ttl(config.cache.ttl);
-        self.admin.scopes.store(Arc::new(config.scopes));
-        self.admin.keys.store(Arc::new(config.keys));
-        self.admin
-            .routes
-            .store(Arc::new(crate::admin::routes::views(&config.route_specs)));
-        self.pipeline.live.store(Arc::new(LiveConfig::new(
-            config.routes,
-            config.limits,
-            config.rate_limit,
-            config.log.access,
-            &self.metrics,
-        )));
+        // One pointer for the proxy and the admin API alike.
+        self.pipeline
+            .live
+            .store(Arc::new(LiveConfig::new(&mut config, &self.metrics)));
         self.metrics.config_reload(true);
         tracing::info!(path = %self.path.display(), "config reloaded");
         true
@@ -192,12 +180,12 @@ impl Reloader {
 
 /// `rate_limit.shared` takes effect only on a store other instances share (Redis); with the
 /// embedded store there is one instance, and its local limiter is the shared one.
-pub fn shares_rate_limits(config: &crate::config::Config) -> bool {
+pub(crate) fn shares_rate_limits(config: &crate::config::Config) -> bool {
     config.shared_rate_limit && config.store.redis.is_some()
 }
 
 /// Watches the config file and `triggers`, reloading on each change, until `shutdown`.
-pub fn spawn(
+pub(crate) fn spawn(
     reloader: Arc<Reloader>,
     mut triggers: mpsc::Receiver<()>,
     mut shutdown: watch::Receiver<bool>,

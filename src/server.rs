@@ -4,8 +4,10 @@
 //! Generic over the handler, so the proxy, admin and metrics listeners share it. The accept loop
 //! only accepts: the TLS handshake runs in the connection's own task, so a slow or silent client
 //! cannot hold up anyone else's accept. Each connection's watchdog closes it once it has been
-//! idle too long, or once its client has accepted none of the bytes waiting for it for
-//! `send_timeout` (a client that stopped reading; see [`socket`] for how stalls are seen).
+//! idle too long, once its client has accepted none of the bytes waiting for it for
+//! `send_timeout` (a client that stopped reading; see [`socket`] for how stalls are seen), or
+//! once it has gone `header_read_timeout` without its first request head (a silent client,
+//! or one stuck in the h2c preface, which no HTTP builder times).
 
 mod socket;
 
@@ -30,7 +32,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 /// How a listener treats its connections.
 #[derive(Clone, Debug)]
-pub struct ConnectionSettings {
+pub(crate) struct ConnectionSettings {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
@@ -61,7 +63,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Serves `listener` in plain HTTP until `shutdown` turns true, then drains for up to
 /// `settings.grace`.
-pub async fn serve<F, Fut, B>(
+pub(crate) async fn serve<F, Fut, B>(
     listener: TcpListener,
     settings: ConnectionSettings,
     handler: F,
@@ -78,8 +80,9 @@ pub async fn serve<F, Fut, B>(
 
 /// Like [`serve`]; with `tls`, every connection first completes a TLS handshake with the
 /// source's config current at accept time, within `settings.header_read_timeout` (a failed or
-/// late handshake is logged at debug and the connection dropped).
-pub async fn serve_with_tls<F, Fut, B>(
+/// late handshake is logged at debug and the connection dropped); then, as on plain
+/// connections, its first request head is due within `settings.header_read_timeout`.
+pub(crate) async fn serve_with_tls<F, Fut, B>(
     listener: TcpListener,
     settings: ConnectionSettings,
     tls: Option<Arc<TlsAcceptorSource>>,
@@ -144,17 +147,24 @@ pub async fn serve_with_tls<F, Fut, B>(
         // Its own task, so the connection's wake-ups (several per request) never poll it.
         let watchdog = tokio::spawn(guard(
             activity.clone(),
-            settings.idle_timeout,
-            settings.send_timeout,
+            Limits {
+                idle: settings.idle_timeout,
+                send: settings.send_timeout,
+                head: settings.header_read_timeout,
+            },
             peer,
         ));
+        let phase = activity.clone();
         let connection = tokio::spawn(async move {
             // The watchdog ends with the connection, however the connection ends.
             let _watchdog = AbortOnDrop(watchdog.abort_handle());
             match acceptor {
                 None => {
                     let protocol = match stream.opens_with_h2_preface().await {
-                        Some(true) => Protocol::Http2,
+                        Some(true) => {
+                            phase.no_head_due();
+                            Protocol::Http2
+                        }
                         Some(false) => Protocol::Http1,
                         None => Protocol::Detect,
                     };
@@ -169,6 +179,11 @@ pub async fn serve_with_tls<F, Fut, B>(
                                 Some(b"http/1.1") => Protocol::Http1,
                                 _ => Protocol::Detect,
                             };
+                            // The head gets its own `header_read_timeout`, as over plain TCP.
+                            match protocol {
+                                Protocol::Http2 => phase.no_head_due(),
+                                _ => phase.head_due_from_now(),
+                            }
                             let io = TokioIo::new(stream);
                             run_connection(&protocols, protocol, io, service, watcher, peer).await
                         }
@@ -288,16 +303,29 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A connection's time limits, as its watchdog applies them.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    idle: Duration,
+    send: Duration,
+    /// For the first request head (HTTP/1 builders time later ones themselves).
+    head: Duration,
+}
+
 /// A connection's watchdog: closes it (by aborting its task, which drops the requests in
-/// flight and their upstream calls) once it is idle or stalled too long, or its client
-/// abandons most of its requests.
-async fn guard(activity: Arc<Activity>, idle: Duration, send: Duration, peer: SocketAddr) {
+/// flight and their upstream calls) once it is idle or stalled too long, its first request
+/// head is late, or its client abandons most of its requests.
+async fn guard(activity: Arc<Activity>, limits: Limits, peer: SocketAddr) {
     let cut = tokio::select! {
-        cut = watchdog(activity.clone(), idle, send) => cut,
+        cut = watchdog(activity.clone(), limits) => cut,
         _ = activity.flood.notified() => Cut::Flood,
     };
     match cut {
         Cut::Idle => tracing::debug!(%peer, "idle connection closed"),
+        Cut::LateHead => tracing::debug!(
+            %peer,
+            "connection closed: no request head within header_read_timeout"
+        ),
         Cut::Stalled => tracing::debug!(
             %peer,
             "connection closed: its client accepts no data (send_timeout)"
@@ -315,6 +343,8 @@ async fn guard(activity: Arc<Activity>, idle: Duration, send: Duration, peer: So
 
 /// `Activity::write_stalled_since` when writes are not stalled.
 const NOT_STALLED: u64 = u64::MAX;
+/// `Activity::head_due_since` for a connection whose first request head has no deadline.
+const NO_HEAD_DUE: u64 = u64::MAX;
 
 /// Requests in flight on one connection, since when it has had none, since when its client has
 /// accepted none of the bytes written to it, and how many of its requests the client abandoned.
@@ -326,6 +356,10 @@ struct Activity {
     /// Milliseconds after `epoch` when a write to the socket first found it full, until a
     /// write gets through; [`NOT_STALLED`] otherwise.
     write_stalled_since: AtomicU64,
+    /// Milliseconds after `epoch` since when the first request head is awaited (accept, or the
+    /// end of the TLS handshake); [`NO_HEAD_DUE`] for HTTP/2 known from its whole preface or
+    /// ALPN, whose connection without a stream is idle, not late.
+    head_due_since: AtomicU64,
     started: AtomicU64,
     abandoned: AtomicU64,
     /// Notified once the abandoned requests exceed the connection's budget.
@@ -341,6 +375,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             write_stalled_since: AtomicU64::new(NOT_STALLED),
+            head_due_since: AtomicU64::new(0),
             started: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             flood: Notify::new(),
@@ -366,6 +401,17 @@ impl Activity {
             // `notify_one` keeps a permit, so the connection task sees it whenever it looks.
             self.flood.notify_one();
         }
+    }
+
+    /// The first request head is due `header_read_timeout` from now (a TLS handshake ended).
+    fn head_due_from_now(&self) {
+        let now = self.now_millis().min(NO_HEAD_DUE - 1);
+        self.head_due_since.store(now, Ordering::Relaxed);
+    }
+
+    /// The connection is HTTP/2 past its preface: no head deadline, only `idle_timeout`.
+    fn no_head_due(&self) {
+        self.head_due_since.store(NO_HEAD_DUE, Ordering::Relaxed);
     }
 
     /// A write found the socket full. Reads the clock only when a stall begins.
@@ -424,21 +470,36 @@ impl Drop for Busy {
 enum Cut {
     /// Nothing in flight for `idle_timeout`.
     Idle,
+    /// No first request head within `header_read_timeout`.
+    LateHead,
     /// Bytes waiting for the client, and none accepted for `send_timeout`.
     Stalled,
     /// The client abandoned most of its requests (rapid reset).
     Flood,
 }
 
-/// Resolves once the connection has had nothing in flight for `idle`, or its writes have been
-/// stalled for `send`. Busy, it looks again every quarter of the shorter limit, so a stall is
-/// cut within 1.25 × `send` (the socket tells nobody when a stall begins; a timer armed per
-/// write would cost every request).
-async fn watchdog(activity: Arc<Activity>, idle: Duration, send: Duration) -> Cut {
-    let (idle_ms, send_ms) = (millis(idle), millis(send));
+/// Resolves once the connection has had nothing in flight for `idle`, its writes have been
+/// stalled for `send`, or it has gone `head` without its first request. Busy, it looks again
+/// every quarter of the shorter limit, so a stall is cut within 1.25 × `send` (the socket
+/// tells nobody when a stall begins; a timer armed per write would cost every request).
+async fn watchdog(activity: Arc<Activity>, limits: Limits) -> Cut {
+    let (idle_ms, send_ms, head_ms) = (
+        millis(limits.idle),
+        millis(limits.send),
+        millis(limits.head),
+    );
     let look_again = (idle_ms.min(send_ms) / 4).max(1);
     loop {
         let now = activity.now_millis();
+        // Only until the first request begins: hyper times each later HTTP/1 head itself.
+        let head_left = match activity.head_due_since.load(Ordering::Relaxed) {
+            NO_HEAD_DUE => None,
+            _ if activity.started.load(Ordering::Relaxed) > 0 => None,
+            since => Some(since.saturating_add(head_ms).saturating_sub(now)),
+        };
+        if head_left == Some(0) {
+            return Cut::LateHead;
+        }
         let stalled_since = activity.write_stalled_since.load(Ordering::Relaxed);
         let stall_left = match stalled_since {
             NOT_STALLED => None,
@@ -456,6 +517,7 @@ async fn watchdog(activity: Arc<Activity>, idle: Duration, send: Duration) -> Cu
         // Idle: wake exactly when the limit is reached. Busy: look again in a while.
         let next = if busy { look_again } else { idle_left };
         let next = stall_left.map_or(next, |left| next.min(left));
+        let next = head_left.map_or(next, |left| next.min(left));
         tokio::time::sleep(Duration::from_millis(next)).await;
     }
 }
@@ -490,6 +552,6 @@ impl<B: Body> Body for TrackedBody<B> {
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 /// Lines per window for one kind of event.
 #[derive(Debug)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     per_window: u32,
     window: Duration,
     state: Mutex<State>,
@@ -21,7 +21,7 @@ struct State {
 }
 
 impl Throttle {
-    pub fn new(per_window: u32, window: Duration) -> Throttle {
+    pub(crate) fn new(per_window: u32, window: Duration) -> Throttle {
         Throttle {
             per_window,
             window,
@@ -35,7 +35,7 @@ impl Throttle {
 
     /// `Some(n)` when a line may be written now, `n` being how many were held back before it;
     /// `None` when the budget of this window is spent.
-    pub fn admit(&self, now: Instant) -> Option<u64> {
+    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
         let Ok(mut s) = self.state.lock() else {
             return None;
         };

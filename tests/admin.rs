@@ -334,3 +334,54 @@ async fn created_by_names_the_identity_whose_token_was_used() {
     assert_eq!(answer.json()["created_by"], "alice");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn names_with_control_characters_are_refused() {
+    let gw = gateway().await;
+    let app = gw.create_app("clean", &["deploy_tool"]).await;
+    // ESC (an OSC 52 clipboard write), a C1 CSI, DEL, newline, tab, NUL.
+    let hostile = [
+        "evil\u{1b}]52;c;ZWNobyBwd25lZA==\u{7}",
+        "x\u{9b}31m",
+        "x\u{7f}",
+        "two\nlines",
+        "tab\there",
+        "nul\u{0}",
+    ];
+    for name in hostile {
+        let calls = [
+            (
+                Method::POST,
+                "/v1/apps".to_owned(),
+                json!({"name": name, "scopes": ["deploy_tool"]}),
+            ),
+            (
+                Method::PATCH,
+                format!("/v1/apps/{app}"),
+                json!({"name": name}),
+            ),
+            (
+                Method::POST,
+                format!("/v1/apps/{app}/keys"),
+                json!({"name": name}),
+            ),
+        ];
+        for (method, path, body) in calls {
+            let answer = gw.admin(method.clone(), &path, Some(body)).await;
+            assert_eq!(
+                (answer.status.as_u16(), answer.error_code().as_str()),
+                (422, "invalid_request"),
+                "{method} {path} {name:?}"
+            );
+            let message = answer.json()["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            assert!(message.contains("name"), "{message}");
+        }
+    }
+    // Nothing was stored under such a name; printable Unicode is still fine.
+    let apps = gw.admin(Method::GET, "/v1/apps", None).await.json();
+    assert_eq!(apps.as_array().map(Vec::len), Some(1), "{apps}");
+    gw.create_app("Ünïcødé ✓ 名前", &["deploy_tool"]).await;
+}

@@ -273,3 +273,90 @@ async fn key_lifecycle_audit_and_export_from_the_command_line() {
         export.stdout
     );
 }
+
+/// Names written straight into the store, past the admin API's validation, as older data may
+/// hold them: an OSC 52 clipboard write, a C1 CSI, a screen clear, a bell.
+const APP_NAME: &str = "x\u{9b}31m\u{1b}]52;c;cHduZWQ=\u{7}";
+const KEY_NAME: &str = "k\u{1b}[2J\u{7f}\nz";
+
+#[tokio::test]
+async fn control_characters_in_older_records_are_printed_escaped() {
+    let redis = common::redis::RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let upstream = Upstream::start().await;
+    let yaml = config_yaml(
+        &Upstreams {
+            tools: upstream.url(),
+        },
+        Some(&redis.url()),
+        &dir.path().join("data"),
+    );
+    let gw = ServeProcess::start(dir.path(), &yaml).await;
+    let app = json(
+        &gw.cli(&[
+            "apps",
+            "create",
+            "--name",
+            "plain",
+            "--scopes",
+            "deploy_tool",
+            "--json",
+        ])
+        .await,
+    );
+    let app_id = app["id"].as_str().expect("id").to_owned();
+    let key = json(
+        &gw.cli(&["keys", "create", "--app", &app_id, "--name", "k", "--json"])
+            .await,
+    );
+    let key_id = key["id"].as_str().expect("id").to_owned();
+
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for (record, name) in [
+        (format!("sg:app:{app_id}"), APP_NAME),
+        (format!("sg:key:{key_id}"), KEY_NAME),
+    ] {
+        let stored: String = redis::cmd("GET")
+            .arg(&record)
+            .query_async(&mut conn)
+            .await
+            .expect("stored record");
+        let mut value: Value = serde_json::from_str(&stored).expect("JSON record");
+        value["name"] = name.into();
+        let _: () = redis::cmd("SET")
+            .arg(&record)
+            .arg(value.to_string())
+            .query_async(&mut conn)
+            .await
+            .expect("rewrite record");
+    }
+
+    for args in [
+        vec!["apps", "list"],
+        vec!["apps", "list", "--wide"],
+        vec!["apps", "list", "--json"],
+        vec!["keys", "list", "--app", app_id.as_str()],
+        vec!["keys", "list", "--app", app_id.as_str(), "--wide"],
+        vec!["keys", "show", key_id.as_str()],
+        vec!["keys", "show", key_id.as_str(), "--json"],
+    ] {
+        let out = ok(&gw.cli(&args).await).to_owned();
+        for raw in ['\u{1b}', '\u{9b}', '\u{7}', '\u{7f}'] {
+            assert!(!out.contains(raw), "{args:?} printed {raw:?} raw:\n{out:?}");
+        }
+        assert!(
+            out.contains(r"\x1b") || out.contains(r"\u001b"),
+            "{args:?} shows the escape escaped:\n{out}"
+        );
+    }
+    let wide = ok(&gw.cli(&["apps", "list", "--wide"]).await).to_owned();
+    assert!(wide.contains(r"x\u{9b}31m\x1b]52;c;cHduZWQ=\x07"), "{wide}");
+    let shown = ok(&gw.cli(&["keys", "show", &key_id]).await).to_owned();
+    assert!(shown.contains(r"k\x1b[2J\x7f\nz"), "{shown}");
+    // One record per line: the newline in the name did not start a new one.
+    assert!(shown.lines().all(|l| l.contains(": ")), "{shown}");
+}

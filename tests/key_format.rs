@@ -10,6 +10,7 @@ use common::instances::{command_calls, gateway_on_url, reset_stats, wait_subscri
 use common::redis::RedisServer;
 use common::upstream::Upstream;
 use scopegate::auth::key::{self, NewKey};
+use scopegate::store::prelude::*;
 
 const ROUTE: &str = "/api/v1/jobs/1";
 

@@ -362,3 +362,74 @@ async fn a_slow_client_that_keeps_reading_is_not_cut_off() {
     }
     assert_eq!(upstream.firehoses_running(), 1, "the upstream call goes on");
 }
+
+/// A short `header_read_timeout` against a long `idle_timeout`: a client closed well before the
+/// idle timeout was closed by the header timeout.
+const SHORT_HEADER_LIMITS: &str = "limits:\n  header_read_timeout: 300ms\n  idle_timeout: 60s\n";
+/// A bound, not a speed: far past 300 ms, far short of the 60 s idle timeout.
+const CLOSED_WITHIN: Duration = Duration::from_secs(5);
+
+async fn short_header_gateway() -> (Upstream, TestGateway) {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::in_front_of(&upstream.url(), |yaml| {
+        yaml.replace(
+            "upstreams:\n",
+            &format!("{SHORT_HEADER_LIMITS}upstreams:\n"),
+        )
+    })
+    .await;
+    (upstream, gw)
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_header_read_timeout_not_idle_timeout() {
+    let (upstream, gw) = short_header_gateway().await;
+    let cases: [(&str, &[u8]); 4] = [
+        ("no bytes", b""),
+        ("part of the h2c preface", b"PRI * HTTP/2.0\r\n"),
+        ("one byte of the h2c preface", b"P"),
+        (
+            "part of an HTTP/1 head",
+            b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n",
+        ),
+    ];
+    for (what, sent) in cases {
+        let mut stream = TcpStream::connect(gw.proxy).await.expect("connect");
+        stream.write_all(sent).await.expect("write");
+        let answer = tokio::time::timeout(CLOSED_WITHIN, until_closed(&mut stream))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{what}: still open after {CLOSED_WITHIN:?} (header_read_timeout 300ms)")
+            });
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{what}: {text}"
+        );
+    }
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn an_h2c_client_past_its_preface_is_idle_not_late() {
+    let (_upstream, gw) = short_header_gateway().await;
+    let stream = TcpStream::connect(gw.proxy).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(connection);
+    // Several header timeouts without a request: the preface was whole, so only
+    // `idle_timeout` applies to this connection.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let request = http::Request::get(gw.url("/api/v1/health"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender
+        .send_request(request)
+        .await
+        .expect("the connection is still open");
+    assert_eq!(response.status(), 200);
+}

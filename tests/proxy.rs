@@ -7,6 +7,7 @@ use common::gateway::TestGateway;
 use common::http::{get, send};
 use common::upstream::Upstream;
 use http::Method;
+use scopegate::store::prelude::*;
 
 async fn setup() -> (Upstream, TestGateway) {
     let upstream = Upstream::start().await;
@@ -207,7 +208,7 @@ async fn every_outcome_of_the_contract_table() {
     let (upstream, gw) = setup().await;
     let jobs_key = gw.key_with(&["view_job_status"]).await;
     let (app, _) = (gw.create_app("expiring", &["view_job_status"]).await, ());
-    let cases: Vec<Case> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (Method::GET, "/nowhere", vec![], 404, "route_not_found"),
         (
             Method::DELETE,

@@ -244,3 +244,72 @@ async fn reloads_never_log_a_store_password() {
     );
     assert_no_password(&output, "reload");
 }
+
+/// Misspelled or half-written URLs, with no `://` to say where user info starts, and one that
+/// the Redis crate refuses. The password is `S3cret`.
+const MISSPELLED: [&str; 6] = [
+    "store:\n  redis: 'redis//:S3cret@host'\n",
+    "store:\n  redis: 'redis:/user:S3cret@host:6379'\n",
+    "store:\n  redis: '//:S3cret@h'\n",
+    "store:\n  redis: 'rediss://u:S3cret@h:x'\n",
+    "store:\n  redis: 'redis:user:S3cret@host'\n",
+    // A string where a mapping belongs: the YAML type error quotes the value.
+    "store: 'redis//:S3cret@host'\n",
+];
+
+#[tokio::test]
+async fn a_misspelled_url_never_shows_its_password() {
+    let dir = tempfile::tempdir().expect("dir");
+    for store in MISSPELLED {
+        let path = write_config(dir.path(), store);
+        for command in ["check", "serve"] {
+            let (code, output) = run(command, &path).await;
+            assert_eq!(code, Some(1), "{command} {store}: {output}");
+            assert!(
+                !output.contains("S3cret"),
+                "{command} {store}: the password was printed:\n{output}"
+            );
+            assert!(
+                names_file_and_field(&output, &path),
+                "{command} {store}: {output}"
+            );
+            assert!(output.contains("***"), "{command} {store}: {output}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reload_never_logs_the_password_of_a_misspelled_url() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let embedded = format!("store:\n  path: {}\n", data.display());
+    let path = write_config(dir.path(), &embedded);
+    let (mut child, err) = spawn_serve(dir.path(), &path);
+    wait_for_log(&err, "scopegate listening").await;
+    let mut refused = 0;
+    for store in MISSPELLED {
+        write_config(dir.path(), store);
+        refused += 1;
+        // Each refusal is one more "reload refused" line.
+        let deadline = Instant::now() + LOGGED_WITHIN;
+        loop {
+            let text = std::fs::read_to_string(&err).unwrap_or_default();
+            if text.matches("config reload refused").count() >= refused {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{store}: not refused:\n{text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let _ = child.kill().await;
+    let output = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default(),
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
+    assert!(names_file_and_field(&output, &path), "{output}");
+    assert!(
+        !output.contains("S3cret"),
+        "the reload log printed the password:\n{output}"
+    );
+}

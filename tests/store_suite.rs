@@ -6,14 +6,17 @@ mod common;
 
 use common::cluster::RedisCluster;
 use common::redis::RedisServer;
+use scopegate::model::AuditEvent;
 use scopegate::model::{
     now_unix, utc_date, utc_day_number, App, AppChange, KeyChange, KeyRecord, PageRequest,
     RateLimit, UsageBatch, UsageCounts, UsageSubject,
 };
+use scopegate::store::prelude::*;
 use scopegate::store::{
-    EmbeddedStore, Invalidation, KeyStore, RedisStore, StoreError, USAGE_BATCH_MEMORY_SECS,
+    Audit, EmbeddedStore, Invalidation, KeyStore, RedisStore, StoreError, USAGE_BATCH_MEMORY_SECS,
     USAGE_CHUNK, USAGE_RETENTION_DAYS,
 };
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout, Instant};
@@ -461,6 +464,139 @@ async fn key_changes_apply_to_the_stored_key(store: &dyn KeyStore) {
     );
 }
 
+/// An audit maker that names what it was made from.
+fn audit<T: 'static>(action: &'static str, key_of: fn(&T) -> String) -> Audit<T> {
+    Arc::new(move |done: &T| AuditEvent {
+        at: 1_000,
+        actor: "alice".to_owned(),
+        action: action.to_owned(),
+        app_id: None,
+        key_id: Some(key_of(done)),
+        details: serde_json::json!({}),
+    })
+}
+
+/// The audit log, newest first, as (action, key id).
+async fn audit_log(store: &dyn KeyStore) -> Vec<(String, Option<String>)> {
+    let page = store
+        .list_audit(
+            PageRequest {
+                cursor: None,
+                limit: 100,
+            },
+            &|_| true,
+        )
+        .await
+        .expect("audit");
+    page.items
+        .into_iter()
+        .map(|e| (e.action, e.key_id))
+        .collect()
+}
+
+/// Each audited write keeps its event in the same step, made from what the write did; a
+/// write that is refused keeps none.
+async fn writes_keep_their_audit_event(store: &dyn KeyStore) {
+    let made = audit("app.created", |a: &App| a.id.clone());
+    let mut one = app("a1", "one", 1);
+    store
+        .create_app_audited(&one, Some(&made))
+        .await
+        .expect("app");
+    one.id = "a2".into();
+    assert!(matches!(
+        store.create_app_audited(&one, Some(&made)).await,
+        Err(StoreError::Conflict)
+    ));
+    let change = AppChange {
+        name: Some("renamed".into()),
+        ..AppChange::default()
+    };
+    let updated = audit("app.updated", |(_, after): &(App, App)| after.name.clone());
+    store
+        .update_app_audited("a1", &change, None, Some(&updated))
+        .await
+        .expect("update");
+    let created = audit("key.created", |k: &KeyRecord| k.id.clone());
+    store
+        .create_key_audited(&key("k1", "a1", 1), Some(&created))
+        .await
+        .expect("key");
+    let disabled = audit("key.disabled", |k: &KeyRecord| {
+        format!("{}:{}", k.id, k.disabled)
+    });
+    store
+        .update_key_audited("k1", &KeyChange::Disable, Some(&disabled))
+        .await
+        .expect("disable");
+    let deleted = audit("app.deleted", |a: &App| a.name.clone());
+    let gone = store
+        .delete_app_audited("a1", "alice", None, Some(&deleted))
+        .await
+        .expect("delete");
+    assert_eq!(gone.map(|a| a.id), Some("a1".to_owned()));
+    assert!(store
+        .delete_app_audited("a1", "alice", None, Some(&deleted))
+        .await
+        .expect("delete again")
+        .is_none());
+    let entry = |action: &str, key: &str| (action.to_owned(), Some(key.to_owned()));
+    assert_eq!(
+        audit_log(store).await,
+        vec![
+            entry("app.deleted", "renamed"),
+            entry("key.disabled", "k1:true"),
+            entry("key.created", "k1"),
+            entry("app.updated", "renamed"),
+            entry("app.created", "a1"),
+        ]
+    );
+}
+
+/// A roll stores the new key and ends the old one in one step, or does nothing: never a new
+/// key beside a revoked (or missing) old one.
+async fn roll_is_one_step(store: &dyn KeyStore) {
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    let rolled = audit("key.rolled", |old: &KeyRecord| old.id.clone());
+    let old = store
+        .roll_key(
+            "k1",
+            &key("k2", "a1", 2),
+            &KeyChange::EndBy(9_000),
+            Some(&rolled),
+        )
+        .await
+        .expect("roll");
+    assert_eq!(old.expires_at, Some(9_000));
+    let new = store.get_key("k2").await.expect("get").expect("new key");
+    assert_eq!(new.revoked_at, None);
+    let revoke = KeyChange::Revoke {
+        at: 2_000,
+        by: "bob".into(),
+    };
+    store.update_key("k1", &revoke).await.expect("revoke");
+    assert!(matches!(
+        store
+            .roll_key("k1", &key("k3", "a1", 3), &revoke, Some(&rolled))
+            .await,
+        Err(StoreError::Revoked)
+    ));
+    assert!(matches!(
+        store
+            .roll_key("nope", &key("k4", "a1", 4), &revoke, Some(&rolled))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    for id in ["k3", "k4"] {
+        assert!(store.get_key(id).await.expect("get").is_none(), "{id}");
+    }
+    assert_eq!(
+        audit_log(store).await,
+        vec![("key.rolled".to_owned(), Some("k1".to_owned()))]
+    );
+}
+
 async fn touch_keys_rules(store: &dyn KeyStore) {
     store.create_app(&app("a1", "one", 1)).await.expect("app");
     store.create_key(&key("k1", "a1", 1)).await.expect("key");
@@ -813,6 +949,8 @@ suite!(
     create_key_needs_app,
     delete_app_revokes_its_keys,
     key_changes_apply_to_the_stored_key,
+    writes_keep_their_audit_event,
+    roll_is_one_step,
     touch_keys_rules,
     records_round_trip,
     usage_adds_up,
@@ -851,13 +989,42 @@ async fn cluster_store() -> (RedisCluster, RedisStore) {
 
 // ---------------------------------------------------------------- embedded only
 
+/// The embedded store's feed carries its own commits, each as it commits (so a write that
+/// outlives its caller still reaches the cache); creations announce nothing.
+#[tokio::test]
+async fn embedded_feed_carries_its_own_commits() {
+    let (_dir, store) = embedded_store();
+    let mut feed = store.invalidations().expect("a feed of its own writes");
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    replace_app(&store, &app("a1", "uno", 1))
+        .await
+        .expect("update");
+    assert_eq!(
+        next_event(&mut feed, HANG).await,
+        Invalidation::App("a1".into())
+    );
+    store
+        .update_key("k1", &KeyChange::Disable)
+        .await
+        .expect("disable");
+    assert_eq!(
+        next_event(&mut feed, HANG).await,
+        Invalidation::Key("k1".into())
+    );
+    assert!(store.delete_app("a1", "ops", None).await.expect("delete"));
+    assert_eq!(
+        next_event(&mut feed, HANG).await,
+        Invalidation::App("a1".into())
+    );
+}
+
 #[tokio::test]
 async fn embedded_survives_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("nested").join("data");
     {
         let store = EmbeddedStore::open(&path).expect("open");
-        assert!(store.invalidations().is_none());
         store.create_app(&app("a1", "One", 1)).await.expect("app");
         store.create_app(&app("a2", "Two", 2)).await.expect("app");
         store.create_key(&key("k1", "a1", 1)).await.expect("key");
@@ -898,11 +1065,12 @@ async fn embedded_opens_a_file_without_usage_table() {
     std::fs::create_dir_all(&path).expect("dir");
     {
         // The previous version's tables, written with redb directly.
-        const APPS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("apps");
-        const APP_NAMES: redb::TableDefinition<&str, &str> =
+        const APPS: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("apps");
+        const APP_NAMES: redb::TableDefinition<'_, &str, &str> =
             redb::TableDefinition::new("app_names");
-        const KEYS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("keys");
-        const LAST_USED: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("last_used");
+        const KEYS: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("keys");
+        const LAST_USED: redb::TableDefinition<'_, &str, u64> =
+            redb::TableDefinition::new("last_used");
         let db = redb::Database::create(path.join("scopegate.redb")).expect("create");
         let tx = db.begin_write().expect("write");
         {
@@ -941,9 +1109,10 @@ async fn embedded_opens_a_file_without_usage_table() {
 /// bounded share per write; recent ones stay and are honoured.
 #[tokio::test]
 async fn embedded_prunes_old_rows_and_batch_ids() {
-    const USAGE: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("usage");
-    const BATCHES: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("usage_batches");
-    const BATCH_AGES: redb::TableDefinition<(u64, &str), ()> =
+    const USAGE: redb::TableDefinition<'_, &str, u64> = redb::TableDefinition::new("usage");
+    const BATCHES: redb::TableDefinition<'_, &str, u64> =
+        redb::TableDefinition::new("usage_batches");
+    const BATCH_AGES: redb::TableDefinition<'_, (u64, &str), ()> =
         redb::TableDefinition::new("usage_batch_ages");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("data");

@@ -513,3 +513,60 @@ fn check_names_the_tls_line_when_the_certificate_and_key_do_not_load() {
         "a matching pair passes"
     );
 }
+
+/// Reads until the server closes the connection (end of stream, reset, or a TLS stream cut
+/// without `close_notify`).
+async fn until_closed(mut stream: impl tokio::io::AsyncRead + Unpin) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tls_client_that_never_sends_a_request_is_closed_after_header_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    // A bound, not a speed: far past the 300 ms header timeout, far short of the 60 s idle one.
+    const CLOSED_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+    let pki = Pki::new();
+    let leaf = pki.leaf("gateway");
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(dir.path(), "cert.pem", &leaf.cert_pem);
+    write(dir.path(), "key.pem", &leaf.key_pem);
+    let yaml = tls_yaml(&upstream, dir.path()).replace(
+        "upstreams:\n",
+        "limits:\n  header_read_timeout: 300ms\n  idle_timeout: 60s\nupstreams:\n",
+    );
+    let gw = TestGateway::start_in(&yaml, dir).await;
+    let closes = |what: &'static str| {
+        move |outcome: Result<(), tokio::time::error::Elapsed>| {
+            outcome.unwrap_or_else(|_| panic!("{what}: still open after {CLOSED_WITHIN:?}"))
+        }
+    };
+
+    let silent = TcpStream::connect(gw.proxy).await.expect("connect");
+    closes("no handshake")(tokio::time::timeout(CLOSED_WITHIN, until_closed(silent)).await);
+
+    // A TLS record header announcing a ClientHello that never comes.
+    let mut half = TcpStream::connect(gw.proxy).await.expect("connect");
+    half.write_all(&[0x16, 0x03, 0x01, 0x00, 0xff, 0x01])
+        .await
+        .expect("write");
+    closes("half a handshake")(tokio::time::timeout(CLOSED_WITHIN, until_closed(half)).await);
+
+    for (what, alpn) in [
+        ("no ALPN, no request", &[][..]),
+        ("ALPN http/1.1, no request", &[&b"http/1.1"[..]][..]),
+    ] {
+        let connector = TlsConnector::from(Arc::new(pki.client_config(alpn)));
+        let tcp = TcpStream::connect(gw.proxy).await.expect("connect");
+        let name = ServerName::try_from("127.0.0.1").expect("server name");
+        let stream = connector.connect(name, tcp).await.expect("TLS handshake");
+        closes(what)(tokio::time::timeout(CLOSED_WITHIN, until_closed(stream)).await);
+    }
+    assert_eq!(upstream.count(), 0);
+}

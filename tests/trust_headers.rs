@@ -126,3 +126,74 @@ async fn a_route_with_allow_semicolons_forwards_them_intact() {
     assert_eq!(answer.status, 400, "{:?}", answer.body);
     assert_eq!(upstream.count(), 1);
 }
+
+/// `X-Forwarded-For` entries from a trusted proxy that are not plain addresses.
+const NOT_ADDRESSES: [&str; 7] = [
+    "203.0.113.9:4711",
+    "[2001:db8::9]",
+    "[2001:db8::9]:4711",
+    "unknown",
+    "not-an-ip",
+    "203.0.113.9, ",
+    "127.0.0.5, garbage",
+];
+
+/// A POST to the deploy route with `key` and this `X-Forwarded-For`: (status, error code).
+async fn deploy_via_proxy(gw: &TestGateway, key: &str, xff: &str) -> (u16, String) {
+    let answer = send(
+        Method::POST,
+        &gw.url("/api/v1/tools/web-search/deploy"),
+        &[("x-api-key", key), ("x-forwarded-for", xff)],
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    (answer.status.as_u16(), answer.error_code())
+}
+
+#[tokio::test]
+async fn an_entry_that_is_not_an_address_leaves_the_client_unknown() {
+    let upstream = Upstream::start().await;
+    let gw = gateway(&upstream, "limits:\n  trusted_proxies: [127.0.0.1/32]\n").await;
+    let app = gw.create_app("behind-lb", &["deploy_tool"]).await;
+    // Limited to the proxy's own network: the proxy's address must never stand in for the
+    // client's.
+    let restricted = gw
+        .admin(
+            Method::POST,
+            &format!("/v1/apps/{app}/keys"),
+            Some(serde_json::json!({"name": "lb-only", "allowed_ips": ["127.0.0.0/8"]})),
+        )
+        .await
+        .json()["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let (_, open) = gw.create_key(&app, None).await;
+
+    assert_eq!(deploy_via_proxy(&gw, &restricted, "127.0.0.5").await.0, 200);
+    for xff in NOT_ADDRESSES {
+        assert_eq!(
+            deploy_via_proxy(&gw, &restricted, xff).await,
+            (403, "ip_not_allowed".to_owned()),
+            "X-Forwarded-For: {xff}"
+        );
+        // A key without allowed_ips does not care who the client is.
+        let before = upstream.count();
+        assert_eq!(deploy_via_proxy(&gw, &open, xff).await.0, 200, "{xff}");
+        assert_eq!(upstream.count(), before + 1);
+        // The upstream is told the client is unknown, never handed the garbage as an address.
+        let forwarded = upstream.last().headers["x-forwarded-for"]
+            .to_str()
+            .expect("ASCII")
+            .to_owned();
+        let entries: Vec<&str> = forwarded.split(", ").collect();
+        assert_eq!(entries.last(), Some(&"127.0.0.1"), "{xff} -> {forwarded}");
+        assert!(entries.contains(&"unknown"), "{xff} -> {forwarded}");
+        for entry in entries {
+            assert!(
+                entry == "unknown" || entry.parse::<std::net::IpAddr>().is_ok(),
+                "{xff} -> {forwarded}"
+            );
+        }
+    }
+}

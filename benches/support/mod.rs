@@ -2,10 +2,10 @@
 
 use scopegate::auth::key::{self, NewKey};
 use scopegate::model::{now_unix, App};
-use scopegate::store::KeyStore;
+use scopegate::store::{KeyStore, UnauditedWrites};
 
 /// Writes an app with `deploy_tool` and one key for it into `store`.
-pub async fn seed_key(store: &dyn KeyStore) -> (App, NewKey) {
+pub(crate) async fn seed_key(store: &dyn KeyStore) -> (App, NewKey) {
     let app = App {
         id: key::random_id(),
         name: "bench".into(),

@@ -1,13 +1,16 @@
-//! The audit log's admin side: every write is appended (and logged) with the acting identity,
-//! and `GET /v1/audit` reads it back, newest first, filtered and paginated.
+//! The audit log's admin side: every write's event is made here and stored by the store in
+//! the same step as the write (so neither is ever kept without the other), the write is logged
+//! once the store confirms it, and `GET /v1/audit` reads the log back, newest first, filtered
+//! and paginated.
 
-use super::handlers::invalid;
+use super::validate::invalid;
 use super::views::rfc3339;
 use super::Admin;
 use crate::error::AdminError;
-use crate::metrics::StoreOp;
 use crate::model::{now_unix, AuditEvent, Page, PageRequest, UnixSeconds};
+use crate::store::Audit;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 /// What a write touched.
@@ -61,32 +64,34 @@ fn since(text: &str) -> Result<UnixSeconds, AdminError> {
         })
 }
 
-impl Admin {
-    /// Appends a write to the audit log and logs it. The write itself is done by then: if the
-    /// store cannot take the event, that is logged and counted, and the caller still gets the
-    /// write's answer.
-    pub(super) async fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        target: Target<'_>,
-        details: serde_json::Value,
-    ) {
-        tracing::info!(actor, action, app = target.app, key = target.key, %details, "admin write");
-        let event = AuditEvent {
-            at: now_unix(),
-            actor: actor.to_owned(),
+/// The audit event of a write, made from what the write did (`describe` gives its target and
+/// details); handed to the store, which keeps it in the same step as the write.
+pub(super) fn audit_of<T, F>(by: &str, action: &'static str, describe: F) -> Audit<T>
+where
+    F: Fn(&T) -> (Target<'_>, serde_json::Value) + Send + Sync + 'static,
+{
+    let (actor, at) = (by.to_owned(), now_unix());
+    Arc::new(move |done: &T| {
+        let (target, details) = describe(done);
+        AuditEvent {
+            at,
+            actor: actor.clone(),
             action: action.to_owned(),
             app_id: target.app.map(str::to_owned),
             key_id: target.key.map(str::to_owned),
             details,
-        };
-        if let Err(e) = self.store.append_audit(&event).await {
-            self.metrics.store_error(StoreOp::Admin);
-            tracing::error!(error = %e, action, "the audit log did not take this write");
         }
-    }
+    })
+}
 
+/// Logs a write the store confirmed, as its audit event tells it.
+pub(super) fn log_write<T>(audit: &Audit<T>, done: &T) {
+    let e = audit(done);
+    let (app, key, details) = (e.app_id.as_deref(), e.key_id.as_deref(), &e.details);
+    tracing::info!(actor = e.actor, action = e.action, app, key, %details, "admin write");
+}
+
+impl Admin {
     pub(super) async fn list_audit(
         &self,
         filter: &AuditFilter,

@@ -4,7 +4,7 @@
 //! memory. A store failure midway aborts the body (the client sees a cut-off transfer, never a
 //! short file that looks complete).
 
-use super::handlers::{invalid, DAY_SECONDS};
+use super::validate::{invalid, DAY_SECONDS};
 use super::AdminBody;
 use crate::error::AdminError;
 use crate::model::{utc_date, utc_day_number, KeyRecord, PageRequest, UsageSubject};

@@ -1,5 +1,9 @@
-//! What each admin call does: validate, write to the store, drop stale cache entries.
+//! What each admin call does: validate, write to the store with its audit event, drop stale
+//! cache entries. Each write runs detached from the caller's connection (see
+//! [`Admin::handle`](super::Admin::handle)), so it is carried through whole or not at all.
 
+use super::audit::{audit_of, log_write};
+use super::validate::{invalid, matches, valid_name, whole_number, DAY_SECONDS};
 use super::views::{AppView, CreateApp, ScopeView, UpdateApp, UsageView};
 use super::views::{QuotaView, QuotaWindowView};
 use super::Admin;
@@ -23,42 +27,6 @@ const DEFAULT_USAGE_DAYS: u64 = 7;
 /// A year and a day: enough for any report, bounded so one call stays cheap.
 const MAX_USAGE_DAYS: u64 = 366;
 
-/// Longest app or key name accepted.
-const MAX_NAME_LEN: usize = 200;
-pub(super) const DAY_SECONDS: u64 = 86_400;
-
-pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> AdminError {
-    AdminError::Invalid {
-        field,
-        message: message.into(),
-    }
-}
-
-/// A query parameter that must be a whole number from 1 to `max`; 422 naming `field` otherwise.
-pub(super) fn whole_number(field: &'static str, text: &str, max: u64) -> Result<u64, AdminError> {
-    match text.parse::<u64>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(invalid(
-            field,
-            format!("must be a whole number from 1 to {max}"),
-        )),
-    }
-}
-
-pub(super) fn valid_name(name: &str) -> Result<String, AdminError> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(invalid("name", "must not be empty"));
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(invalid(
-            "name",
-            format!("must be at most {MAX_NAME_LEN} bytes"),
-        ));
-    }
-    Ok(name.to_owned())
-}
-
 fn valid_rate_limit(limit: Option<RateLimit>) -> Result<Option<RateLimit>, AdminError> {
     match limit {
         Some(l) if l.per_second == 0 || l.burst == 0 => Err(invalid(
@@ -81,13 +49,10 @@ fn valid_quota(quota: Option<Quota>) -> Result<Option<Quota>, AdminError> {
     }
 }
 
-pub(super) fn matches(name: &str, search: Option<&str>) -> bool {
-    search.is_none_or(|s| name.to_lowercase().contains(&s.to_lowercase()))
-}
-
 impl Admin {
     fn valid_scopes(&self, scopes: Vec<String>) -> Result<Vec<String>, AdminError> {
-        let known = self.scopes.load();
+        let live = self.live.load();
+        let known = &live.scopes;
         let mut out: Vec<String> = Vec::with_capacity(scopes.len());
         for scope in scopes {
             if !known.iter().any(|(name, _)| *name == scope) {
@@ -101,7 +66,8 @@ impl Admin {
     }
 
     pub(super) fn list_scopes(&self) -> serde_json::Value {
-        let scopes = self.scopes.load();
+        let live = self.live.load();
+        let scopes = &live.scopes;
         let views: Vec<ScopeView<'_>> = scopes
             .iter()
             .map(|(name, description)| ScopeView { name, description })
@@ -120,15 +86,17 @@ impl Admin {
             created_by: by.to_owned(),
             version: 0,
         };
-        self.store.create_app(&app).await?;
-        let details = json!({
-            "name": app.name,
-            "scopes": app.scopes,
-            "rate_limit": app.rate_limit,
-            "quota": app.quota,
+        let audit = audit_of(by, "app.created", |app: &App| {
+            let details = json!({
+                "name": app.name,
+                "scopes": app.scopes,
+                "rate_limit": app.rate_limit,
+                "quota": app.quota,
+            });
+            (app_target(&app.id), details)
         });
-        self.audit(by, "app.created", app_target(&app.id), details)
-            .await;
+        self.store.create_app_audited(&app, Some(&audit)).await?;
+        log_write(&audit, &app);
         Ok(app.into())
     }
 
@@ -166,19 +134,25 @@ impl Admin {
             rate_limit: req.rate_limit.map(valid_rate_limit).transpose()?,
             quota: req.quota.map(valid_quota).transpose()?,
         };
-        let (before, app) = self.store.update_app(id, &change, expected_version).await?;
-        self.cache
-            .invalidate(&Invalidation::App(app.id.clone()))
-            .await;
-        let details = json!({
-            "name": {"before": before.name, "after": app.name},
-            "scopes": {"before": before.scopes, "after": app.scopes},
-            "rate_limit": {"before": before.rate_limit, "after": app.rate_limit},
-            "quota": {"before": before.quota, "after": app.quota},
-            "version": app.version,
+        let audit = audit_of(by, "app.updated", |(before, app): &(App, App)| {
+            let details = json!({
+                "name": {"before": before.name, "after": app.name},
+                "scopes": {"before": before.scopes, "after": app.scopes},
+                "rate_limit": {"before": before.rate_limit, "after": app.rate_limit},
+                "quota": {"before": before.quota, "after": app.quota},
+                "version": app.version,
+            });
+            (app_target(&app.id), details)
         });
-        self.audit(by, "app.updated", app_target(id), details).await;
-        Ok(app)
+        let both = self
+            .store
+            .update_app_audited(id, &change, expected_version, Some(&audit))
+            .await?;
+        self.cache
+            .invalidate(&Invalidation::App(both.1.id.clone()))
+            .await;
+        log_write(&audit, &both);
+        Ok(both.1)
     }
 
     /// Deletes the app at once (its keys stop working everywhere), then marks its keys
@@ -189,14 +163,21 @@ impl Admin {
         by: &str,
         expected_version: Option<u64>,
     ) -> Result<(), AdminError> {
-        if !self.store.delete_app(id, by, expected_version).await? {
-            return Err(AdminError::NotFound);
-        }
+        let audit = audit_of(by, "app.deleted", |app: &App| {
+            let details = json!({"name": app.name, "keys": "revoked with the app"});
+            (app_target(&app.id), details)
+        });
+        let deleted = self
+            .store
+            .delete_app_audited(id, by, expected_version, Some(&audit))
+            .await;
+        // Dropped whatever the answer: a write the store applied after all must not stay
+        // cached here (the store's feed drops it too, once it commits).
         self.cache
             .invalidate(&Invalidation::App(id.to_owned()))
             .await;
-        let details = json!({"keys": "revoked with the app"});
-        self.audit(by, "app.deleted", app_target(id), details).await;
+        let old = deleted?.ok_or(AdminError::NotFound)?;
+        log_write(&audit, &old);
         tokio::spawn(crate::lifecycle::revoke_keys_of_deleted_apps(
             self.store.clone(),
         ));
@@ -240,7 +221,7 @@ impl Admin {
         let Some(quota) = self.quotas.effective(app.and_then(|a| a.quota)) else {
             return Ok(QuotaView::default());
         };
-        let windows = crate::quota::windows_now(quota);
+        let windows = crate::budgets::quota::windows_now(quota);
         let (day, month) = self.quotas.used(id, &windows).await?;
         Ok(QuotaView {
             per_day: quota

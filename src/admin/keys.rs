@@ -1,10 +1,11 @@
 //! The key calls: create (with the expiry policy and an IP allowlist), list, show, revoke
 //! (the record stays), disable / enable, and roll with a grace period. Each change goes to the
-//! store as one atomic edit of the key as stored then, and drops this instance's cached copy;
-//! other instances learn of it through the store's change feed.
+//! store as one atomic edit of the key as stored then, together with its audit event, and drops
+//! this instance's cached copy; other instances learn of it through the store's change feed.
 
-use super::handlers::{invalid, matches, valid_name, whole_number, DAY_SECONDS};
-use super::views::{CreateKey, KeyView, RollKey};
+use super::audit::{audit_of, log_write};
+use super::validate::{invalid, matches, valid_name, whole_number, DAY_SECONDS};
+use super::views::{rfc3339, CreateKey, KeyView, RollKey};
 use super::Admin;
 use crate::auth::key;
 use crate::config::values::cidr;
@@ -72,7 +73,7 @@ impl Admin {
         days: Option<u32>,
         now: UnixSeconds,
     ) -> Result<Option<UnixSeconds>, AdminError> {
-        let policy = **self.keys.load();
+        let policy = self.live.load().key_policy;
         let max = policy.max_expires_in_days.unwrap_or(MAX_EXPIRY_DAYS);
         match days.or(policy.default_expires_in_days) {
             Some(0) => Err(invalid("expires_in_days", "must be at least 1")),
@@ -80,18 +81,6 @@ impl Admin {
             Some(d) => Ok(Some(now + u64::from(d) * DAY_SECONDS)),
             None => Ok(None),
         }
-    }
-
-    /// Stores a new key and answers it with the full key (the only time it is shown).
-    async fn issue_key(&self, record: KeyRecord, full: String) -> Result<KeyView, AdminError> {
-        self.store.create_key(&record).await?;
-        // A miss cached before this key existed must not hide it.
-        self.cache
-            .invalidate(&Invalidation::Key(record.id.clone()))
-            .await;
-        let mut view = KeyView::new(record, now_unix());
-        view.key = Some(full);
-        Ok(view)
     }
 
     pub(super) async fn create_key(
@@ -107,13 +96,21 @@ impl Admin {
         let new = key::generate();
         let mut record = new.record(app_id, &name, by, expires_at);
         record.allowed_ips = allowed_ips;
-        let view = self.issue_key(record, new.full).await?;
-        let details = json!({
-            "name": view.name,
-            "expires_at": view.expires_at,
-            "allowed_ips": view.allowed_ips,
+        let audit = audit_of(by, "key.created", move |k: &KeyRecord| {
+            let details = json!({
+                "name": k.name,
+                "expires_at": k.expires_at.map(rfc3339),
+                "allowed_ips": k.allowed_ips,
+            });
+            (key_target(k), details)
         });
-        self.audit(by, "key.created", target(&view), details).await;
+        let created = self.store.create_key_audited(&record, Some(&audit)).await;
+        // A miss cached before this key existed must not hide it.
+        self.invalidate_key(&record.id).await;
+        created?;
+        log_write(&audit, &record);
+        let mut view = KeyView::new(record, now_unix());
+        view.key = Some(new.full);
         Ok(view)
     }
 
@@ -155,32 +152,42 @@ impl Admin {
         Ok(KeyView::new(k, now_unix()))
     }
 
-    async fn change_key(&self, id: &str, change: &KeyChange) -> Result<KeyRecord, AdminError> {
-        let key = self
+    /// Applies `change` with the event `action` names; this instance's cached copy is dropped
+    /// whatever the store answered (a write it applied after all must not stay cached; the
+    /// store's feed drops it too once it commits).
+    async fn change_key(
+        &self,
+        id: &str,
+        change: &KeyChange,
+        by: &str,
+        action: &'static str,
+    ) -> Result<KeyRecord, AdminError> {
+        let audit = audit_of(by, action, |k: &KeyRecord| (key_target(k), json!({})));
+        let changed = self
             .store
-            .update_key(id, change)
-            .await
-            .map_err(revoked_conflict)?;
-        self.cache
-            .invalidate(&Invalidation::Key(id.to_owned()))
+            .update_key_audited(id, change, Some(&audit))
             .await;
+        self.invalidate_key(id).await;
+        let key = changed.map_err(revoked_conflict)?;
+        log_write(&audit, &key);
         Ok(key)
     }
 
-    /// Revokes a key for good; the record stays listed. Revoking it again changes nothing.
+    async fn invalidate_key(&self, id: &str) {
+        self.cache
+            .invalidate(&Invalidation::Key(id.to_owned()))
+            .await;
+    }
+
+    /// Revokes a key for good; the record stays listed. Revoking it again changes nothing
+    /// (and answers the same).
     pub(super) async fn revoke_key(&self, id: &str, by: &str) -> Result<(), AdminError> {
         let change = KeyChange::Revoke {
             at: now_unix(),
             by: by.to_owned(),
         };
-        match self.change_key(id, &change).await {
-            Ok(key) => {
-                let view = KeyView::new(key, now_unix());
-                self.audit(by, "key.revoked", target(&view), json!({}))
-                    .await;
-                Ok(())
-            }
-            Err(AdminError::KeyRevoked) => Ok(()),
+        match self.change_key(id, &change, by, "key.revoked").await {
+            Ok(_) | Err(AdminError::KeyRevoked) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -191,25 +198,18 @@ impl Admin {
         disabled: bool,
         by: &str,
     ) -> Result<KeyView, AdminError> {
-        let change = if disabled {
-            KeyChange::Disable
+        let (change, action) = if disabled {
+            (KeyChange::Disable, "key.disabled")
         } else {
-            KeyChange::Enable
+            (KeyChange::Enable, "key.enabled")
         };
-        let key = self.change_key(id, &change).await?;
-        let view = KeyView::new(key, now_unix());
-        let action = if disabled {
-            "key.disabled"
-        } else {
-            "key.enabled"
-        };
-        self.audit(by, action, target(&view), json!({})).await;
-        Ok(view)
+        let key = self.change_key(id, &change, by, action).await?;
+        Ok(KeyView::new(key, now_unix()))
     }
 
-    /// Issues a new key for the same app, name, allowlist and lifetime, then ends the old one
-    /// after `grace` (at once for `0s`). The new key exists before the old one is cut short,
-    /// so a failure between the two never leaves the caller with no working key.
+    /// Issues a new key for the same app, name, allowlist and lifetime, and ends the old one
+    /// after `grace` (at once for `0s`), in one store step: a roll racing a revoke either
+    /// leaves both keys as they were or does both, never a new key that nobody was shown.
     pub(super) async fn roll_key(
         &self,
         id: &str,
@@ -230,7 +230,6 @@ impl Admin {
         let lifetime = old.expires_at.map(|at| at.saturating_sub(old.created_at));
         let mut record = new.record(&old.app_id, &old.name, by, lifetime.map(|l| now + l));
         record.allowed_ips = old.allowed_ips.clone();
-        let view = self.issue_key(record, new.full).await?;
         let end = if grace.is_zero() {
             KeyChange::Revoke {
                 at: now,
@@ -239,28 +238,32 @@ impl Admin {
         } else {
             KeyChange::EndBy(now + grace.as_secs().max(1))
         };
-        let old = self.change_key(id, &end).await?;
-        let details = json!({
-            "new_key_id": view.id,
-            "grace": humantime::format_duration(grace).to_string(),
-            "old_key_ends_at": old.revoked_at.or(old.expires_at).map(super::views::rfc3339),
+        let new_id = record.id.clone();
+        let audit = audit_of(by, "key.rolled", move |old: &KeyRecord| {
+            let details = json!({
+                "new_key_id": new_id,
+                "grace": humantime::format_duration(grace).to_string(),
+                "old_key_ends_at": old.revoked_at.or(old.expires_at).map(rfc3339),
+            });
+            (key_target(old), details)
         });
-        let audited = super::audit::Target {
-            app: Some(&old.app_id),
-            key: Some(id),
-        };
-        self.audit(by, "key.rolled", audited, details).await;
+        let rolled = self.store.roll_key(id, &record, &end, Some(&audit)).await;
+        self.invalidate_key(&record.id).await;
+        self.invalidate_key(id).await;
+        let old = rolled.map_err(revoked_conflict)?;
+        log_write(&audit, &old);
+        let mut view = KeyView::new(record, now_unix());
+        view.key = Some(new.full);
         Ok(view)
     }
 }
 
-fn target(view: &KeyView) -> super::audit::Target<'_> {
+fn key_target(key: &KeyRecord) -> super::audit::Target<'_> {
     super::audit::Target {
-        app: Some(&view.app_id),
-        key: Some(&view.id),
+        app: Some(&key.app_id),
+        key: Some(&key.id),
     }
 }
-
 fn expires_within(k: &KeyRecord, now: UnixSeconds, days: u64) -> bool {
     k.revoked_at.is_none()
         && k.expires_at

@@ -11,23 +11,23 @@ mod handlers;
 mod keys;
 mod paging;
 mod role;
-pub mod routes;
-pub mod views;
+pub(crate) mod routes;
+mod validate;
+pub(crate) mod views;
 
 use crate::cache::KeyCache;
-use crate::config::{KeyPolicy, Role};
+use crate::config::Role;
 use crate::error::AdminError;
+use crate::live::Live;
 use crate::metrics::{Metrics, StoreOp};
 use crate::model::{App, UsageSubject};
 use crate::store::KeyStore;
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
 use hyper::body::Incoming;
-use routes::RouteView;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -36,14 +36,14 @@ use subtle::ConstantTimeEq;
 use views::AppView;
 
 /// What the admin API answers: a whole JSON document, or a streamed export.
-pub type AdminBody =
+pub(crate) type AdminBody =
     Either<Full<Bytes>, StreamBody<BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>>>;
 
 /// Admin request bodies are small JSON documents.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
 /// An operator allowed to call the admin API.
-pub struct AdminIdentity {
+pub(crate) struct AdminIdentity {
     pub name: String,
     pub role: Role,
     /// SHA-256 of the token, so comparisons are constant-time whatever the lengths.
@@ -51,7 +51,7 @@ pub struct AdminIdentity {
 }
 
 impl AdminIdentity {
-    pub fn new(name: impl Into<String>, token: &str, role: Role) -> AdminIdentity {
+    pub(crate) fn new(name: impl Into<String>, token: &str, role: Role) -> AdminIdentity {
         AdminIdentity {
             name: name.into(),
             role,
@@ -61,19 +61,15 @@ impl AdminIdentity {
 }
 
 /// The admin API's shared state.
-pub struct Admin {
+pub(crate) struct Admin {
     pub store: Arc<dyn KeyStore>,
     pub cache: KeyCache,
-    /// The config's scopes (name, description); swapped on reload.
-    pub scopes: ArcSwap<Vec<(String, String)>>,
-    /// The config's routes, for `GET /v1/routes`; swapped on reload.
-    pub routes: ArcSwap<Vec<RouteView>>,
+    /// The config in force (scopes, routes, the `keys:` policy), shared with the proxy.
+    pub live: Live,
     pub identities: Vec<AdminIdentity>,
-    /// The config's `keys:` policy; swapped on reload.
-    pub keys: ArcSwap<KeyPolicy>,
     pub metrics: Arc<Metrics>,
     /// The proxy's quotas: the config's default (swapped on reload) and the counts.
-    pub quotas: crate::quota::Quotas,
+    pub quotas: crate::budgets::quota::Quotas,
 }
 
 enum Call<'a> {
@@ -121,18 +117,38 @@ fn parse_path(path: &str) -> Option<Call<'_>> {
 
 impl Admin {
     /// Serves one admin request; errors become their JSON answer.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<AdminBody> {
+    ///
+    /// A call that may write runs in a task of its own: hyper drops this future when the
+    /// caller hangs up, and a write the store applied must still be carried through whole (its
+    /// cache invalidation, its log line). The store keeps each write with its audit event.
+    pub(crate) async fn handle(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Response<AdminBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         // The console's static files hold no data: served before (and without) the token check.
         if console::is_console(&method, &path) {
             return console::serve(&method, &path);
         }
-        match self.run(request).await {
+        let outcome = if method == Method::GET || method == Method::HEAD {
+            self.run(request).await
+        } else {
+            let admin = Arc::clone(self);
+            tokio::spawn(async move { admin.run(request).await })
+                .await
+                .unwrap_or_else(|e| Err(AdminError::Failed(e.to_string())))
+        };
+        match outcome {
             Ok(response) => response,
             Err(e) => {
                 if let AdminError::Store(_) = e {
                     self.metrics.store_error(StoreOp::Admin);
+                    if method != Method::GET {
+                        // Applied whole (audit event included) or not at all: the audit log
+                        // says which.
+                        tracing::warn!(%method, %path, error = %e, "admin write not confirmed by the store");
+                    }
                 }
                 tracing::debug!(%method, %path, error = %e, "admin call refused");
                 e.into_response::<Full<Bytes>>().map(Either::Left)
@@ -177,7 +193,10 @@ impl Admin {
                 &serde_json::json!({"name": identity.name, "role": identity.role.as_str()}),
             )),
             (Call::Scopes, Method::GET) => Ok(json(StatusCode::OK, &self.list_scopes())),
-            (Call::Routes, Method::GET) => Ok(json(StatusCode::OK, &**self.routes.load())),
+            (Call::Routes, Method::GET) => Ok(json(
+                StatusCode::OK,
+                &routes::views(&self.live.load().route_specs),
+            )),
             (Call::UsageExport, Method::GET) => {
                 let export = export::Export::parse(
                     query_param(query, "from").as_deref(),
@@ -273,12 +292,12 @@ impl Admin {
                 // The quota left, in the headers the proxy sets (the body is the contract's list).
                 if let Ok(quota) = self.key_quota(id).await {
                     if let Some(w) = quota.tightest() {
-                        let status = crate::quota::QuotaStatus {
+                        let status = crate::budgets::quota::QuotaStatus {
                             limit: w.limit,
                             remaining: w.remaining,
                             reset: w.ends.saturating_sub(crate::model::now_unix()),
                         };
-                        crate::error::quota_headers(response.headers_mut(), status);
+                        crate::budgets::headers::quota_headers(response.headers_mut(), status);
                     }
                 }
                 Ok(response)

@@ -1,7 +1,7 @@
 //! Paginated listings (`limit`, `cursor`, `Link: <...>; rel="next"`) and entity tags
 //! (`ETag` on an app, `If-Match` on its edits).
 
-use super::handlers::whole_number;
+use super::validate::whole_number;
 use super::AdminBody;
 use super::{json, query_param};
 use crate::error::AdminError;

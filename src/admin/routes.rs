@@ -13,7 +13,7 @@ const ANY_METHOD: &str = "*";
 
 /// One route, in file order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RouteView {
+pub(crate) struct RouteView {
     pub methods: Vec<String>,
     pub path: String,
     pub scope: String,
@@ -21,7 +21,7 @@ pub struct RouteView {
 }
 
 /// The views of `specs`, in the same (matching) order.
-pub fn views(specs: &[RouteSpec]) -> Vec<RouteView> {
+pub(crate) fn views(specs: &[RouteSpec]) -> Vec<RouteView> {
     specs.iter().map(view).collect()
 }
 

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// RFC 3339 UTC, seconds precision.
-pub fn rfc3339(at: UnixSeconds) -> String {
+pub(crate) fn rfc3339(at: UnixSeconds) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(at)).to_string()
 }
 
@@ -15,7 +15,7 @@ fn rfc3339_opt(at: Option<UnixSeconds>) -> Option<String> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateApp {
+pub(crate) struct CreateApp {
     pub name: String,
     pub scopes: Vec<String>,
     pub rate_limit: Option<RateLimit>,
@@ -24,7 +24,7 @@ pub struct CreateApp {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpdateApp {
+pub(crate) struct UpdateApp {
     pub name: Option<String>,
     pub scopes: Option<Vec<String>>,
     /// Absent: unchanged; `null`: back to the config's default.
@@ -47,7 +47,7 @@ where
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateKey {
+pub(crate) struct CreateKey {
     pub name: String,
     pub expires_in_days: Option<u32>,
     pub allowed_ips: Option<Vec<String>>,
@@ -60,20 +60,20 @@ fn default_grace() -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RollKey {
+pub(crate) struct RollKey {
     /// How long the old key keeps working (`0s`: it is revoked at once).
     #[serde(default = "default_grace")]
     pub grace: String,
 }
 
 #[derive(Debug, Serialize)]
-pub struct ScopeView<'a> {
+pub(crate) struct ScopeView<'a> {
     pub name: &'a str,
     pub description: &'a str,
 }
 
 #[derive(Debug, Serialize)]
-pub struct AppView {
+pub(crate) struct AppView {
     pub id: String,
     pub name: String,
     pub scopes: Vec<String>,
@@ -101,7 +101,7 @@ impl From<App> for AppView {
 
 /// `GET /v1/keys/{id}/quota`: each window of the key's quota; `null` when it has none.
 #[derive(Debug, Default, Serialize)]
-pub struct QuotaView {
+pub(crate) struct QuotaView {
     pub per_day: Option<QuotaWindowView>,
     pub per_month: Option<QuotaWindowView>,
 }
@@ -109,7 +109,7 @@ pub struct QuotaView {
 /// One quota window now. `used` counts admitted requests plus slices leased to instances and
 /// not yet spent (given back within seconds of going unused).
 #[derive(Debug, Serialize)]
-pub struct QuotaWindowView {
+pub(crate) struct QuotaWindowView {
     pub limit: u64,
     pub used: u64,
     pub remaining: u64,
@@ -120,7 +120,7 @@ pub struct QuotaWindowView {
 }
 
 impl QuotaWindowView {
-    pub fn new(limit: u64, used: u64, ends: UnixSeconds) -> QuotaWindowView {
+    pub(crate) fn new(limit: u64, used: u64, ends: UnixSeconds) -> QuotaWindowView {
         QuotaWindowView {
             limit,
             used,
@@ -133,7 +133,7 @@ impl QuotaWindowView {
 
 impl QuotaView {
     /// The window with the least left, which is the one that refuses first.
-    pub fn tightest(&self) -> Option<&QuotaWindowView> {
+    pub(crate) fn tightest(&self) -> Option<&QuotaWindowView> {
         [self.per_day.as_ref(), self.per_month.as_ref()]
             .into_iter()
             .flatten()
@@ -143,13 +143,13 @@ impl QuotaView {
 
 /// Requests on one UTC day.
 #[derive(Debug, Serialize)]
-pub struct UsageView {
+pub(crate) struct UsageView {
     pub date: String,
     pub requests: u64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct KeyView {
+pub(crate) struct KeyView {
     pub id: String,
     pub app_id: String,
     pub name: String,
@@ -168,7 +168,7 @@ pub struct KeyView {
 }
 
 impl KeyView {
-    pub fn new(k: KeyRecord, now: UnixSeconds) -> KeyView {
+    pub(crate) fn new(k: KeyRecord, now: UnixSeconds) -> KeyView {
         KeyView {
             status: k.status(now).as_str(),
             id: k.id,

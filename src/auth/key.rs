@@ -33,6 +33,8 @@ pub struct NewKey {
     pub masked: String,
 }
 
+opaque_debug!(NewKey);
+
 impl NewKey {
     /// The stored record for this key (never the key itself), created now.
     pub fn record(

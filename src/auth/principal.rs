@@ -44,6 +44,8 @@ pub struct Authenticator {
     cache: KeyCache,
 }
 
+opaque_debug!(Authenticator);
+
 /// Compared against when the key id is unknown, so that case costs what a wrong secret costs.
 const NO_DIGEST: [u8; 32] = [0u8; 32];
 
@@ -118,7 +120,7 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::model::App;
-    use crate::store::{EmbeddedStore, KeyStore};
+    use crate::store::{EmbeddedStore, UnauditedWrites};
     use std::time::Duration;
 
     const ID: &str = "abcdefghijkl";

@@ -81,6 +81,8 @@ pub struct KeyCache {
     ttl: Arc<AtomicU64>,
 }
 
+opaque_debug!(KeyCache);
+
 impl KeyCache {
     pub fn new(
         store: Arc<dyn KeyStore>,

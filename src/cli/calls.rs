@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 /// One admin API call and what its answer is.
 #[derive(Debug, PartialEq)]
-pub struct AdminCall {
+pub(super) struct AdminCall {
     pub method: Method,
     /// Path and query on the admin API.
     pub path: String,
@@ -23,7 +23,7 @@ pub struct AdminCall {
 
 /// How an answer is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(super) enum Answer {
     /// A JSON array, every page of it, as a table of these rows.
     List(View),
     /// One JSON object.
@@ -36,7 +36,7 @@ pub enum Answer {
 
 /// Which columns a table of answers has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum View {
+pub(super) enum View {
     Apps,
     Keys,
     Usage,
@@ -48,7 +48,7 @@ pub enum View {
 
 /// A command that cannot be sent as given: each says why and what to do.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum UsageError {
+pub(super) enum UsageError {
     #[error(
         "an app needs at least one scope: pass --scopes a,b (`scopegate scopes list` shows them)"
     )]
@@ -63,7 +63,7 @@ pub enum UsageError {
     BadQuota(String),
 }
 
-pub fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
+pub(super) fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
     Ok(match command {
         AppsCommand::Create {
             name,
@@ -159,7 +159,7 @@ pub fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
     })
 }
 
-pub fn keys(command: KeysCommand) -> Result<AdminCall, UsageError> {
+pub(super) fn keys(command: KeysCommand) -> Result<AdminCall, UsageError> {
     let key_call = |method: Method, id: String, tail: &str, body: Option<Value>, answer: Answer| {
         let path = format!("/v1/keys/{}{tail}", encode(&id));
         about("key", id, call(method, path, body, answer))
@@ -227,7 +227,7 @@ pub fn keys(command: KeysCommand) -> Result<AdminCall, UsageError> {
     })
 }
 
-pub fn scopes(ScopesCommand::List: ScopesCommand) -> AdminCall {
+pub(super) fn scopes(ScopesCommand::List: ScopesCommand) -> AdminCall {
     call(
         Method::GET,
         "/v1/scopes".into(),
@@ -236,7 +236,7 @@ pub fn scopes(ScopesCommand::List: ScopesCommand) -> AdminCall {
     )
 }
 
-pub fn routes(RoutesCommand::List: RoutesCommand) -> AdminCall {
+pub(super) fn routes(RoutesCommand::List: RoutesCommand) -> AdminCall {
     call(
         Method::GET,
         "/v1/routes".into(),
@@ -245,7 +245,7 @@ pub fn routes(RoutesCommand::List: RoutesCommand) -> AdminCall {
     )
 }
 
-pub fn audit(args: AuditArgs) -> AdminCall {
+pub(super) fn audit(args: AuditArgs) -> AdminCall {
     let subject = args.app.clone().map(|a| ("app", a));
     let path = with_query("/v1/audit", &[("since", args.since), ("app", args.app)]);
     let mut c = call(Method::GET, path, None, Answer::List(View::Audit));
@@ -253,7 +253,7 @@ pub fn audit(args: AuditArgs) -> AdminCall {
     c
 }
 
-pub fn usage(command: UsageCommand) -> AdminCall {
+pub(super) fn usage(command: UsageCommand) -> AdminCall {
     let UsageCommand::Export { from, to, format } = command;
     let answer = if format == "csv" {
         Answer::Text

@@ -8,7 +8,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 /// Calls the admin API at `base` with a bearer token.
-pub struct AdminClient {
+pub(super) struct AdminClient {
     base: String,
     token: String,
     http: Client<HttpConnector, Full<Bytes>>,
@@ -16,7 +16,7 @@ pub struct AdminClient {
 
 /// A failed management call, ready to print.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(super) enum ClientError {
     #[error("cannot reach the admin API at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("{status}: {message}")]
@@ -26,7 +26,7 @@ pub enum ClientError {
 }
 
 impl AdminClient {
-    pub fn new(base: &str, token: String) -> AdminClient {
+    pub(super) fn new(base: &str, token: String) -> AdminClient {
         AdminClient {
             base: base.trim_end_matches('/').to_owned(),
             token,
@@ -35,7 +35,7 @@ impl AdminClient {
     }
 
     /// Sends a call; returns the parsed JSON answer (`null` for 204).
-    pub async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -47,7 +47,7 @@ impl AdminClient {
     }
 
     /// A listing, every page of it (following `Link: <...>; rel="next"`), as one JSON array.
-    pub async fn list(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+    pub(super) async fn list(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         let mut all = Vec::new();
         let mut next = Some(path.to_owned());
         while let Some(page) = next.take() {
@@ -62,7 +62,7 @@ impl AdminClient {
     }
 
     /// A call whose answer is text (CSV), printed as it comes.
-    pub async fn text(&self, path: &str) -> Result<String, ClientError> {
+    pub(super) async fn text(&self, path: &str) -> Result<String, ClientError> {
         let (status, _, bytes) = self.raw(Method::GET, path, None).await?;
         if status.is_success() {
             return Ok(String::from_utf8_lossy(&bytes).into_owned());
@@ -154,7 +154,7 @@ fn next_page(link: &str) -> Option<String> {
 }
 
 /// Percent-encodes a query value.
-pub fn encode(value: &str) -> String {
+pub(super) fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 

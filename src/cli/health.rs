@@ -15,7 +15,7 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Asks `/readyz` on the metrics listener (`url` overrides the config's `metrics.listen`).
-pub async fn run(config_path: &Path, url: Option<String>) -> ExitCode {
+pub(super) async fn run(config_path: &Path, url: Option<String>) -> ExitCode {
     let base = match url {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => match config::load(config_path) {
@@ -29,17 +29,19 @@ pub async fn run(config_path: &Path, url: Option<String>) -> ExitCode {
         },
     };
     let target = format!("{base}/readyz");
+    // What is printed of it: a `--url` may carry user info.
+    let shown = crate::redact::url(&target);
     match probe(&target).await {
         Ok(200) => {
             println!("ready");
             ExitCode::SUCCESS
         }
         Ok(status) => {
-            eprintln!("scopegate: {target} answered {status}: not ready");
+            eprintln!("scopegate: {shown} answered {status}: not ready");
             ExitCode::FAILURE
         }
         Err(why) => {
-            eprintln!("scopegate: {target}: {why}");
+            eprintln!("scopegate: {shown}: {}", crate::redact::in_text(&why));
             ExitCode::FAILURE
         }
     }
@@ -56,7 +58,7 @@ async fn probe(url: &str) -> Result<u16, String> {
 }
 
 /// A listen address as a client can dial it: a wildcard (`0.0.0.0`, `::`) becomes loopback.
-pub fn reachable(listen: SocketAddr) -> SocketAddr {
+pub(super) fn reachable(listen: SocketAddr) -> SocketAddr {
     match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())

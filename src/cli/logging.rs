@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the process's subscriber; a second call (there is none) would be ignored. Keep the
 /// guard until the process ends: dropping it writes out the lines still queued.
-pub fn init(format: LogFormat) -> WorkerGuard {
+pub(super) fn init(format: LogFormat) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 /// Why a management command failed, ready to print after `scopegate: `.
 #[derive(Debug, thiserror::Error)]
-pub enum ManageError {
+pub(super) enum ManageError {
     #[error(transparent)]
     Usage(#[from] UsageError),
     #[error("{what} {id:?} not found")]
@@ -26,11 +26,18 @@ pub enum ManageError {
 }
 
 /// Builds the call, makes it, prints the answer; the exit code says how it went.
-pub async fn run(config: &Path, args: &AdminArgs, call: Result<AdminCall, UsageError>) -> ExitCode {
+pub(super) async fn run(
+    config: &Path,
+    args: &AdminArgs,
+    call: Result<AdminCall, UsageError>,
+) -> ExitCode {
     match execute(config, args, call).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("scopegate: {e}");
+            // The server's message may quote stored names; a URL given may carry a password.
+            let text = e.to_string();
+            let text = crate::redact::in_text(&text);
+            eprintln!("scopegate: {}", table::escape_controls(&text));
             ExitCode::FAILURE
         }
     }
@@ -81,10 +88,10 @@ fn explain(error: ClientError, call: &AdminCall) -> ManageError {
 fn print(value: &Value, answer: Answer, args: &AdminArgs) {
     match (value, answer) {
         (Value::String(text), Answer::Text) => print!("{text}"),
-        (_, _) if args.json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        ),
+        (_, _) if args.json => {
+            let json = serde_json::to_string_pretty(value).unwrap_or_default();
+            println!("{}", table::escape_json_controls(&json));
+        }
         (Value::Null, _) => println!("done"),
         (_, Answer::Issued) => {
             let mut shown = value.clone();

@@ -7,6 +7,7 @@
 mod calls;
 mod client;
 mod commands;
+mod demo;
 mod health;
 mod logging;
 mod manage;
@@ -158,7 +159,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Demo => match load(&cli.config) {
             Some(config) => {
                 let _log = logging::init(config.log.format);
-                crate::demo::run(config).await
+                demo::run(config).await
             }
             None => ExitCode::FAILURE,
         },

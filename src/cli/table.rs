@@ -1,11 +1,15 @@
 //! Printing admin answers: lists as aligned tables that fit 100 columns (long cells cut with
-//! `~`, unless `--wide`), single objects as `field: value` lines.
+//! `~`, unless `--wide`), single objects as `field: value` lines. Control characters in what
+//! the admin API answers (names stored before they were refused) are printed escaped, never
+//! raw: an ESC or C1 sequence in a name would otherwise drive the admin's terminal.
 
 use serde_json::Value;
+use std::borrow::Cow;
+use std::fmt::Write;
 
 /// One column of a table.
 #[derive(Clone, Copy, Debug)]
-pub struct Column {
+pub(super) struct Column {
     /// The JSON field shown.
     pub field: &'static str,
     /// Longest cell before it is cut (in characters), unless the table is wide.
@@ -16,7 +20,7 @@ pub struct Column {
 const CUT: char = '~';
 
 /// Renders objects as a table with the given columns.
-pub fn render(rows: &[Value], columns: &[Column], wide: bool) -> String {
+pub(super) fn render(rows: &[Value], columns: &[Column], wide: bool) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
@@ -48,14 +52,59 @@ pub fn render(rows: &[Value], columns: &[Column], wide: bool) -> String {
 }
 
 /// One object as `field: value` lines, every field, nothing cut.
-pub fn record(row: &Value) -> String {
+pub(super) fn record(row: &Value) -> String {
     let Value::Object(map) = row else {
         return format!("{}\n", cell(row));
     };
     let width = map.keys().map(String::len).max().unwrap_or(0);
     map.iter()
-        .map(|(k, v)| format!("{:<w$} {}\n", format!("{k}:"), cell(v), w = width + 1))
+        .map(|(k, v)| {
+            let k = escape_controls(k);
+            format!("{:<w$} {}\n", format!("{k}:"), cell(v), w = width + 1)
+        })
         .collect()
+}
+
+/// `text` with every control character written as an escape: `\n`, `\r`, `\t`, `\x1b` (other
+/// C0 controls and DEL), `\u{9b}` (C1 controls). Borrowed when there is none.
+pub(super) fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() && c.is_ascii() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// JSON text (from serde_json, which escapes C0 controls only) with DEL and C1 controls
+/// escaped too (`\u009b`): the same JSON value, nothing raw for a terminal to act on.
+pub(super) fn escape_json_controls(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(char::is_control) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        // Outside strings serde_json writes only ASCII newlines and spaces, which stay.
+        if c.is_control() && !matches!(c, '\n' | '\r' | '\t') {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn fit(text: String, max: usize, wide: bool) -> String {
@@ -88,7 +137,7 @@ fn push_line(out: &mut String, cells: &[String], widths: &[usize]) {
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => escape_controls(s).into_owned(),
         Value::Array(items) if items.is_empty() => "-".to_owned(),
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
         // A rate limit reads as the CLI takes it.
@@ -97,7 +146,7 @@ fn cell(value: &Value) -> String {
         }
         Value::Object(map) => map
             .iter()
-            .map(|(k, v)| format!("{k}={}", cell(v)))
+            .map(|(k, v)| format!("{}={}", escape_controls(k), cell(v)))
             .collect::<Vec<_>>()
             .join(" "),
         other => other.to_string(),
@@ -168,6 +217,36 @@ mod tests {
             render(&rows, &columns, true).lines().nth(1),
             Some("2026-01-31T12:34:56.789Z")
         );
+    }
+
+    #[test]
+    fn control_characters_are_printed_escaped() {
+        let name = "x\u{9b}31m\u{1b}]52;c;eA==\u{7}\u{7f}\n\t\r\u{0}ü";
+        let escaped = r"x\u{9b}31m\x1b]52;c;eA==\x07\x7f\n\t\r\x00ü";
+        assert_eq!(escape_controls(name), escaped);
+        assert!(matches!(escape_controls("plain ü"), Cow::Borrowed(_)));
+        let rows = vec![serde_json::json!({"id": "a1", "name": name, "scopes": [name]})];
+        let text = render(&rows, COLUMNS, true);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let text = record(&serde_json::json!({"name": name, "details": {"k\u{1b}": name}}));
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains(escaped), "{text}");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let json = serde_json::to_string_pretty(&serde_json::json!({"name": name})).expect("JSON");
+        let shown = escape_json_controls(&json);
+        assert!(
+            !shown.chars().any(|c| c.is_control() && c != '\n'),
+            "{shown:?}"
+        );
+        let back: Value = serde_json::from_str(&shown).expect("still JSON");
+        assert_eq!(back["name"], name);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename = "config")]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     pub listen: String,
     pub tls: Option<RawTls>,
     pub admin: Option<RawAdmin>,
@@ -32,7 +32,7 @@ pub struct RawConfig {
 /// `rate_limit:` as written: the app-overridable budget plus the deployment-wide `shared`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename = "rate_limit")]
-pub struct RawRateLimit {
+pub(super) struct RawRateLimit {
     pub per_second: u32,
     pub burst: u32,
     pub shared: Option<bool>,
@@ -40,21 +40,21 @@ pub struct RawRateLimit {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename = "log")]
-pub struct RawLog {
+pub(super) struct RawLog {
     pub format: Option<super::LogFormat>,
     pub access: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename = "tls")]
-pub struct RawTls {
+pub(super) struct RawTls {
     pub cert: String,
     pub key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename = "admin")]
-pub struct RawAdmin {
+pub(super) struct RawAdmin {
     pub listen: Option<String>,
     pub token_env: Option<String>,
     /// Operator name -> environment variable holding that operator's token, or `{env, role}`.
@@ -63,7 +63,7 @@ pub struct RawAdmin {
 
 /// One `admin.tokens` entry: `VAR` (role `admin`) or `{env: VAR, role: R}`.
 #[derive(Debug)]
-pub struct RawToken {
+pub(super) struct RawToken {
     pub env: String,
     /// Checked by validation, so an unknown role is reported with its position.
     pub role: Option<String>,
@@ -113,13 +113,13 @@ impl<'de> Visitor<'de> for RawTokenVisitor {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename = "metrics")]
-pub struct RawMetrics {
+pub(super) struct RawMetrics {
     pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename = "store")]
-pub struct RawStore {
+pub(super) struct RawStore {
     pub redis: Option<String>,
     pub prefix: Option<String>,
     pub path: Option<String>,
@@ -128,7 +128,7 @@ pub struct RawStore {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename = "keys")]
-pub struct RawKeys {
+pub(super) struct RawKeys {
     pub default_expires_in_days: Option<u32>,
     pub max_expires_in_days: Option<u32>,
     pub retain_revoked: Option<String>,
@@ -136,14 +136,14 @@ pub struct RawKeys {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename = "cache")]
-pub struct RawCache {
+pub(super) struct RawCache {
     pub ttl: Option<String>,
     pub max_entries: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename = "upstream")]
-pub struct RawUpstream {
+pub(super) struct RawUpstream {
     pub url: String,
     pub timeout: Option<String>,
     /// A PEM file of CA certificates trusted for this (https) upstream, besides the webpki roots.
@@ -152,7 +152,7 @@ pub struct RawUpstream {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename = "route")]
-pub struct RawRoute {
+pub(super) struct RawRoute {
     /// One method, a list of methods, or `*`; checked by validation.
     pub method: serde_yaml::Value,
     pub path: String,
@@ -166,7 +166,7 @@ pub struct RawRoute {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename = "limits")]
-pub struct RawLimits {
+pub(super) struct RawLimits {
     pub max_connections: Option<u64>,
     pub max_uri_bytes: Option<u64>,
     pub max_header_bytes: Option<u64>,
@@ -180,7 +180,7 @@ pub struct RawLimits {
 /// A mapping read in file order. A repeated key keeps its first value and is listed in `repeated`
 /// (validation reports it at the second occurrence, which serde_yaml cannot position).
 #[derive(Debug)]
-pub struct Entries<V> {
+pub(super) struct Entries<V> {
     pub entries: Vec<(String, V)>,
     pub repeated: Vec<String>,
 }

@@ -102,6 +102,8 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+opaque_debug!(Config);
+
 /// The contract's `log:` block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogConfig {

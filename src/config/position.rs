@@ -11,25 +11,25 @@ use yaml_rust2::scanner::Marker;
 
 /// One step into a YAML document: a mapping key or a sequence index.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Seg {
+pub(super) enum Seg {
     Key(String),
     Index(usize),
 }
 
 /// A path from the document root, shown the way serde_yaml shows it: `routes[3].scope`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct YamlPath(pub Vec<Seg>);
+pub(super) struct YamlPath(pub Vec<Seg>);
 
 impl YamlPath {
     /// The path one key deeper.
-    pub fn key(&self, key: &str) -> YamlPath {
+    pub(super) fn key(&self, key: &str) -> YamlPath {
         let mut segs = self.0.clone();
         segs.push(Seg::Key(key.to_owned()));
         YamlPath(segs)
     }
 
     /// The path one sequence item deeper.
-    pub fn index(&self, index: usize) -> YamlPath {
+    pub(super) fn index(&self, index: usize) -> YamlPath {
         let mut segs = self.0.clone();
         segs.push(Seg::Index(index));
         YamlPath(segs)
@@ -37,7 +37,7 @@ impl YamlPath {
 }
 
 /// Shorthand for a path made of keys only: `at(&["upstreams", "tools", "url"])`.
-pub fn at(keys: &[&str]) -> YamlPath {
+pub(super) fn at(keys: &[&str]) -> YamlPath {
     YamlPath(keys.iter().map(|k| Seg::Key((*k).to_owned())).collect())
 }
 
@@ -73,7 +73,7 @@ impl Pos {
 
 /// Positions of every value and every mapping key of the first document.
 #[derive(Debug, Default)]
-pub struct PositionIndex {
+pub(super) struct PositionIndex {
     values: HashMap<Vec<Seg>, Pos>,
     keys: HashMap<Vec<Seg>, Pos>,
     /// Keys seen again in the same mapping: where the second one is.
@@ -82,7 +82,7 @@ pub struct PositionIndex {
 
 impl PositionIndex {
     /// Indexes `text`. A document yaml-rust2 cannot parse yields what was indexed up to the error.
-    pub fn build(text: &str) -> PositionIndex {
+    pub(super) fn build(text: &str) -> PositionIndex {
         let mut builder = Builder::default();
         // serde_yaml has already accepted the text; a disagreement only costs positions.
         let _ = Parser::new_from_str(text).load(&mut builder, false);
@@ -90,12 +90,12 @@ impl PositionIndex {
     }
 
     /// Where the value at `path` starts, else where its nearest indexed parent starts.
-    pub fn value(&self, path: &YamlPath) -> Option<Pos> {
+    pub(super) fn value(&self, path: &YamlPath) -> Option<Pos> {
         self.find(path, false)
     }
 
     /// Where the second occurrence of the key at `path` is, else as [`PositionIndex::key`].
-    pub fn repeated_key(&self, path: &YamlPath) -> Option<Pos> {
+    pub(super) fn repeated_key(&self, path: &YamlPath) -> Option<Pos> {
         self.repeated
             .get(&path.0)
             .copied()
@@ -103,7 +103,7 @@ impl PositionIndex {
     }
 
     /// Where the key of the entry at `path` is, else as [`PositionIndex::value`].
-    pub fn key(&self, path: &YamlPath) -> Option<Pos> {
+    pub(super) fn key(&self, path: &YamlPath) -> Option<Pos> {
         self.find(path, true)
     }
 

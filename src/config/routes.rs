@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 /// The specs of the valid routes, and for each spec the index of its route in the file.
 pub(super) fn routes(
-    c: &mut Check,
+    c: &mut Check<'_>,
     raw: Vec<RawRoute>,
     scopes: &[(String, String)],
     upstreams: &[Arc<Upstream>],
@@ -83,7 +83,7 @@ pub(super) fn routes(
 }
 
 /// `method:` is one method, a list of methods, or `*`.
-fn methods(c: &mut Check, path: &YamlPath, value: &Value) -> Option<MethodSet> {
+fn methods(c: &mut Check<'_>, path: &YamlPath, value: &Value) -> Option<MethodSet> {
     match value {
         Value::String(s) if s == "*" => Some(MethodSet::Any),
         Value::String(s) => c.ok(path, method(s)).map(|m| MethodSet::Only(vec![m])),

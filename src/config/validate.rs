@@ -184,7 +184,7 @@ pub(super) fn validate(
 }
 
 /// Reports the route table's problems at the `path` of the route each is about.
-pub(super) fn route_problems(c: &mut Check, problems: Vec<RouteProblem>, origin: &[usize]) {
+pub(super) fn route_problems(c: &mut Check<'_>, problems: Vec<RouteProblem>, origin: &[usize]) {
     for p in problems {
         // `index` is into the specs given to the table; map it back to the route's place in the file.
         let route = origin.get(p.index).copied().unwrap_or(p.index);
@@ -192,7 +192,7 @@ pub(super) fn route_problems(c: &mut Check, problems: Vec<RouteProblem>, origin:
     }
 }
 
-fn socket_addr(c: &mut Check, path: &YamlPath, text: &str) -> SocketAddr {
+fn socket_addr(c: &mut Check<'_>, path: &YamlPath, text: &str) -> SocketAddr {
     let parsed = text.trim().parse::<SocketAddr>().map_err(|_| {
         format!("{text:?} is not an IP:PORT address (e.g. 127.0.0.1:8080 or [::1]:8080)")
     });
@@ -200,7 +200,12 @@ fn socket_addr(c: &mut Check, path: &YamlPath, text: &str) -> SocketAddr {
 }
 
 /// Two listeners on one address would fail at bind time; say so now.
-fn distinct_listeners(c: &mut Check, listen: SocketAddr, admin: SocketAddr, metrics: SocketAddr) {
+fn distinct_listeners(
+    c: &mut Check<'_>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    metrics: SocketAddr,
+) {
     let named = [
         ("listen", listen, at(&["listen"])),
         ("admin.listen", admin, at(&["admin", "listen"])),
@@ -216,7 +221,7 @@ fn distinct_listeners(c: &mut Check, listen: SocketAddr, admin: SocketAddr, metr
     }
 }
 
-fn admin(c: &mut Check, raw: RawAdmin) -> AdminConfig {
+fn admin(c: &mut Check<'_>, raw: RawAdmin) -> AdminConfig {
     let listen = socket_addr(
         c,
         &at(&["admin", "listen"]),
@@ -258,7 +263,7 @@ fn admin(c: &mut Check, raw: RawAdmin) -> AdminConfig {
 }
 
 /// An entry's role: `admin` when it names none, as a bare `name: VAR` entry does.
-fn token_role(c: &mut Check, entry: &YamlPath, role: Option<String>) -> Role {
+fn token_role(c: &mut Check<'_>, entry: &YamlPath, role: Option<String>) -> Role {
     let Some(name) = role else {
         return Role::Admin;
     };
@@ -273,7 +278,7 @@ fn token_role(c: &mut Check, entry: &YamlPath, role: Option<String>) -> Role {
     })
 }
 
-fn store(c: &mut Check, dir: &Path, raw: RawStore) -> StoreConfig {
+fn store(c: &mut Check<'_>, dir: &Path, raw: RawStore) -> StoreConfig {
     if let Some(url) = &raw.redis {
         c.ok(&at(&["store", "redis"]), redis_url(url));
     }
@@ -333,7 +338,7 @@ fn redis_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn key_policy(c: &mut Check, raw: RawKeys) -> KeyPolicy {
+fn key_policy(c: &mut Check<'_>, raw: RawKeys) -> KeyPolicy {
     let retain_revoked = match raw.retain_revoked {
         Some(text) => c
             .ok(
@@ -367,7 +372,7 @@ fn key_policy(c: &mut Check, raw: RawKeys) -> KeyPolicy {
 }
 
 /// Whether the top-level `quota:` can be used; each problem is reported at its window.
-fn valid_quota(c: &mut Check, quota: &Quota) -> bool {
+fn valid_quota(c: &mut Check<'_>, quota: &Quota) -> bool {
     let mut ok = true;
     for (key, value) in [("per_day", quota.per_day), ("per_month", quota.per_month)] {
         if value == Some(0) {
@@ -385,7 +390,7 @@ fn valid_quota(c: &mut Check, quota: &Quota) -> bool {
     ok
 }
 
-fn cache(c: &mut Check, raw: RawCache) -> CacheConfig {
+fn cache(c: &mut Check<'_>, raw: RawCache) -> CacheConfig {
     let ttl = match raw.ttl {
         Some(text) => c
             .ok(&at(&["cache", "ttl"]), values::duration(&text, false))
@@ -399,7 +404,7 @@ fn cache(c: &mut Check, raw: RawCache) -> CacheConfig {
     CacheConfig { ttl, max_entries }
 }
 
-fn scopes(c: &mut Check, raw: Vec<(String, String)>) -> Vec<(String, String)> {
+fn scopes(c: &mut Check<'_>, raw: Vec<(String, String)>) -> Vec<(String, String)> {
     for (name, description) in &raw {
         let path = at(&["scopes"]).key(name);
         if name == "public" {
@@ -417,7 +422,7 @@ fn scopes(c: &mut Check, raw: Vec<(String, String)>) -> Vec<(String, String)> {
     raw
 }
 
-fn upstreams(c: &mut Check, dir: &Path, raw: Vec<(String, RawUpstream)>) -> Vec<Arc<Upstream>> {
+fn upstreams(c: &mut Check<'_>, dir: &Path, raw: Vec<(String, RawUpstream)>) -> Vec<Arc<Upstream>> {
     if raw.is_empty() {
         c.at(&at(&["upstreams"]), "at least one upstream is needed");
     }
@@ -468,7 +473,7 @@ fn upstreams(c: &mut Check, dir: &Path, raw: Vec<(String, RawUpstream)>) -> Vec<
     out
 }
 
-fn limits(c: &mut Check, raw: RawLimits) -> Limits {
+fn limits(c: &mut Check<'_>, raw: RawLimits) -> Limits {
     let d = Limits::default();
     let mut count = |key: &str, value: Option<u64>, default: usize| -> usize {
         match value.map(usize::try_from) {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 /// `250ms`, `5s`, `2m`, `1h 30m`; `zero_ok` says whether `0s` makes sense for the field.
-pub fn duration(text: &str, zero_ok: bool) -> Result<Duration, String> {
+pub(crate) fn duration(text: &str, zero_ok: bool) -> Result<Duration, String> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 250ms, 5s or 2m"))?;
     if d.is_zero() && !zero_ok {
@@ -16,7 +16,7 @@ pub fn duration(text: &str, zero_ok: bool) -> Result<Duration, String> {
 }
 
 /// A byte size: `1000` (bytes), `512KiB`, `10MiB`, `1GiB`, `1KB`, `1MB`, `1GB`, `10B`.
-pub fn size(text: &str) -> Result<u64, String> {
+pub(crate) fn size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
@@ -42,7 +42,7 @@ pub fn size(text: &str) -> Result<u64, String> {
 }
 
 /// A network: `10.0.0.0/8`, `fd00::/8`, or a plain address (a /32 or /128).
-pub fn cidr(text: &str) -> Result<(IpAddr, u8), String> {
+pub(crate) fn cidr(text: &str) -> Result<(IpAddr, u8), String> {
     let t = text.trim();
     let (addr, len) = match t.split_once('/') {
         Some((a, l)) => (a, Some(l)),
@@ -94,7 +94,7 @@ fn mask(addr: IpAddr, len: u8) -> IpAddr {
 }
 
 /// A scope name: non-empty, `[a-z0-9_.:-]`.
-pub fn scope_name(name: &str) -> Result<(), String> {
+pub(crate) fn scope_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name
             .chars()
@@ -109,7 +109,7 @@ pub fn scope_name(name: &str) -> Result<(), String> {
 }
 
 /// An upstream or operator name: non-empty, `[A-Za-z0-9_.-]` (it shows up in metric labels and logs).
-pub fn plain_name(what: &str, name: &str) -> Result<(), String> {
+pub(crate) fn plain_name(what: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name
             .chars()
@@ -124,7 +124,7 @@ pub fn plain_name(what: &str, name: &str) -> Result<(), String> {
 }
 
 /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
-pub fn env_name(name: &str) -> Result<(), String> {
+pub(crate) fn env_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let ok = chars
         .next()

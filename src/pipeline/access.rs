@@ -33,6 +33,8 @@ pub struct Entry<'a> {
     pub bytes: Option<u64>,
 }
 
+opaque_debug!(Entry<'_>);
+
 /// Writes the access line of one request.
 pub fn write(entry: &Entry<'_>) {
     let route = entry

@@ -10,7 +10,7 @@
 //! lingering close (`server::socket`) lets the answer reach a client that is still sending.
 //! HTTP/2 needs none of this: a refused stream is reset on its own, the connection unaffected.
 
-use crate::proxy::declared_length;
+use super::declared_length;
 use http::{header, Request, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -20,14 +20,14 @@ use std::time::Duration;
 /// At most this much of a refused request's body is read and discarded to keep its
 /// connection: reading 1 MiB costs less than the new connection (TCP and TLS handshakes) the
 /// client would otherwise open; past it, closing is cheaper than reading on.
-pub const DRAIN_LIMIT: u64 = 1024 * 1024;
+pub(super) const DRAIN_LIMIT: u64 = 1024 * 1024;
 /// ... and only for this long: [`DRAIN_LIMIT`] at about 4 Mbit/s. A slower body is not waited
 /// for: the answer goes out with `Connection: close`.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The part of a refused request's body the gateway has not read.
 #[derive(Debug)]
-pub enum Unread {
+pub(super) enum Unread {
     /// Nothing that concerns the connection: no body, or HTTP/2.
     Nothing,
     /// A body still the gateway's to read.
@@ -39,7 +39,7 @@ pub enum Unread {
 
 impl Unread {
     /// What `request`, refused before its body was touched, leaves on the connection.
-    pub fn of(request: Request<Incoming>) -> Unread {
+    pub(super) fn of(request: Request<Incoming>) -> Unread {
         if !has_http1_body(&request) {
             Unread::Nothing
         } else if worth_draining(&request) {
@@ -51,7 +51,7 @@ impl Unread {
 
     /// What `request` will leave on the connection if it fails after its body was handed to
     /// the upstream (which may have read some of it, or none). Decided before forwarding.
-    pub fn after_forwarding<B: Body>(request: &Request<B>) -> Unread {
+    pub(super) fn after_forwarding<B: Body>(request: &Request<B>) -> Unread {
         if has_http1_body(request) {
             Unread::Abandoned
         } else {
@@ -61,7 +61,7 @@ impl Unread {
 
     /// Reads and discards what is left, within the bounds; returns whether the connection can
     /// carry another request after the answer (if not, the answer says `Connection: close`).
-    pub async fn settle(self) -> bool {
+    pub(super) async fn settle(self) -> bool {
         match self {
             Unread::Nothing => true,
             Unread::Abandoned => false,

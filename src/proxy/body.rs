@@ -1,7 +1,9 @@
-//! Bodies that stream through the gateway: requests counted against `max_body` as they flow,
-//! responses cut off at the upstream's deadline. Neither is ever buffered whole.
+//! Response bodies that stream through the gateway: the upstream's, cut off at its deadline and
+//! returning its connection to the pool when done, or the gateway's own. Never buffered whole.
+//! (Request bodies toward the upstream are in [`super::request_body`].)
 
 use super::pool::Lease;
+use super::request_body::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -12,72 +14,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::time::{Instant, Sleep};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The request body grew past the route's `max_body`.
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the limit")]
-pub struct BodyLimitExceeded;
-
 /// The upstream's whole-response deadline passed while the body was still streaming.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream response exceeded its deadline")]
-pub struct DeadlineExceeded;
-
-pin_project! {
-    /// A request body that fails once more than `remaining` bytes have passed.
-    pub struct LimitedBody {
-        #[pin]
-        inner: Incoming,
-        remaining: u64,
-    }
-}
-
-impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64) -> LimitedBody {
-        LimitedBody {
-            inner,
-            remaining: limit,
-        }
-    }
-}
-
-impl Body for LimitedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                // Request trailers are not forwarded: the upstream never sees them.
-                let Ok(data) = frame.into_data() else {
-                    return Poll::Ready(None);
-                };
-                let len = data.len() as u64;
-                if len > *this.remaining {
-                    return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded))));
-                }
-                *this.remaining -= len;
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+pub(crate) struct DeadlineExceeded;
 
 pin_project! {
     /// A response body from the gateway itself or streamed from an upstream.
@@ -181,16 +121,4 @@ impl Body for GatewayBody {
             GatewayBody::Upstream { body, .. } => body.size_hint(),
         }
     }
-}
-
-/// Whether an error (or anything in its source chain) is a [`BodyLimitExceeded`].
-pub fn is_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<BodyLimitExceeded>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
 }

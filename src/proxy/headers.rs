@@ -2,10 +2,11 @@
 //! would steer the upstream out, `X-Forwarded-*` and the caller's identity in.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::fmt::Write;
 use std::net::IpAddr;
 
-pub static X_SCOPEGATE_APP: HeaderName = HeaderName::from_static("x-scopegate-app");
-pub static X_SCOPEGATE_KEY: HeaderName = HeaderName::from_static("x-scopegate-key");
+pub(crate) static X_SCOPEGATE_APP: HeaderName = HeaderName::from_static("x-scopegate-app");
+pub(crate) static X_SCOPEGATE_KEY: HeaderName = HeaderName::from_static("x-scopegate-key");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -63,9 +64,11 @@ pub struct Forwarded<'a> {
     pub key_id: Option<&'a HeaderValue>,
 }
 
+opaque_debug!(Forwarded<'_>);
+
 /// Removes `Connection`-named and hop-by-hop headers. Runs before anything is added, so a
 /// client cannot use `Connection` to strip what the gateway sets.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     strip_nominated(headers);
     remove_where(headers, |name| is_hop_by_hop(name.as_str()));
 }
@@ -89,7 +92,7 @@ fn strip_nominated(headers: &mut HeaderMap) {
 
 /// Rewrites a request's headers for the upstream: one pass over the client's headers decides
 /// which go, then the gateway's own are set.
-pub fn prepare_request(headers: &mut HeaderMap, strip_bearer: bool, fwd: &Forwarded<'_>) {
+pub(crate) fn prepare_request(headers: &mut HeaderMap, strip_bearer: bool, fwd: &Forwarded<'_>) {
     strip_nominated(headers);
     // Read before the client's copy is removed below.
     let forwarded_for = forwarded_for(headers, fwd);
@@ -173,20 +176,30 @@ fn is_replaced(name: &str) -> bool {
 }
 
 /// The `X-Forwarded-For` to send: the peer's address, after the client's own list when the
-/// peer is trusted to speak for earlier hops.
+/// peer is trusted to speak for earlier hops. An earlier entry that is not a plain address
+/// (`ip:port`, `[v6]`, garbage) goes on as `unknown` (RFC 7239's word for it) in its place: the
+/// upstream learns the client is unknown, and is never handed garbage as if it were an address.
 fn forwarded_for(headers: &HeaderMap, fwd: &Forwarded<'_>) -> Option<HeaderValue> {
     if !fwd.trusted_peer {
         return Some(ip_value(fwd.client_ip));
     }
-    let earlier: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if earlier.is_empty() {
+    let mut list = String::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        for entry in value.to_str().unwrap_or("-").split(',') {
+            let entry = entry.trim();
+            list.push_str(if entry.parse::<IpAddr>().is_ok() {
+                entry
+            } else {
+                "unknown"
+            });
+            list.push_str(", ");
+        }
+    }
+    if list.is_empty() {
         return Some(ip_value(fwd.client_ip));
     }
-    HeaderValue::try_from(format!("{}, {}", earlier.join(", "), fwd.client_ip)).ok()
+    let _ = write!(list, "{}", fwd.client_ip);
+    HeaderValue::try_from(list).ok()
 }
 
 /// An address as header text; IPv4 without the formatting machinery (it runs per request).
@@ -330,6 +343,21 @@ mod tests {
         let mut h = request_headers();
         prepare_request(&mut h, true, &forwarded(true));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
+    }
+
+    #[test]
+    fn entries_that_are_not_addresses_go_on_as_unknown() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.1:80, [2001:db8::9], 2001:db8::1"),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("garbage,"));
+        prepare_request(&mut h, true, &forwarded(true));
+        assert_eq!(
+            h["x-forwarded-for"],
+            "unknown, unknown, 2001:db8::1, unknown, unknown, 10.1.2.3"
+        );
     }
 
     fn with_steering_headers() -> HeaderMap {

@@ -10,13 +10,15 @@
 //! then [`Forwarder::prepare`] on every config reload). Upstreams naming the same CA file share
 //! its pool; an upstream never borrows another's trust.
 
-pub mod body;
-pub mod headers;
-pub mod pool;
+pub(crate) mod body;
+pub(crate) mod headers;
+pub(crate) mod pool;
+mod request_body;
 
-use self::body::{is_body_limit, GatewayBody, LimitedBody};
+use self::body::GatewayBody;
 use self::headers::Forwarded;
 use self::pool::{Pool, SendError};
+use self::request_body::{is_body_limit, LimitedBody};
 use crate::error::ProxyError;
 use crate::routing::Upstream;
 use crate::tls::{upstream_client_config, TlsError, TrustedCa};
@@ -42,6 +44,8 @@ pub struct Forwarder {
     with_ca: Arc<ArcSwap<CaPools>>,
 }
 
+opaque_debug!(Forwarder);
+
 /// What is sent upstream besides the request itself.
 pub struct Outgoing<'a> {
     pub upstream: &'a Upstream,
@@ -52,6 +56,8 @@ pub struct Outgoing<'a> {
     pub strip_bearer: bool,
     pub forwarded: Forwarded<'a>,
 }
+
+opaque_debug!(Outgoing<'_>);
 
 /// A pool whose TLS trusts the webpki roots and `extra`.
 fn pool(extra: Option<&TrustedCa>) -> Result<Arc<Pool>, TlsError> {
@@ -158,17 +164,6 @@ impl Forwarder {
             GatewayBody::upstream(body, deadline, lease),
         ))
     }
-}
-
-/// The request's `Content-Length`, when it has one (hyper has already refused a malformed or
-/// conflicting one).
-pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// The origin-form target toward the upstream: its path prefix, the authorised path, the

@@ -17,7 +17,7 @@
 //! A pooled connection the upstream has just closed may refuse a request before sending any of
 //! it; that request is sent again, once, on a fresh connection.
 
-use super::body::LimitedBody;
+use super::request_body::LimitedBody;
 use crate::routing::Upstream;
 use dashmap::DashMap;
 use http::uri::Scheme;
@@ -45,7 +45,7 @@ type Sender = SendRequest<LimitedBody>;
 
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     #[error("connecting to the upstream failed: {0}")]
     Connect(#[source] std::io::Error),
     #[error("connecting to the upstream timed out")]
@@ -57,7 +57,7 @@ pub enum SendError {
 }
 
 /// The connections of one trust set (webpki roots, or those plus one `ca:` file), by host.
-pub struct Pool {
+pub(crate) struct Pool {
     /// By authority, for `http` and for `https` (looked up by the authority's text, so a
     /// request builds no key).
     http: Hosts,
@@ -68,7 +68,7 @@ pub struct Pool {
 type Hosts = DashMap<Box<str>, Arc<Host>, foldhash::fast::RandomState>;
 
 /// One upstream host's idle connections.
-pub struct Host {
+pub(crate) struct Host {
     idle: Mutex<VecDeque<Idle>>,
     /// The `Host` header every request to it carries.
     pub header: HeaderValue,
@@ -86,7 +86,7 @@ pub struct Lease {
 }
 
 impl Pool {
-    pub fn new(tls: ClientConfig) -> Pool {
+    pub(crate) fn new(tls: ClientConfig) -> Pool {
         Pool {
             http: DashMap::default(),
             https: DashMap::default(),
@@ -95,7 +95,7 @@ impl Pool {
     }
 
     /// The upstream's host, created on first use.
-    pub fn host(&self, upstream: &Upstream) -> Arc<Host> {
+    pub(crate) fn host(&self, upstream: &Upstream) -> Arc<Host> {
         let hosts = match upstream.scheme == Scheme::HTTPS {
             true => &self.https,
             false => &self.http,
@@ -119,7 +119,7 @@ impl Pool {
 
     /// Sends `request` (origin-form URI, `Host` set) to `upstream` on a pooled connection, or
     /// a new one.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         upstream: &Upstream,
         host: Arc<Host>,

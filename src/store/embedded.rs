@@ -7,18 +7,22 @@
 
 mod audit;
 mod order;
+mod records;
+mod usage;
+
+use self::records::*;
 
 use super::embedded_quota;
-use super::embedded_usage::{self, remove_usage};
-use super::{Invalidation, Keep, KeyStore, QuotaLease, StoreError, PURGE_CHUNK};
+use super::{
+    Audit, BudgetLeases, ChangeFeed, Invalidation, Keep, Ping, QuotaAsk, QuotaLease, Records,
+    StoreError, Upkeep, UsageSink, PURGE_CHUNK,
+};
 use crate::model::{
     now_unix, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest, QuotaWindows,
     UnixSeconds, UsageBatch, UsageSubject,
 };
 use async_trait::async_trait;
-use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
@@ -28,19 +32,52 @@ use tokio::sync::mpsc;
 const FILE_NAME: &str = "scopegate.redb";
 
 /// App id -> app JSON.
-const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+const APPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("apps");
 /// Lowercased app name -> app id: the unique-name claims.
-const APP_NAMES: TableDefinition<&str, &str> = TableDefinition::new("app_names");
+const APP_NAMES: TableDefinition<'_, &str, &str> = TableDefinition::new("app_names");
 /// Key id -> key JSON (without its last-use time).
-const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
 /// Key id -> last use, unix seconds. Apart from the record because it is written in batches.
-const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
-// Usage counts live in tables of their own, described in `embedded_usage`.
+const LAST_USED: TableDefinition<'_, &str, u64> = TableDefinition::new("last_used");
+// Usage counts live in tables of their own, described in [`usage`].
 
 /// Apps and keys in a local redb database.
 pub struct EmbeddedStore {
     db: Arc<Database>,
     op_timeout: std::time::Duration,
+    feed: Arc<Feed>,
+}
+
+opaque_debug!(EmbeddedStore);
+
+/// Announces each committed change to this process's cache, from the thread that committed it.
+/// A write that outlives its caller (a hang-up, or `store.timeout`) still commits on the
+/// blocking pool; its announcement goes with the commit, not with the caller, so a revoked key
+/// never stays cached for the cache's ttl.
+#[derive(Default)]
+struct Feed {
+    sender: std::sync::Mutex<Option<mpsc::Sender<Invalidation>>>,
+}
+
+/// Announcements queued for the cache at most; a commit waits for room past it (the listener
+/// only drops cache entries, so it never falls far behind).
+const FEED_CAPACITY: usize = 1024;
+
+impl Feed {
+    /// Sends `changes` to the cache's listener, if one subscribed. Runs on the blocking pool.
+    fn announce(&self, changes: impl IntoIterator<Item = Invalidation>) {
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(sender) = sender else { return };
+        for change in changes {
+            if sender.blocking_send(change).is_err() {
+                return; // the listener is gone (shutdown)
+            }
+        }
+    }
 }
 
 /// Deadline of one operation unless [`EmbeddedStore::with_timeout`] says otherwise (the
@@ -60,7 +97,7 @@ impl EmbeddedStore {
             tx.open_table(KEYS).map_err(db_error)?;
             tx.open_table(LAST_USED).map_err(db_error)?;
             // Added after the first release: opening an older file adds them here.
-            embedded_usage::create_tables(tx)?;
+            usage::create_tables(tx)?;
             embedded_quota::create_tables(tx)?;
             tx.open_table(order::APP_ORDER).map_err(db_error)?;
             tx.open_table(order::KEY_ORDER).map_err(db_error)?;
@@ -74,6 +111,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             db: Arc::new(db),
             op_timeout: DEFAULT_TIMEOUT,
+            feed: Arc::default(),
         })
     }
 
@@ -91,8 +129,17 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        let task = tokio::task::spawn_blocking(move || op(&db));
+        self.blocking_with_feed(move |db, _| op(db)).await
+    }
+
+    /// Runs `op` on the blocking pool with the feed, to announce what it committed.
+    async fn blocking_with_feed<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database, &Feed) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (db, feed) = (Arc::clone(&self.db), Arc::clone(&self.feed));
+        let task = tokio::task::spawn_blocking(move || op(&db, &feed));
         match tokio::time::timeout(self.op_timeout, task).await {
             Ok(done) => {
                 done.map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
@@ -106,11 +153,20 @@ impl EmbeddedStore {
 }
 
 #[async_trait]
-impl KeyStore for EmbeddedStore {
-    async fn create_app(&self, app: &App) -> Result<(), StoreError> {
-        let app = app.clone();
-        self.blocking(move |db| write(db, |tx| insert_app(tx, &app)))
-            .await
+impl Records for EmbeddedStore {
+    async fn create_app_audited(
+        &self,
+        app: &App,
+        audit: Option<&Audit<App>>,
+    ) -> Result<(), StoreError> {
+        let (app, audit) = (app.clone(), audit.cloned());
+        self.blocking(move |db| {
+            write(db, |tx| {
+                insert_app(tx, &app)?;
+                audited(tx, audit.as_ref(), &app)
+            })
+        })
+        .await
     }
 
     async fn get_app(&self, id: &str) -> Result<Option<App>, StoreError> {
@@ -130,53 +186,105 @@ impl KeyStore for EmbeddedStore {
         .await
     }
 
-    async fn update_app(
+    async fn update_app_audited(
         &self,
         id: &str,
         change: &AppChange,
         expected_version: Option<u64>,
+        audit: Option<&Audit<(App, App)>>,
     ) -> Result<(App, App), StoreError> {
-        let (id, change) = (id.to_owned(), change.clone());
-        self.blocking(move |db| write(db, |tx| change_app(tx, &id, &change, expected_version)))
-            .await
+        let (id, change, audit) = (id.to_owned(), change.clone(), audit.cloned());
+        self.blocking_with_feed(move |db, feed| {
+            let both = write(db, |tx| {
+                let both = change_app(tx, &id, &change, expected_version)?;
+                audited(tx, audit.as_ref(), &both)?;
+                Ok(both)
+            })?;
+            feed.announce([Invalidation::App(id)]);
+            Ok(both)
+        })
+        .await
     }
 
-    async fn delete_app(
+    async fn delete_app_audited(
         &self,
         id: &str,
         by: &str,
         expected_version: Option<u64>,
-    ) -> Result<bool, StoreError> {
-        let (id, by) = (id.to_owned(), by.to_owned());
-        self.blocking(move |db| write(db, |tx| remove_app(tx, &id, &by, expected_version)))
-            .await
+        audit: Option<&Audit<App>>,
+    ) -> Result<Option<App>, StoreError> {
+        let (id, by, audit) = (id.to_owned(), by.to_owned(), audit.cloned());
+        self.blocking_with_feed(move |db, feed| {
+            let deleted = write(db, |tx| {
+                let old = remove_app(tx, &id, &by, expected_version)?;
+                if let Some(old) = &old {
+                    audited(tx, audit.as_ref(), old)?;
+                }
+                Ok(old)
+            })?;
+            if deleted.is_some() {
+                feed.announce([Invalidation::App(id)]);
+            }
+            Ok(deleted)
+        })
+        .await
     }
 
-    async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError> {
-        self.blocking(move |db| write(db, |tx| revoke_chunk(tx, at)))
-            .await
+    async fn update_key_audited(
+        &self,
+        id: &str,
+        change: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<KeyRecord, StoreError> {
+        let (id, change, audit) = (id.to_owned(), change.clone(), audit.cloned());
+        self.blocking_with_feed(move |db, feed| {
+            let key = write(db, |tx| {
+                let key = change_key(tx, &id, &change)?;
+                audited(tx, audit.as_ref(), &key)?;
+                Ok(key)
+            })?;
+            feed.announce([Invalidation::Key(id)]);
+            Ok(key)
+        })
+        .await
     }
 
-    async fn update_key(&self, id: &str, change: &KeyChange) -> Result<KeyRecord, StoreError> {
-        let (id, change) = (id.to_owned(), change.clone());
-        self.blocking(move |db| write(db, |tx| change_key(tx, &id, &change)))
-            .await
+    async fn roll_key(
+        &self,
+        old_id: &str,
+        new: &KeyRecord,
+        end: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<KeyRecord, StoreError> {
+        let (old_id, new, end) = (old_id.to_owned(), new.clone(), end.clone());
+        let audit = audit.cloned();
+        self.blocking_with_feed(move |db, feed| {
+            let old = write(db, |tx| {
+                let old = change_key(tx, &old_id, &end)?;
+                insert_key(tx, &new)?;
+                audited(tx, audit.as_ref(), &old)?;
+                Ok(old)
+            })?;
+            feed.announce([Invalidation::Key(old_id)]);
+            Ok(old)
+        })
+        .await
     }
 
-    async fn revoked_before(&self, before: UnixSeconds) -> Result<Vec<String>, StoreError> {
-        self.blocking(move |db| read(db, |tx| order::revoked_before(tx, before, PURGE_CHUNK)))
-            .await
-    }
-
-    async fn count_expiring(&self, from: UnixSeconds, to: UnixSeconds) -> Result<u64, StoreError> {
-        self.blocking(move |db| read(db, |tx| order::count_expiring(tx, from, to)))
-            .await
-    }
-
-    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        let key = key.clone();
-        self.blocking(move |db| write(db, |tx| insert_key(tx, &key)))
-            .await
+    async fn create_key_audited(
+        &self,
+        key: &KeyRecord,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<(), StoreError> {
+        let (key, audit) = (key.clone(), audit.cloned());
+        // Not announced: nothing can be cached about a random id before it exists.
+        self.blocking(move |db| {
+            write(db, |tx| {
+                insert_key(tx, &key)?;
+                audited(tx, audit.as_ref(), &key)
+            })
+        })
+        .await
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -203,46 +311,6 @@ impl KeyStore for EmbeddedStore {
         .await
     }
 
-    async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.blocking(move |db| write(db, |tx| remove_key(tx, &id)))
-            .await
-    }
-
-    async fn touch_keys(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError> {
-        if uses.is_empty() {
-            return Ok(());
-        }
-        let uses = uses.to_vec();
-        self.blocking(move |db| write(db, |tx| record_uses(tx, &uses)))
-            .await
-    }
-
-    async fn add_usage(&self, batches: &[UsageBatch]) -> Result<(), StoreError> {
-        let now = now_unix();
-        let Some(rows) = embedded_usage::row_batches(batches, now)? else {
-            return Ok(());
-        };
-        self.blocking(move |db| write(db, |tx| embedded_usage::add_batches(tx, &rows, now)))
-            .await
-    }
-
-    async fn usage(
-        &self,
-        subject: UsageSubject<'_>,
-        dates: &[String],
-    ) -> Result<Vec<u64>, StoreError> {
-        if dates.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<String> = dates
-            .iter()
-            .map(|date| embedded_usage::usage_row(subject, date))
-            .collect();
-        self.blocking(move |db| read(db, |tx| embedded_usage::read_counts(tx, &rows)))
-            .await
-    }
-
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let event = event.clone();
         self.blocking(move |db| write(db, |tx| audit::append(tx, &event)))
@@ -259,27 +327,86 @@ impl KeyStore for EmbeddedStore {
         })
         .await
     }
+}
 
-    /// One write transaction per slice (not per request): the counts survive a restart.
+#[async_trait]
+impl Upkeep for EmbeddedStore {
+    async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError> {
+        self.blocking(move |db| write(db, |tx| revoke_chunk(tx, at)))
+            .await
+    }
+
+    async fn revoked_before(&self, before: UnixSeconds) -> Result<Vec<String>, StoreError> {
+        self.blocking(move |db| read(db, |tx| order::revoked_before(tx, before, PURGE_CHUNK)))
+            .await
+    }
+
+    async fn count_expiring(&self, from: UnixSeconds, to: UnixSeconds) -> Result<u64, StoreError> {
+        self.blocking(move |db| read(db, |tx| order::count_expiring(tx, from, to)))
+            .await
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.blocking_with_feed(move |db, feed| {
+            let removed = write(db, |tx| remove_key(tx, &id))?;
+            feed.announce([Invalidation::Key(id)]);
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl UsageSink for EmbeddedStore {
+    async fn touch_keys(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let uses = uses.to_vec();
+        self.blocking(move |db| write(db, |tx| record_uses(tx, &uses)))
+            .await
+    }
+
+    async fn add_usage(&self, batches: &[UsageBatch]) -> Result<(), StoreError> {
+        let now = now_unix();
+        let Some(rows) = usage::row_batches(batches, now)? else {
+            return Ok(());
+        };
+        self.blocking(move |db| write(db, |tx| usage::add_batches(tx, &rows, now)))
+            .await
+    }
+
+    async fn usage(
+        &self,
+        subject: UsageSubject<'_>,
+        dates: &[String],
+    ) -> Result<Vec<u64>, StoreError> {
+        if dates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<String> = dates
+            .iter()
+            .map(|date| usage::usage_row(subject, date))
+            .collect();
+        self.blocking(move |db| read(db, |tx| usage::read_counts(tx, &rows)))
+            .await
+    }
+}
+
+#[async_trait]
+impl BudgetLeases for EmbeddedStore {
+    /// One write transaction per slice (not per request): the counts survive a restart. One
+    /// process owns the file, so nobody else holds leased requests: no holder records.
     async fn lease_quota(
         &self,
         key_id: &str,
         windows: &QuotaWindows,
-        want: u64,
+        ask: QuotaAsk<'_>,
     ) -> Result<QuotaLease, StoreError> {
         let (id, windows) = (key_id.to_owned(), windows.clone());
-        self.blocking(move |db| write(db, |tx| embedded_quota::lease(tx, &id, &windows, want)))
-            .await
-    }
-
-    async fn adjust_quota(
-        &self,
-        key_id: &str,
-        windows: &QuotaWindows,
-        delta: i64,
-    ) -> Result<(), StoreError> {
-        let (id, windows) = (key_id.to_owned(), windows.clone());
-        self.blocking(move |db| write(db, |tx| embedded_quota::adjust(tx, &id, &windows, delta)))
+        let tally = embedded_quota::Tally::of(&ask);
+        self.blocking(move |db| write(db, |tx| embedded_quota::lease(tx, &id, &windows, &tally)))
             .await
     }
 
@@ -292,14 +419,31 @@ impl KeyStore for EmbeddedStore {
         self.blocking(move |db| read(db, |tx| embedded_quota::used(tx, &id, &windows)))
             .await
     }
+}
 
+impl ChangeFeed for EmbeddedStore {
+    /// One process owns the file, so the feed carries only this process's own writes: each
+    /// announced as it commits, also when its caller is gone (see [`Feed`]). A second call
+    /// replaces the first subscriber.
+    fn invalidations(&self) -> Option<mpsc::Receiver<Invalidation>> {
+        let (sender, receiver) = mpsc::channel(FEED_CAPACITY);
+        *self.feed.sender.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+        Some(receiver)
+    }
+}
+
+#[async_trait]
+impl Ping for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.blocking(|db| read(db, |_| Ok(()))).await
     }
+}
 
-    /// One process owns the file, so nobody else can change it behind our back.
-    fn invalidations(&self) -> Option<mpsc::Receiver<Invalidation>> {
-        None
+/// Adds the event `audit` makes of `done` to the audit log, in the write's own transaction.
+fn audited<T>(tx: &WriteTransaction, audit: Option<&Audit<T>>, done: &T) -> Result<(), StoreError> {
+    match audit {
+        Some(event_of) => audit::append(tx, &event_of(done)),
+        None => Ok(()),
     }
 }
 
@@ -320,222 +464,6 @@ fn read<T>(
 ) -> Result<T, StoreError> {
     let tx = db.begin_read().map_err(db_error)?;
     op(&tx)
-}
-
-fn insert_app(tx: &WriteTransaction, app: &App) -> Result<(), StoreError> {
-    let mut apps = tx.open_table(APPS).map_err(db_error)?;
-    let mut names = tx.open_table(APP_NAMES).map_err(db_error)?;
-    let name = app.name.to_lowercase();
-    // An existing id is a conflict too: overwriting would orphan the old name claim.
-    if apps.get(app.id.as_str()).map_err(db_error)?.is_some()
-        || names.get(name.as_str()).map_err(db_error)?.is_some()
-    {
-        return Err(StoreError::Conflict);
-    }
-    apps.insert(app.id.as_str(), encode(app)?.as_slice())
-        .map_err(db_error)?;
-    names
-        .insert(name.as_str(), app.id.as_str())
-        .map_err(db_error)?;
-    order::index_app(tx, app)
-}
-
-fn read_app(tx: &ReadTransaction, id: &str) -> Result<Option<App>, StoreError> {
-    let apps = tx.open_table(APPS).map_err(db_error)?;
-    let found = apps.get(id).map_err(db_error)?;
-    found.map(|json| decode(json.value())).transpose()
-}
-
-/// Applies `change` to the stored app in this transaction, so nothing can come between the
-/// read and the write.
-fn change_app(
-    tx: &WriteTransaction,
-    id: &str,
-    change: &AppChange,
-    expected_version: Option<u64>,
-) -> Result<(App, App), StoreError> {
-    let mut apps = tx.open_table(APPS).map_err(db_error)?;
-    let old: App = match apps.get(id).map_err(db_error)? {
-        Some(json) => decode(json.value())?,
-        None => return Err(StoreError::NotFound),
-    };
-    if expected_version.is_some_and(|v| v != old.version) {
-        return Err(StoreError::VersionMismatch);
-    }
-    let app = change.applied_to(&old);
-    let (old_name, new_name) = (old.name.to_lowercase(), app.name.to_lowercase());
-    if old_name != new_name {
-        move_name_claim(tx, &app.id, &old_name, &new_name)?;
-    }
-    apps.insert(app.id.as_str(), encode(&app)?.as_slice())
-        .map_err(db_error)?;
-    Ok((old, app))
-}
-
-/// Claims `new` for `id` and releases `old`; `Conflict` if another app holds `new`.
-fn move_name_claim(
-    tx: &WriteTransaction,
-    id: &str,
-    old: &str,
-    new: &str,
-) -> Result<(), StoreError> {
-    let mut names = tx.open_table(APP_NAMES).map_err(db_error)?;
-    let owner = names
-        .get(new)
-        .map_err(db_error)?
-        .map(|v| v.value().to_owned());
-    if owner.is_some_and(|owner| owner != id) {
-        return Err(StoreError::Conflict);
-    }
-    names.insert(new, id).map_err(db_error)?;
-    release_name(&mut names, id, old)
-}
-
-/// Removes the claim on `name` if `id` holds it.
-fn release_name(
-    names: &mut redb::Table<&str, &str>,
-    id: &str,
-    name: &str,
-) -> Result<(), StoreError> {
-    let held = names.get(name).map_err(db_error)?.map(|v| v.value() == id);
-    if held == Some(true) {
-        names.remove(name).map_err(db_error)?;
-    }
-    Ok(())
-}
-
-/// Removes the app record (its keys stop working: they resolve to no app) and queues its keys
-/// for [`revoke_chunk`], so one call stays small whatever the number of keys.
-fn remove_app(
-    tx: &WriteTransaction,
-    id: &str,
-    by: &str,
-    expected_version: Option<u64>,
-) -> Result<bool, StoreError> {
-    let mut apps = tx.open_table(APPS).map_err(db_error)?;
-    let old: App = match apps.get(id).map_err(db_error)? {
-        Some(json) => decode(json.value())?,
-        None => return Ok(false),
-    };
-    if expected_version.is_some_and(|v| v != old.version) {
-        return Err(StoreError::VersionMismatch);
-    }
-    apps.remove(id).map_err(db_error)?;
-    let mut names = tx.open_table(APP_NAMES).map_err(db_error)?;
-    release_name(&mut names, id, &old.name.to_lowercase())?;
-    order::unindex_app(tx, &old)?;
-    order::queue_deleted_app(tx, id, by)?;
-    remove_usage(tx, UsageSubject::App(id))?;
-    Ok(true)
-}
-
-/// Marks up to [`PURGE_CHUNK`] keys of one deleted app revoked, and takes them off its index.
-fn revoke_chunk(tx: &WriteTransaction, at: UnixSeconds) -> Result<usize, StoreError> {
-    let Some((by, ids)) = order::deleted_app_keys(tx, PURGE_CHUNK)? else {
-        return Ok(0);
-    };
-    let revoke = KeyChange::Revoke { at, by };
-    for id in &ids {
-        let key = match change_key(tx, id, &revoke) {
-            Ok(key) => key,
-            Err(StoreError::Revoked) => match read_key_for_write(tx, id)? {
-                Some(key) => key,
-                None => continue,
-            },
-            Err(StoreError::NotFound) => continue,
-            Err(e) => return Err(e),
-        };
-        order::unindex_from_app(tx, &key)?;
-    }
-    // A finished app counts as progress too, so callers go on to the next one.
-    Ok(ids.len().max(1))
-}
-
-fn read_key_for_write(tx: &WriteTransaction, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-    let keys = tx.open_table(KEYS).map_err(db_error)?;
-    let found = keys.get(id).map_err(db_error)?;
-    found.map(|json| decode(json.value())).transpose()
-}
-
-/// Applies `change` to the stored key in this transaction.
-fn change_key(
-    tx: &WriteTransaction,
-    id: &str,
-    change: &KeyChange,
-) -> Result<KeyRecord, StoreError> {
-    let old = read_key_for_write(tx, id)?.ok_or(StoreError::NotFound)?;
-    let key = change.applied_to(&old).ok_or(StoreError::Revoked)?;
-    let mut keys = tx.open_table(KEYS).map_err(db_error)?;
-    keys.insert(id, encode_key(&key)?.as_slice())
-        .map_err(db_error)?;
-    drop(keys);
-    order::track_state(tx, Some(&old), Some(&key))?;
-    Ok(key)
-}
-
-fn insert_key(tx: &WriteTransaction, key: &KeyRecord) -> Result<(), StoreError> {
-    let apps = tx.open_table(APPS).map_err(db_error)?;
-    if apps.get(key.app_id.as_str()).map_err(db_error)?.is_none() {
-        return Err(StoreError::NotFound);
-    }
-    let mut keys = tx.open_table(KEYS).map_err(db_error)?;
-    if keys.get(key.id.as_str()).map_err(db_error)?.is_some() {
-        return Err(StoreError::Conflict);
-    }
-    keys.insert(key.id.as_str(), encode_key(key)?.as_slice())
-        .map_err(db_error)?;
-    order::index_key(tx, key)?;
-    order::track_state(tx, None, Some(key))?;
-    if let Some(at) = key.last_used_at {
-        let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
-        last_used.insert(key.id.as_str(), at).map_err(db_error)?;
-    }
-    Ok(())
-}
-
-fn read_key(tx: &ReadTransaction, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-    let keys = tx.open_table(KEYS).map_err(db_error)?;
-    let last_used = tx.open_table(LAST_USED).map_err(db_error)?;
-    let Some(json) = keys.get(id).map_err(db_error)? else {
-        return Ok(None);
-    };
-    let mut key: KeyRecord = decode(json.value())?;
-    key.last_used_at = last_used.get(id).map_err(db_error)?.map(|at| at.value());
-    Ok(Some(key))
-}
-
-fn remove_key(tx: &WriteTransaction, id: &str) -> Result<bool, StoreError> {
-    let mut keys = tx.open_table(KEYS).map_err(db_error)?;
-    let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
-    let removed = keys.remove(id).map_err(db_error)?;
-    let Some(json) = removed else {
-        return Ok(false);
-    };
-    let record: KeyRecord = decode(json.value())?;
-    drop(json);
-    order::unindex_key(tx, &record)?;
-    order::track_state(tx, Some(&record), None)?;
-    last_used.remove(id).map_err(db_error)?;
-    remove_usage(tx, UsageSubject::Key(id))?;
-    Ok(true)
-}
-
-fn record_uses(tx: &WriteTransaction, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError> {
-    let keys = tx.open_table(KEYS).map_err(db_error)?;
-    let mut last_used = tx.open_table(LAST_USED).map_err(db_error)?;
-    for (id, at) in uses {
-        if keys.get(id.as_str()).map_err(db_error)?.is_none() {
-            continue;
-        }
-        let current = last_used
-            .get(id.as_str())
-            .map_err(db_error)?
-            .map(|v| v.value());
-        if current.is_none_or(|current| current < *at) {
-            last_used.insert(id.as_str(), *at).map_err(db_error)?;
-        }
-    }
-    Ok(())
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -566,6 +494,7 @@ pub(super) fn db_error(e: impl Into<redb::Error>) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::UnauditedWrites;
     use std::time::{Duration, Instant};
 
     fn app(id: &str) -> App {

@@ -4,16 +4,49 @@
 //! One row per key per window: `{key id}\0d\0{YYYY-MM-DD}` and `{key id}\0m\0{YYYY-MM}`. Ids are
 //! alphanumeric (no NUL), so `{id}\0d\0` prefixes one key's day rows only; a lease deletes the
 //! key's rows of earlier windows, so each key keeps at most one day row and one month row.
+//!
+//! Beside them, per holder of a key's quota (`{key id}\0t\0{YYYY-MM-DD}\0{holder}`): what was
+//! granted to it, taken back from it and added for it, so a step repeated after a timeout (the
+//! transaction committed, its answer came too late) applies nothing twice (see [`QuotaAsk`]).
 
-use super::{quota_grant, QuotaLease, StoreError};
+use super::{quota_grant, QuotaAsk, QuotaLease, StoreError};
 use crate::model::QuotaWindows;
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
-const QUOTA: TableDefinition<&str, u64> = TableDefinition::new("quota");
+const QUOTA: TableDefinition<'_, &str, u64> = TableDefinition::new("quota");
+/// (granted, returned, owed) per holder and day.
+const TALLIES: TableDefinition<'_, &str, (u64, u64, u64)> = TableDefinition::new("quota_tallies");
 
 pub(super) fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(QUOTA).map_err(db_error)?;
+    tx.open_table(TALLIES).map_err(db_error)?;
     Ok(())
+}
+
+/// A [`QuotaAsk`] without its borrow, to move into the store's thread.
+#[derive(Debug)]
+pub(super) struct Tally {
+    want: u64,
+    holder: String,
+    received: u64,
+    returned: u64,
+    owed: u64,
+}
+
+impl Tally {
+    pub(super) fn of(ask: &QuotaAsk<'_>) -> Tally {
+        Tally {
+            want: ask.want,
+            holder: ask.holder.to_owned(),
+            received: ask.received,
+            returned: ask.returned,
+            owed: ask.owed,
+        }
+    }
+}
+
+fn tally_row(key_id: &str, windows: &QuotaWindows, holder: &str) -> String {
+    format!("{key_id}\0t\0{}\0{holder}", windows.day)
 }
 
 fn day_row(key_id: &str, windows: &QuotaWindows) -> String {
@@ -24,20 +57,41 @@ fn month_row(key_id: &str, windows: &QuotaWindows) -> String {
     format!("{key_id}\0m\0{}", windows.month)
 }
 
-/// Counts a grant by [`quota_grant`] in both windows.
+/// Settles the holder's tallies (what it has not yet given back, grants it never learned of,
+/// what it admitted on its own), then counts a grant by [`quota_grant`] in both windows.
 pub(super) fn lease(
     tx: &WriteTransaction,
     key_id: &str,
     windows: &QuotaWindows,
-    want: u64,
+    ask: &Tally,
 ) -> Result<QuotaLease, StoreError> {
     forget_earlier_windows(tx, key_id, windows)?;
+    let mut tallies = tx.open_table(TALLIES).map_err(db_error)?;
+    let row = tally_row(key_id, windows, &ask.holder);
+    let (granted_before, returned_before, owed_before) = tallies
+        .get(row.as_str())
+        .map_err(db_error)?
+        .map_or((0, 0, 0), |v| v.value());
+    let back =
+        granted_before.saturating_sub(ask.received) + ask.returned.saturating_sub(returned_before);
+    let add = ask.owed.saturating_sub(owed_before);
     let mut table = tx.open_table(QUOTA).map_err(db_error)?;
     let (day, month) = (day_row(key_id, windows), month_row(key_id, windows));
-    let day_used = get(&table, &day)?;
-    let month_used = get(&table, &month)?;
-    let granted = quota_grant(windows, day_used, month_used, want);
-    if granted > 0 {
+    let settle = |used: u64| (used + add).saturating_sub(back);
+    let day_used = settle(get(&table, &day)?);
+    let month_used = settle(get(&table, &month)?);
+    let granted = quota_grant(windows, day_used, month_used, ask.want);
+    tallies
+        .insert(
+            row.as_str(),
+            (
+                ask.received + granted,
+                returned_before.max(ask.returned),
+                owed_before.max(ask.owed),
+            ),
+        )
+        .map_err(db_error)?;
+    if granted > 0 || back > 0 || add > 0 {
         table
             .insert(day.as_str(), day_used + granted)
             .map_err(db_error)?;
@@ -49,23 +103,9 @@ pub(super) fn lease(
         granted,
         day_used: day_used + granted,
         month_used: month_used + granted,
+        held_elsewhere_ms: 0,
+        records_holders: false,
     })
-}
-
-/// Adds `delta` to both counts, never below 0.
-pub(super) fn adjust(
-    tx: &WriteTransaction,
-    key_id: &str,
-    windows: &QuotaWindows,
-    delta: i64,
-) -> Result<(), StoreError> {
-    let mut table = tx.open_table(QUOTA).map_err(db_error)?;
-    for row in [day_row(key_id, windows), month_row(key_id, windows)] {
-        let now = get(&table, &row)?;
-        let next = now.saturating_add_signed(delta);
-        table.insert(row.as_str(), next).map_err(db_error)?;
-    }
-    Ok(())
 }
 
 pub(super) fn used(
@@ -98,6 +138,12 @@ fn forget_earlier_windows(
             .retain_in(from.as_str()..to.as_str(), |_, _| false)
             .map_err(db_error)?;
     }
+    let mut tallies = tx.open_table(TALLIES).map_err(db_error)?;
+    let from = format!("{key_id}\0t\0");
+    let to = format!("{key_id}\0t\0{}", windows.day);
+    tallies
+        .retain_in(from.as_str()..to.as_str(), |_, _| false)
+        .map_err(db_error)?;
     Ok(())
 }
 

@@ -1,18 +1,26 @@
 //! Where apps and keys live: the [`KeyStore`] trait and its two implementations,
 //! Redis (shared by many gateway instances) and an embedded file store (one process, no server).
 //!
-//! The store knows nothing of caching or HTTP. It reports changes made by other instances as
-//! [`Invalidation`] events; the cache decides what to do with them.
+//! The store knows nothing of caching or HTTP. It reports committed changes as [`Invalidation`]
+//! events (Redis: every instance's, through pub/sub; embedded: this process's own, as each
+//! commits, so a write that outlives its caller still reaches the cache); the cache decides
+//! what to do with them. Admin writes carry their [`Audit`] event into the same store step.
 
 mod embedded;
 mod embedded_quota;
-mod embedded_usage;
 mod redis;
 mod redis_limits;
-mod redis_usage;
 
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::{RedisStore, DEFAULT_PREFIX};
+
+/// Every role trait, for code that drives a whole store (tests, benches, the demo's seeding):
+/// `use scopegate::store::prelude::*`.
+pub mod prelude {
+    pub use super::{
+        BudgetLeases, ChangeFeed, KeyStore, Ping, Records, UnauditedWrites, Upkeep, UsageSink,
+    };
+}
 
 use crate::model::{
     utc_date, utc_day_number, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest,
@@ -75,6 +83,12 @@ pub const AUDIT_RETENTION: std::time::Duration = std::time::Duration::from_secs(
 /// Keys of deleted apps removed per store command.
 pub const PURGE_CHUNK: usize = 500;
 
+/// Makes the audit event of an admin write from what the write did (the app before and after,
+/// the key as changed). The store keeps the event in the same step as the write, so a write is
+/// never kept without its event, nor an event without its write, whatever happens to the
+/// caller.
+pub type Audit<T> = std::sync::Arc<dyn Fn(&T) -> AuditEvent + Send + Sync>;
+
 /// A change made through some gateway instance that cached copies must drop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Invalidation {
@@ -100,17 +114,55 @@ pub struct RateLease {
 /// A slice of a key's quota, counted as used in the store when it is granted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QuotaLease {
-    /// Requests granted (0: a window is used up).
+    /// Requests granted (0: a window is used up, or nothing was asked).
     pub granted: u64,
     /// The windows' counts after this grant (every instance's grants).
     pub day_used: u64,
     pub month_used: u64,
+    /// When nothing was granted: milliseconds until the last record of another holder of
+    /// leased requests runs out (0: nobody else holds any). Leased and unused requests are
+    /// quota left, so a caller waits for them to come back rather than refuse.
+    pub held_elsewhere_ms: u64,
+    /// Whether the store records holders (a shared store); without records there is nothing
+    /// to release.
+    pub records_holders: bool,
+}
+
+/// One atomic step of one holder (an instance's entry for a key) on a key's quota counts:
+/// settle what it gave back, received and admitted on its own, lease up to `want`, and record
+/// whether it still holds leased requests.
+///
+/// The three tallies are totals over the holder's life, never deltas: the store keeps what it
+/// has applied of each and applies only the difference, so a step whose outcome the holder
+/// never learned (a timeout while the script still ran) is settled by the next one, never
+/// twice, and a grant whose reply was lost goes back.
+#[derive(Clone, Copy, Debug)]
+pub struct QuotaAsk<'a> {
+    /// Requests wanted (0: only settle and update the record).
+    pub want: u64,
+    /// Leased requests that went unused, in all: what the store has not applied yet is
+    /// subtracted from both counts first.
+    pub returned: u64,
+    /// Requests granted to the holder that it learned of, in all: the store's grants beyond it
+    /// were lost with their replies and are subtracted too.
+    pub received: u64,
+    /// Requests the holder admitted while the store was unreachable, in all: what the store has
+    /// not added yet is added.
+    pub owed: u64,
+    /// Who asks: unique per instance and entry.
+    pub holder: &'a str,
+    /// Whether the holder still holds leased requests besides what this step grants.
+    pub holds: bool,
+    /// How long the holder's record lasts unless renewed (milliseconds): past it, whatever the
+    /// holder still has unused is not waited for.
+    pub hold_ms: u64,
 }
 
 /// How many requests to grant out of `want` given the windows' counts: never past a limit, and,
 /// as the smaller window's remainder shrinks, only a `1/QUOTA_SPREAD` share of it at a time, so
-/// slices stranded on idle instances stay small near the end. Both stores (and the Redis
-/// script, which mirrors it) grant by this rule.
+/// slices stranded on idle instances stay small near the end; once no more than `want` is
+/// left, exactly 1 (each request its own atomic step). Both stores (and the Redis script,
+/// which mirrors it) grant by this rule.
 pub fn quota_grant(windows: &QuotaWindows, day_used: u64, month_used: u64, want: u64) -> u64 {
     let free = [
         windows.per_day.map(|l| l.saturating_sub(day_used)),
@@ -120,29 +172,45 @@ pub fn quota_grant(windows: &QuotaWindows, day_used: u64, month_used: u64, want:
     .flatten()
     .min();
     match free {
+        _ if want == 0 => 0,
         None => want,
         Some(0) => 0,
+        Some(free) if free <= want => 1,
         Some(free) => want.min((free / QUOTA_SPREAD).max(1)),
     }
-}
-
-/// What a store without quota counters (a test double) answers.
-fn no_quotas() -> StoreError {
-    StoreError::Unavailable("this store keeps no quota counts".to_owned())
 }
 
 /// Divides what is left of a quota before a slice of it is granted: twice an expected four
 /// instances, so each can hold a slice and half of what is left stays unleased.
 pub const QUOTA_SPREAD: u64 = 8;
 
-/// Persistent storage of apps and keys.
+/// A whole store, as the gateway wires it: every role below. Each consumer names only the
+/// role it uses (the cache [`Records`] and [`ChangeFeed`], the usage task [`UsageSink`], limits
+/// [`BudgetLeases`], background upkeep [`Upkeep`]), so a test double implements one small
+/// trait, not all of them.
+pub trait KeyStore:
+    Records + Upkeep + UsageSink + BudgetLeases + ChangeFeed + Ping + 'static
+{
+}
+
+impl<T> KeyStore for T where
+    T: Records + Upkeep + UsageSink + BudgetLeases + ChangeFeed + Ping + 'static
+{
+}
+
+/// Apps, keys and the audit log: what the admin API writes and the cache reads.
 ///
-/// Writes that change what a key may do (`update_app`, `delete_app`, `delete_key`) announce an
-/// [`Invalidation`] to other instances sharing the store.
+/// Admin writes take the [`Audit`] event the store keeps in the same step; writes that change
+/// what a key may do announce an [`Invalidation`] (see [`ChangeFeed`]).
 #[async_trait]
-pub trait KeyStore: Send + Sync + 'static {
-    /// Stores a new app. `Conflict` when another app has the same name (case-insensitive).
-    async fn create_app(&self, app: &App) -> Result<(), StoreError>;
+pub trait Records: Send + Sync {
+    /// Stores a new app, and `audit`'s event in the same step. `Conflict` when another app has
+    /// the same name (case-insensitive).
+    async fn create_app_audited(
+        &self,
+        app: &App,
+        audit: Option<&Audit<App>>,
+    ) -> Result<(), StoreError>;
     async fn get_app(&self, id: &str) -> Result<Option<App>, StoreError>;
     /// A page of apps, oldest first (ties by id), that `keep` accepts.
     async fn list_apps(
@@ -150,31 +218,35 @@ pub trait KeyStore: Send + Sync + 'static {
         page: PageRequest<'_>,
         keep: Keep<'_, App>,
     ) -> Result<Page<App>, StoreError>;
-    /// Applies `change` to the app as stored now, atomically; returns it before and after.
-    /// `NotFound` if it does not exist, `Conflict` on a taken name, `VersionMismatch` if
-    /// `expected_version` is given and the app is at another.
-    async fn update_app(
+    /// Applies `change` to the app as stored now, atomically, with `audit`'s event (made from
+    /// the app before and after); returns it before and after. `NotFound` if it does not exist,
+    /// `Conflict` on a taken name, `VersionMismatch` if `expected_version` is given and the app
+    /// is at another.
+    async fn update_app_audited(
         &self,
         id: &str,
         change: &AppChange,
         expected_version: Option<u64>,
+        audit: Option<&Audit<(App, App)>>,
     ) -> Result<(App, App), StoreError>;
-    /// Deletes an app (`by` names who): from this moment none of its keys works on any
-    /// instance. The keys are marked revoked afterwards, in chunks, by
-    /// [`revoke_keys_of_deleted_apps`](Self::revoke_keys_of_deleted_apps).
-    /// `Ok(false)` if it did not exist; `VersionMismatch` as for `update_app`.
-    async fn delete_app(
+    /// Deletes an app (`by` names who), with `audit`'s event: from this moment none of its
+    /// keys works on any instance. The keys are marked revoked afterwards, in chunks, by
+    /// [`Upkeep::revoke_keys_of_deleted_apps`]. Answers the app as it was; `Ok(None)` if it did
+    /// not exist (no event then); `VersionMismatch` as for `update_app_audited`.
+    async fn delete_app_audited(
         &self,
         id: &str,
         by: &str,
         expected_version: Option<u64>,
-    ) -> Result<bool, StoreError>;
-    /// Marks up to `PURGE_CHUNK` keys of deleted apps revoked (at `at`, by whoever deleted the
-    /// app). Returns how many it handled: 0 once nothing is left.
-    async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError>;
+        audit: Option<&Audit<App>>,
+    ) -> Result<Option<App>, StoreError>;
 
-    /// Stores a new key. `NotFound` if its app does not exist.
-    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Stores a new key, with `audit`'s event. `NotFound` if its app does not exist.
+    async fn create_key_audited(
+        &self,
+        key: &KeyRecord,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<(), StoreError>;
     /// One key, with `last_used_at` filled in.
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// A page of the keys of one app, or of all keys, that `keep` accepts; oldest first (ties
@@ -185,9 +257,83 @@ pub trait KeyStore: Send + Sync + 'static {
         page: PageRequest<'_>,
         keep: Keep<'_, KeyRecord>,
     ) -> Result<Page<KeyRecord>, StoreError>;
-    /// Applies `change` to the key as stored now, atomically, and announces it to the other
-    /// instances. `NotFound`, or `Revoked` if the key is revoked.
-    async fn update_key(&self, id: &str, change: &KeyChange) -> Result<KeyRecord, StoreError>;
+    /// Applies `change` to the key as stored now, atomically, with `audit`'s event (made from
+    /// the key as changed), and announces it. `NotFound`, or `Revoked` if the key is revoked.
+    async fn update_key_audited(
+        &self,
+        id: &str,
+        change: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<KeyRecord, StoreError>;
+    /// A roll in one step: stores `new` and applies `end` to the key `old_id`, with `audit`'s
+    /// event (made from the old key as changed), and announces both. Nothing is written if the
+    /// old key is missing (`NotFound`, also when its app is gone) or revoked (`Revoked`), so a
+    /// roll racing a revoke never leaves a new key behind that nobody was shown.
+    async fn roll_key(
+        &self,
+        old_id: &str,
+        new: &KeyRecord,
+        end: &KeyChange,
+        audit: Option<&Audit<KeyRecord>>,
+    ) -> Result<KeyRecord, StoreError>;
+
+    /// Appends an event to the audit log on its own (the gateway's purges; admin writes pass
+    /// theirs with the write). Bounded: Redis keeps the newest [`AUDIT_MAX_EVENTS`], the
+    /// embedded store drops events older than [`AUDIT_RETENTION`].
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// A page of the audit log, newest first, that `keep` accepts.
+    async fn list_audit(
+        &self,
+        page: PageRequest<'_>,
+        keep: Keep<'_, AuditEvent>,
+    ) -> Result<Page<AuditEvent>, StoreError>;
+}
+
+/// The writes of [`Records`] with no audit event: for seeding (the demo) and tests. The admin
+/// API always passes one.
+#[async_trait]
+pub trait UnauditedWrites: Records {
+    async fn create_app(&self, app: &App) -> Result<(), StoreError> {
+        self.create_app_audited(app, None).await
+    }
+    async fn update_app(
+        &self,
+        id: &str,
+        change: &AppChange,
+        expected_version: Option<u64>,
+    ) -> Result<(App, App), StoreError> {
+        self.update_app_audited(id, change, expected_version, None)
+            .await
+    }
+    /// `Ok(false)` if it did not exist.
+    async fn delete_app(
+        &self,
+        id: &str,
+        by: &str,
+        expected_version: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let old = self
+            .delete_app_audited(id, by, expected_version, None)
+            .await?;
+        Ok(old.is_some())
+    }
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.create_key_audited(key, None).await
+    }
+    async fn update_key(&self, id: &str, change: &KeyChange) -> Result<KeyRecord, StoreError> {
+        self.update_key_audited(id, change, None).await
+    }
+}
+
+impl<T: Records + ?Sized> UnauditedWrites for T {}
+
+/// Background upkeep of records: chunked revocation of deleted apps' keys, purging revoked
+/// keys, expiry counts, layout upgrades.
+#[async_trait]
+pub trait Upkeep: Send + Sync {
+    /// Marks up to `PURGE_CHUNK` keys of deleted apps revoked (at `at`, by whoever deleted the
+    /// app). Returns how many it handled: 0 once nothing is left.
+    async fn revoke_keys_of_deleted_apps(&self, at: UnixSeconds) -> Result<usize, StoreError>;
     /// Removes a key for good, with its usage counts (a revoked key past its retention).
     /// `Ok(false)` if it did not exist.
     async fn delete_key(&self, id: &str) -> Result<bool, StoreError>;
@@ -195,7 +341,17 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn revoked_before(&self, before: UnixSeconds) -> Result<Vec<String>, StoreError>;
     /// How many keys (not revoked) expire in `(from, to]`.
     async fn count_expiring(&self, from: UnixSeconds, to: UnixSeconds) -> Result<u64, StoreError>;
+    /// Brings data written by an earlier version up to this one's layout (bounded commands,
+    /// safe to repeat and to run on several instances at once); how many records it touched.
+    async fn upgrade(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+}
 
+/// Where bookkeeping goes: last-use times and usage counts, written in batches off the
+/// request path.
+#[async_trait]
+pub trait UsageSink: Send + Sync {
     /// Records last use times in one batch. Unknown ids are ignored; a time never moves backwards.
     async fn touch_keys(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError>;
 
@@ -219,7 +375,11 @@ pub trait KeyStore: Send + Sync + 'static {
         subject: UsageSubject<'_>,
         dates: &[String],
     ) -> Result<Vec<u64>, StoreError>;
+}
 
+/// Slices of shared budgets: rate limits shared across instances and quota counts.
+#[async_trait]
+pub trait BudgetLeases: Send + Sync {
     /// Leases up to `want` requests of `key_id`'s shared rate budget (GCRA: `limit`), atomically
     /// across every instance, on the store's clock. Only a shared store supports it.
     async fn lease_rate(
@@ -234,61 +394,31 @@ pub trait KeyStore: Send + Sync + 'static {
         ))
     }
 
-    /// Counts up to `want` requests of `key_id` against its quota windows, atomically, granting
-    /// by [`quota_grant`]; the grant is counted as used at once.
+    /// One atomic step on `key_id`'s quota windows: settles `ask`'s totals (see [`QuotaAsk`]),
+    /// then counts up to `ask.want` requests granted by [`quota_grant`] (counted as used at
+    /// once), and records whether `ask.holder` still holds leased requests. A shared store
+    /// answers, when it grants nothing, how long others may still hold some; a store of one
+    /// instance answers 0.
     async fn lease_quota(
         &self,
         key_id: &str,
         windows: &QuotaWindows,
-        want: u64,
-    ) -> Result<QuotaLease, StoreError> {
-        let _ = (key_id, windows, want);
-        Err(no_quotas())
-    }
-
-    /// Adds `delta` to both of `key_id`'s window counts (negative: unused slices given back;
-    /// positive: requests admitted while the store was unreachable). Counts never go below 0.
-    async fn adjust_quota(
-        &self,
-        key_id: &str,
-        windows: &QuotaWindows,
-        delta: i64,
-    ) -> Result<(), StoreError> {
-        let _ = (key_id, windows, delta);
-        Err(no_quotas())
-    }
+        ask: QuotaAsk<'_>,
+    ) -> Result<QuotaLease, StoreError>;
 
     /// `key_id`'s counts in the windows: (day, month).
     async fn quota_used(
         &self,
         key_id: &str,
         windows: &QuotaWindows,
-    ) -> Result<(u64, u64), StoreError> {
-        let _ = (key_id, windows);
-        Err(no_quotas())
-    }
+    ) -> Result<(u64, u64), StoreError>;
+}
 
-    /// Appends an admin write to the audit log (bounded: Redis keeps the newest
-    /// [`AUDIT_MAX_EVENTS`], the embedded store drops events older than [`AUDIT_RETENTION`]).
-    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
-    /// A page of the audit log, newest first, that `keep` accepts.
-    async fn list_audit(
-        &self,
-        page: PageRequest<'_>,
-        keep: Keep<'_, AuditEvent>,
-    ) -> Result<Page<AuditEvent>, StoreError>;
-
-    /// Brings data written by an earlier version up to this one's layout (bounded commands,
-    /// safe to repeat and to run on several instances at once); how many records it touched.
-    async fn upgrade(&self) -> Result<usize, StoreError> {
-        Ok(0)
-    }
-
-    /// Cheap liveness check (readiness probes).
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Changes made by other instances, if the store is shared. Called once, at start-up.
-    /// The store keeps the feed alive itself and sends [`Invalidation::All`] after any gap.
+/// Whether the store answers, and the changes it reports for caches to drop.
+pub trait ChangeFeed: Send + Sync {
+    /// Committed changes (a shared store: every instance's; the embedded store: its own, as
+    /// each commits). Called once, at start-up. The store keeps the feed alive itself and
+    /// sends [`Invalidation::All`] after any gap.
     fn invalidations(&self) -> Option<mpsc::Receiver<Invalidation>>;
 
     /// Whether changes made by other instances reach this one right now: always for a store
@@ -297,6 +427,12 @@ pub trait KeyStore: Send + Sync + 'static {
     fn feed_live(&self) -> bool {
         true
     }
+}
+
+/// Cheap liveness check (readiness probes).
+#[async_trait]
+pub trait Ping: Send + Sync {
+    async fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// One count to add: whose, which day (`YYYY-MM-DD`), how many.
@@ -328,7 +464,7 @@ type Indexed<T> = (String, Option<T>);
 /// Walks an index from `page.cursor` in chunks of at most [`LIST_CHUNK`] positions (`fetch`
 /// reads the chunk after a position), keeping what `keep` accepts, until the page is full,
 /// the index ends, or [`LIST_SCAN_BUDGET`] positions were examined.
-async fn scan_index<T, F, Fut>(
+pub(crate) async fn scan_index<T, F, Fut>(
     page: PageRequest<'_>,
     keep: Keep<'_, T>,
     mut fetch: F,

@@ -9,8 +9,14 @@
 //! - `quota:{id}:d:{YYYY-MM-DD}` and `quota:{id}:m:{YYYY-MM}`: requests counted in that UTC
 //!   window; each expires a day after its window ends (a day of margin for clock skew between
 //!   instances), so nothing grows for ever.
+//! - `quota:{id}:h:{YYYY-MM-DD}`: who holds leased, not yet spent requests of the key (member:
+//!   an instance's entry; score: until when, ms on the Redis clock), so an instance told that
+//!   nothing is left knows whether some is only held elsewhere; expires with its last record.
+//! - `quota:{id}:t:{YYYY-MM-DD}`: per holder, what the store has granted it, taken back from it
+//!   and added for it (fields `{holder}:g`, `:r`, `:o`), so a repeated step applies nothing
+//!   twice (see [`QuotaAsk`]); expires with the day count.
 
-use super::{QuotaLease, RateLease, StoreError, QUOTA_SPREAD};
+use super::{QuotaAsk, QuotaLease, RateLease, StoreError, QUOTA_SPREAD};
 use crate::model::{QuotaWindows, RateLimit, UnixSeconds};
 use std::time::Duration;
 
@@ -38,38 +44,76 @@ tat = tat + n * interval
 redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 return {n, free - n, 0, math.ceil(tat - now)}";
 
-/// Mirrors [`super::quota_grant`]: counts up to `want` requests in both windows unless that
-/// would pass a limit; near the end grants only a share of what is left.
-/// KEYS: day count, month count. ARGV: day limit (-1: none), month limit (-1: none), want,
-/// spread, day expiry, month expiry (unix seconds). Returns {granted, day used, month used}.
+/// One holder's step (see [`QuotaAsk`]), mirroring [`super::quota_grant`]: gives back what went
+/// unused, counts up to `want` requests in both windows unless that would pass a limit (near
+/// the end a share of what is left, then 1), and records or drops the holder. Records past
+/// their time are dropped first: an instance that died holding requests is not waited for.
+/// KEYS: day count, month count, holders, tallies. ARGV: day limit (-1: none), month limit
+/// (-1: none), want, spread, day expiry, month expiry (unix seconds), returned, holder, holds
+/// (1/0), hold ms, received, owed (the totals of [`QuotaAsk`]). Returns {granted, day used,
+/// month used, ms until the last other record ends}.
 const LEASE_QUOTA: &str = r"
-local day = tonumber(redis.call('GET', KEYS[1]) or '0')
-local month = tonumber(redis.call('GET', KEYS[2]) or '0')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local tally = redis.call('HMGET', KEYS[4], ARGV[8] .. ':g', ARGV[8] .. ':r', ARGV[8] .. ':o')
+local g = tonumber(tally[1] or '0')
+local r = tonumber(tally[2] or '0')
+local o = tonumber(tally[3] or '0')
+local received = tonumber(ARGV[11])
+local returned = tonumber(ARGV[7])
+local owed = tonumber(ARGV[12])
+local back = 0
+if g > received then back = back + g - received end
+if returned > r then back = back + returned - r end
+local add = 0
+if owed > o then add = owed - o end
+local day = math.max(0, tonumber(redis.call('GET', KEYS[1]) or '0') + add - back)
+local month = math.max(0, tonumber(redis.call('GET', KEYS[2]) or '0') + add - back)
+back = back - add
 local free = nil
 if tonumber(ARGV[1]) >= 0 then free = tonumber(ARGV[1]) - day end
 if tonumber(ARGV[2]) >= 0 then
   local f = tonumber(ARGV[2]) - month
   if free == nil or f < free then free = f end
 end
-local n = tonumber(ARGV[3])
-if free ~= nil then
-  if free <= 0 then return {0, day, month} end
-  n = math.min(n, math.max(1, math.floor(free / tonumber(ARGV[4]))))
+local want = tonumber(ARGV[3])
+local n = want
+if want <= 0 then
+  n = 0
+elseif free ~= nil then
+  if free <= 0 then
+    n = 0
+  elseif free <= want then
+    n = 1
+  else
+    n = math.min(want, math.max(1, math.floor(free / tonumber(ARGV[4]))))
+  end
 end
-day = redis.call('INCRBY', KEYS[1], n)
-redis.call('EXPIREAT', KEYS[1], ARGV[5])
-month = redis.call('INCRBY', KEYS[2], n)
-redis.call('EXPIREAT', KEYS[2], ARGV[6])
-return {n, day, month}";
-
-/// KEYS: day count, month count. ARGV: delta, day expiry, month expiry. Never below 0.
-const ADJUST_QUOTA: &str = r"
-for i = 1, 2 do
-  local v = redis.call('INCRBY', KEYS[i], ARGV[1])
-  if v < 0 then redis.call('SET', KEYS[i], 0) end
-  redis.call('EXPIREAT', KEYS[i], ARGV[i + 1])
+if n > 0 or back ~= 0 then
+  day = day + n
+  month = month + n
+  redis.call('SET', KEYS[1], day)
+  redis.call('EXPIREAT', KEYS[1], ARGV[5])
+  redis.call('SET', KEYS[2], month)
+  redis.call('EXPIREAT', KEYS[2], ARGV[6])
 end
-return 1";
+redis.call('HSET', KEYS[4], ARGV[8] .. ':g', received + n, ARGV[8] .. ':r', math.max(r, returned),
+  ARGV[8] .. ':o', math.max(o, owed))
+redis.call('EXPIREAT', KEYS[4], ARGV[5])
+local hold = tonumber(ARGV[10])
+if n > 0 or ARGV[9] == '1' then
+  redis.call('ZADD', KEYS[3], now + hold, ARGV[8])
+  redis.call('PEXPIRE', KEYS[3], hold)
+else
+  redis.call('ZREM', KEYS[3], ARGV[8])
+end
+local wait = 0
+if n == 0 then
+  local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+  if last[2] then wait = math.max(1, tonumber(last[2]) - now) end
+end
+return {n, day, month, wait}";
 
 /// The script call that leases from `rate_name`.
 pub(super) fn lease_rate_command(rate_name: &str, limit: RateLimit, want: u32) -> redis::Cmd {
@@ -96,50 +140,57 @@ pub(super) fn rate_lease(reply: (i64, i64, i64, i64)) -> RateLease {
     }
 }
 
-/// The script call that leases quota; `names` are the day and month counts.
+/// The script call of one holder's step; `names` are the day and month counts, the holders
+/// and the tallies.
 pub(super) fn lease_quota_command(
-    names: (&str, &str),
+    names: (&str, &str, &str, &str),
     windows: &QuotaWindows,
-    want: u64,
+    ask: QuotaAsk<'_>,
 ) -> redis::Cmd {
     let limit = |l: Option<u64>| l.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(LEASE_QUOTA)
-        .arg(2)
+        .arg(4)
         .arg(names.0)
         .arg(names.1)
+        .arg(names.2)
+        .arg(names.3)
         .arg(limit(windows.per_day))
         .arg(limit(windows.per_month))
-        .arg(want.max(1))
+        .arg(ask.want)
         .arg(QUOTA_SPREAD)
         .arg(windows.day_ends + WINDOW_MARGIN_SECS)
-        .arg(windows.month_ends + WINDOW_MARGIN_SECS);
+        .arg(windows.month_ends + WINDOW_MARGIN_SECS)
+        .arg(ask.returned)
+        .arg(ask.holder)
+        .arg(u8::from(ask.holds))
+        .arg(ask.hold_ms.max(1))
+        .arg(ask.received)
+        .arg(ask.owed);
     cmd
 }
 
-pub(super) fn quota_lease(reply: (i64, i64, i64)) -> QuotaLease {
+/// The script's reply as a lease; granting more than was asked would be a script bug: refused
+/// rather than admitted on.
+pub(super) fn quota_lease(
+    reply: (i64, i64, i64, i64),
+    want: u64,
+) -> Result<QuotaLease, StoreError> {
     let count = |v: i64| u64::try_from(v).unwrap_or(0);
-    QuotaLease {
+    let lease = QuotaLease {
         granted: count(reply.0),
         day_used: count(reply.1),
         month_used: count(reply.2),
+        held_elsewhere_ms: count(reply.3),
+        records_holders: true,
+    };
+    if lease.granted > want {
+        return Err(StoreError::Corrupt(format!(
+            "quota lease granted {} of {want}",
+            lease.granted
+        )));
     }
-}
-
-pub(super) fn adjust_quota_command(
-    names: (&str, &str),
-    windows: &QuotaWindows,
-    delta: i64,
-) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(ADJUST_QUOTA)
-        .arg(2)
-        .arg(names.0)
-        .arg(names.1)
-        .arg(delta)
-        .arg(windows.day_ends + WINDOW_MARGIN_SECS)
-        .arg(windows.month_ends + WINDOW_MARGIN_SECS);
-    cmd
+    Ok(lease)
 }
 
 /// One `MGET` of both counts; a multi-key read of one slot (both names share the tag).

@@ -39,7 +39,7 @@ struct Node {
 }
 
 /// Six running nodes forming one cluster (three masters, one replica each).
-pub struct RedisCluster {
+pub(crate) struct RedisCluster {
     nodes: Vec<Node>,
     dir: tempfile::TempDir,
 }
@@ -47,7 +47,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts the nodes, creates the cluster and waits until every node reports
     /// `cluster_state:ok` with all slots served.
-    pub fn start() -> RedisCluster {
+    pub(crate) fn start() -> RedisCluster {
         for _ in 0..PORT_ATTEMPTS {
             if let Some(cluster) = Self::launch() {
                 cluster.create();
@@ -89,16 +89,16 @@ impl RedisCluster {
     }
 
     /// A seed URL (the first node); the client learns the others from it.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.url_of(self.nodes[0].port)
     }
 
-    pub fn url_of(&self, port: u16) -> String {
+    pub(crate) fn url_of(&self, port: u16) -> String {
         format!("redis://127.0.0.1:{port}/")
     }
 
     /// Ports of the nodes still running.
-    pub fn live_ports(&self) -> Vec<u16> {
+    pub(crate) fn live_ports(&self) -> Vec<u16> {
         self.nodes
             .iter()
             .filter(|n| n.child.is_some())
@@ -107,7 +107,7 @@ impl RedisCluster {
     }
 
     /// The port of the master serving the slot `key` hashes to, as a live node sees it.
-    pub fn master_of(&self, key: &str) -> u16 {
+    pub(crate) fn master_of(&self, key: &str) -> u16 {
         let port = self.live_ports()[0];
         let slot: u16 = cli(port, &["CLUSTER", "KEYSLOT", key])
             .and_then(|s| s.trim().parse().ok())
@@ -117,7 +117,7 @@ impl RedisCluster {
     }
 
     /// Kills one node with SIGKILL (a crash: no chance to hand anything over) and reaps it.
-    pub fn kill(&mut self, port: u16) {
+    pub(crate) fn kill(&mut self, port: u16) {
         let node = self
             .nodes
             .iter_mut()
@@ -139,7 +139,7 @@ impl RedisCluster {
 
     /// Waits until each master's replicas have everything it wrote, so killing a master loses
     /// nothing written before this call.
-    pub fn wait_replicated(&self) {
+    pub(crate) fn wait_replicated(&self) {
         for port in self.live_ports() {
             wait_until(&format!("replicas of {port} catch up"), || {
                 cli(port, &["INFO", "replication"]).is_some_and(|info| caught_up(&info))
@@ -149,7 +149,7 @@ impl RedisCluster {
 
     /// Waits until every live node reports `cluster_state:ok` with all 16384 slots served
     /// (after a kill: once a replica has taken over).
-    pub fn wait_ok(&self) {
+    pub(crate) fn wait_ok(&self) {
         for port in self.live_ports() {
             wait_until(&format!("node {port} reports cluster_state:ok"), || {
                 cli(port, &["CLUSTER", "INFO"]).is_some_and(|info| {
@@ -193,7 +193,7 @@ impl RedisCluster {
     }
 
     /// Where the nodes keep their logs and cluster config files.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 }
@@ -253,7 +253,7 @@ fn spawn(port: u16, dir: &Path) -> Child {
 }
 
 /// One `redis-cli` command against a node; its output, or `None` if it failed to answer.
-pub fn cli(port: u16, args: &[&str]) -> Option<String> {
+pub(crate) fn cli(port: u16, args: &[&str]) -> Option<String> {
     if TcpStream::connect(("127.0.0.1", port)).is_err() {
         return None;
     }

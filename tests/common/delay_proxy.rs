@@ -8,6 +8,7 @@
 //! stale reply is in flight and then check it really was delivered after its write.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,40 +18,51 @@ use tokio::time::Instant;
 
 /// One reply chunk held back on a command connection.
 #[derive(Clone, Debug)]
-pub struct Held {
+pub(crate) struct Held {
     pub text: String,
     pub release_at: Instant,
 }
 
-pub struct DelayProxy {
+pub(crate) struct DelayProxy {
     pub addr: SocketAddr,
     held: Arc<Mutex<Vec<Held>>>,
+    /// The delay in milliseconds, read for each reply (see [`DelayProxy::set_delay`]).
+    delay: Arc<AtomicU64>,
 }
 
 impl DelayProxy {
     /// Listens on an ephemeral port and forwards to `target`, replies `delay` late.
-    pub async fn start(target: SocketAddr, delay: Duration) -> DelayProxy {
+    pub(crate) async fn start(target: SocketAddr, delay: Duration) -> DelayProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let held = Arc::new(Mutex::new(Vec::new()));
         let log = held.clone();
+        let millis = u64::try_from(delay.as_millis()).expect("delay");
+        let delay = Arc::new(AtomicU64::new(millis));
+        let current = delay.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
-                tokio::spawn(relay(client, server, delay, log.clone()));
+                tokio::spawn(relay(client, server, current.clone(), log.clone()));
             }
         });
-        DelayProxy { addr, held }
+        DelayProxy { addr, held, delay }
     }
 
-    pub fn url(&self) -> String {
+    /// Replies read from now on are held back `delay` (those already held keep their time).
+    pub(crate) fn set_delay(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).expect("delay");
+        self.delay.store(millis, Ordering::SeqCst);
+    }
+
+    pub(crate) fn url(&self) -> String {
         format!("redis://{}/", self.addr)
     }
 
     /// Waits (up to 10 s) until a held reply contains `needle`; returns it.
-    pub async fn wait_held(&self, needle: &str) -> Held {
+    pub(crate) async fn wait_held(&self, needle: &str) -> Held {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let found = self
@@ -69,7 +81,12 @@ impl DelayProxy {
     }
 }
 
-async fn relay(client: TcpStream, server: TcpStream, delay: Duration, log: Arc<Mutex<Vec<Held>>>) {
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    delay: Arc<AtomicU64>,
+    log: Arc<Mutex<Vec<Held>>>,
+) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (mut client_rx, mut client_tx) = client.into_split();
@@ -109,7 +126,7 @@ async fn relay(client: TcpStream, server: TcpStream, delay: Duration, log: Arc<M
         let release_at = if subscriber.load(std::sync::atomic::Ordering::SeqCst) {
             Instant::now()
         } else {
-            let at = Instant::now() + delay;
+            let at = Instant::now() + Duration::from_millis(delay.load(Ordering::SeqCst));
             log.lock().expect("log").push(Held {
                 text: String::from_utf8_lossy(&bytes).into_owned(),
                 release_at: at,

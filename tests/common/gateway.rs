@@ -7,16 +7,16 @@ use scopegate::gateway::{self, RunningGateway};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub(crate) const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// Where the test config's upstreams point.
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     /// The recording upstream.
     pub tools: String,
 }
 
 /// The test config: every contract outcome has a route to trigger it.
-pub fn config_yaml(
+pub(crate) fn config_yaml(
     upstreams: &Upstreams,
     redis_url: Option<&str>,
     data_dir: &std::path::Path,
@@ -102,7 +102,7 @@ routes:
 }
 
 /// A running in-process gateway with its config file and data folder.
-pub struct TestGateway {
+pub(crate) struct TestGateway {
     pub inner: Option<RunningGateway>,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
@@ -112,13 +112,16 @@ pub struct TestGateway {
 
 impl TestGateway {
     /// Starts a gateway from YAML text (written to a temp file so errors name a real file).
-    pub async fn start(yaml: &str) -> TestGateway {
+    pub(crate) async fn start(yaml: &str) -> TestGateway {
         let dir = tempfile::tempdir().expect("temp dir");
         Self::start_in(yaml, dir).await
     }
 
     /// The test config in front of `tools` (embedded store in a fresh folder), after `edit`.
-    pub async fn in_front_of(tools: &str, edit: impl FnOnce(String) -> String) -> TestGateway {
+    pub(crate) async fn in_front_of(
+        tools: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> TestGateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let upstreams = Upstreams {
             tools: tools.to_owned(),
@@ -127,13 +130,13 @@ impl TestGateway {
         Self::start_in(&yaml, dir).await
     }
 
-    pub async fn start_in(yaml: &str, dir: tempfile::TempDir) -> TestGateway {
+    pub(crate) async fn start_in(yaml: &str, dir: tempfile::TempDir) -> TestGateway {
         Self::start_with_tokens(yaml, dir, &[("admin", ADMIN_TOKEN)]).await
     }
 
     /// Like [`TestGateway::start_in`], with these (identity, token) pairs as the admin tokens
     /// (their roles come from the config's `admin.tokens`).
-    pub async fn start_with_tokens(
+    pub(crate) async fn start_with_tokens(
         yaml: &str,
         dir: tempfile::TempDir,
         tokens: &[(&str, &str)],
@@ -158,26 +161,26 @@ impl TestGateway {
     }
 
     /// The config file it was started from (edit it, then [`RunningGateway::reload`]).
-    pub fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("gateway.yaml")
     }
 
-    pub fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.proxy, path)
     }
 
-    pub async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(g) = self.inner.take() {
             g.shutdown().await;
         }
     }
 
     /// An admin API call with the test token.
-    pub async fn admin(
+    pub(crate) async fn admin(
         &self,
         method: Method,
         path: &str,
@@ -187,7 +190,7 @@ impl TestGateway {
     }
 
     /// An admin API call with `token`.
-    pub async fn admin_as(
+    pub(crate) async fn admin_as(
         &self,
         token: &str,
         method: Method,
@@ -209,7 +212,7 @@ impl TestGateway {
     }
 
     /// Creates an app with these scopes; returns its id.
-    pub async fn create_app(&self, name: &str, scopes: &[&str]) -> String {
+    pub(crate) async fn create_app(&self, name: &str, scopes: &[&str]) -> String {
         let answer = self
             .admin(
                 Method::POST,
@@ -222,7 +225,11 @@ impl TestGateway {
     }
 
     /// Creates a key for an app; returns (key id, full key).
-    pub async fn create_key(&self, app_id: &str, expires_in_days: Option<u32>) -> (String, String) {
+    pub(crate) async fn create_key(
+        &self,
+        app_id: &str,
+        expires_in_days: Option<u32>,
+    ) -> (String, String) {
         let mut body = serde_json::json!({"name": "test key"});
         if let Some(d) = expires_in_days {
             body["expires_in_days"] = d.into();
@@ -239,12 +246,12 @@ impl TestGateway {
     }
 
     /// The status of a POST with `key` to the config's `deploy_tool` route.
-    pub async fn deploy(&self, key: &str) -> u16 {
+    pub(crate) async fn deploy(&self, key: &str) -> u16 {
         deploy_at(self.proxy, key).await
     }
 
     /// An app with these scopes and one key for it: the full key.
-    pub async fn key_with(&self, scopes: &[&str]) -> String {
+    pub(crate) async fn key_with(&self, scopes: &[&str]) -> String {
         let app = self
             .create_app(&format!("app-{}", rand_suffix()), scopes)
             .await;
@@ -261,7 +268,7 @@ impl Drop for TestGateway {
 
 /// The status of a POST with `key` to the test config's `deploy_tool` route on the proxy at
 /// `proxy` (an address, so a spawned task can make the call).
-pub async fn deploy_at(proxy: SocketAddr, key: &str) -> u16 {
+pub(crate) async fn deploy_at(proxy: SocketAddr, key: &str) -> u16 {
     send(
         Method::POST,
         &format!("http://{proxy}/api/v1/tools/t1/deploy"),
@@ -273,7 +280,7 @@ pub async fn deploy_at(proxy: SocketAddr, key: &str) -> u16 {
     .as_u16()
 }
 
-pub fn rand_suffix() -> String {
+pub(crate) fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(

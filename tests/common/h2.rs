@@ -17,14 +17,14 @@ const GOAWAY: u8 = 0x7;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 /// RST_STREAM / GOAWAY error codes (RFC 9113 §7).
-pub const CANCEL: u32 = 0x8;
-pub const ENHANCE_YOUR_CALM: u32 = 0xb;
-pub const REFUSED_STREAM: u32 = 0x7;
-pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+pub(crate) const CANCEL: u32 = 0x8;
+pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
+pub(crate) const REFUSED_STREAM: u32 = 0x7;
+pub(crate) const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 
 /// One frame as read back from the server.
 #[derive(Debug)]
-pub struct Frame {
+pub(crate) struct Frame {
     pub kind: u8,
     pub flags: u8,
     pub stream: u32,
@@ -33,7 +33,7 @@ pub struct Frame {
 
 impl Frame {
     /// The error code of a RST_STREAM frame.
-    pub fn reset_code(&self) -> Option<u32> {
+    pub(crate) fn reset_code(&self) -> Option<u32> {
         (self.kind == RST_STREAM && self.payload.len() == 4).then(|| {
             u32::from_be_bytes([
                 self.payload[0],
@@ -45,7 +45,7 @@ impl Frame {
     }
 
     /// The value of one setting in a (non-ACK) SETTINGS frame.
-    pub fn setting(&self, id: u16) -> Option<u32> {
+    pub(crate) fn setting(&self, id: u16) -> Option<u32> {
         if self.kind != SETTINGS {
             return None;
         }
@@ -56,7 +56,7 @@ impl Frame {
     }
 
     /// The error code of a GOAWAY frame.
-    pub fn goaway_code(&self) -> Option<u32> {
+    pub(crate) fn goaway_code(&self) -> Option<u32> {
         (self.kind == GOAWAY && self.payload.len() >= 8).then(|| {
             u32::from_be_bytes([
                 self.payload[4],
@@ -70,19 +70,19 @@ impl Frame {
 
 /// Everything the server sent until it closed the connection or went quiet.
 #[derive(Debug)]
-pub struct Received {
+pub(crate) struct Received {
     pub frames: Vec<Frame>,
     pub closed: bool,
 }
 
 impl Received {
-    pub fn goaway_code(&self) -> Option<u32> {
+    pub(crate) fn goaway_code(&self) -> Option<u32> {
         self.frames.iter().find_map(Frame::goaway_code)
     }
 }
 
 /// A client connection speaking HTTP/2 frames directly.
-pub struct RawH2 {
+pub(crate) struct RawH2 {
     stream: TcpStream,
     /// Bytes read but not yet parsed into a frame.
     unread: Vec<u8>,
@@ -90,7 +90,7 @@ pub struct RawH2 {
 
 impl RawH2 {
     /// Connects and sends the preface and an empty SETTINGS frame.
-    pub async fn connect(addr: SocketAddr) -> RawH2 {
+    pub(crate) async fn connect(addr: SocketAddr) -> RawH2 {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).expect("nodelay");
         let mut opening = PREFACE.to_vec();
@@ -104,7 +104,11 @@ impl RawH2 {
 
     /// Like [`RawH2::connect`], with the preface's first `split` bytes sent alone, `pause`
     /// before the rest (a client whose preface arrives in pieces).
-    pub async fn connect_in_pieces(addr: SocketAddr, split: usize, pause: Duration) -> RawH2 {
+    pub(crate) async fn connect_in_pieces(
+        addr: SocketAddr,
+        split: usize,
+        pause: Duration,
+    ) -> RawH2 {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).expect("nodelay");
         stream.write_all(&PREFACE[..split]).await.expect("write");
@@ -119,12 +123,12 @@ impl RawH2 {
     }
 
     /// Writes `bytes` in one call; `Err` once the server has closed the connection.
-    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes).await
     }
 
     /// Reads frames until the server closes the connection or sends nothing for `quiet`.
-    pub async fn read_until_quiet(&mut self, quiet: Duration) -> Received {
+    pub(crate) async fn read_until_quiet(&mut self, quiet: Duration) -> Received {
         let mut frames = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         let closed = loop {
@@ -145,7 +149,7 @@ impl RawH2 {
 
     /// Reads until the response on `stream` ends; true when it was answered (HEADERS seen) and
     /// not reset. False if the connection closed or went quiet for `quiet` first.
-    pub async fn read_response(&mut self, stream: u32, quiet: Duration) -> bool {
+    pub(crate) async fn read_response(&mut self, stream: u32, quiet: Duration) -> bool {
         let mut buf = vec![0u8; 64 * 1024];
         let mut answered = false;
         loop {
@@ -195,7 +199,7 @@ impl RawH2 {
 }
 
 /// Appends a HEADERS frame for a bodiless request on `stream` (odd, increasing).
-pub fn push_request(
+pub(crate) fn push_request(
     out: &mut Vec<u8>,
     stream: u32,
     method: &str,
@@ -222,7 +226,7 @@ pub fn push_request(
 }
 
 /// Appends a RST_STREAM frame with `code`.
-pub fn push_reset(out: &mut Vec<u8>, stream: u32, code: u32) {
+pub(crate) fn push_reset(out: &mut Vec<u8>, stream: u32, code: u32) {
     push_frame(out, RST_STREAM, 0, stream, &code.to_be_bytes());
 }
 

@@ -13,20 +13,20 @@ use tokio::net::TcpStream;
 
 /// A complete answer.
 #[derive(Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 impl Answer {
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
     }
 
     /// The `error.code` of a scopegate error body.
-    pub fn error_code(&self) -> String {
+    pub(crate) fn error_code(&self) -> String {
         self.json()["error"]["code"]
             .as_str()
             .unwrap_or("")
@@ -34,12 +34,12 @@ impl Answer {
     }
 }
 
-pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
 /// Sends one request and reads the whole answer.
-pub async fn send(
+pub(crate) async fn send(
     method: Method,
     url: &str,
     headers: &[(&str, &str)],
@@ -60,12 +60,12 @@ pub async fn send(
     }
 }
 
-pub async fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
+pub(crate) async fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
     send(Method::GET, url, headers, Bytes::new()).await
 }
 
 /// Writes raw bytes on a fresh connection and reads until the server closes or goes quiet.
-pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+pub(crate) async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("write");
     let mut out = Vec::new();

@@ -8,7 +8,7 @@ use super::upstream::Upstream;
 use std::time::Duration;
 
 /// A gateway in front of `upstream`, with its store at `redis_url`, after `edit` of the YAML.
-pub async fn gateway_on_url(
+pub(crate) async fn gateway_on_url(
     redis_url: &str,
     upstream: &Upstream,
     edit: impl FnOnce(String) -> String,
@@ -24,7 +24,7 @@ pub async fn gateway_on_url(
     TestGateway::start_in(&edit(yaml), dir).await
 }
 
-pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+pub(crate) async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .expect("client")
         .get_multiplexed_async_connection()
@@ -33,7 +33,7 @@ pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
 }
 
 /// How many times Redis has run a command since the last reset.
-pub async fn command_calls(redis_url: &str, command: &str) -> u64 {
+pub(crate) async fn command_calls(redis_url: &str, command: &str) -> u64 {
     let mut conn = redis_conn(redis_url).await;
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -49,7 +49,7 @@ pub async fn command_calls(redis_url: &str, command: &str) -> u64 {
 }
 
 /// Zeroes Redis's command counters (`CONFIG RESETSTAT`).
-pub async fn reset_stats(redis_url: &str) {
+pub(crate) async fn reset_stats(redis_url: &str) {
     let mut conn = redis_conn(redis_url).await;
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
@@ -59,7 +59,7 @@ pub async fn reset_stats(redis_url: &str) {
 }
 
 /// Waits until `n` subscribers listen for invalidations (each gateway subscribes as it starts).
-pub async fn wait_subscribers(redis_url: &str, n: u64) {
+pub(crate) async fn wait_subscribers(redis_url: &str, n: u64) {
     let mut conn = redis_conn(redis_url).await;
     for _ in 0..500 {
         let (_, count): (String, u64) = redis::cmd("PUBSUB")
@@ -78,7 +78,7 @@ pub async fn wait_subscribers(redis_url: &str, n: u64) {
 
 /// Two instances on one Redis: `a` direct, `b` through a proxy that holds command replies back
 /// `delay` (see [`DelayProxy`]), both with room in `store.timeout` for the slowed round trips.
-pub struct SlowPair {
+pub(crate) struct SlowPair {
     pub redis: RedisServer,
     pub upstream: Upstream,
     pub proxy: DelayProxy,
@@ -86,7 +86,7 @@ pub struct SlowPair {
     pub b: std::sync::Arc<TestGateway>,
 }
 
-pub async fn slow_pair(delay: Duration) -> SlowPair {
+pub(crate) async fn slow_pair(delay: Duration) -> SlowPair {
     let redis = RedisServer::start();
     let upstream = Upstream::start().await;
     let target = format!("127.0.0.1:{}", redis.port()).parse().expect("addr");

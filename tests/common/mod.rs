@@ -10,13 +10,13 @@
 //! - [`prom`]: a strict Prometheus text parser for `/metrics` assertions.
 #![allow(dead_code)]
 
-pub mod cluster;
-pub mod delay_proxy;
-pub mod gateway;
-pub mod h2;
-pub mod http;
-pub mod instances;
-pub mod process;
-pub mod prom;
-pub mod redis;
-pub mod upstream;
+pub(crate) mod cluster;
+pub(crate) mod delay_proxy;
+pub(crate) mod gateway;
+pub(crate) mod h2;
+pub(crate) mod http;
+pub(crate) mod instances;
+pub(crate) mod process;
+pub(crate) mod prom;
+pub(crate) mod redis;
+pub(crate) mod upstream;

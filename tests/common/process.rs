@@ -10,22 +10,22 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_scopegate");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_scopegate");
 /// The variable the configs started here name in `admin.token_env`.
-pub const TOKEN_ENV: &str = "SCOPEGATE_PROCESS_TEST_TOKEN";
+pub(crate) const TOKEN_ENV: &str = "SCOPEGATE_PROCESS_TEST_TOKEN";
 const READY_WITHIN: Duration = Duration::from_secs(10);
 const ZERO_LISTEN: &str = "listen: 127.0.0.1:0";
 
 /// What a finished command left behind.
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
 
 /// `scopegate serve` running in `dir`.
-pub struct ServeProcess {
+pub(crate) struct ServeProcess {
     child: Child,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
@@ -38,7 +38,7 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Writes `yaml` (its three `listen: 127.0.0.1:0` lines filled with free ports, and
     /// `token_env` pointing at [`TOKEN_ENV`]) to `dir/gateway.yaml` and serves it.
-    pub async fn start(dir: &Path, yaml: &str) -> ServeProcess {
+    pub(crate) async fn start(dir: &Path, yaml: &str) -> ServeProcess {
         let path = dir.join("gateway.yaml");
         Self::start_placed(dir, yaml, |text| {
             std::fs::write(&path, text).expect("write config");
@@ -50,7 +50,7 @@ impl ServeProcess {
     /// Like [`ServeProcess::start`], but `place` puts the filled-in config where the test wants
     /// it (a ConfigMap-like folder of symlinks, say) and returns the path for `-c`. It is
     /// called again, with other ports, if a port was taken meanwhile.
-    pub async fn start_placed(
+    pub(crate) async fn start_placed(
         dir: &Path,
         yaml: &str,
         mut place: impl FnMut(&str) -> PathBuf,
@@ -108,21 +108,21 @@ impl ServeProcess {
         false
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.proxy, path)
     }
 
-    pub fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         self.config.clone()
     }
 
     /// Everything the process wrote to stderr and stdout so far.
-    pub fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         read(&self.dir, "serve.log") + &read(&self.dir, "serve.stdout")
     }
 
     /// SIGTERM and wait for the exit, so every line is flushed.
-    pub async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(pid) = self.child.id() {
             let _ = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -133,7 +133,7 @@ impl ServeProcess {
     }
 
     /// `scopegate ARGS -c CONFIG` with the admin token in the environment.
-    pub async fn cli(&self, args: &[&str]) -> Run {
+    pub(crate) async fn cli(&self, args: &[&str]) -> Run {
         let config = self.config();
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["-c", config.to_str().expect("UTF-8 path")]);
@@ -142,7 +142,7 @@ impl ServeProcess {
 }
 
 /// Runs `scopegate ARGS` to the end, with the admin token in [`TOKEN_ENV`].
-pub async fn scopegate(args: &[&str]) -> Run {
+pub(crate) async fn scopegate(args: &[&str]) -> Run {
     let output = Command::new(BIN)
         .args(args)
         .env(TOKEN_ENV, ADMIN_TOKEN)

@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 
 /// One sample line.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub value: f64,
 }
 
 /// Parses a whole exposition; panics on any malformed line (that is the assertion).
-pub fn parse(text: &str) -> Vec<Sample> {
+pub(crate) fn parse(text: &str) -> Vec<Sample> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .filter(|l| {
@@ -85,7 +85,7 @@ fn parse_line(line: &str) -> Option<Sample> {
 }
 
 /// The sum of the samples of `name` whose labels include `labels` (0 when none).
-pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|s| s.name == name)

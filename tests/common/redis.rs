@@ -16,7 +16,7 @@ const READY_WITHIN: Duration = Duration::from_secs(5);
 const PORT_ATTEMPTS: usize = 5;
 
 /// A running (or stopped) `redis-server` child process.
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     child: Option<Child>,
     port: u16,
     persistent: bool,
@@ -28,27 +28,27 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// A throwaway server: no RDB snapshots, no AOF; data dies with the process.
-    pub fn start() -> RedisServer {
+    pub(crate) fn start() -> RedisServer {
         Self::launch(false)
     }
 
     /// A server that writes every change to an append-only file (fsync always), so it can be
     /// killed and [`start_again`](Self::start_again)ed with its data intact.
-    pub fn start_persistent() -> RedisServer {
+    pub(crate) fn start_persistent() -> RedisServer {
         Self::launch(true)
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
     /// Kills the server (SIGKILL: no chance to save, like a crash) and reaps it; its port stays
     /// held until [`start_again`](Self::start_again).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.kill();
         self.tombstone = tokio::net::TcpSocket::new_v4()
             .ok()
@@ -63,7 +63,7 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port and directory (after [`stop`](Self::stop)).
-    pub fn start_again(&mut self) {
+    pub(crate) fn start_again(&mut self) {
         self.kill();
         self.tombstone = None;
         let child = spawn(self.port, self.dir.path(), self.persistent);

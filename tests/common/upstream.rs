@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 
 /// One request as the upstream saw it.
 #[derive(Clone, Debug)]
-pub struct Recorded {
+pub(crate) struct Recorded {
     pub method: String,
     /// Path and query exactly as received on the wire.
     pub target: String,
@@ -31,7 +31,7 @@ pub struct Recorded {
 }
 
 #[derive(Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Recorded>>>,
     stream: Arc<StreamControl>,
@@ -41,17 +41,17 @@ pub struct Upstream {
 
 /// Lets a test hold a streaming answer after its first chunk.
 #[derive(Default)]
-pub struct StreamControl {
+pub(crate) struct StreamControl {
     release: tokio::sync::Notify,
     finished: std::sync::atomic::AtomicBool,
     /// `/firehose` answers still streaming.
     firehoses: std::sync::atomic::AtomicUsize,
 }
 
-pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub(crate) type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 impl Upstream {
-    pub async fn start() -> Upstream {
+    pub(crate) async fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -88,45 +88,45 @@ impl Upstream {
     }
 
     /// Connections the upstream has accepted so far.
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// Everything received so far.
-    pub fn requests(&self) -> Vec<Recorded> {
+    pub(crate) fn requests(&self) -> Vec<Recorded> {
         self.seen.lock().expect("lock").clone()
     }
 
-    pub fn last(&self) -> Recorded {
+    pub(crate) fn last(&self) -> Recorded {
         self.requests()
             .pop()
             .expect("the upstream received a request")
     }
 
     /// Lets a held `/stream` answer send its remaining chunks.
-    pub fn release_stream(&self) {
+    pub(crate) fn release_stream(&self) {
         self.stream.release.notify_one();
     }
 
     /// Whether a `/stream` answer has sent its last chunk.
-    pub fn stream_finished(&self) -> bool {
+    pub(crate) fn stream_finished(&self) -> bool {
         self.stream
             .finished
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many `/firehose` answers are still streaming (one ends when its connection fails).
-    pub fn firehoses_running(&self) -> usize {
+    pub(crate) fn firehoses_running(&self) -> usize {
         self.stream
             .firehoses
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.seen.lock().expect("lock").len()
     }
 }

@@ -9,7 +9,7 @@ use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub(super) const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
+pub(super) const AUDIT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("audit");
 /// Old events dropped per append at most: keeps every write small; a steady trickle of writes
 /// keeps up with any backlog.
 const PRUNE_PER_APPEND: usize = 64;
@@ -73,7 +73,7 @@ pub(super) fn before(
 mod tests {
     use super::*;
     use crate::model::PageRequest;
-    use crate::store::{EmbeddedStore, KeyStore};
+    use crate::store::{EmbeddedStore, Records};
 
     fn event(at: u64, action: &str) -> AuditEvent {
         AuditEvent {

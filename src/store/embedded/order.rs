@@ -11,17 +11,19 @@ use redb::{
 use std::ops::Bound;
 
 /// `{created_at:011}.{app id}` of every app.
-pub(super) const APP_ORDER: TableDefinition<&str, ()> = TableDefinition::new("app_order");
+pub(super) const APP_ORDER: TableDefinition<'_, &str, ()> = TableDefinition::new("app_order");
 /// `{created_at:011}.{key id}` of every key.
-pub(super) const KEY_ORDER: TableDefinition<&str, ()> = TableDefinition::new("key_order");
+pub(super) const KEY_ORDER: TableDefinition<'_, &str, ()> = TableDefinition::new("key_order");
 /// `{app id}/{created_at:011}.{key id}`: each app's keys, together.
-pub(super) const APP_KEY_ORDER: TableDefinition<&str, ()> = TableDefinition::new("app_key_order");
+pub(super) const APP_KEY_ORDER: TableDefinition<'_, &str, ()> =
+    TableDefinition::new("app_key_order");
 /// Deleted app id -> who deleted it, while its keys are still to be revoked.
-pub(super) const DELETED_APPS: TableDefinition<&str, &str> = TableDefinition::new("deleted_apps");
+pub(super) const DELETED_APPS: TableDefinition<'_, &str, &str> =
+    TableDefinition::new("deleted_apps");
 /// `{revoked_at:011}.{key id}` of every revoked key, for purging after `keys.retain_revoked`.
-pub(super) const REVOKED: TableDefinition<&str, ()> = TableDefinition::new("revoked_keys");
+pub(super) const REVOKED: TableDefinition<'_, &str, ()> = TableDefinition::new("revoked_keys");
 /// `{expires_at:011}.{key id}` of every key that is not revoked and has an expiry.
-pub(super) const EXPIRING: TableDefinition<&str, ()> = TableDefinition::new("expiring_keys");
+pub(super) const EXPIRING: TableDefinition<'_, &str, ()> = TableDefinition::new("expiring_keys");
 
 /// The id at the end of a listing position.
 fn id_of(position: &str) -> &str {

@@ -134,6 +134,19 @@ impl Names {
         self.under(&format!("quota:{{{key_id}}}:m:{month}"))
     }
 
+    /// Sorted set: which instances hold leased requests of a key's quota for one UTC day
+    /// (member: the holder, score: until when, milliseconds on the Redis clock); hash-tagged
+    /// like [`Self::rate`].
+    pub(super) fn quota_holders(&self, key_id: &str, day: &str) -> String {
+        self.under(&format!("quota:{{{key_id}}}:h:{day}"))
+    }
+
+    /// Hash: per holder of a key's quota for one UTC day, what the store granted it, took back
+    /// from it and added for it (`{holder}:g`, `:r`, `:o`); hash-tagged like [`Self::rate`].
+    pub(super) fn quota_tallies(&self, key_id: &str, day: &str) -> String {
+        self.under(&format!("quota:{{{key_id}}}:t:{day}"))
+    }
+
     /// A name of the layout before the listing indexes (read once, then deleted).
     pub(super) fn legacy(&self, name: &str) -> String {
         self.under(name)
@@ -201,6 +214,8 @@ mod tests {
                 names.rate("k"),
                 names.quota_day("k", "2026-01-31"),
                 names.quota_month("k", "2026-01"),
+                names.quota_holders("k", "2026-01-31"),
+                names.quota_tallies("k", "2026-01-31"),
             ];
             let tag = hash_tag(&all[0]).expect("tagged");
             assert!(!tag.is_empty(), "{prefix:?}");

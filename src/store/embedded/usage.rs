@@ -1,23 +1,23 @@
 //! Usage counts in the embedded store: the tables, adding batches exactly once, reading, and
-//! keeping the tables bounded. Used by [`super::embedded`] inside its transactions.
+//! keeping the tables bounded. Used by [`super`] (the embedded store) inside its transactions.
 //!
 //! Every write of counts also does a bounded share of the cleanup (forgetting old batch ids,
 //! pruning rows past retention), so the cost of keeping the file bounded is spread over the
 //! flushes and no single transaction scans a whole table.
 
-use super::{usage_cutoff, usage_increments, StoreError, USAGE_BATCH_MEMORY_SECS};
 use crate::model::{UnixSeconds, UsageBatch, UsageSubject};
+use crate::store::{usage_cutoff, usage_increments, StoreError, USAGE_BATCH_MEMORY_SECS};
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 /// `k\0{key id}\0{date}` or `a\0{app id}\0{date}` -> request count that day. Ids never hold
 /// NUL (they are alphanumeric), so `k\0{id}\0` is a prefix of that id's rows only.
-const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
+const USAGE: TableDefinition<'_, &str, u64> = TableDefinition::new("usage");
 /// Batch id -> when it was applied (unix seconds): a batch found here is not applied again.
-const BATCHES: TableDefinition<&str, u64> = TableDefinition::new("usage_batches");
+const BATCHES: TableDefinition<'_, &str, u64> = TableDefinition::new("usage_batches");
 /// (applied at, batch id): the same ids in age order, so the oldest are found without a scan.
-const BATCH_AGES: TableDefinition<(u64, &str), ()> = TableDefinition::new("usage_batch_ages");
+const BATCH_AGES: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("usage_batch_ages");
 /// Bookkeeping of the row pruning: `prune_from` -> the row the next pass starts at.
-const META: TableDefinition<&str, &str> = TableDefinition::new("usage_meta");
+const META: TableDefinition<'_, &str, &str> = TableDefinition::new("usage_meta");
 const PRUNE_FROM: &str = "prune_from";
 
 /// Usage rows looked at per write for retention; a full pass over a million rows takes about a
@@ -170,7 +170,7 @@ pub(super) fn read_counts(tx: &ReadTransaction, rows: &[String]) -> Result<Vec<u
         .collect()
 }
 
-/// Removes every usage row of `subject` (at most about [`super::USAGE_RETENTION_DAYS`] of them, since
+/// Removes every usage row of `subject` (at most about [`crate::store::USAGE_RETENTION_DAYS`] of them, since
 /// older ones are pruned): the range from its prefix up to the same prefix with the final NUL
 /// raised to 0x01, which is exactly the strings starting with the prefix.
 pub(super) fn remove_usage(
@@ -205,7 +205,7 @@ fn row_date(row: &str) -> &str {
 }
 
 fn db_error(e: impl Into<redb::Error>) -> StoreError {
-    super::embedded::db_error(e)
+    super::db_error(e)
 }
 
 #[cfg(test)]

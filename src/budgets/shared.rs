@@ -25,7 +25,7 @@
 //! it knows is down (one probe per `lease::PROBE_EVERY_MS`).
 
 use super::{Decision, RateLimits};
-use crate::lease::{Fallback, Slice, Take};
+use crate::budgets::slice::{Fallback, Slice, Take};
 use crate::model::RateLimit;
 use crate::store::{KeyStore, RateLease};
 use dashmap::DashMap;
@@ -60,6 +60,8 @@ pub fn slice_size(limit: RateLimit) -> u32 {
 pub struct SharedRateLimits {
     inner: Arc<Inner>,
 }
+
+opaque_debug!(SharedRateLimits);
 
 struct Inner {
     /// `rate_limit.shared` with a Redis store; off: every check goes to the local limiter.
@@ -191,17 +193,26 @@ impl SharedRateLimits {
         if !self.inner.fallback.try_store() {
             return local.check(key_id, entry.limit);
         }
-        let _held = entry.slice.fetch.lock().await;
-        let now = self.inner.now();
-        match entry.slice.take(now) {
-            Take::Got(left) => return entry.allowed(left, now),
-            Take::Blocked(until) => return entry.limited(until, now),
-            Take::Empty => {}
-        }
         // Requests on the fast path may spend a fresh slice before this one gets to it: lease
         // again a few times rather than refuse while the shared budget has room.
         for _ in 0..LEASE_ATTEMPTS {
-            if self.inner.lease(key_id, entry).await.is_err() {
+            let held = entry.slice.fetch.clone().lock_owned().await;
+            let now = self.inner.now();
+            match entry.slice.take(now) {
+                Take::Got(left) => return entry.allowed(left, now),
+                Take::Blocked(until) => return entry.limited(until, now),
+                Take::Empty => {}
+            }
+            // Detached from the request: dropped here (its client hung up), the request leaves
+            // the task to fill the slice with what the store granted, for the next requests.
+            let lease = tokio::spawn({
+                let (inner, key_id, entry) = (self.inner.clone(), key_id.clone(), entry.clone());
+                async move {
+                    let _held = held;
+                    inner.lease(&key_id, &entry).await
+                }
+            });
+            if !matches!(lease.await, Ok(Ok(()))) {
                 return local.check(key_id, entry.limit);
             }
             let now = self.inner.now();

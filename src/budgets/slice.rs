@@ -1,5 +1,5 @@
 //! Slices of a shared budget, leased from the store and spent locally: the machinery under
-//! [`crate::ratelimit::shared`] and [`crate::quota`].
+//! the shared rate limits and the quotas beside it.
 //!
 //! # What this module owns
 //! `Slice`: one key's leased requests on this instance (an atomic count), when they stop
@@ -120,6 +120,20 @@ impl Slice {
         self.tokens.swap(0, Ordering::AcqRel)
     }
 
+    /// Requests the slice holds that still count at `now`.
+    pub(crate) fn held(&self, now: u64) -> u64 {
+        if now < self.expires.load(Ordering::Acquire) {
+            self.tokens.load(Ordering::Acquire)
+        } else {
+            0
+        }
+    }
+
+    /// Requests the slice holds, counting or not (expired ones are to be given back).
+    pub(crate) fn tokens(&self) -> u64 {
+        self.tokens.load(Ordering::Acquire)
+    }
+
     /// When the slice stops counting.
     pub(crate) fn expires(&self) -> u64 {
         self.expires.load(Ordering::Acquire)
@@ -134,6 +148,8 @@ pub struct Fallback {
     metrics: Arc<Metrics>,
     epoch: std::time::Instant,
 }
+
+opaque_debug!(Fallback);
 
 impl Fallback {
     pub fn new(metrics: Arc<Metrics>) -> Fallback {

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::model::{now_unix, App};
 use crate::routing::{RouteSpec, RouteTable, Upstream};
 use crate::server::{serve, ConnectionSettings};
+use crate::store::UnauditedWrites;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 /// Scopes the demo app gets: enough for an allowed call, and missing one for a 403.
 const DEMO_SCOPES: &[&str] = &["deploy_tool", "view_job_status"];
 
-pub async fn run(config: Config) -> ExitCode {
+pub(super) async fn run(config: Config) -> ExitCode {
     match prepare_and_run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -76,7 +77,7 @@ async fn prepare_and_run(mut config: Config) -> Result<(), String> {
         &token,
         &scopes,
     );
-    crate::cli::wait_for_stop_signal().await;
+    super::wait_for_stop_signal().await;
     gateway.shutdown().await;
     let _ = stop.send(true);
     Ok(())

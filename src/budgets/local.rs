@@ -17,8 +17,6 @@
 //! compare-and-swap on its own state. The request path only reads, stamps and (for a key's
 //! first request) inserts; eviction runs in the background.
 
-pub mod shared;
-
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,6 +45,8 @@ pub struct RateLimits {
     /// Origin of the entries' `last_used` stamps.
     epoch: Instant,
 }
+
+opaque_debug!(RateLimits);
 
 /// A key's rate-limit state after a request it allowed, as the `RateLimit-*` headers show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

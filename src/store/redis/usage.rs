@@ -1,5 +1,5 @@
 //! Usage counts in Redis: where they live, the script that adds a batch exactly once, and the
-//! read. Used by [`super::redis`]; kept apart because none of it touches app or key records.
+//! read. Used by [`super`] (the Redis store); kept apart because none of it touches app or key records.
 //!
 //! Layout (all under `{prefix}usage:`, the prefix `sg:` by default):
 //! - `key:{id}:{YYYY-MM}` and `app:{id}:{YYYY-MM}`: one hash per key (or app) per UTC month,
@@ -12,11 +12,11 @@
 //! - `key:{id}` and `app:{id}` (no month): the one hash per subject of earlier versions. Never
 //!   written now; still read (added to the monthly counts) and deleted with its subject.
 
-use super::{
+use crate::model::{utc_date, utc_day_number, UnixSeconds, UsageBatch, UsageSubject};
+use crate::store::{
     usage_cutoff, usage_increments, Increment, StoreError, USAGE_BATCH_MEMORY_SECS, USAGE_CHUNK,
     USAGE_RETENTION_DAYS,
 };
-use crate::model::{utc_date, utc_day_number, UnixSeconds, UsageBatch, UsageSubject};
 use std::collections::BTreeMap;
 
 /// Under the store's prefix (`store.prefix`, default `sg:`).
