@@ -2,9 +2,9 @@
 //! processes on free ports in one temporary directory, joined by `redis-cli --cluster create`.
 //! Killed when the [`RedisCluster`] is dropped.
 //!
-//! Self-contained (std + tempfile; `redis-cli` for the cluster commands) so any test binary can
-//! use it. A node's cluster bus listens on its port + 10000, so ports are picked at most 55535
-//! with that bus port free as well.
+//! Self-contained (std, tempfile and tokio's socket type; `redis-cli` for the cluster commands)
+//! so any test binary can use it. A node's cluster bus listens on its port + 10000, so ports are
+//! picked at most 55535 with that bus port free as well.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -31,6 +31,11 @@ const PORT_ATTEMPTS: usize = 3;
 struct Node {
     port: u16,
     child: Option<Child>,
+    /// Once killed: its port and bus port, bound but not listening, so connections to them are
+    /// refused as from a dead node and no other server (another test's, on a busy machine)
+    /// can start there. A stranger on a dead master's address answers the gateway's commands
+    /// for the slot without the data and without a redirect, which is not a failover.
+    tombstone: Vec<tokio::net::TcpSocket>,
 }
 
 /// Six running nodes forming one cluster (three masters, one replica each).
@@ -63,6 +68,7 @@ impl RedisCluster {
             .map(|port| Node {
                 port,
                 child: Some(spawn(port, dir.path())),
+                tombstone: Vec::new(),
             })
             .collect();
         let mut cluster = RedisCluster { nodes, dir };
@@ -120,6 +126,14 @@ impl RedisCluster {
         if let Some(mut child) = node.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            node.tombstone = [node.port, node.port + BUS_OFFSET]
+                .into_iter()
+                .filter_map(|port| {
+                    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+                    socket.bind(([127, 0, 0, 1], port).into()).ok()?;
+                    Some(socket)
+                })
+                .collect();
         }
     }
 

@@ -1,7 +1,7 @@
 //! A real `redis-server` per test, on an ephemeral port, in its own temporary directory.
 //!
-//! Self-contained (std + tempfile only) so any test binary can use it. The server is killed when
-//! the [`RedisServer`] is dropped.
+//! Self-contained (std, tempfile and tokio's socket type) so any test binary can use it. The
+//! server is killed when the [`RedisServer`] is dropped.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,6 +21,9 @@ pub(crate) struct RedisServer {
     port: u16,
     persistent: bool,
     dir: tempfile::TempDir,
+    /// While stopped: the port, bound but not listening, so connections are refused as by a
+    /// dead server and no other test's server starts there (a gateway would then talk to it).
+    tombstone: Option<tokio::net::TcpSocket>,
 }
 
 impl RedisServer {
@@ -43,8 +46,16 @@ impl RedisServer {
         self.port
     }
 
-    /// Kills the server (SIGKILL: no chance to save, like a crash) and reaps it.
+    /// Kills the server (SIGKILL: no chance to save, like a crash) and reaps it; its port stays
+    /// held until [`start_again`](Self::start_again).
     pub(crate) fn stop(&mut self) {
+        self.kill();
+        self.tombstone = tokio::net::TcpSocket::new_v4()
+            .ok()
+            .filter(|socket| socket.bind(([127, 0, 0, 1], self.port).into()).is_ok());
+    }
+
+    fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -53,7 +64,8 @@ impl RedisServer {
 
     /// Starts the server again on the same port and directory (after [`stop`](Self::stop)).
     pub(crate) fn start_again(&mut self) {
-        self.stop();
+        self.kill();
+        self.tombstone = None;
         let child = spawn(self.port, self.dir.path(), self.persistent);
         self.child = Some(child);
         if !self.wait_ready() {
@@ -68,6 +80,7 @@ impl RedisServer {
             port: 0,
             persistent,
             dir,
+            tombstone: None,
         };
         for _ in 0..PORT_ATTEMPTS {
             server.port = free_port();
@@ -76,7 +89,7 @@ impl RedisServer {
                 return server;
             }
             // Most likely someone took the port after we released it: try another.
-            server.stop();
+            server.kill();
         }
         panic!("could not start redis-server (is /usr/bin/redis-server installed?)");
     }
@@ -103,7 +116,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.stop();
+        self.kill();
     }
 }
 

@@ -370,9 +370,9 @@ impl Records for RedisStore {
     }
 
     /// "No such key" is believed only from a node that holds the deployment's data: the same
-    /// round trip asks whether the deployment's marker exists there. During a Cluster failover a
-    /// node may serve the slot without the data (an empty one was seen answering nil under
-    /// load); its nil would be a 401 for a valid key, and remembered as an unknown id.
+    /// round trip asks whether the deployment's marker exists there. A server that answers for
+    /// the slot without the data (seen in a failover test: another `redis-server` had started
+    /// on the dead master's freed port) would make a valid key 401 and an unknown id.
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.linked().await?;
         let mut pipe = redis::pipe();
