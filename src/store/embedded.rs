@@ -7,12 +7,12 @@
 
 mod audit;
 mod order;
+mod quota;
 mod records;
 mod usage;
 
 use self::records::*;
 
-use super::embedded_quota;
 use super::{
     Audit, BudgetLeases, ChangeFeed, Invalidation, Keep, Ping, QuotaAsk, QuotaLease, Records,
     StoreError, Upkeep, UsageSink, PURGE_CHUNK,
@@ -98,7 +98,7 @@ impl EmbeddedStore {
             tx.open_table(LAST_USED).map_err(db_error)?;
             // Added after the first release: opening an older file adds them here.
             usage::create_tables(tx)?;
-            embedded_quota::create_tables(tx)?;
+            quota::create_tables(tx)?;
             tx.open_table(order::APP_ORDER).map_err(db_error)?;
             tx.open_table(order::KEY_ORDER).map_err(db_error)?;
             tx.open_table(order::APP_KEY_ORDER).map_err(db_error)?;
@@ -405,8 +405,8 @@ impl BudgetLeases for EmbeddedStore {
         ask: QuotaAsk<'_>,
     ) -> Result<QuotaLease, StoreError> {
         let (id, windows) = (key_id.to_owned(), windows.clone());
-        let tally = embedded_quota::Tally::of(&ask);
-        self.blocking(move |db| write(db, |tx| embedded_quota::lease(tx, &id, &windows, &tally)))
+        let tally = quota::Tally::of(&ask);
+        self.blocking(move |db| write(db, |tx| quota::lease(tx, &id, &windows, &tally)))
             .await
     }
 
@@ -416,7 +416,7 @@ impl BudgetLeases for EmbeddedStore {
         windows: &QuotaWindows,
     ) -> Result<(u64, u64), StoreError> {
         let (id, windows) = (key_id.to_owned(), windows.clone());
-        self.blocking(move |db| read(db, |tx| embedded_quota::used(tx, &id, &windows)))
+        self.blocking(move |db| read(db, |tx| quota::used(tx, &id, &windows)))
             .await
     }
 }

@@ -7,9 +7,7 @@
 //! what to do with them. Admin writes carry their [`Audit`] event into the same store step.
 
 mod embedded;
-mod embedded_quota;
 mod redis;
-mod redis_limits;
 
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::{RedisStore, DEFAULT_PREFIX};

@@ -19,7 +19,6 @@
 //! deployment's one hash tag ([`names`]), and every script declares each key it touches in KEYS,
 //! so each script, `MGET` and pipeline stays within one slot. The invalidation feed is in [`feed`].
 
-use super::redis_limits;
 use super::{
     Audit, BudgetLeases, ChangeFeed, Invalidation, Ping, QuotaAsk, QuotaLease, RateLease,
     StoreError, UsageSink, AUDIT_MAX_EVENTS,
@@ -27,6 +26,7 @@ use super::{
 mod audit;
 mod feed;
 mod legacy;
+mod limits;
 mod link;
 mod names;
 mod records;
@@ -288,7 +288,7 @@ impl UsageSink for RedisStore {
 
 #[async_trait]
 impl BudgetLeases for RedisStore {
-    /// One script call (see `redis_limits.rs`): the request path's only store round trip with
+    /// One script call (see [`limits`]): the request path's only store round trip with
     /// `rate_limit.shared`, made once per slice, not per request.
     async fn lease_rate(
         &self,
@@ -297,9 +297,9 @@ impl BudgetLeases for RedisStore {
         want: u32,
     ) -> Result<RateLease, StoreError> {
         self.linked().await?;
-        let cmd = redis_limits::lease_rate_command(&self.names().rate(key_id), limit, want);
-        let lease = redis_limits::rate_lease(self.query(&cmd).await?);
-        redis_limits::check_rate(lease, want)
+        let cmd = limits::lease_rate_command(&self.names().rate(key_id), limit, want);
+        let lease = limits::rate_lease(self.query(&cmd).await?);
+        limits::check_rate(lease, want)
     }
 
     async fn lease_quota(
@@ -313,8 +313,8 @@ impl BudgetLeases for RedisStore {
         let holders = self.names().quota_holders(key_id, &windows.day);
         let tallies = self.names().quota_tallies(key_id, &windows.day);
         let names = (&*day, &*month, &*holders, &*tallies);
-        let cmd = redis_limits::lease_quota_command(names, windows, ask);
-        redis_limits::quota_lease(self.query(&cmd).await?, ask.want)
+        let cmd = limits::lease_quota_command(names, windows, ask);
+        limits::quota_lease(self.query(&cmd).await?, ask.want)
     }
 
     async fn quota_used(
@@ -324,8 +324,8 @@ impl BudgetLeases for RedisStore {
     ) -> Result<(u64, u64), StoreError> {
         self.linked().await?;
         let (day, month) = self.quota_names(key_id, windows);
-        let cmd = redis_limits::quota_used_command((&day, &month));
-        Ok(redis_limits::quota_used(self.read(&cmd).await?))
+        let cmd = limits::quota_used_command((&day, &month));
+        Ok(limits::quota_used(self.read(&cmd).await?))
     }
 }
 

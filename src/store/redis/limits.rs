@@ -1,5 +1,5 @@
 //! Shared rate budgets and quota counts in Redis: the scripts that lease slices of them and the
-//! commands that read and adjust them. Used by [`super::redis`]; kept apart because none of it
+//! commands that read and adjust them. Used by [`super`] (the Redis store); kept apart because none of it
 //! touches app or key records.
 //!
 //! Layout (names from `names.rs`; every script here touches one key's names, which share a
@@ -16,8 +16,8 @@
 //!   and added for it (fields `{holder}:g`, `:r`, `:o`), so a repeated step applies nothing
 //!   twice (see [`QuotaAsk`]); expires with the day count.
 
-use super::{QuotaAsk, QuotaLease, RateLease, StoreError, QUOTA_SPREAD};
 use crate::model::{QuotaWindows, RateLimit, UnixSeconds};
+use crate::store::{QuotaAsk, QuotaLease, RateLease, StoreError, QUOTA_SPREAD};
 use std::time::Duration;
 
 /// Kept after a window ends, for instances whose clock lags and the usage endpoint's last read.
@@ -44,7 +44,7 @@ tat = tat + n * interval
 redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 return {n, free - n, 0, math.ceil(tat - now)}";
 
-/// One holder's step (see [`QuotaAsk`]), mirroring [`super::quota_grant`]: gives back what went
+/// One holder's step (see [`QuotaAsk`]), mirroring [`crate::store::quota_grant`]: gives back what went
 /// unused, counts up to `want` requests in both windows unless that would pass a limit (near
 /// the end a share of what is left, then 1), and records or drops the holder. Records past
 /// their time are dropped first: an instance that died holding requests is not waited for.

@@ -1,4 +1,4 @@
-//! Quota counts in the embedded store, so they survive a restart. Used by [`super::embedded`]
+//! Quota counts in the embedded store, so they survive a restart. Used by [`super`] (the embedded store)
 //! inside its transactions.
 //!
 //! One row per key per window: `{key id}\0d\0{YYYY-MM-DD}` and `{key id}\0m\0{YYYY-MM}`. Ids are
@@ -9,8 +9,8 @@
 //! granted to it, taken back from it and added for it, so a step repeated after a timeout (the
 //! transaction committed, its answer came too late) applies nothing twice (see [`QuotaAsk`]).
 
-use super::{quota_grant, QuotaAsk, QuotaLease, StoreError};
 use crate::model::QuotaWindows;
+use crate::store::{quota_grant, QuotaAsk, QuotaLease, StoreError};
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 const QUOTA: TableDefinition<'_, &str, u64> = TableDefinition::new("quota");
@@ -148,5 +148,5 @@ fn forget_earlier_windows(
 }
 
 fn db_error(e: impl Into<redb::Error>) -> StoreError {
-    super::embedded::db_error(e)
+    super::db_error(e)
 }
