@@ -3,7 +3,14 @@
 //!
 //! redb is blocking, so every operation runs on tokio's blocking pool, in exactly one
 //! transaction. redb allows one write transaction at a time, which is what makes the
-//! check-then-write operations (name claims, "app must exist") atomic.
+//! check-then-write operations (name claims, "app must exist") atomic. An admin write's audit
+//! event goes into the same transaction, and each commit is announced to this process's cache
+//! from the thread that committed it (see `Feed`), also when its caller is gone.
+//!
+//! # Rooms
+//! This file holds the database, the feed and the role implementations; [`records`] the steps of
+//! each app and key read and write, [`order`] the listing and expiry indexes, [`usage`] and
+//! [`quota`] their tables, [`audit`] the audit table.
 
 mod audit;
 mod order;

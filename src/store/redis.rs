@@ -7,13 +7,21 @@
 //! `{created_at:011}.{id}` (all scores 0, so they sort by that text): `appidx` of apps, `keyidx`
 //! of keys, `appkeyidx:{app}` of one app's keys; a page is one `ZRANGEBYLEX ... LIMIT` plus one
 //! `MGET` of at most [`LIST_CHUNK`](super::LIST_CHUNK) records. `deleted_apps` is the set of
-//! deleted apps whose keys are still to be removed, [`PURGE_CHUNK`] keys per script.
+//! deleted apps whose keys are still to be removed, [`PURGE_CHUNK`](super::PURGE_CHUNK) keys
+//! per script.
+//!
+//! # Rooms
+//! This file holds the connection and the roles built on single commands (usage, budget
+//! leases, the feed, ping); [`records`] the apps, keys and audit log ([`super::Records`],
+//! [`super::Upkeep`]) with their scripts in [`scripts`]; [`usage`] and [`limits`] the layouts
+//! and scripts of usage counts and of shared budgets; [`audit`] the audit stream.
 //!
 //! Conditional multi-key writes run as Lua scripts (sent with `EVAL`), not WATCH/MULTI: the
 //! `ConnectionManager` multiplexes every caller over one connection, and WATCH state is per
 //! connection, so concurrent callers would clobber each other's WATCHes. A script is atomic and
 //! needs no per-connection state. Writes that must invalidate caches PUBLISH from inside the same
-//! script, so a change and its announcement cannot be separated by a dropped connection.
+//! script, and admin writes XADD their audit event there too, so a change, its event and its
+//! announcement cannot be separated by a dropped connection or a caller that went away.
 //!
 //! Redis Cluster works too (found out when connecting, see [`link`]): every key then carries the
 //! deployment's one hash tag ([`names`]), and every script declares each key it touches in KEYS,
