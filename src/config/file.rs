@@ -145,7 +145,11 @@ pub(super) struct RawCache {
 #[serde(deny_unknown_fields, rename = "upstream")]
 pub(super) struct RawUpstream {
     pub url: String,
+    /// A duration, or `none`.
     pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub read_timeout: Option<String>,
     /// A PEM file of CA certificates trusted for this (https) upstream, besides the webpki roots.
     pub ca: Option<String>,
 }

@@ -51,6 +51,9 @@ pub const DEFAULT_RATE_BURST: u32 = 100;
 pub const DEFAULT_RATE_SHARED: bool = false;
 /// Upstream whole-response deadline when an upstream sets no `timeout` (the contract's example value).
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline for an upstream's response head with `timeout: none` and no `header_timeout` (the
+/// contract's default).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time given to in-flight requests after SIGTERM before the process exits anyway.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Contract default: connections held at once before new ones wait.

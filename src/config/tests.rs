@@ -80,7 +80,10 @@ fn example_file_parses() {
     assert_eq!(c.scopes[13].0, "view_job_status");
     let names: Vec<&str> = c.upstreams.iter().map(|u| &*u.name).collect();
     assert_eq!(names, ["tools", "models", "guardrails"]);
-    assert_eq!(c.upstreams[1].timeout, Duration::from_secs(120));
+    assert_eq!(
+        c.upstreams[1].timeouts.whole,
+        Some(Duration::from_secs(120))
+    );
     assert_eq!(c.route_specs.len(), 17);
     let files = c
         .route_specs
@@ -122,7 +125,7 @@ fn defaults_apply_when_sections_are_absent() {
     assert_eq!(c.cache.max_entries, 100_000);
     assert_eq!((c.rate_limit.per_second, c.rate_limit.burst), (50, 100));
     assert!(c.scopes.is_empty());
-    assert_eq!(c.upstreams[0].timeout, Duration::from_secs(30));
+    assert_eq!(c.upstreams[0].timeouts.whole, Some(Duration::from_secs(30)));
     assert_eq!(c.upstreams[0].path_prefix, "");
     assert_eq!(c.limits.max_body, 10 << 20);
     assert_eq!(c.limits.max_connections, 10_000);
@@ -848,4 +851,37 @@ fn shared_rate_limit_and_quota() {
         39,
         &["sharde"],
     );
+}
+
+#[test]
+fn upstream_timeouts_default_follow_timeout_and_may_be_none() {
+    let with = |lines: &str| {
+        MIN.replace(
+            "    url: http://127.0.0.1:7001",
+            &format!("    url: http://127.0.0.1:7001\n{lines}"),
+        )
+    };
+    let t = ok(MIN).upstreams[0].timeouts;
+    let thirty = Duration::from_secs(30);
+    assert_eq!((t.whole, t.header, t.read), (Some(thirty), thirty, None));
+    assert_eq!(t.connect, crate::routing::Timeouts::DEFAULT_CONNECT);
+    // `none`: no whole deadline; the head's defaults to 60 s.
+    let t = ok(&with(
+        "    timeout: none\n    read_timeout: 20s\n    connect_timeout: 2s",
+    ))
+    .upstreams[0]
+        .timeouts;
+    assert_eq!(t.whole, None);
+    assert_eq!(t.header, Duration::from_secs(60));
+    assert_eq!(t.read, Some(Duration::from_secs(20)));
+    assert_eq!(t.connect, Duration::from_secs(2));
+    // A head deadline past the whole one is the whole one.
+    let t = ok(&with("    timeout: 5s\n    header_timeout: 1m")).upstreams[0].timeouts;
+    assert_eq!(t.header, Duration::from_secs(5));
+    let all = problems(&with("    read_timeout: soon\n    header_timeout: 0s"));
+    let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 2, "{shown:#?}");
+    // In file order, each naming its field.
+    assert!(shown[0].contains("upstreams.tools.read_timeout: \"soon\" is not a duration"));
+    assert!(shown[1].contains("upstreams.tools.header_timeout: must be longer than zero"));
 }

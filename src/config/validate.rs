@@ -7,7 +7,7 @@ use super::file::{
 use super::position::{at, PositionIndex, YamlPath};
 use super::*;
 use crate::redact;
-use crate::routing::{RouteProblem, RouteTable};
+use crate::routing::{RouteProblem, RouteTable, Timeouts};
 use crate::tls::{TlsAcceptorSource, TrustedCa};
 use std::fmt::Display;
 use std::net::Ipv4Addr;
@@ -433,10 +433,7 @@ fn upstreams(c: &mut Check<'_>, dir: &Path, raw: Vec<(String, RawUpstream)>) -> 
             c.at_key(&path, msg);
         }
         let url = c.ok(&path.key("url"), routes::upstream_url(&up.url));
-        let timeout = match up.timeout {
-            Some(text) => c.ok(&path.key("timeout"), values::duration(&text, false)),
-            None => Some(DEFAULT_UPSTREAM_TIMEOUT),
-        };
+        let timeouts = upstream_timeouts(c, &path, &up);
         let ca = match up.ca {
             Some(file) if file.trim().is_empty() => {
                 c.at(&path.key("ca"), "must name a PEM file of CA certificates");
@@ -457,20 +454,49 @@ fn upstreams(c: &mut Check<'_>, dir: &Path, raw: Vec<(String, RawUpstream)>) -> 
         if plain_http && matches!(ca, Some(Some(_))) {
             c.at(&path.key("ca"), "applies only to an https:// upstream");
         }
-        if let (Some((scheme, authority, path_prefix)), Some(timeout), Some(ca)) =
-            (url, timeout, ca)
+        if let (Some((scheme, authority, path_prefix)), Some(timeouts), Some(ca)) =
+            (url, timeouts, ca)
         {
             out.push(Arc::new(Upstream {
                 name: Arc::from(name.as_str()),
                 scheme,
                 authority,
                 path_prefix,
-                timeout,
+                timeouts,
                 ca,
             }));
         }
     }
     out
+}
+
+/// An upstream's timeouts (`timeout` may be `none`); `None` if any is wrong (each reported).
+fn upstream_timeouts(c: &mut Check<'_>, path: &YamlPath, up: &RawUpstream) -> Option<Timeouts> {
+    let mut ok = true;
+    let mut get = |key: &str, text: &Option<String>| -> Option<Duration> {
+        let text = text.as_deref()?;
+        let parsed = c.ok(&path.key(key), values::duration(text, false));
+        ok &= parsed.is_some();
+        parsed
+    };
+    let whole = match up.timeout.as_deref().map(str::trim) {
+        Some("none") => None,
+        None => Some(DEFAULT_UPSTREAM_TIMEOUT),
+        Some(_) => get("timeout", &up.timeout),
+    };
+    let connect = get("connect_timeout", &up.connect_timeout).unwrap_or(Timeouts::DEFAULT_CONNECT);
+    // The head comes within the whole deadline at the latest.
+    let header = get("header_timeout", &up.header_timeout)
+        .or(whole)
+        .unwrap_or(DEFAULT_HEADER_TIMEOUT);
+    let header = whole.map_or(header, |w| header.min(w));
+    let read = get("read_timeout", &up.read_timeout);
+    ok.then_some(Timeouts {
+        connect,
+        header,
+        read,
+        whole,
+    })
 }
 
 fn limits(c: &mut Check<'_>, raw: RawLimits) -> Limits {

@@ -92,7 +92,7 @@ mod tests {
             scheme: http::uri::Scheme::HTTP,
             authority: http::uri::Authority::from_static("10.0.0.5:7001"),
             path_prefix: "/internal".into(),
-            timeout: Duration::from_secs(1),
+            timeouts: crate::routing::Timeouts::whole(Duration::from_secs(1)),
             ca: None,
         };
         assert_eq!(

@@ -12,12 +12,25 @@ use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-/// The upstream's whole-response deadline passed while the body was still streaming.
+/// The upstream's whole-response deadline passed while the body was still streaming, or the
+/// body was silent for longer than its `read_timeout`.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream response exceeded its deadline")]
+#[error("upstream response exceeded its deadline or went silent")]
 pub(crate) struct DeadlineExceeded;
+
+/// Stands for "never" where a timer is needed all the same (`timeout: none`, no
+/// `read_timeout`): far enough that no response lives to see it.
+const NEVER: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+/// When the body's timer fires: the whole deadline, or the end of the allowed silence from
+/// `now`, whichever is first.
+fn next_deadline(ends: Option<Instant>, read_timeout: Option<Duration>, now: Instant) -> Instant {
+    let quiet = now + read_timeout.unwrap_or(NEVER);
+    ends.map_or(quiet, |ends| ends.min(quiet))
+}
 
 pin_project! {
     /// A response body from the gateway itself or streamed from an upstream.
@@ -26,7 +39,10 @@ pin_project! {
         Local { #[pin] body: Full<Bytes> },
         Upstream {
             #[pin] body: Incoming,
+            // Fires at `next_deadline`: the whole deadline or the end of the allowed silence.
             #[pin] deadline: Sleep,
+            ends: Option<Instant>,
+            read_timeout: Option<Duration>,
             // The connection, given back to its pool when the body is complete.
             lease: Option<Lease>,
         },
@@ -34,7 +50,14 @@ pin_project! {
 }
 
 impl GatewayBody {
-    pub fn upstream(body: Incoming, deadline: Instant, lease: Lease) -> GatewayBody {
+    /// `ends`: the whole-response deadline (`None`: `timeout: none`); `read_timeout`: the
+    /// longest silence between frames (`None`: unbounded).
+    pub(crate) fn upstream(
+        body: Incoming,
+        ends: Option<Instant>,
+        read_timeout: Option<Duration>,
+        lease: Lease,
+    ) -> GatewayBody {
         // An empty body may never be polled: its connection is free now.
         let lease = if body.is_end_stream() {
             lease.release();
@@ -44,7 +67,9 @@ impl GatewayBody {
         };
         GatewayBody::Upstream {
             body,
-            deadline: tokio::time::sleep_until(deadline),
+            deadline: tokio::time::sleep_until(next_deadline(ends, read_timeout, Instant::now())),
+            ends,
+            read_timeout,
             lease,
         }
     }
@@ -77,6 +102,8 @@ impl Body for GatewayBody {
             GatewayBodyProj::Upstream {
                 mut body,
                 deadline,
+                ends,
+                read_timeout,
                 lease,
             } => {
                 // The body first: a frame already here needs no timer (most answers are whole
@@ -96,6 +123,9 @@ impl Body for GatewayBody {
                             }
                         } else if matches!(frame, Some(Err(_))) {
                             lease.take();
+                        } else if read_timeout.is_some() {
+                            // A frame ends a silence: the next may be as long again.
+                            deadline.reset(next_deadline(*ends, *read_timeout, Instant::now()));
                         }
                         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
                     }

@@ -142,9 +142,10 @@ impl Forwarder {
         // `admit`); what is left to check is what actually streams.
         let request = Request::from_parts(parts, LimitedBody::new(body, out.max_body));
 
-        let deadline = Instant::now() + out.upstream.timeout;
+        let timeouts = &out.upstream.timeouts;
+        let now = Instant::now();
         let sent = pool.send(out.upstream, host, request);
-        let (response, lease) = match tokio::time::timeout_at(deadline, sent).await {
+        let (response, lease) = match tokio::time::timeout_at(now + timeouts.header, sent).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
             Ok(Err(SendError::Http(e))) if is_body_limit(&e) => {
                 return Err(ProxyError::BodyTooLarge {
@@ -161,7 +162,7 @@ impl Forwarder {
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
-            GatewayBody::upstream(body, deadline, lease),
+            GatewayBody::upstream(body, timeouts.whole.map(|w| now + w), timeouts.read, lease),
         ))
     }
 }

@@ -38,8 +38,6 @@ use tokio_rustls::TlsConnector;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// Idle connections kept per upstream host; enough for a busy gateway's concurrency.
 const MAX_IDLE_PER_HOST: usize = 1024;
-/// A refused or black-holed upstream fails fast instead of eating the whole deadline.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Sender = SendRequest<LimitedBody>;
 
@@ -150,7 +148,9 @@ impl Pool {
             .authority
             .port_u16()
             .unwrap_or(if https { 443 } else { 80 });
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+        // A refused or black-holed upstream fails fast instead of eating the whole deadline.
+        let limit = upstream.timeouts.connect;
+        let tcp = tokio::time::timeout(limit, TcpStream::connect((host, port)))
             .await
             .map_err(|_| SendError::ConnectTimeout)?
             .map_err(SendError::Connect)?;
@@ -159,7 +159,7 @@ impl Pool {
             return handshake(TokioIo::new(tcp)).await;
         }
         let name = ServerName::try_from(host.to_owned()).map_err(|_| SendError::ServerName)?;
-        let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.tls.connect(name, tcp))
+        let tls = tokio::time::timeout(limit, self.tls.connect(name, tcp))
             .await
             .map_err(|_| SendError::ConnectTimeout)?
             .map_err(SendError::Connect)?;

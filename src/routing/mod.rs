@@ -38,10 +38,38 @@ pub struct Upstream {
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
     pub path_prefix: String,
-    /// Whole-response deadline.
-    pub timeout: Duration,
+    pub timeouts: Timeouts,
     /// Extra trust anchors for an `https` upstream (`ca:`), besides the webpki roots.
     pub ca: Option<Arc<TrustedCa>>,
+}
+
+/// How long the gateway waits on an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Per connection attempt (TCP connect and TLS handshake).
+    pub connect: Duration,
+    /// For the response head; 504 past it.
+    pub header: Duration,
+    /// Longest silence inside a response body; the stream is cut past it (`None`: no bound).
+    pub read: Option<Duration>,
+    /// Whole-response deadline (`None`: `timeout: none`, a stream that keeps flowing is never
+    /// cut).
+    pub whole: Option<Duration>,
+}
+
+impl Timeouts {
+    /// A connection attempt's limit unless `connect_timeout` says otherwise.
+    pub const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
+
+    /// Only a whole-response deadline (which bounds the head too), as before these settings.
+    pub const fn whole(deadline: Duration) -> Timeouts {
+        Timeouts {
+            connect: Timeouts::DEFAULT_CONNECT,
+            header: deadline,
+            read: None,
+            whole: Some(deadline),
+        }
+    }
 }
 
 /// One route as configured, before compilation.

@@ -277,7 +277,7 @@ mod tests {
                 scheme: http::uri::Scheme::HTTP,
                 authority: http::uri::Authority::from_static("127.0.0.1:1"),
                 path_prefix: String::new(),
-                timeout: Duration::from_secs(1),
+                timeouts: crate::routing::Timeouts::whole(Duration::from_secs(1)),
                 ca: None,
             }),
             max_body: None,

@@ -1,7 +1,7 @@
 //! A real HTTP upstream that records what it receives.
 //!
 //! Paths ending in `/stream` answer with a first chunk, then the rest when the test says; paths ending in `/sleep`
-//! answer after 3 seconds; `/upload` counts body bytes without keeping them; `/firehose` streams
+//! answer after 3 seconds; `/drip` streams 30 events 100 ms apart; `/upload` counts body bytes without keeping them; `/firehose` streams
 //! 64 KiB chunks for as long as someone takes them; everything else answers 200 with a small
 //! JSON body.
 
@@ -167,6 +167,9 @@ async fn handle(
     if path.ends_with("/firehose") {
         return Ok(firehose(control));
     }
+    if path.ends_with("/drip") {
+        return Ok(drip());
+    }
     if path.ends_with("/sleep") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
@@ -184,6 +187,25 @@ async fn handle(
         .insert("x-upstream", http::HeaderValue::from_static("recorder"));
     Ok(response)
 }
+
+/// A stream that keeps flowing, as a model's answer does: 30 events, 100 ms apart (3 s).
+fn drip() -> Response<UpstreamBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    tokio::spawn(async move {
+        for i in 0..DRIP_EVENTS {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let chunk = Bytes::from(format!("data: token {i}\n\n"));
+            if tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Response::new(BodyExt::boxed(StreamBody::new(stream)))
+}
+
+/// Events a `/drip` answer carries.
+pub(crate) const DRIP_EVENTS: usize = 30;
 
 /// One chunk, then (once the test releases it) four more: a client that sees the first chunk
 /// before the release proves nothing was buffered.
