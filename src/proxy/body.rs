@@ -25,11 +25,17 @@ pub(crate) struct DeadlineExceeded;
 /// `read_timeout`): far enough that no response lives to see it.
 const NEVER: Duration = Duration::from_secs(30 * 365 * 86_400);
 
-/// When the body's timer fires: the whole deadline, or the end of the allowed silence from
-/// `now`, whichever is first.
-fn next_deadline(ends: Option<Instant>, read_timeout: Option<Duration>, now: Instant) -> Instant {
-    let quiet = now + read_timeout.unwrap_or(NEVER);
-    ends.map_or(quiet, |ends| ends.min(quiet))
+/// When the body's timer fires: the whole deadline, or the end of the allowed silence from now,
+/// whichever is first. The clock is read only for a silence bound (or neither): the common
+/// case, a deadline alone, costs nothing.
+fn next_deadline(ends: Option<Instant>, read_timeout: Option<Duration>) -> Instant {
+    match (ends, read_timeout) {
+        (Some(ends), None) => ends,
+        (ends, quiet) => {
+            let quiet = Instant::now() + quiet.unwrap_or(NEVER);
+            ends.map_or(quiet, |ends| ends.min(quiet))
+        }
+    }
 }
 
 pin_project! {
@@ -67,7 +73,7 @@ impl GatewayBody {
         };
         GatewayBody::Upstream {
             body,
-            deadline: tokio::time::sleep_until(next_deadline(ends, read_timeout, Instant::now())),
+            deadline: tokio::time::sleep_until(next_deadline(ends, read_timeout)),
             ends,
             read_timeout,
             lease,
@@ -125,7 +131,7 @@ impl Body for GatewayBody {
                             lease.take();
                         } else if read_timeout.is_some() {
                             // A frame ends a silence: the next may be as long again.
-                            deadline.reset(next_deadline(*ends, *read_timeout, Instant::now()));
+                            deadline.reset(next_deadline(*ends, *read_timeout));
                         }
                         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
                     }
