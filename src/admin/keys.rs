@@ -264,6 +264,7 @@ fn key_target(key: &KeyRecord) -> super::audit::Target<'_> {
         key: Some(&key.id),
     }
 }
+
 fn expires_within(k: &KeyRecord, now: UnixSeconds, days: u64) -> bool {
     k.revoked_at.is_none()
         && k.expires_at

@@ -68,7 +68,7 @@ pub(crate) struct Admin {
     pub live: Live,
     pub identities: Vec<AdminIdentity>,
     pub metrics: Arc<Metrics>,
-    /// The proxy's quotas: the config's default (swapped on reload) and the counts.
+    /// The proxy's quota counts (the default quota is in `live`).
     pub quotas: crate::budgets::quota::Quotas,
 }
 
