@@ -80,10 +80,13 @@ fn example_file_parses() {
     assert_eq!(c.scopes[13].0, "view_job_status");
     let names: Vec<&str> = c.upstreams.iter().map(|u| &*u.name).collect();
     assert_eq!(names, ["tools", "models", "guardrails"]);
-    assert_eq!(
-        c.upstreams[1].timeouts.whole,
-        Some(Duration::from_secs(120))
-    );
+    // Two model replicas, checked; a stream never cut while it flows.
+    let models = &c.upstreams[1];
+    assert_eq!(models.targets.len(), 2);
+    assert_eq!(models.timeouts.whole, None);
+    assert_eq!(models.timeouts.read, Some(Duration::from_secs(60)));
+    assert_eq!(models.timeouts.header, Duration::from_secs(120));
+    assert!(models.health.is_some());
     assert_eq!(c.route_specs.len(), 17);
     let files = c
         .route_specs
