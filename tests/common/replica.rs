@@ -9,12 +9,13 @@
 //! Paths: `/healthz` answers the health status (switched apart from the mode, and counted apart
 //! from requests); a path ending in `hold` (`/pool/hold`, `/pool/3-hold`) waits until
 //! [`Replica::release_held`] before it is answered; one ending in `slow` waits
-//! [`Replica::set_slow`] (2 s unless set). The answer
+//! [`Replica::set_slow`] (2 s unless set); one ending in `halfway` gets its head and a first
+//! chunk at once and the rest once released (a connection busy mid-response). The answer
 //! names the replica: header `x-replica` and a JSON body `{"replica": NAME, ...}`.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -205,7 +206,8 @@ impl Replica {
         *self.inner.shared.slow.lock().expect("lock") = delay;
     }
 
-    /// Lets every held request (path ending in `hold`), and any later one, be answered.
+    /// Lets every held request (path ending in `hold`) be answered, and every `halfway`
+    /// answer end; later ones are not held.
     pub(crate) fn release_held(&self) {
         self.inner.shared.released.send_replace(true);
     }
@@ -378,6 +380,9 @@ async fn respond(
         let delay = *shared.slow.lock().expect("lock");
         tokio::time::sleep(delay).await;
     }
+    if path.ends_with("halfway") && mode == Mode::Answer {
+        return Ok(halfway(&shared));
+    }
     match mode {
         Mode::Answer => Ok(answer(&shared.name, 200, &path, len)),
         Mode::Status(status) => Ok(answer(&shared.name, status, &path, len)),
@@ -397,6 +402,30 @@ fn answer(name: &str, status: u16, path: &str, received: u64) -> Response<Replic
     headers.insert(
         REPLICA_HEADER,
         http::HeaderValue::from_str(name).expect("replica name"),
+    );
+    response
+}
+
+/// 200 with a first chunk now and the last once the replica releases held requests.
+fn halfway(shared: &Shared) -> Response<ReplicaBody> {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+    let mut released = shared.released.subscribe();
+    tokio::spawn(async move {
+        if tx
+            .send(Ok(Frame::data(Bytes::from("first;"))))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = released.wait_for(|r| *r).await;
+        let _ = tx.send(Ok(Frame::data(Bytes::from("last")))).await;
+    });
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut response = Response::new(BodyExt::boxed(body));
+    response.headers_mut().insert(
+        REPLICA_HEADER,
+        http::HeaderValue::from_str(&shared.name).expect("replica name"),
     );
     response
 }
