@@ -328,8 +328,14 @@ async function main() {
   assert.match(await deploy.textContent(), /deploy_tool.*tools.*console-app/);
   assert.match(await page.getByRole('row', { name: /jobs/ }).textContent(), /console-app.*reporting|reporting.*console-app/);
   assert.match(await page.getByRole('row', { name: /health/ }).textContent(), /public/);
+  // Under the routes, a table per upstream: its targets and their state.
+  const toolsTargets = page.getByRole('region', { name: 'Targets of upstream tools' });
+  const toolsRows = toolsTargets.getByRole('row');
+  assert.equal(await toolsRows.count(), 2, 'a header and the one target of a url: upstream');
+  const toolsCells = await toolsRows.nth(1).getByRole('cell').allTextContents();
+  assert.deepEqual(toolsCells.slice(0, 4), [upstream, upstream.replace('http://', ''), '1', 'up']);
   await capture(page, 'routes');
-  ok('routes: scope, upstream and the apps allowed to call each');
+  ok('routes: scope, upstream and the apps allowed to call each; each upstream\'s targets and their state');
 
   // Audit: the writes above, filterable by app.
   await go(page, 'Audit', 'Audit');
