@@ -46,6 +46,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("the upstream could not be reached")]
     UpstreamUnavailable,
+    #[error("no target of the upstream is in rotation; retry in {retry_after} s")]
+    NoHealthyTarget { retry_after: u64 },
     #[error("the upstream did not answer in time")]
     UpstreamTimeout,
 }
@@ -186,6 +188,9 @@ impl ProxyError {
             ),
             ProxyError::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "body_too_large", Nothing),
             ProxyError::UpstreamUnavailable => (S::BAD_GATEWAY, "upstream_unavailable", Nothing),
+            ProxyError::NoHealthyTarget { .. } => {
+                (S::SERVICE_UNAVAILABLE, "upstream_unavailable", Nothing)
+            }
             ProxyError::UpstreamTimeout => (S::GATEWAY_TIMEOUT, "upstream_timeout", Nothing),
         }
     }
@@ -227,6 +232,9 @@ impl ProxyError {
             } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
                 rate_limit_headers(headers, *limit, 0, *reset);
+            }
+            ProxyError::NoHealthyTarget { retry_after } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             ProxyError::QuotaExceeded(q) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(q.retry_after));
@@ -417,6 +425,11 @@ mod tests {
                 "quota_exceeded",
             ),
             (ProxyError::UpstreamUnavailable, 502, "upstream_unavailable"),
+            (
+                ProxyError::NoHealthyTarget { retry_after: 3 },
+                503,
+                "upstream_unavailable",
+            ),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
         ];
         for (error, status, code) in cases {

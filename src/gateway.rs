@@ -169,7 +169,9 @@ pub async fn start_with_store(
     }
     let quotas = Quotas::new(store.clone(), fallback);
     let admin_quotas = quotas.clone();
-    let live = LiveConfig::shared(&mut config, &metrics);
+    let forwarder = Forwarder::new(&config.resolver, metrics.clone())?;
+    let upstreams = forwarder.prepare(&config.upstreams, &[]).await?;
+    let live = LiveConfig::shared(&mut config, &metrics, upstreams);
     let pipeline = Arc::new(Pipeline {
         live: live.clone(),
         budgets: Budgets {
@@ -178,7 +180,7 @@ pub async fn start_with_store(
             quotas,
         },
         auth: Authenticator::new(cache.clone()),
-        forwarder: Forwarder::new(&config.upstreams)?,
+        forwarder,
         usage,
         metrics: metrics.clone(),
         proto: if config.tls.is_some() {

@@ -8,6 +8,7 @@ use crate::admin::upstreams::{TargetStatus, UpstreamStatus};
 use crate::config::{Config, KeyPolicy, Limits};
 use crate::metrics::{Metrics, RouteMetrics, UNMATCHED};
 use crate::model::{Quota, RateLimit};
+use crate::proxy::UpstreamSet;
 use crate::routing::{RouteSpec, RouteTable};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct LiveConfig {
     pub route_specs: Vec<RouteSpec>,
     /// The `keys:` policy.
     pub key_policy: KeyPolicy,
+    /// Each upstream's live targets, in config order (`Upstream::index`).
+    pub upstreams: Vec<Arc<UpstreamSet>>,
     /// Per route, in the table's order.
     pub(crate) route_metrics: Vec<RouteMetrics>,
     pub(crate) unmatched: RouteMetrics,
@@ -42,8 +45,13 @@ pub struct LiveConfig {
 opaque_debug!(LiveConfig);
 
 impl LiveConfig {
-    /// The reloadable part of `config` (its route table is taken, the rest copied).
-    pub fn new(config: &mut Config, metrics: &Metrics) -> LiveConfig {
+    /// The reloadable part of `config` (its route table is taken, the rest copied), serving
+    /// `upstreams` (from [`crate::proxy::Forwarder::prepare`]).
+    pub fn new(
+        config: &mut Config,
+        metrics: &Metrics,
+        upstreams: Vec<Arc<UpstreamSet>>,
+    ) -> LiveConfig {
         let routes = std::mem::take(&mut config.routes);
         let route_metrics = routes
             .routes()
@@ -61,6 +69,7 @@ impl LiveConfig {
             scopes: config.scopes.clone(),
             route_specs: config.route_specs.clone(),
             key_policy: config.keys,
+            upstreams,
             route_metrics,
             unmatched,
         }
@@ -96,7 +105,13 @@ impl LiveConfig {
     }
 
     /// A snapshot of its own, to share.
-    pub fn shared(config: &mut Config, metrics: &Metrics) -> Live {
-        Arc::new(ArcSwap::from_pointee(LiveConfig::new(config, metrics)))
+    pub fn shared(
+        config: &mut Config,
+        metrics: &Metrics,
+        upstreams: Vec<Arc<UpstreamSet>>,
+    ) -> Live {
+        Arc::new(ArcSwap::from_pointee(LiveConfig::new(
+            config, metrics, upstreams,
+        )))
     }
 }

@@ -14,8 +14,9 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use metrics::{Counter, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -226,6 +227,52 @@ impl Metrics {
         route.requests.insert(labels, counter);
     }
 
+    /// Handles for one target of `upstream` (`target`: its url as configured).
+    pub fn upstream_target(&self, upstream: &str, target: &str) -> TargetMetrics {
+        let labels = |extra: Option<(&'static str, &'static str)>| {
+            let mut labels = vec![
+                Label::new("upstream", upstream.to_owned()),
+                Label::new("target", target.to_owned()),
+            ];
+            labels.extend(extra.map(|(k, v)| Label::from_static_parts(k, v)));
+            labels
+        };
+        let outcome = |o: Outcome| {
+            self.recorder.register_counter(
+                &Key::from_parts(
+                    "scopegate_upstream_requests_total",
+                    labels(Some(("outcome", o.label()))),
+                ),
+                &METADATA,
+            )
+        };
+        let up = self.recorder.register_gauge(
+            &Key::from_parts("scopegate_upstream_target_up", labels(None)),
+            &METADATA,
+        );
+        up.set(1.0);
+        TargetMetrics {
+            up,
+            out: Arc::new(AtomicI64::new(0)),
+            ejections: self.recorder.register_counter(
+                &Key::from_parts("scopegate_upstream_ejections_total", labels(None)),
+                &METADATA,
+            ),
+            outcomes: Outcome::ALL.map(outcome),
+        }
+    }
+
+    /// `scopegate_upstream_retries_total` of `upstream`.
+    pub fn upstream_retries(&self, upstream: &str) -> Counter {
+        self.recorder.register_counter(
+            &Key::from_parts(
+                "scopegate_upstream_retries_total",
+                vec![Label::new("upstream", upstream.to_owned())],
+            ),
+            &METADATA,
+        )
+    }
+
     pub fn record_upstream(&self, route: &RouteMetrics, elapsed: Duration) {
         if let Some(h) = &route.upstream_duration {
             h.record(elapsed.as_secs_f64());
@@ -313,6 +360,26 @@ impl Metrics {
 /// HELP text of every scopegate family: (name, unit, text).
 const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
     (
+        "scopegate_upstream_target_up",
+        None,
+        "1 while an upstream target is in rotation, 0 while it fails its active check or is ejected.",
+    ),
+    (
+        "scopegate_upstream_requests_total",
+        None,
+        "Attempts toward upstream targets by outcome (response, connect_error, reset, timeout).",
+    ),
+    (
+        "scopegate_upstream_retries_total",
+        None,
+        "Attempts sent again on another target of the upstream.",
+    ),
+    (
+        "scopegate_upstream_ejections_total",
+        None,
+        "Passive ejections of upstream targets after consecutive failed requests.",
+    ),
+    (
         "scopegate_requests_total",
         None,
         "Proxied requests by route pattern, method, status and app id.",
@@ -380,6 +447,69 @@ const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
 ];
 
 /// Registers HELP text with the exporter (which writes it before each family).
+/// How one attempt toward an upstream target ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response head arrived (whatever its status).
+    Response,
+    ConnectError,
+    /// The connection failed after the request was (maybe partly) sent.
+    Reset,
+    /// No response head within `header_timeout`.
+    Timeout,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 4] = [
+        Outcome::Response,
+        Outcome::ConnectError,
+        Outcome::Reset,
+        Outcome::Timeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Response => "response",
+            Outcome::ConnectError => "connect_error",
+            Outcome::Reset => "reset",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// One upstream target's handles. Addresses of one hostname share them (and their label), so
+/// the `up` gauge is 1 only while none of them is out of rotation.
+#[derive(Clone)]
+pub struct TargetMetrics {
+    up: Gauge,
+    /// Addresses of this label out of rotation now.
+    out: Arc<AtomicI64>,
+    pub ejections: Counter,
+    outcomes: [Counter; 4],
+}
+
+opaque_debug!(TargetMetrics);
+
+impl TargetMetrics {
+    pub fn outcome(&self, outcome: Outcome) {
+        self.outcomes[outcome as usize].increment(1);
+    }
+
+    /// One address left rotation (`true`) or came back (`false`).
+    pub fn rotation(&self, left: bool) {
+        let out = match left {
+            true => self.out.fetch_add(1, Relaxed) + 1,
+            false => self.out.fetch_sub(1, Relaxed) - 1,
+        };
+        self.up.set(if out <= 0 { 1.0 } else { 0.0 });
+    }
+
+    /// The label is no longer configured: its last value must not keep an alert firing.
+    pub fn retire(&self) {
+        self.up.set(1.0);
+    }
+}
+
 fn describe(recorder: &PrometheusRecorder) {
     for (name, unit, help) in DESCRIPTIONS {
         let key = KeyName::from_const_str(name);

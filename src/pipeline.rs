@@ -166,8 +166,15 @@ impl Pipeline {
             app_id: principal.and_then(|p| p.app.id_header.as_ref()),
             key_id: principal.and_then(|p| p.key.id_header.as_ref()),
         };
+        let Some(upstream) = live.upstreams.get(route.spec.upstream.index) else {
+            let unread = Unread::of(request);
+            return Err(Refusal {
+                error: ProxyError::UpstreamUnavailable,
+                unread,
+            });
+        };
         let out = Outgoing {
-            upstream: &route.spec.upstream,
+            upstream,
             rewritten_path: admission.rewritten_path.as_deref(),
             max_body: route.spec.max_body.unwrap_or(live.limits.max_body),
             strip_bearer: admission.strip_bearer,

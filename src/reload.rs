@@ -15,6 +15,7 @@ use crate::config::{self, AdminIdentity, Config, StoreConfig};
 use crate::live::LiveConfig;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::proxy::Forwarder;
 use crate::tls::TlsAcceptorSource;
 use notify::{RecursiveMode, Watcher};
 use std::ffi::{OsStr, OsString};
@@ -152,9 +153,18 @@ impl Reloader {
             },
             _ => None,
         };
-        if let Err(e) = self.pipeline.forwarder.prepare(&config.upstreams) {
-            return self.refuse(&[e]);
-        }
+        // Runs on the blocking pool, inside the runtime: DNS lookups of new targets are
+        // waited for here, never on a request.
+        let previous = self.pipeline.live.load().upstreams.clone();
+        let prepared = tokio::runtime::Handle::current().block_on(
+            self.pipeline
+                .forwarder
+                .prepare(&config.upstreams, &previous),
+        );
+        let upstreams = match prepared {
+            Ok(upstreams) => upstreams,
+            Err(e) => return self.refuse(&[e]),
+        };
         if let (Some(source), Some(server)) = (&self.tls, certificate) {
             source.replace(server);
         }
@@ -166,9 +176,12 @@ impl Reloader {
         }
         self.cache.set_ttl(config.cache.ttl);
         // One pointer for the proxy and the admin API alike.
-        self.pipeline
-            .live
-            .store(Arc::new(LiveConfig::new(&mut config, &self.metrics)));
+        self.pipeline.live.store(Arc::new(LiveConfig::new(
+            &mut config,
+            &self.metrics,
+            upstreams,
+        )));
+        Forwarder::retire(&previous);
         self.metrics.config_reload(true);
         tracing::info!(path = %self.path.display(), "config reloaded");
         true

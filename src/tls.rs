@@ -31,6 +31,8 @@ const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// Why a certificate, key or CA file cannot be used. Each names the file and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    #[error("{host:?} is not a name TLS can verify")]
+    ServerName { host: String },
     #[error("{}: cannot read: {source}", path.display())]
     Read {
         path: PathBuf,

@@ -35,10 +35,9 @@ async fn prepare_and_run(mut config: Config) -> Result<(), String> {
     let mut upstreams = Vec::new();
     for upstream in &config.upstreams {
         let addr = start_sample_upstream(upstream.name.to_string(), stop_rx.clone()).await?;
+        let sample = Upstream::single(&upstream.name, &format!("http://{addr}"), upstream.timeouts);
         upstreams.push(Arc::new(Upstream {
-            authority: http::uri::Authority::try_from(addr.to_string())
-                .map_err(|e| e.to_string())?,
-            scheme: http::uri::Scheme::HTTP,
+            targets: sample.targets,
             path_prefix: String::new(),
             ..(**upstream).clone()
         }));

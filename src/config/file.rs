@@ -27,6 +27,8 @@ pub(super) struct RawConfig {
     pub limits: Option<RawLimits>,
     pub shutdown_grace: Option<String>,
     pub log: Option<RawLog>,
+    /// DNS servers (`ip:port`) for hostname targets; the system's resolver when absent.
+    pub resolver: Option<Vec<String>>,
 }
 
 /// `rate_limit:` as written: the app-overridable budget plus the deployment-wide `shared`.
@@ -144,14 +146,54 @@ pub(super) struct RawCache {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename = "upstream")]
 pub(super) struct RawUpstream {
-    pub url: String,
+    /// One target; exclusive with `targets`.
+    pub url: Option<String>,
+    pub targets: Option<Vec<RawTarget>>,
+    pub balance: Option<String>,
     /// A duration, or `none`.
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub header_timeout: Option<String>,
     pub read_timeout: Option<String>,
+    pub max_connections: Option<u64>,
+    pub health: Option<RawHealth>,
+    pub passive: Option<RawPassive>,
+    pub retry: Option<RawRetry>,
     /// A PEM file of CA certificates trusted for this (https) upstream, besides the webpki roots.
     pub ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "target")]
+pub(super) struct RawTarget {
+    pub url: String,
+    pub weight: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "health")]
+pub(super) struct RawHealth {
+    pub path: String,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub unhealthy_after: Option<u64>,
+    pub healthy_after: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "passive")]
+pub(super) struct RawPassive {
+    /// `0` turns passive ejection off.
+    pub failures: Option<u64>,
+    pub eject_for: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "retry")]
+pub(super) struct RawRetry {
+    pub attempts: Option<u64>,
+    /// A percentage such as `20%`.
+    pub budget: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

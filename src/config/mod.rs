@@ -10,6 +10,7 @@ mod file;
 mod position;
 mod routes;
 mod syntax;
+mod upstreams;
 mod validate;
 pub(crate) mod values;
 
@@ -96,6 +97,8 @@ pub struct Config {
     pub scopes: Vec<(String, String)>,
     /// In file order.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// `resolver:`: DNS servers for hostname targets (empty: the system's resolver).
+    pub resolver: Vec<SocketAddr>,
     pub routes: RouteTable,
     /// The routes as configured, in file order (for listing and debugging).
     pub route_specs: Vec<RouteSpec>,

@@ -243,7 +243,7 @@ fn upstream_url_must_be_absolute_http() {
     }
     let c = ok(&MIN.replace("http://127.0.0.1:7001", "https://tools.internal/base/"));
     assert_eq!(c.upstreams[0].path_prefix, "/base");
-    assert_eq!(c.upstreams[0].scheme, http::uri::Scheme::HTTPS);
+    assert_eq!(c.upstreams[0].targets[0].scheme, http::uri::Scheme::HTTPS);
     one(
         &MIN.replace("7001\n", "7001\n    timeout: 0s\n"),
         5,
@@ -884,4 +884,120 @@ fn upstream_timeouts_default_follow_timeout_and_may_be_none() {
     // In file order, each naming its field.
     assert!(shown[0].contains("upstreams.tools.read_timeout: \"soon\" is not a duration"));
     assert!(shown[1].contains("upstreams.tools.header_timeout: must be longer than zero"));
+}
+
+/// MIN with the `tools` upstream's body replaced by `body` (indented four spaces).
+fn with_upstream(body: &str) -> String {
+    MIN.replace("    url: http://127.0.0.1:7001\n", body)
+}
+
+#[test]
+fn upstream_targets_weights_and_their_defaults() {
+    let c = ok(&with_upstream(
+        "    targets:\n      - url: http://10.0.0.1:7001/base/\n        weight: 3\n      - url: https://models.internal/base\n",
+    ));
+    let u = &c.upstreams[0];
+    let urls: Vec<(&str, u32)> = u.targets.iter().map(|t| (&*t.url, t.weight)).collect();
+    assert_eq!(urls, [("http://10.0.0.1:7001", 3), ("https://models.internal", 1)]);
+    assert_eq!(u.path_prefix, "/base");
+    assert_eq!(u.balance, crate::routing::Balance::LeastRequests);
+    assert_eq!(u.max_connections, crate::routing::DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(u.passive, Some(crate::routing::Passive::default()));
+    assert_eq!(u.retry, crate::routing::Retry::default());
+    assert_eq!(u.health, None);
+    assert_eq!(u.index, 0);
+    // `url:` is one target of weight 1.
+    let u = &ok(MIN).upstreams[0];
+    assert_eq!(u.targets.len(), 1);
+    assert_eq!((&*u.targets[0].url, u.targets[0].weight), ("http://127.0.0.1:7001", 1));
+}
+
+#[test]
+fn upstream_health_passive_retry_and_bound_are_read() {
+    let c = ok(&with_upstream(
+        "    url: http://127.0.0.1:7001
+    balance: round_robin
+    max_connections: 8
+    health:
+      path: /healthz?deep=1
+      interval: 2s
+      timeout: 500ms
+      unhealthy_after: 3
+      healthy_after: 1
+    passive:
+      failures: 2
+      eject_for: 30s
+    retry:
+      attempts: 2
+      budget: 10%
+",
+    ));
+    let u = &c.upstreams[0];
+    assert_eq!(u.balance, crate::routing::Balance::RoundRobin);
+    assert_eq!(u.max_connections, 8);
+    let h = u.health.as_ref().unwrap();
+    assert_eq!(h.path, "/healthz?deep=1");
+    assert_eq!((h.interval, h.timeout), (Duration::from_secs(2), Duration::from_millis(500)));
+    assert_eq!((h.unhealthy_after, h.healthy_after), (3, 1));
+    let p = u.passive.unwrap();
+    assert_eq!((p.failures, p.eject_for), (2, Duration::from_secs(30)));
+    assert_eq!(u.retry.attempts, 2);
+    assert!((u.retry.budget_ratio - 0.1).abs() < 1e-6);
+    // Passive off; retries off.
+    let u = &ok(&with_upstream(
+        "    url: http://127.0.0.1:7001\n    passive: {failures: 0}\n    retry: {attempts: 0}\n",
+    ))
+    .upstreams[0];
+    assert_eq!(u.passive, None);
+    assert_eq!(u.retry.attempts, 0);
+}
+
+#[test]
+fn upstream_problems_name_their_field() {
+    // Both forms.
+    one(
+        &with_upstream("    url: http://127.0.0.1:7001\n    targets:\n      - url: http://127.0.0.1:7002\n"),
+        6,
+        7,
+        &["upstreams.tools.targets", "not both"],
+    );
+    // Neither.
+    let all = problems(&with_upstream("    balance: round_robin\n"));
+    assert!(all.iter().any(|p| p.message.contains("needs `url`")), "{all:#?}");
+    // A bad target url, a bad weight, each at its place.
+    let all = problems(&with_upstream(
+        "    targets:\n      - url: ftp://x\n      - url: http://127.0.0.1:7002\n        weight: 0\n",
+    ));
+    let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 2, "{shown:#?}");
+    assert!(shown[0].contains("upstreams.tools.targets[0].url"), "{shown:#?}");
+    assert!(shown[1].contains("upstreams.tools.targets[1].weight: must be 1 to 1000"), "{shown:#?}");
+    // Different path prefixes; a duplicate target.
+    let all = problems(&with_upstream(
+        "    targets:\n      - url: http://a:1/x\n      - url: http://b:1/y\n      - url: http://a:1/x\n",
+    ));
+    let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
+    assert!(shown.iter().any(|p| p.contains("same path")), "{shown:#?}");
+    assert!(shown.iter().any(|p| p.contains("listed twice")), "{shown:#?}");
+    for (body, field) in [
+        ("    url: http://h:1\n    balance: random\n", "balance: \"random\" is not a balance"),
+        ("    url: http://h:1\n    max_connections: 0\n", "max_connections: must be at least 1"),
+        ("    url: http://h:1\n    health: {path: healthz}\n", "health.path"),
+        ("    url: http://h:1\n    health: {path: /h, interval: 1s, timeout: 2s}\n", "health.timeout"),
+        ("    url: http://h:1\n    passive: {eject_for: soon}\n", "passive.eject_for"),
+        ("    url: http://h:1\n    retry: {budget: \"20\"}\n", "retry.budget"),
+        ("    url: http://h:1\n    retry: {attempts: 11}\n", "retry.attempts"),
+    ] {
+        let all = problems(&with_upstream(body));
+        assert!(all.iter().any(|p| p.message.contains(field)), "{field}: {all:#?}");
+    }
+}
+
+#[test]
+fn resolver_servers_are_addresses() {
+    let c = ok(&min_plus("resolver: [\"10.0.0.2\", \"127.0.0.1:5353\"]\n"));
+    let shown: Vec<String> = c.resolver.iter().map(ToString::to_string).collect();
+    assert_eq!(shown, ["10.0.0.2:53", "127.0.0.1:5353"]);
+    let all = problems(&min_plus("resolver: [\"dns.example\"]\n"));
+    assert!(all[0].message.contains("resolver[0]"), "{all:#?}");
 }

@@ -1,14 +1,12 @@
 //! Turns the file as written ([`RawConfig`]) into a [`Config`], collecting every problem on the way.
 
 use super::error::{ConfigErrors, Problem};
-use super::file::{
-    Entries, RawAdmin, RawCache, RawConfig, RawKeys, RawLimits, RawStore, RawUpstream,
-};
+use super::file::{Entries, RawAdmin, RawCache, RawConfig, RawKeys, RawLimits, RawStore};
 use super::position::{at, PositionIndex, YamlPath};
 use super::*;
 use crate::redact;
-use crate::routing::{RouteProblem, RouteTable, Timeouts};
-use crate::tls::{TlsAcceptorSource, TrustedCa};
+use crate::routing::{RouteProblem, RouteTable};
+use crate::tls::TlsAcceptorSource;
 use std::fmt::Display;
 use std::net::Ipv4Addr;
 
@@ -138,7 +136,8 @@ pub(super) fn validate(
     let raw_upstreams = c.entries(&at(&["upstreams"]), Some(raw.upstreams));
     // Routes naming an upstream that is declared but broken get no second, misleading problem.
     let declared: Vec<String> = raw_upstreams.iter().map(|(n, _)| n.clone()).collect();
-    let upstreams = upstreams(&mut c, dir, raw_upstreams);
+    let upstreams = super::upstreams::upstreams(&mut c, dir, raw_upstreams);
+    let resolver = super::upstreams::resolver(&mut c, raw.resolver);
     let (route_specs, origin) = routes::routes(&mut c, raw.routes, &scopes, &upstreams, &declared);
     let limits = limits(&mut c, raw.limits.unwrap_or_default());
     let shutdown_grace = match raw.shutdown_grace {
@@ -171,6 +170,7 @@ pub(super) fn validate(
             quota,
             scopes,
             upstreams,
+            resolver,
             routes,
             route_specs,
             limits,
@@ -420,83 +420,6 @@ fn scopes(c: &mut Check<'_>, raw: Vec<(String, String)>) -> Vec<(String, String)
         }
     }
     raw
-}
-
-fn upstreams(c: &mut Check<'_>, dir: &Path, raw: Vec<(String, RawUpstream)>) -> Vec<Arc<Upstream>> {
-    if raw.is_empty() {
-        c.at(&at(&["upstreams"]), "at least one upstream is needed");
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    for (name, up) in raw {
-        let path = at(&["upstreams"]).key(&name);
-        if let Err(msg) = values::plain_name("upstream", &name) {
-            c.at_key(&path, msg);
-        }
-        let url = c.ok(&path.key("url"), routes::upstream_url(&up.url));
-        let timeouts = upstream_timeouts(c, &path, &up);
-        let ca = match up.ca {
-            Some(file) if file.trim().is_empty() => {
-                c.at(&path.key("ca"), "must name a PEM file of CA certificates");
-                None
-            }
-            // The file is read now, so a missing or certificate-less one is a `check` problem.
-            Some(file) => c
-                .ok(
-                    &path.key("ca"),
-                    TrustedCa::load(&dir.join(file)).map_err(|e| e.to_string()),
-                )
-                .map(|ca| Some(Arc::new(ca))),
-            None => Some(None),
-        };
-        let plain_http = url
-            .as_ref()
-            .is_some_and(|(scheme, _, _)| *scheme == http::uri::Scheme::HTTP);
-        if plain_http && matches!(ca, Some(Some(_))) {
-            c.at(&path.key("ca"), "applies only to an https:// upstream");
-        }
-        if let (Some((scheme, authority, path_prefix)), Some(timeouts), Some(ca)) =
-            (url, timeouts, ca)
-        {
-            out.push(Arc::new(Upstream {
-                name: Arc::from(name.as_str()),
-                scheme,
-                authority,
-                path_prefix,
-                timeouts,
-                ca,
-            }));
-        }
-    }
-    out
-}
-
-/// An upstream's timeouts (`timeout` may be `none`); `None` if any is wrong (each reported).
-fn upstream_timeouts(c: &mut Check<'_>, path: &YamlPath, up: &RawUpstream) -> Option<Timeouts> {
-    let mut ok = true;
-    let mut get = |key: &str, text: &Option<String>| -> Option<Duration> {
-        let text = text.as_deref()?;
-        let parsed = c.ok(&path.key(key), values::duration(text, false));
-        ok &= parsed.is_some();
-        parsed
-    };
-    let whole = match up.timeout.as_deref().map(str::trim) {
-        Some("none") => None,
-        None => Some(DEFAULT_UPSTREAM_TIMEOUT),
-        Some(_) => get("timeout", &up.timeout),
-    };
-    let connect = get("connect_timeout", &up.connect_timeout).unwrap_or(Timeouts::DEFAULT_CONNECT);
-    // The head comes within the whole deadline at the latest.
-    let header = get("header_timeout", &up.header_timeout)
-        .or(whole)
-        .unwrap_or(DEFAULT_HEADER_TIMEOUT);
-    let header = whole.map_or(header, |w| header.min(w));
-    let read = get("read_timeout", &up.read_timeout);
-    ok.then_some(Timeouts {
-        connect,
-        header,
-        read,
-        whole,
-    })
 }
 
 fn limits(c: &mut Check<'_>, raw: RawLimits) -> Limits {

@@ -77,7 +77,14 @@ struct UpstreamUrl<'a>(&'a Upstream);
 impl fmt::Display for UpstreamUrl<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let u = self.0;
-        write!(f, "{}://{}{}", u.scheme, u.authority, u.path_prefix)
+        let mut targets = u.targets.iter();
+        if let Some(first) = targets.next() {
+            write!(f, "{}{}", first.url, u.path_prefix)?;
+        }
+        for t in targets {
+            write!(f, ",{}{}", t.url, u.path_prefix)?;
+        }
+        Ok(())
     }
 }
 
@@ -87,14 +94,11 @@ mod tests {
 
     #[test]
     fn upstream_url_keeps_the_path_prefix() {
-        let upstream = Upstream {
-            name: "tools".into(),
-            scheme: http::uri::Scheme::HTTP,
-            authority: http::uri::Authority::from_static("10.0.0.5:7001"),
-            path_prefix: "/internal".into(),
-            timeouts: crate::routing::Timeouts::whole(Duration::from_secs(1)),
-            ca: None,
-        };
+        let upstream = Upstream::single(
+            "tools",
+            "http://10.0.0.5:7001/internal",
+            crate::routing::Timeouts::whole(Duration::from_secs(1)),
+        );
         assert_eq!(
             UpstreamUrl(&upstream).to_string(),
             "http://10.0.0.5:7001/internal"

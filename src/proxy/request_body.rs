@@ -16,20 +16,36 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct BodyLimitExceeded;
 
 pin_project! {
-    /// A request body that fails once more than `remaining` bytes have passed.
-    pub struct LimitedBody {
-        #[pin]
-        inner: Incoming,
-        remaining: u64,
+    /// A request body that fails once more than `remaining` bytes have passed, or one the
+    /// gateway holds whole (small, for a request that may be sent twice; or empty).
+    #[project = LimitedBodyProj]
+    pub enum LimitedBody {
+        Streaming {
+            #[pin]
+            inner: Incoming,
+            remaining: u64,
+        },
+        Held { data: Option<Bytes> },
     }
 }
 
 impl LimitedBody {
     pub(crate) fn new(inner: Incoming, limit: u64) -> LimitedBody {
-        LimitedBody {
+        LimitedBody::Streaming {
             inner,
             remaining: limit,
         }
+    }
+
+    /// `data`, already read (and within the limit).
+    pub(crate) fn held(data: Bytes) -> LimitedBody {
+        LimitedBody::Held {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+
+    pub(crate) fn empty() -> LimitedBody {
+        LimitedBody::Held { data: None }
     }
 }
 
@@ -41,18 +57,23 @@ impl Body for LimitedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let (inner, remaining) = match self.project() {
+            LimitedBodyProj::Held { data } => {
+                return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+            LimitedBodyProj::Streaming { inner, remaining } => (inner, remaining),
+        };
+        match inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 // Request trailers are not forwarded: the upstream never sees them.
                 let Ok(data) = frame.into_data() else {
                     return Poll::Ready(None);
                 };
                 let len = data.len() as u64;
-                if len > *this.remaining {
+                if len > *remaining {
                     return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded))));
                 }
-                *this.remaining -= len;
+                *remaining -= len;
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
@@ -62,11 +83,19 @@ impl Body for LimitedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            LimitedBody::Streaming { inner, .. } => inner.is_end_stream(),
+            LimitedBody::Held { data } => data.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            LimitedBody::Streaming { inner, .. } => inner.size_hint(),
+            LimitedBody::Held { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
     }
 }
 

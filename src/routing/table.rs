@@ -272,14 +272,11 @@ mod tests {
             methods,
             path: path.to_owned(),
             access: Access::Public,
-            upstream: Arc::new(Upstream {
-                name: Arc::from("u"),
-                scheme: http::uri::Scheme::HTTP,
-                authority: http::uri::Authority::from_static("127.0.0.1:1"),
-                path_prefix: String::new(),
-                timeouts: crate::routing::Timeouts::whole(Duration::from_secs(1)),
-                ca: None,
-            }),
+            upstream: Arc::new(Upstream::single(
+                "u",
+                "http://127.0.0.1:1",
+                crate::routing::Timeouts::whole(Duration::from_secs(1)),
+            )),
             max_body: None,
             allow_semicolons: false,
         }
