@@ -4,7 +4,6 @@
 //!
 //! Settings that need a restart are not here: the reloader keeps the running value and warns.
 
-use crate::admin::upstreams::{TargetStatus, UpstreamStatus};
 use crate::config::{Config, KeyPolicy, Limits};
 use crate::metrics::{Metrics, RouteMetrics, UNMATCHED};
 use crate::model::{Quota, RateLimit};
@@ -73,35 +72,6 @@ impl LiveConfig {
             route_metrics,
             unmatched,
         }
-    }
-
-    /// `GET /v1/upstreams`: each upstream with its targets' state, in config order.
-    ///
-    /// PLACEHOLDER until the upstream sets land: one target per upstream that a route uses, as
-    /// configured (no live state). The core replaces the body with
-    /// `self.upstreams.iter().map(|u| u.status()).collect()`.
-    pub(crate) fn upstream_statuses(&self) -> Vec<UpstreamStatus> {
-        let mut seen: Vec<&crate::routing::Upstream> = Vec::new();
-        for spec in &self.route_specs {
-            if !seen.iter().any(|u| u.name == spec.upstream.name) {
-                seen.push(&spec.upstream);
-            }
-        }
-        seen.iter()
-            .map(|u| UpstreamStatus {
-                name: u.name.to_string(),
-                balance: "least_requests",
-                targets: vec![TargetStatus {
-                    url: format!("{}://{}", u.scheme, u.authority),
-                    address: u.authority.to_string(),
-                    weight: 1,
-                    healthy: true,
-                    ejected_until: None,
-                    in_flight: 0,
-                    open_connections: 0,
-                }],
-            })
-            .collect()
     }
 
     /// A snapshot of its own, to share.

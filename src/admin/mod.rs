@@ -12,7 +12,7 @@ mod keys;
 mod paging;
 mod role;
 pub(crate) mod routes;
-pub(crate) mod upstreams;
+mod upstreams;
 mod validate;
 pub(crate) mod views;
 
@@ -200,10 +200,10 @@ impl Admin {
                 StatusCode::OK,
                 &routes::views(&self.live.load().route_specs),
             )),
-            // Taken per call: target health and counts change between reloads.
-            (Call::Upstreams, Method::GET) => {
-                Ok(json(StatusCode::OK, &self.live.load().upstream_statuses()))
-            }
+            (Call::Upstreams, Method::GET) => Ok(json(
+                StatusCode::OK,
+                &upstreams::statuses(&self.live.load()),
+            )),
             (Call::UsageExport, Method::GET) => {
                 let export = export::Export::parse(
                     query_param(query, "from").as_deref(),
