@@ -1,5 +1,5 @@
-//! The admin API: apps, keys, scopes and routes over JSON, behind bearer tokens of named
-//! operators, each limited by its role (see [`role`]).
+//! The admin API: apps, keys, scopes, routes and upstreams over JSON, behind bearer tokens of
+//! named operators, each limited by its role (see [`role`]).
 //!
 //! Every write goes to the store and drops the matching cache entries here; other instances
 //! learn of it through the store's change feed. The full key appears only in the create answer.
@@ -12,6 +12,7 @@ mod keys;
 mod paging;
 mod role;
 pub(crate) mod routes;
+mod upstreams;
 mod validate;
 pub(crate) mod views;
 
@@ -76,6 +77,7 @@ enum Call<'a> {
     WhoAmI,
     Scopes,
     Routes,
+    Upstreams,
     Apps,
     App(&'a str),
     AppKeys(&'a str),
@@ -98,6 +100,7 @@ fn parse_path(path: &str) -> Option<Call<'_>> {
         ["whoami"] => Some(Call::WhoAmI),
         ["scopes"] => Some(Call::Scopes),
         ["routes"] => Some(Call::Routes),
+        ["upstreams"] => Some(Call::Upstreams),
         ["audit"] => Some(Call::Audit),
         ["usage", "export"] => Some(Call::UsageExport),
         ["apps"] => Some(Call::Apps),
@@ -196,6 +199,10 @@ impl Admin {
             (Call::Routes, Method::GET) => Ok(json(
                 StatusCode::OK,
                 &routes::views(&self.live.load().route_specs),
+            )),
+            (Call::Upstreams, Method::GET) => Ok(json(
+                StatusCode::OK,
+                &upstreams::statuses(&self.live.load()),
             )),
             (Call::UsageExport, Method::GET) => {
                 let export = export::Export::parse(

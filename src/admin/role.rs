@@ -54,6 +54,7 @@ mod tests {
             (Method::GET, "/v1/apps", Role::Read),
             (Method::GET, "/v1/keys/k1/usage", Role::Read),
             (Method::GET, "/v1/routes", Role::Read),
+            (Method::GET, "/v1/upstreams", Role::Read),
             (Method::POST, "/v1/apps/a1/keys", Role::Operator),
             (Method::DELETE, "/v1/keys/k1", Role::Operator),
             (Method::POST, "/v1/keys/k1/roll", Role::Operator),

@@ -4,7 +4,8 @@
 
 use super::client::encode;
 use super::commands::{
-    AppsCommand, AuditArgs, KeysCommand, RoutesCommand, ScopesCommand, UsageCommand,
+    AppsCommand, AuditArgs, KeysCommand, RoutesCommand, ScopesCommand, UpstreamsCommand,
+    UsageCommand,
 };
 use http::Method;
 use serde_json::{json, Value};
@@ -42,6 +43,8 @@ pub(super) enum View {
     Usage,
     Scopes,
     Routes,
+    /// Upstreams, each with its targets (a table per upstream).
+    Upstreams,
     Audit,
     Export,
 }
@@ -242,6 +245,15 @@ pub(super) fn routes(RoutesCommand::List: RoutesCommand) -> AdminCall {
         "/v1/routes".into(),
         None,
         Answer::List(View::Routes),
+    )
+}
+
+pub(super) fn upstreams(UpstreamsCommand::List: UpstreamsCommand) -> AdminCall {
+    call(
+        Method::GET,
+        "/v1/upstreams".into(),
+        None,
+        Answer::List(View::Upstreams),
     )
 }
 
@@ -515,6 +527,9 @@ mod tests {
     fn read_only_views_follow_the_contract() {
         assert_eq!(sent(&scopes(ScopesCommand::List)).1, "/v1/scopes");
         assert_eq!(sent(&routes(RoutesCommand::List)).1, "/v1/routes");
+        let u = upstreams(UpstreamsCommand::List);
+        assert_eq!(sent(&u), ("GET".into(), "/v1/upstreams".into(), None));
+        assert_eq!(u.answer, Answer::List(View::Upstreams));
         let a = audit(AuditArgs {
             since: Some("2026-01-31T00:00:00Z".into()),
             app: Some("A1".into()),

@@ -203,6 +203,16 @@ pub enum RoutesCommand {
     List,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum UpstreamsCommand {
+    /// List each upstream's targets and their state: address, weight, health, ejection,
+    /// requests in flight and open connections.
+    #[command(
+        after_help = "Examples:\n  scopegate upstreams list\n  scopegate upstreams list --json"
+    )]
+    List,
+}
+
 /// `audit`: the admin writes, newest first.
 #[derive(Args, Debug)]
 pub struct AuditArgs {

@@ -103,11 +103,50 @@ fn print(value: &Value, answer: Answer, args: &AdminArgs) {
             println!("key: {}", value["key"].as_str().unwrap_or("-"));
             println!("(shown once: store it now; only its hash is kept)");
         }
+        (Value::Array(upstreams), Answer::List(View::Upstreams)) => {
+            print!("{}", upstream_tables(upstreams, args.wide));
+        }
         (Value::Array(rows), Answer::List(view)) => {
             print!("{}", table::render(rows, columns(view), args.wide));
         }
         (row, _) => print!("{}", table::record(row)),
     }
+}
+
+/// `GET /v1/upstreams` as one table of targets per upstream, under a line naming the upstream
+/// and its balancing: nine columns in one table would not fit 100.
+fn upstream_tables(upstreams: &[Value], wide: bool) -> String {
+    let text = |v: &Value| table::escape_controls(v.as_str().unwrap_or("-")).into_owned();
+    upstreams
+        .iter()
+        .map(|upstream| {
+            let targets: Vec<Value> = upstream["targets"]
+                .as_array()
+                .map(|targets| targets.iter().map(target_row).collect())
+                .unwrap_or_default();
+            format!(
+                "upstream {} (balance: {})\n{}",
+                text(&upstream["name"]),
+                text(&upstream["balance"]),
+                table::render(&targets, TARGETS, wide)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A target as a table row: `url` shown as `target`, `open_connections` as `connections`
+/// (shorter headers, so the table fits).
+fn target_row(target: &Value) -> Value {
+    serde_json::json!({
+        "target": target["url"],
+        "address": target["address"],
+        "weight": target["weight"],
+        "healthy": target["healthy"],
+        "ejected_until": target["ejected_until"],
+        "in_flight": target["in_flight"],
+        "connections": target["open_connections"],
+    })
 }
 
 const fn c(field: &'static str, max: usize) -> Column {
@@ -141,6 +180,16 @@ const ROUTES: &[Column] = &[
     c("scope", 20),
     c("upstream", 12),
 ];
+/// The targets of one upstream (see [`target_row`]); an ejection time is shown to the minute.
+const TARGETS: &[Column] = &[
+    c("target", 24),
+    c("address", 15),
+    c("weight", 6),
+    c("healthy", 7),
+    c("ejected_until", TIME),
+    c("in_flight", 9),
+    c("connections", 11),
+];
 const AUDIT: &[Column] = &[
     c("at", TIME),
     c("actor", 10),
@@ -164,6 +213,7 @@ fn columns(view: View) -> &'static [Column] {
         View::Usage => USAGE,
         View::Scopes => SCOPES,
         View::Routes => ROUTES,
+        View::Upstreams => TARGETS,
         View::Audit => AUDIT,
         View::Export => EXPORT,
     }
@@ -237,6 +287,7 @@ mod tests {
             View::Usage,
             View::Scopes,
             View::Routes,
+            View::Upstreams,
             View::Audit,
             View::Export,
         ] {
@@ -245,6 +296,62 @@ mod tests {
                 cols.iter().map(|c| c.max.max(c.field.len())).sum::<usize>() + 2 * (cols.len() - 1);
             assert!(width <= 100, "{view:?}: {width}");
         }
+    }
+
+    #[test]
+    fn upstreams_print_a_table_of_targets_each() {
+        let answer = serde_json::json!([
+            {"name": "models", "balance": "round_robin", "targets": [
+                {"url": "http://127.0.0.1:7002", "address": "127.0.0.1:7002", "weight": 2,
+                 "healthy": true, "ejected_until": null, "in_flight": 3, "open_connections": 4},
+                {"url": "http://models-b.internal:7002", "address": "10.0.0.7:7002",
+                 "weight": 1, "healthy": false, "ejected_until": "2026-01-31T12:00:10Z",
+                 "in_flight": 0, "open_connections": 0},
+            ]},
+            {"name": "to\u{1b}ols", "balance": "least_requests", "targets": []},
+        ]);
+        let text = upstream_tables(answer.as_array().expect("array"), false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "upstream models (balance: round_robin)");
+        let header = [
+            "TARGET",
+            "ADDRESS",
+            "WEIGHT",
+            "HEALTHY",
+            "EJECTED_UNTIL",
+            "IN_FLIGHT",
+        ];
+        let words: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(words[..6], header, "{text}");
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            [
+                "http://127.0.0.1:7002",
+                "127.0.0.1:7002",
+                "2",
+                "true",
+                "-",
+                "3",
+                "4"
+            ]
+        );
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            [
+                "http://models-b.interna~",
+                "10.0.0.7:7002",
+                "1",
+                "false",
+                "2026-01-31",
+                "12:00",
+                "0",
+                "0"
+            ]
+        );
+        // A blank line between upstreams; a name's control character is shown escaped.
+        assert_eq!(lines[4], "");
+        assert_eq!(lines[5], "upstream to\\x1bols (balance: least_requests)");
+        assert!(text.lines().all(|l| l.len() <= 100), "{text}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `scopegate` command line: `serve`, `check`, `demo`, `health`, and the management
-//! commands (`apps`, `keys`, `scopes`, `routes`, `audit`, `usage`), which call the admin API.
+//! commands (`apps`, `keys`, `scopes`, `routes`, `upstreams`, `audit`, `usage`), which call the
+//! admin API.
 //!
 //! [`commands`] holds what clap parses, [`calls`] the admin call each command makes,
 //! [`manage`] makes it and prints the answer ([`table`]); [`client`] speaks HTTP.
@@ -14,7 +15,8 @@ mod manage;
 mod table;
 
 use self::commands::{
-    AdminArgs, AppsCommand, AuditArgs, KeysCommand, RoutesCommand, ScopesCommand, UsageCommand,
+    AdminArgs, AppsCommand, AuditArgs, KeysCommand, RoutesCommand, ScopesCommand, UpstreamsCommand,
+    UsageCommand,
 };
 use crate::config::{self, Config};
 use clap::{Parser, Subcommand};
@@ -99,6 +101,14 @@ pub enum Command {
         #[command(subcommand)]
         command: RoutesCommand,
     },
+    /// The upstreams in force and the live state of their targets.
+    #[command(after_help = "Example:\n  scopegate upstreams list")]
+    Upstreams {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: UpstreamsCommand,
+    },
     /// The admin writes (apps and keys created, changed, revoked...), newest first.
     #[command(
         after_help = "Example:\n  scopegate audit --since 2026-01-31T00:00:00Z --app 3fZk9QpLm2Xa"
@@ -175,6 +185,9 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Routes { admin, command } => {
             manage::run(&cli.config, &admin, Ok(calls::routes(command))).await
+        }
+        Command::Upstreams { admin, command } => {
+            manage::run(&cli.config, &admin, Ok(calls::upstreams(command))).await
         }
         Command::Audit { admin, filter } => {
             manage::run(&cli.config, &admin, Ok(calls::audit(filter))).await

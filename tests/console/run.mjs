@@ -1,6 +1,7 @@
 // Browser tests of the console: Playwright (playwright-core) driving Debian's chromium against
-// the real binary with the embedded store, an admin and an operator token, and a tiny upstream.
-// Run with `node tests/console/run.mjs` after `cargo build` (tests/run does both).
+// the real binary with the embedded store, an admin and an operator token, and two tiny upstreams.
+// Run with `node tests/console/run.mjs` after `cargo build` (tests/run does both). The Routes
+// check needs an upstream of several targets, one of them dead, behind a health check.
 // Screenshots of each page at 1280 and 390 px go to $CONSOLE_SCREENSHOTS (default
 // target/console-screenshots); the folder is printed.
 import { chromium } from 'playwright-core';
@@ -54,7 +55,10 @@ async function startUpstream() {
   return `http://127.0.0.1:${server.address().port}`;
 }
 
-async function startGateway(upstream) {
+// A target with nothing listening: it fails its health check.
+const DEAD_TARGET = 'http://127.0.0.1:1';
+
+async function startGateway(upstream, otherUpstream) {
   if (!existsSync(BIN)) {
     const built = spawnSync('cargo', ['build', '--locked'], { cwd: ROOT, stdio: 'inherit' });
     assert.equal(built.status, 0, 'cargo build');
@@ -80,6 +84,19 @@ scopes:
 upstreams:
   tools:
     url: ${upstream}
+  models:
+    targets:
+      - url: ${upstream}
+        weight: 2
+      - url: ${otherUpstream}
+      - url: ${DEAD_TARGET}
+    balance: round_robin
+    health:
+      path: /healthz
+      interval: 2s
+      timeout: 1s
+      unhealthy_after: 1
+      healthy_after: 1
 routes:
   - method: POST
     path: /api/v1/tools/{tool_id}/deploy
@@ -93,6 +110,10 @@ routes:
     path: /api/v1/health
     scope: public
     upstream: tools
+  - method: GET
+    path: /api/v1/models/{model_id}
+    scope: public
+    upstream: models
 `);
   const child = spawn(BIN, ['serve', '-c', config], {
     env: { ...process.env, CONSOLE_ADMIN_TOKEN: ADMIN_TOKEN, CONSOLE_OPERATOR_TOKEN: OPERATOR_TOKEN, CONSOLE_READ_TOKEN: READ_TOKEN, RUST_LOG: 'warn' },
@@ -149,7 +170,8 @@ async function proxyStatus(proxyUrl, key) {
 async function main() {
   mkdirSync(SHOTS, { recursive: true });
   const upstream = await startUpstream();
-  const { adminUrl, proxyUrl } = await startGateway(upstream);
+  const otherUpstream = await startUpstream();
+  const { adminUrl, proxyUrl } = await startGateway(upstream, otherUpstream);
   const profile = mkdtempSync(join(tmpdir(), 'scopegate-chromium-'));
   cleanup.push(() => rmSync(profile, { recursive: true, force: true }));
   const context = await chromium.launchPersistentContext(profile, {
@@ -328,8 +350,31 @@ async function main() {
   assert.match(await deploy.textContent(), /deploy_tool.*tools.*console-app/);
   assert.match(await page.getByRole('row', { name: /jobs/ }).textContent(), /console-app.*reporting|reporting.*console-app/);
   assert.match(await page.getByRole('row', { name: /health/ }).textContent(), /public/);
+  // Under the routes, a table per upstream: its targets and their state.
+  const toolsTargets = page.getByRole('region', { name: 'Targets of upstream tools' });
+  const toolsRows = toolsTargets.getByRole('row');
+  assert.equal(await toolsRows.count(), 2, 'a header and the one target of a url: upstream');
+  const toolsCells = await toolsRows.nth(1).getByRole('cell').allTextContents();
+  assert.deepEqual(toolsCells.slice(0, 4), [upstream, upstream.replace('http://', ''), '1', 'up']);
+  // models: three targets in config order; the dead one fails its check (read afresh on each
+  // showing of the page, so reload until the first check has run).
+  const models = page.getByRole('region', { name: 'Targets of upstream models' });
+  await waitFor(async () => {
+    await page.reload();
+    await page.getByRole('heading', { level: 1, name: 'Routes' }).waitFor();
+    return (await models.getByRole('row').nth(3).textContent()).includes('failing check');
+  }, 'the dead target to fail its health check');
+  const modelRows = models.getByRole('row');
+  assert.equal(await modelRows.count(), 4, 'a header and three targets');
+  assert.deepEqual((await modelRows.nth(1).getByRole('cell').allTextContents()).slice(0, 4),
+    [upstream, upstream.replace('http://', ''), '2', 'up']);
+  assert.deepEqual((await modelRows.nth(2).getByRole('cell').allTextContents()).slice(0, 4),
+    [otherUpstream, otherUpstream.replace('http://', ''), '1', 'up']);
+  assert.deepEqual((await modelRows.nth(3).getByRole('cell').allTextContents()).slice(0, 4),
+    [DEAD_TARGET, '127.0.0.1:1', '1', 'failing check']);
+  assert.match(await page.getByText('balance: round_robin').textContent(), /round_robin/);
   await capture(page, 'routes');
-  ok('routes: scope, upstream and the apps allowed to call each');
+  ok('routes: scope, upstream and the apps allowed to call each; each upstream\'s targets and their state (up, failing check)');
 
   // Audit: the writes above, filterable by app.
   await go(page, 'Audit', 'Audit');

@@ -548,8 +548,26 @@ async function usagePage(view, arg) {
 }
 
 // ---------- Routes ----------
+// A target's state: out of rotation while ejected or failing its health check.
+function targetState(t) {
+  if (t.ejected_until) return h('span', { class: 'badge badge-ejected' }, `ejected until ${when(t.ejected_until)}`);
+  if (!t.healthy) return h('span', { class: 'badge badge-failing' }, 'failing check');
+  return h('span', { class: 'badge badge-up' }, 'up');
+}
+
+// One table per upstream: its targets as they stand now (read each time the page is shown).
+function upstreamTables(upstreams) {
+  if (!upstreams.length) return h('p', { class: 'muted' }, 'No upstreams.');
+  return h('div', {}, upstreams.map((u) => h('section', { class: 'upstream' },
+    h('h3', {}, h('code', {}, u.name), ' ', h('span', { class: 'muted' }, `balance: ${u.balance}`)),
+    table(`Targets of upstream ${u.name}`, ['Target', 'Address', 'Weight', 'State', 'In flight', 'Connections'],
+      u.targets.map((t) => [h('code', {}, t.url), h('code', {}, t.address), String(t.weight), targetState(t),
+        String(t.in_flight), String(t.open_connections)]), 'No target resolved yet.'))));
+}
+
 async function routesPage(view) {
-  const [routes, apps] = await Promise.all([api('GET', '/v1/routes').then((r) => r.data), listAll('/v1/apps')]);
+  const [routes, apps, upstreams] = await Promise.all([api('GET', '/v1/routes').then((r) => r.data), listAll('/v1/apps'),
+    api('GET', '/v1/upstreams').then((r) => r.data)]);
   const rows = routes.map((r) => {
     const allowed = r.scope === 'public' ? [h('span', { class: 'muted' }, 'anyone (public, no key)')]
       : apps.filter((a) => a.scopes.includes(r.scope)).map((a) => h('span', { class: 'chip' }, a.name));
@@ -563,7 +581,10 @@ async function routesPage(view) {
   });
   view.replaceChildren(pageHead('Routes'),
     h('p', {}, 'From the config in force, first match wins. An app may call a route when it holds the route\'s scope.'),
-    table('Routes', ['Methods', 'Path', 'Scope', 'Upstream', 'Apps allowed'], rows, 'No routes.'));
+    table('Routes', ['Methods', 'Path', 'Scope', 'Upstream', 'Apps allowed'], rows, 'No routes.'),
+    h('h2', {}, 'Upstreams'),
+    h('p', {}, 'Each upstream\'s targets as they stand now. A target out of rotation (failing its health check, or ejected after failed requests) gets no requests until it is back.'),
+    upstreamTables(upstreams));
 }
 
 // ---------- Audit ----------
