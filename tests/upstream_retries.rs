@@ -11,7 +11,7 @@ mod common;
 
 use bytes::Bytes;
 use common::gateway::TestGateway;
-use common::pool::{call_at, many, replica_of, retries, PoolConfig};
+use common::pool::{call_at, many, pool_metric, replica_of, retries, PoolConfig};
 use common::replica::{Mode, Replica};
 use http::Method;
 use std::time::Instant;
@@ -37,6 +37,16 @@ fn receipts(failing: &Replica, fine: &Replica, method: &str, path: &str) -> (usi
         failing.received_of(method, path),
         fine.received_of(method, path),
     )
+}
+
+/// `scopegate_upstream_requests_total` of `target` with `outcome`.
+async fn attempts(gw: &TestGateway, target: &Replica, outcome: &str) -> f64 {
+    pool_metric(
+        gw,
+        "scopegate_upstream_requests_total",
+        &[("target", &target.url()), ("outcome", outcome)],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,6 +76,8 @@ async fn a_refused_connection_is_retried_on_another_target_for_any_method() {
         (1.0..=20.0).contains(&counted),
         "{counted} retries counted; round robin sent about half to the stopped target"
     );
+    assert_eq!(attempts(&gw, &stopped, "connect_error").await, counted);
+    assert_eq!(attempts(&gw, &fine, "response").await, 20.0);
 }
 
 /// GETs (no body) to a pair whose first target fails by `mode`: every one is answered 200 by

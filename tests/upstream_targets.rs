@@ -1,5 +1,6 @@
 //! Requests spread over an upstream's targets by weight, under either balance: with targets
-//! that answer alike, each target's share follows its weight.
+//! that answer alike, each target's share follows its weight, whether the requests come one
+//! at a time (no target ever has one in flight) or several at once.
 
 mod common;
 
@@ -9,12 +10,13 @@ use common::replica::Replica;
 use http::Method;
 
 const REQUESTS: usize = 400;
-/// Requests in flight at once: enough for least_requests to see unequal loads.
+/// Requests in flight at once in the concurrent cases: enough for least_requests to see
+/// unequal loads.
 const CONCURRENCY: usize = 8;
 
 /// Weights 3:1 give the heavy target 75 % of the requests; the bounds are far wider than
 /// chance allows (the binomial spread at 400 requests is about 2 %).
-async fn shares_follow_weights(balance: &str) {
+async fn shares_follow_weights(balance: &str, concurrency: usize) {
     let heavy = Replica::start("heavy").await;
     let light = Replica::start("light").await;
     let gw = PoolConfig::weighted(&[(heavy.url(), 3), (light.url(), 1)])
@@ -22,7 +24,7 @@ async fn shares_follow_weights(balance: &str) {
         .start()
         .await;
     let proxy = gw.proxy;
-    let answers = many(REQUESTS, CONCURRENCY, |i| {
+    let answers = many(REQUESTS, concurrency, |i| {
         call_at(proxy, Method::GET, format!("r{i}"), Bytes::new())
     })
     .await;
@@ -38,20 +40,30 @@ async fn shares_follow_weights(balance: &str) {
     let share = heavy.received() as f64 / REQUESTS as f64;
     assert!(
         (0.65..=0.85).contains(&share),
-        "{balance}: the weight-3 target took {:.1} % of the requests ({} of {REQUESTS}), not ~75 %",
+        "{balance}, {concurrency} at a time: the weight-3 target took {:.1} % of the requests ({} of {REQUESTS}), not ~75 %",
         share * 100.0,
         heavy.received()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn least_requests_spreads_by_weight() {
-    shares_follow_weights("least_requests").await;
+async fn least_requests_spreads_by_weight_one_at_a_time() {
+    shares_follow_weights("least_requests", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn round_robin_spreads_by_weight() {
-    shares_follow_weights("round_robin").await;
+async fn least_requests_spreads_by_weight_several_at_once() {
+    shares_follow_weights("least_requests", CONCURRENCY).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_by_weight_one_at_a_time() {
+    shares_follow_weights("round_robin", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_by_weight_several_at_once() {
+    shares_follow_weights("round_robin", CONCURRENCY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
