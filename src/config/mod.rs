@@ -307,7 +307,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         return Err(ConfigErrors { problems });
     };
     let index = position::PositionIndex::build(&read);
-    match validate::validate(path, raw, &index) {
+    match validate::validate(path, raw, &index, &problems) {
         Ok(config) if problems.is_empty() => Ok(config),
         Ok(_) => Err(ConfigErrors { problems }),
         Err(semantic) => {

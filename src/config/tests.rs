@@ -80,10 +80,13 @@ fn example_file_parses() {
     assert_eq!(c.scopes[13].0, "view_job_status");
     let names: Vec<&str> = c.upstreams.iter().map(|u| &*u.name).collect();
     assert_eq!(names, ["tools", "models", "guardrails"]);
-    assert_eq!(
-        c.upstreams[1].timeouts.whole,
-        Some(Duration::from_secs(120))
-    );
+    // Two model replicas, checked; a stream never cut while it flows.
+    let models = &c.upstreams[1];
+    assert_eq!(models.targets.len(), 2);
+    assert_eq!(models.timeouts.whole, None);
+    assert_eq!(models.timeouts.read, Some(Duration::from_secs(60)));
+    assert_eq!(models.timeouts.header, Duration::from_secs(120));
+    assert!(models.health.is_some());
     assert_eq!(c.route_specs.len(), 17);
     let files = c
         .route_specs
@@ -898,7 +901,10 @@ fn upstream_targets_weights_and_their_defaults() {
     ));
     let u = &c.upstreams[0];
     let urls: Vec<(&str, u32)> = u.targets.iter().map(|t| (&*t.url, t.weight)).collect();
-    assert_eq!(urls, [("http://10.0.0.1:7001", 3), ("https://models.internal", 1)]);
+    assert_eq!(
+        urls,
+        [("http://10.0.0.1:7001", 3), ("https://models.internal", 1)]
+    );
     assert_eq!(u.path_prefix, "/base");
     assert_eq!(u.balance, crate::routing::Balance::LeastRequests);
     assert_eq!(u.max_connections, crate::routing::DEFAULT_MAX_CONNECTIONS);
@@ -909,7 +915,10 @@ fn upstream_targets_weights_and_their_defaults() {
     // `url:` is one target of weight 1.
     let u = &ok(MIN).upstreams[0];
     assert_eq!(u.targets.len(), 1);
-    assert_eq!((&*u.targets[0].url, u.targets[0].weight), ("http://127.0.0.1:7001", 1));
+    assert_eq!(
+        (&*u.targets[0].url, u.targets[0].weight),
+        ("http://127.0.0.1:7001", 1)
+    );
 }
 
 #[test]
@@ -937,7 +946,10 @@ fn upstream_health_passive_retry_and_bound_are_read() {
     assert_eq!(u.max_connections, 8);
     let h = u.health.as_ref().unwrap();
     assert_eq!(h.path, "/healthz?deep=1");
-    assert_eq!((h.interval, h.timeout), (Duration::from_secs(2), Duration::from_millis(500)));
+    assert_eq!(
+        (h.interval, h.timeout),
+        (Duration::from_secs(2), Duration::from_millis(500))
+    );
     assert_eq!((h.unhealthy_after, h.healthy_after), (3, 1));
     let p = u.passive.unwrap();
     assert_eq!((p.failures, p.eject_for), (2, Duration::from_secs(30)));
@@ -956,40 +968,78 @@ fn upstream_health_passive_retry_and_bound_are_read() {
 fn upstream_problems_name_their_field() {
     // Both forms.
     one(
-        &with_upstream("    url: http://127.0.0.1:7001\n    targets:\n      - url: http://127.0.0.1:7002\n"),
+        &with_upstream(
+            "    url: http://127.0.0.1:7001\n    targets:\n      - url: http://127.0.0.1:7002\n",
+        ),
         6,
         7,
         &["upstreams.tools.targets", "not both"],
     );
     // Neither.
     let all = problems(&with_upstream("    balance: round_robin\n"));
-    assert!(all.iter().any(|p| p.message.contains("needs `url`")), "{all:#?}");
+    assert!(
+        all.iter().any(|p| p.message.contains("needs `url`")),
+        "{all:#?}"
+    );
     // A bad target url, a bad weight, each at its place.
     let all = problems(&with_upstream(
         "    targets:\n      - url: ftp://x\n      - url: http://127.0.0.1:7002\n        weight: 0\n",
     ));
     let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
     assert_eq!(all.len(), 2, "{shown:#?}");
-    assert!(shown[0].contains("upstreams.tools.targets[0].url"), "{shown:#?}");
-    assert!(shown[1].contains("upstreams.tools.targets[1].weight: must be 1 to 1000"), "{shown:#?}");
+    assert!(
+        shown[0].contains("upstreams.tools.targets[0].url"),
+        "{shown:#?}"
+    );
+    assert!(
+        shown[1].contains("upstreams.tools.targets[1].weight: must be 1 to 1000"),
+        "{shown:#?}"
+    );
     // Different path prefixes; a duplicate target.
     let all = problems(&with_upstream(
         "    targets:\n      - url: http://a:1/x\n      - url: http://b:1/y\n      - url: http://a:1/x\n",
     ));
     let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
     assert!(shown.iter().any(|p| p.contains("same path")), "{shown:#?}");
-    assert!(shown.iter().any(|p| p.contains("listed twice")), "{shown:#?}");
+    assert!(
+        shown.iter().any(|p| p.contains("listed twice")),
+        "{shown:#?}"
+    );
     for (body, field) in [
-        ("    url: http://h:1\n    balance: random\n", "balance: \"random\" is not a balance"),
-        ("    url: http://h:1\n    max_connections: 0\n", "max_connections: must be at least 1"),
-        ("    url: http://h:1\n    health: {path: healthz}\n", "health.path"),
-        ("    url: http://h:1\n    health: {path: /h, interval: 1s, timeout: 2s}\n", "health.timeout"),
-        ("    url: http://h:1\n    passive: {eject_for: soon}\n", "passive.eject_for"),
-        ("    url: http://h:1\n    retry: {budget: \"20\"}\n", "retry.budget"),
-        ("    url: http://h:1\n    retry: {attempts: 11}\n", "retry.attempts"),
+        (
+            "    url: http://h:1\n    balance: random\n",
+            "balance: \"random\" is not a balance",
+        ),
+        (
+            "    url: http://h:1\n    max_connections: 0\n",
+            "max_connections: must be at least 1",
+        ),
+        (
+            "    url: http://h:1\n    health: {path: healthz}\n",
+            "health.path",
+        ),
+        (
+            "    url: http://h:1\n    health: {path: /h, interval: 1s, timeout: 2s}\n",
+            "health.timeout",
+        ),
+        (
+            "    url: http://h:1\n    passive: {eject_for: soon}\n",
+            "passive.eject_for",
+        ),
+        (
+            "    url: http://h:1\n    retry: {budget: \"20\"}\n",
+            "retry.budget",
+        ),
+        (
+            "    url: http://h:1\n    retry: {attempts: 11}\n",
+            "retry.attempts",
+        ),
     ] {
         let all = problems(&with_upstream(body));
-        assert!(all.iter().any(|p| p.message.contains(field)), "{field}: {all:#?}");
+        assert!(
+            all.iter().any(|p| p.message.contains(field)),
+            "{field}: {all:#?}"
+        );
     }
 }
 

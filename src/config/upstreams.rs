@@ -113,7 +113,10 @@ fn targets(
             return None;
         }
         (None, None) => {
-            c.at_key(path, "needs `url` (one target) or `targets` (a list)");
+            // A misspelt `url` was reported already; "missing" would only repeat it.
+            if !c.reported_under(path) {
+                c.at_key(path, "needs `url` (one target) or `targets` (a list)");
+            }
             return None;
         }
         (Some(url), None) => vec![(path.key("url"), url.as_str(), None)],

@@ -15,6 +15,8 @@ pub(super) struct Check<'a> {
     file: &'a Path,
     index: &'a PositionIndex,
     pub(super) problems: Vec<Problem>,
+    /// Reported while reading the file (unknown keys, wrong types).
+    earlier: &'a [Problem],
 }
 
 impl<'a> Check<'a> {
@@ -23,6 +25,7 @@ impl<'a> Check<'a> {
             file,
             index,
             problems: Vec::new(),
+            earlier: &[],
         }
     }
 
@@ -57,6 +60,14 @@ impl<'a> Check<'a> {
     }
 
     /// The value, or `None` after recording the problem at `path`.
+    /// Whether a problem was already reported at `path` or under it (e.g. a misspelt key,
+    /// which would make a second "missing key" problem misleading).
+    pub(super) fn reported_under(&self, path: &YamlPath) -> bool {
+        let path = path.to_string();
+        let mut all = self.earlier.iter().chain(&self.problems);
+        all.any(|p| p.message.starts_with(&path))
+    }
+
     pub(super) fn ok<T>(&mut self, path: &YamlPath, r: Result<T, String>) -> Option<T> {
         r.map_err(|msg| self.at(path, msg)).ok()
     }
@@ -69,8 +80,10 @@ pub(super) fn validate(
     file: &Path,
     raw: RawConfig,
     index: &PositionIndex,
+    earlier: &[Problem],
 ) -> Result<Config, ConfigErrors> {
     let mut c = Check::new(file, index);
+    c.earlier = earlier;
     let dir = file.parent().unwrap_or(Path::new(""));
 
     let listen = socket_addr(&mut c, &at(&["listen"]), &raw.listen);

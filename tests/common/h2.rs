@@ -1,5 +1,6 @@
 //! Raw HTTP/2 (prior knowledge, no TLS) on a socket: frames written exactly as a test wants
-//! them, batched or one at a time, which no well-behaved client library allows.
+//! them, batched or one at a time, which no well-behaved client library allows; and a
+//! well-behaved client on one connection, for many streams at once.
 //!
 //! Header blocks use only HPACK's indexed and literal-without-indexing forms (RFC 7541 §6.1,
 //! §6.2.2), so no dynamic table state is shared with the server.
@@ -254,4 +255,20 @@ fn push_string(block: &mut Vec<u8>, text: &str) {
         .expect("short header string");
     block.push(len);
     block.extend_from_slice(text.as_bytes());
+}
+
+/// A well-behaved HTTP/2 client (prior knowledge) on one connection to `addr`: clones of the
+/// sender share that connection, so concurrent requests are streams of it.
+pub(crate) async fn one_connection(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), {
+            hyper_util::rt::TokioIo::new(stream)
+        })
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    sender
 }
