@@ -17,7 +17,7 @@ mod replay;
 pub(crate) mod request_body;
 mod targets;
 
-pub(crate) use self::targets::{TargetStatus, UpstreamSet, UpstreamStatus};
+pub(crate) use self::targets::{UpstreamSet, UpstreamStatus};
 
 use self::body::GatewayBody;
 use self::headers::Forwarded;
@@ -302,7 +302,7 @@ impl Forwarder {
                     target.metrics.outcome(Outcome::ConnectError);
                     set.failure(target);
                     if self.retry(set, &list, &tried, &mut index) {
-                        next = Some(request);
+                        next = Some(*request);
                         continue;
                     }
                     error

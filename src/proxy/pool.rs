@@ -52,7 +52,7 @@ pub(crate) enum SendError {
 /// The outcome of one attempt that got no response.
 pub(crate) enum Failed {
     /// Nothing reached the upstream; the request is handed back for another target.
-    NotSent(SendError, Request<LimitedBody>),
+    NotSent(SendError, Box<Request<LimitedBody>>),
     /// The request was (maybe partly) sent, then the connection failed.
     Sent(hyper::Error),
 }
@@ -188,7 +188,7 @@ pub(crate) async fn send(
             // Boxed: connecting (TCP, TLS, handshake) is rare, and its state is large.
             Err(slot) => match Box::pin(connect(target, connect_timeout, Some(slot))).await {
                 Ok(sender) => (sender, true),
-                Err(e) => return Err(Failed::NotSent(e, request)),
+                Err(e) => return Err(Failed::NotSent(e, Box::new(request))),
             },
         };
         match sender.try_send_request(request).await {
@@ -198,7 +198,10 @@ pub(crate) async fn send(
                 // try another connection. A fresh one that closes at once is the target's
                 // failure (the request is still unsent).
                 Some(unsent) if fresh => {
-                    return Err(Failed::NotSent(refused.into_error().into(), unsent))
+                    return Err(Failed::NotSent(
+                        refused.into_error().into(),
+                        Box::new(unsent),
+                    ))
                 }
                 Some(unsent) => request = unsent,
                 None => return Err(Failed::Sent(refused.into_error())),

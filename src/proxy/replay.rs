@@ -70,7 +70,7 @@ pub(crate) async fn prepare(
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if !declared.is_some_and(|n| n <= MAX_REPLAY_BODY.min(max_body)) {
+        if declared.is_none_or(|n| n > MAX_REPLAY_BODY.min(max_body)) {
             return Ok((
                 Request::from_parts(parts, LimitedBody::new(body, max_body)),
                 None,

@@ -22,7 +22,7 @@ const MIN_REFRESH: Duration = Duration::from_secs(1);
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) enum Resolver {
-    Dns(TokioResolver),
+    Dns(Box<TokioResolver>),
     /// `getaddrinfo`, when the system's DNS configuration is unreadable.
     System,
 }
@@ -59,7 +59,7 @@ impl Resolver {
             let config = ResolverConfig::from_parts(None, Vec::new(), group);
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
         };
-        Resolver::Dns(builder.build())
+        Resolver::Dns(Box::new(builder.build()))
     }
 
     /// Every address of `host` (with `port`), or why not.

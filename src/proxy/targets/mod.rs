@@ -14,7 +14,7 @@ pub(crate) mod state;
 mod status;
 mod target;
 
-pub(crate) use self::status::{TargetStatus, UpstreamStatus};
+pub(crate) use self::status::UpstreamStatus;
 pub(crate) use self::target::{Endpoint, Target};
 
 use self::dns::Resolver;

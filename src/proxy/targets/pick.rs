@@ -32,12 +32,12 @@ impl UpstreamSet {
                 let mut rng = rand::rng();
                 let a = draw(list, &usable, &mut rng)?;
                 let b = draw(list, &usable, &mut rng)?;
-                // Lower in flight per weight wins; a tie goes to the first draw (both were
-                // drawn by weight, so shares stay proportional to weights).
+                // Fewer in flight per weight wins; a tie (nothing in flight, say) goes to the
+                // first draw, made by weight, so idle targets get shares proportional to their
+                // weights. (Adding one to each side would hand every tie to the heavier.)
                 let (ta, wa) = &list.targets[a];
                 let (tb, wb) = &list.targets[b];
-                let a_wins =
-                    (ta.in_flight() + 1) * u64::from(*wb) <= (tb.in_flight() + 1) * u64::from(*wa);
+                let a_wins = ta.in_flight() * u64::from(*wb) <= tb.in_flight() * u64::from(*wa);
                 Some(if a_wins { a } else { b })
             }
         }
