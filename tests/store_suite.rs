@@ -35,6 +35,7 @@ fn app(id: &str, name: &str, created_at: u64) -> App {
         created_at,
         created_by: "admin".to_owned(),
         version: 0,
+        credentials: Default::default(),
     }
 }
 
@@ -177,6 +178,7 @@ async fn replace_app(store: &dyn KeyStore, app: &App) -> Result<(), StoreError> 
         scopes: Some(app.scopes.clone()),
         rate_limit: Some(app.rate_limit),
         quota: Some(app.quota),
+        credentials: Some(app.credentials.clone()),
     };
     store.update_app(&app.id, &change, None).await.map(drop)
 }
@@ -656,6 +658,7 @@ async fn records_round_trip(store: &dyn KeyStore) {
         created_at: 1_700_000_000,
         created_by: "ops@example.com".to_owned(),
         version: 3,
+        credentials: [("models".to_owned(), "TENANT_A".to_owned())].into(),
     };
     store.create_app(&full_app).await.expect("app");
     assert_eq!(
