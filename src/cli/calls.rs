@@ -4,8 +4,8 @@
 
 use super::client::encode;
 use super::commands::{
-    AppsCommand, AuditArgs, KeysCommand, RoutesCommand, ScopesCommand, UpstreamsCommand,
-    UsageCommand,
+    AppsCommand, AuditArgs, CredentialsCommand, KeysCommand, RoutesCommand, ScopesCommand,
+    UpstreamsCommand, UsageCommand,
 };
 use http::Method;
 use serde_json::{json, Value};
@@ -47,6 +47,7 @@ pub(super) enum View {
     Upstreams,
     Audit,
     Export,
+    Credentials,
 }
 
 /// A command that cannot be sent as given: each says why and what to do.
@@ -227,6 +228,53 @@ pub(super) fn keys(command: KeysCommand) -> Result<AdminCall, UsageError> {
             None,
             Answer::List(View::Usage),
         ),
+    })
+}
+
+/// The admin call of a credentials command; `value` is the value read for `add` and `update`
+/// (never from an argument). `rewrap` makes no admin call (`None`; see [`super::rewrap`]).
+pub(super) fn credentials(command: CredentialsCommand, value: Option<&str>) -> Option<AdminCall> {
+    let one = |method: Method, name: String, body: Option<Value>| {
+        let path = format!("/v1/credentials/{}", encode(&name));
+        about(
+            "credential",
+            name,
+            call(method, path, body, Answer::One(View::Credentials)),
+        )
+    };
+    Some(match command {
+        CredentialsCommand::Add {
+            name, description, ..
+        } => {
+            let mut body = json!({"name": name, "value": value.unwrap_or_default()});
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            call(
+                Method::POST,
+                "/v1/credentials".into(),
+                Some(body),
+                Answer::One(View::Credentials),
+            )
+        }
+        CredentialsCommand::List { search } => call(
+            Method::GET,
+            with_query("/v1/credentials", &[("search", search)]),
+            None,
+            Answer::List(View::Credentials),
+        ),
+        CredentialsCommand::Show { name } => one(Method::GET, name, None),
+        CredentialsCommand::Update {
+            name, description, ..
+        } => {
+            let mut body = json!({"value": value.unwrap_or_default()});
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            one(Method::PUT, name, Some(body))
+        }
+        CredentialsCommand::Delete { name } => one(Method::DELETE, name, None),
+        CredentialsCommand::Rewrap { .. } => return None,
     })
 }
 

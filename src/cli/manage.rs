@@ -198,6 +198,13 @@ const AUDIT: &[Column] = &[
     c("key_id", ID),
     c("details", 28),
 ];
+const CREDENTIALS: &[Column] = &[
+    c("name", 20),
+    c("masked", 20),
+    c("description", 16),
+    c("updated_at", TIME),
+    c("last_used_at", TIME),
+];
 const EXPORT: &[Column] = &[
     c("date", 10),
     c("app_id", ID),
@@ -216,6 +223,7 @@ fn columns(view: View) -> &'static [Column] {
         View::Upstreams => TARGETS,
         View::Audit => AUDIT,
         View::Export => EXPORT,
+        View::Credentials => CREDENTIALS,
     }
 }
 
@@ -290,6 +298,7 @@ mod tests {
             View::Upstreams,
             View::Audit,
             View::Export,
+            View::Credentials,
         ] {
             let cols = columns(view);
             let width: usize =

@@ -5,6 +5,8 @@
 //! - [`master`]: the master key (`credentials.master_key_env` / `master_key_file`), 32 bytes,
 //!   zeroized on drop, never printed;
 //! - [`seal`]: AES-256-GCM sealing of one value under the master key, bound to its name;
+//! - [`rewrap`]: moving every stored value to a new master key (`scopegate credentials
+//!   rewrap`);
 //! - [`value`]: the plaintext type ([`Secret`]), the checks on names and values, and the
 //!   masked form shown by the admin API.
 //!
@@ -12,6 +14,7 @@
 //! unsealed. The store keeps only [`seal`]'s output; the admin API shows only [`masked`].
 
 pub mod master;
+pub mod rewrap;
 pub mod seal;
 pub mod value;
 
