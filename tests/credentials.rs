@@ -760,3 +760,214 @@ fn the_leak_check_finds_a_leak() {
     }
     assert_clean("clean", b"sk-****************************************0Ue");
 }
+
+/// `scopegate ARGS -c CONFIG` with the admin token, `env` and `stdin` fed to it.
+async fn scopegate_with(
+    config: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> common::process::Run {
+    use tokio::io::AsyncWriteExt;
+    let mut command = tokio::process::Command::new(common::process::BIN);
+    command
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .env(common::process::TOKEN_ENV, ADMIN_TOKEN)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn scopegate");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(input);
+    let output = child.wait_with_output().await.expect("run scopegate");
+    common::process::Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn the_cli_reads_values_from_stdin_or_a_file_and_never_prints_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut serve = ServeProcess::start(dir.path(), &process_yaml(dir.path(), None)).await;
+    let config = serve.config();
+    let add = scopegate_with(
+        &config,
+        &[
+            "credentials",
+            "add",
+            "MY_API",
+            "--description",
+            "OpenAI, team A",
+        ],
+        &[],
+        &format!("{VALUE}\n"),
+    )
+    .await;
+    assert_eq!(add.code, Some(0), "{add:?}");
+    let masked = format!("sk-{}0Ue", "*".repeat(VALUE.len() - 6));
+    assert!(
+        add.stdout.contains(&masked),
+        "one trailing newline dropped: {add:?}"
+    );
+
+    let file = dir.path().join("new.value");
+    std::fs::write(&file, format!("{NEW_VALUE}\r\n")).expect("value file");
+    let update = scopegate_with(
+        &config,
+        &[
+            "credentials",
+            "update",
+            "MY_API",
+            "--value-file",
+            file.to_str().expect("path"),
+        ],
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(update.code, Some(0), "{update:?}");
+    let list = scopegate_with(
+        &config,
+        &["credentials", "list", "--search", "my_"],
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(list.code, Some(0), "{list:?}");
+    assert!(
+        list.stdout.contains("MY_API") && list.stdout.contains("sk-********0Pm"),
+        "{list:?}"
+    );
+    let show = scopegate_with(
+        &config,
+        &["credentials", "show", "MY_API", "--json"],
+        &[],
+        "",
+    )
+    .await;
+    let shown: Value = serde_json::from_str(&show.stdout).expect("json");
+    assert!(
+        shown["masked"].as_str().expect("masked").ends_with("0Pm"),
+        "{shown}"
+    );
+    assert_eq!(shown["description"], "OpenAI, team A");
+
+    let bad = scopegate_with(
+        &config,
+        &["credentials", "add", "BAD"],
+        &[],
+        &format!("{VALUE}\n\n"),
+    )
+    .await;
+    assert_eq!(
+        bad.code,
+        Some(1),
+        "a second newline is part of the value: {bad:?}"
+    );
+    assert!(bad.stderr.contains("value"), "{bad:?}");
+    let missing = scopegate_with(&config, &["credentials", "show", "NOPE"], &[], "").await;
+    assert_eq!(missing.code, Some(1));
+    assert!(
+        missing.stderr.contains("credential \"NOPE\" not found"),
+        "{missing:?}"
+    );
+    let delete = scopegate_with(&config, &["credentials", "delete", "MY_API"], &[], "").await;
+    assert_eq!(delete.code, Some(0), "{delete:?}");
+
+    serve.stop().await;
+    for run in [&add, &update, &list, &show, &bad, &missing, &delete] {
+        assert_clean(
+            "the CLI's output",
+            format!("{}{}", run.stdout, run.stderr).as_bytes(),
+        );
+    }
+    assert_clean("the log", serve.output().as_bytes());
+}
+
+#[tokio::test]
+async fn rewrap_moves_every_value_to_the_new_master_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let yaml = process_yaml(dir.path(), None);
+    let old_text = std::fs::read_to_string(dir.path().join("master.key")).expect("key");
+    let mut serve = ServeProcess::start(dir.path(), &yaml).await;
+    for name in ["ONE", "TWO"] {
+        let answer = common::http::send(
+            Method::POST,
+            &format!("http://{}/v1/credentials", serve.admin),
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            create(name, VALUE).to_string(),
+        )
+        .await;
+        assert_eq!(answer.status, 201);
+    }
+    let config = serve.config();
+    serve.stop().await;
+
+    let new = MasterKey::generate();
+    std::fs::write(dir.path().join("master.key"), new.to_base64().as_str()).expect("new key");
+    let env = [("OLD_MASTER_KEY", old_text.as_str())];
+    let args = ["credentials", "rewrap", "--old-key-env", "OLD_MASTER_KEY"];
+    let first = scopegate_with(&config, &args, &env, "").await;
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert!(
+        first
+            .stdout
+            .contains("rewrapped 2 credential(s); 0 already"),
+        "{first:?}"
+    );
+    let again = scopegate_with(&config, &args, &env, "").await;
+    assert!(
+        again
+            .stdout
+            .contains("rewrapped 0 credential(s); 2 already"),
+        "{again:?}"
+    );
+    let unset = scopegate_with(
+        &config,
+        &["credentials", "rewrap", "--old-key-env", "NOT_SET_VAR"],
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(unset.code, Some(1));
+    assert!(unset.stderr.contains("NOT_SET_VAR"), "{unset:?}");
+
+    let old = MasterKey::from_base64(&old_text).expect("old key");
+    let store = scopegate::store::EmbeddedStore::open(&dir.path().join("data")).expect("store");
+    use scopegate::store::prelude::*;
+    for name in ["ONE", "TWO"] {
+        let record = store
+            .get_credential(name)
+            .await
+            .expect("read")
+            .expect("stored");
+        let value =
+            scopegate::credentials::open(&new, name, &record.sealed).expect("new key opens it");
+        assert_eq!(value.expose(), VALUE);
+        assert!(scopegate::credentials::open(&old, name, &record.sealed).is_err());
+        assert_eq!(record.updated_by, "rewrap");
+    }
+    let page = scopegate::model::PageRequest {
+        cursor: None,
+        limit: 100,
+    };
+    let events = store.list_audit(page, &|_| true).await.expect("audit");
+    let rewrapped = events
+        .items
+        .iter()
+        .filter(|e| e.action == "credential.updated" && e.details["rewrapped"] == true)
+        .count();
+    assert_eq!(rewrapped, 2);
+    assert_clean("rewrap's output", format!("{first:?}{again:?}").as_bytes());
+}
