@@ -419,6 +419,63 @@ mod tests {
     }
 
     #[test]
+    fn credentials_calls_carry_the_value_only_in_the_body() {
+        let add = credentials(
+            CredentialsCommand::Add {
+                name: "MY_API".into(),
+                description: Some("team A".into()),
+                value_file: None,
+            },
+            Some("sk-1"),
+        )
+        .expect("call");
+        assert_eq!(
+            sent(&add),
+            (
+                "POST".into(),
+                "/v1/credentials".into(),
+                Some(r#"{"description":"team A","name":"MY_API","value":"sk-1"}"#.into())
+            )
+        );
+        let update = credentials(
+            CredentialsCommand::Update {
+                name: "MY_API".into(),
+                description: None,
+                value_file: None,
+            },
+            Some("sk-2"),
+        )
+        .expect("call");
+        assert_eq!(
+            sent(&update),
+            (
+                "PUT".into(),
+                "/v1/credentials/MY_API".into(),
+                Some(r#"{"value":"sk-2"}"#.into())
+            )
+        );
+        assert_eq!(update.subject, Some(("credential", "MY_API".into())));
+        let list = credentials(
+            CredentialsCommand::List {
+                search: Some("open ai".into()),
+            },
+            None,
+        )
+        .expect("call");
+        assert_eq!(list.path, "/v1/credentials?search=open+ai");
+        let delete =
+            credentials(CredentialsCommand::Delete { name: "a/b".into() }, None).expect("call");
+        assert_eq!(
+            (delete.method, delete.path.as_str()),
+            (Method::DELETE, "/v1/credentials/a%2Fb")
+        );
+        let rewrap = CredentialsCommand::Rewrap {
+            old_key_env: "OLD".into(),
+        };
+        assert_eq!(credentials(rewrap, None), None);
+    }
+
+    #[test]
     fn apps_create_trims_scopes_and_needs_one() {
         let c = apps(AppsCommand::Create {
             name: "a".into(),
