@@ -685,6 +685,9 @@ async fn full_scenario(admin: std::net::SocketAddr) {
     assert_clean("the audit answer", &audit.body);
 }
 
+/// The leak tests read the most talkative log there is short of tracing every byte.
+const DEBUG_LOG: &[(&str, &str)] = &[("RUST_LOG", "debug")];
+
 fn process_yaml(dir: &std::path::Path, redis: Option<&str>) -> String {
     yaml(dir, redis, true).replace(TOKENS, "")
 }
@@ -692,7 +695,8 @@ fn process_yaml(dir: &std::path::Path, redis: Option<&str>) -> String {
 #[tokio::test]
 async fn no_plaintext_in_the_embedded_store_files_or_the_log() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut serve = ServeProcess::start(dir.path(), &process_yaml(dir.path(), None)).await;
+    let yaml = process_yaml(dir.path(), None);
+    let mut serve = ServeProcess::start_with_env(dir.path(), &yaml, DEBUG_LOG).await;
     full_scenario(serve.admin).await;
     serve.stop().await;
     let mut files = 0;
@@ -717,6 +721,10 @@ async fn no_plaintext_in_the_embedded_store_files_or_the_log() {
         log.contains("credential.created"),
         "the log is the gateway's: {log}"
     );
+    assert!(
+        log.contains("admin call refused"),
+        "debug lines, refusals included: {log}"
+    );
     assert_clean("the log", log.as_bytes());
 }
 
@@ -724,8 +732,12 @@ async fn no_plaintext_in_the_embedded_store_files_or_the_log() {
 async fn no_plaintext_in_redis_or_the_log() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().expect("dir");
-    let mut serve =
-        ServeProcess::start(dir.path(), &process_yaml(dir.path(), Some(&redis.url()))).await;
+    let mut serve = ServeProcess::start_with_env(
+        dir.path(),
+        &process_yaml(dir.path(), Some(&redis.url())),
+        DEBUG_LOG,
+    )
+    .await;
     full_scenario(serve.admin).await;
     serve.stop().await;
     let contents = redis_contents(&redis.url()).await;
@@ -741,6 +753,10 @@ async fn no_plaintext_in_redis_or_the_log() {
     assert!(
         log.contains("credential.updated"),
         "the log is the gateway's: {log}"
+    );
+    assert!(
+        log.contains("admin call refused"),
+        "debug lines, refusals included: {log}"
     );
     assert_clean("the log", log.as_bytes());
 }
