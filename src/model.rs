@@ -134,6 +134,10 @@ pub struct CredentialChange {
     pub by: String,
     /// Only if the stored sealed value is still this one (`rewrap`): else `VersionMismatch`.
     pub expected_sealed: Option<String>,
+    /// Whether caches must drop the credential: false for a rewrap, which keeps the plaintext
+    /// (instances still on the old master key keep serving their decrypted copies until they
+    /// restart with the new one).
+    pub announce: bool,
 }
 
 impl CredentialChange {

@@ -933,6 +933,7 @@ fn change_value(sealed: &str, expected: Option<&str>) -> CredentialChange {
         at: 2_000,
         by: "alice".to_owned(),
         expected_sealed: expected.map(str::to_owned),
+        announce: true,
     }
 }
 
@@ -1026,6 +1027,19 @@ async fn credentials_crud(store: &dyn KeyStore) {
         .expect("get")
         .expect("stored");
     assert_eq!(stored.sealed, "sealed-2");
+    // A rewrap keeps the plaintext: it is not announced.
+    let quiet = CredentialChange {
+        announce: false,
+        ..change_value("sealed-4", Some("sealed-2"))
+    };
+    store
+        .update_credential_audited("C_3", &quiet, Some(&updated))
+        .await
+        .expect_err("C_3 is not at sealed-2");
+    store
+        .update_credential_audited("A_1", &quiet, Some(&updated))
+        .await
+        .expect("quiet update");
 
     store
         .touch_credentials(&[("A_1".into(), 50), ("nope".into(), 60)])
@@ -1073,7 +1087,7 @@ async fn credentials_crud(store: &dyn KeyStore) {
             count("credential.updated"),
             count("credential.deleted")
         ),
-        (5, 1, 1),
+        (5, 2, 1),
         "{log:?}"
     );
 

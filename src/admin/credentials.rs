@@ -303,6 +303,7 @@ impl Admin {
             at: now_unix(),
             by: by.to_owned(),
             expected_sealed: None,
+            announce: true,
         };
         let audit = audit_of(by, "credential.updated", |c: &CredentialRecord| {
             let details = json!({"credential": c.name, "description": c.description});

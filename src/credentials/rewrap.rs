@@ -92,6 +92,8 @@ async fn rewrap_one(
         at: now_unix(),
         by: REWRAP_ACTOR.to_owned(),
         expected_sealed: Some(record.sealed),
+        // The plaintext is unchanged: caches keep their decrypted copies.
+        announce: false,
     };
     let audit: Audit<CredentialRecord> = Arc::new(|c: &CredentialRecord| AuditEvent {
         at: c.updated_at,

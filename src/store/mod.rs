@@ -319,8 +319,8 @@ pub trait CredentialRecords: Send + Sync {
         keep: Keep<'_, CredentialRecord>,
     ) -> Result<Page<CredentialRecord>, StoreError>;
     /// Applies `change` to the credential as stored now, atomically, with `audit`'s event (made
-    /// from it as changed). `NotFound`; `VersionMismatch` when `change.expected_sealed` no
-    /// longer matches.
+    /// from it as changed), announced when `change.announce`. `NotFound`; `VersionMismatch`
+    /// when `change.expected_sealed` no longer matches.
     async fn update_credential_audited(
         &self,
         name: &str,

@@ -208,7 +208,9 @@ impl CredentialRecords for EmbeddedStore {
                 audited(tx, audit.as_ref(), &record)?;
                 Ok(record)
             })?;
-            feed.announce([Invalidation::Credential(name)]);
+            if change_of.announce {
+                feed.announce([Invalidation::Credential(name)]);
+            }
             Ok(record)
         })
         .await

@@ -24,14 +24,15 @@ if ARGV[6] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', '
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1";
 
-/// KEYS: record, audit stream. ARGV: json read by the caller, new json, channel, message, audit.
+/// KEYS: record, audit stream. ARGV: json read by the caller, new json, channel (empty: not
+/// announced), message, audit.
 const UPDATE_CREDENTIAL: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 if cur ~= ARGV[1] then return -2 end
 redis.call('SET', KEYS[1], ARGV[2])
 if ARGV[6] ~= '' then redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[6]) end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1";
 
 /// KEYS: record, index, last-used hash, audit stream. ARGV: json read by the caller, listing
@@ -104,9 +105,14 @@ impl RedisStore {
             UPDATE_CREDENTIAL,
             &[&self.names().credential(name), &self.names().audit()],
         );
+        let channel = if change.announce {
+            self.names().channel()
+        } else {
+            String::new()
+        };
         cmd.arg(old_json)
             .arg(encode_record(&record)?)
-            .arg(self.names().channel())
+            .arg(channel)
             .arg(message(name));
         audit_args(&mut cmd, audit, &record)?;
         Ok((self.query(&cmd).await?, Some(record)))
