@@ -380,6 +380,11 @@ async fn without_a_master_key_every_credential_call_is_503() {
             Some(json!({"value": VALUE})),
         ),
         (Method::DELETE, "/v1/credentials/MY_API", None),
+        (
+            Method::POST,
+            "/v1/credentials",
+            Some(json!({"not": "a credential"})),
+        ),
     ];
     for (method, path, body) in calls {
         let (status, answer) = call(&gw, method.clone(), path, body).await;

@@ -139,7 +139,7 @@ fn valid_name(name: &str) -> Result<(), AdminError> {
 
 impl Admin {
     /// The master key, or 503 `credentials_unavailable`.
-    fn master_key(&self) -> Result<&Arc<MasterKey>, AdminError> {
+    pub(super) fn master_key(&self) -> Result<&Arc<MasterKey>, AdminError> {
         self.master_key
             .as_ref()
             .ok_or(AdminError::CredentialsUnavailable)

@@ -1,5 +1,5 @@
-//! The admin API: apps, keys, scopes, routes and upstreams over JSON, behind bearer tokens of
-//! named operators, each limited by its role (see [`role`]).
+//! The admin API: apps, keys, upstream credentials, scopes, routes and upstreams over JSON,
+//! behind bearer tokens of named operators, each limited by its role (see [`role`]).
 //!
 //! Every write goes to the store and drops the matching cache entries here; other instances
 //! learn of it through the store's change feed. The full key appears only in the create answer.
@@ -197,6 +197,10 @@ impl Admin {
         let method = request.method().clone();
         // After the path is known (an unknown path is 404 for every role), before anything runs.
         role::permit(identity.role, &method, &path)?;
+        // Before any body is read: without a master key every credential call is 503.
+        if matches!(call, Call::Credentials | Call::Credential(_)) {
+            self.master_key()?;
+        }
         match (call, method) {
             (Call::WhoAmI, Method::GET) => Ok(json(
                 StatusCode::OK,
