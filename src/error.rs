@@ -76,6 +76,14 @@ pub(crate) enum AdminError {
     PreconditionFailed,
     #[error("the key is revoked; nothing changes it any more")]
     KeyRevoked,
+    /// No master key is configured (or its variable is not set): credentials cannot be sealed.
+    #[error("no master key: set the variable named by credentials.master_key_env (or master_key_file) and restart")]
+    CredentialsUnavailable,
+    #[error("a credential with this name already exists")]
+    CredentialExists,
+    /// Names who still uses the credential (never its value).
+    #[error("the credential is still used by {0}")]
+    CredentialInUse(String),
     #[error("store unavailable")]
     Store(StoreError),
     /// The call's task failed (a bug): its write, if any, was applied whole or not at all.
@@ -271,6 +279,11 @@ impl AdminError {
             AdminError::Conflict => (S::CONFLICT, "conflict"),
             AdminError::PreconditionFailed => (S::PRECONDITION_FAILED, "precondition_failed"),
             AdminError::KeyRevoked => (S::CONFLICT, "conflict"),
+            AdminError::CredentialsUnavailable => {
+                (S::SERVICE_UNAVAILABLE, "credentials_unavailable")
+            }
+            AdminError::CredentialExists => (S::CONFLICT, "conflict"),
+            AdminError::CredentialInUse(_) => (S::CONFLICT, "conflict"),
             AdminError::Store(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
             AdminError::Failed(_) => (S::INTERNAL_SERVER_ERROR, "internal_error"),
         };
@@ -499,6 +512,17 @@ mod tests {
             (AdminError::Conflict, 409, "conflict"),
             (AdminError::PreconditionFailed, 412, "precondition_failed"),
             (AdminError::KeyRevoked, 409, "conflict"),
+            (
+                AdminError::CredentialsUnavailable,
+                503,
+                "credentials_unavailable",
+            ),
+            (AdminError::CredentialExists, 409, "conflict"),
+            (
+                AdminError::CredentialInUse("apps a".into()),
+                409,
+                "conflict",
+            ),
             (AdminError::Failed("panic".into()), 500, "internal_error"),
             (
                 StoreError::Unavailable("x".into()).into(),

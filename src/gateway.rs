@@ -197,6 +197,7 @@ pub async fn start_with_store(
         identities,
         metrics: metrics.clone(),
         quotas: admin_quotas,
+        master_key: config.credentials.master_key.clone(),
     });
     background.push(spawn_lifecycle_upkeep(admin.clone()));
     let endpoint = Arc::new(MetricsEndpoint {

@@ -39,6 +39,7 @@ pub mod budgets;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 mod error;
 pub mod gateway;
 pub mod lifecycle;

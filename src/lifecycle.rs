@@ -135,6 +135,7 @@ mod tests {
             created_at: 1,
             created_by: "t".into(),
             version: 0,
+            credentials: Default::default(),
         };
         store.create_app(&app).await.expect("app");
         let now = now_unix();

@@ -3,6 +3,7 @@
 //! These are what the store persists and the admin API shows; nothing here talks to the network.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch (UTC). Stored as a number, shown as RFC 3339 by the admin API.
@@ -59,6 +60,10 @@ pub struct App {
     /// read as 0.
     #[serde(default)]
     pub version: u64,
+    /// Upstream name -> credential name: the app's own credential for that upstream ("bring
+    /// your own key"), used instead of the upstream's. Left out of the stored JSON when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credentials: BTreeMap<String, String>,
 }
 
 /// A change to an app's editable fields, applied by the store to the app as it is at that
@@ -71,6 +76,8 @@ pub struct AppChange {
     pub rate_limit: Option<Option<RateLimit>>,
     /// `Some(None)` returns the app to the config's default quota.
     pub quota: Option<Option<Quota>>,
+    /// Replaces the whole upstream -> credential map.
+    pub credentials: Option<BTreeMap<String, String>>,
 }
 
 impl AppChange {
@@ -89,8 +96,71 @@ impl AppChange {
         if let Some(quota) = self.quota {
             next.quota = quota;
         }
+        if let Some(credentials) = &self.credentials {
+            next.credentials.clone_from(credentials);
+        }
         next.version = app.version + 1;
         next
+    }
+}
+
+/// An upstream credential as stored: its value only sealed (see [`crate::credentials::seal`]),
+/// never in plaintext; `masked` is computed from the plaintext when the value is written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// base64 of version, nonce and AES-256-GCM ciphertext, the name bound as associated data.
+    pub sealed: String,
+    pub masked: String,
+    pub created_at: UnixSeconds,
+    pub created_by: String,
+    pub updated_at: UnixSeconds,
+    pub updated_by: String,
+    /// Kept apart from the record (written in batches by the proxy); filled in on reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<UnixSeconds>,
+}
+
+/// A change to a credential, applied by the store to the record as stored at that moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialChange {
+    /// The new sealed value and its mask; `None` keeps the value.
+    pub value: Option<(String, String)>,
+    /// `None` keeps the description.
+    pub description: Option<String>,
+    pub at: UnixSeconds,
+    pub by: String,
+    /// Only if the stored sealed value is still this one (`rewrap`): else `VersionMismatch`.
+    pub expected_sealed: Option<String>,
+    /// Whether caches must drop the credential: false for a rewrap, which keeps the plaintext
+    /// (instances still on the old master key keep serving their decrypted copies until they
+    /// restart with the new one).
+    pub announce: bool,
+}
+
+impl CredentialChange {
+    /// `record` with this change applied, or `None` if `expected_sealed` does not match it.
+    pub fn applied_to(&self, record: &CredentialRecord) -> Option<CredentialRecord> {
+        if self
+            .expected_sealed
+            .as_ref()
+            .is_some_and(|s| *s != record.sealed)
+        {
+            return None;
+        }
+        let mut next = record.clone();
+        if let Some((sealed, masked)) = &self.value {
+            next.sealed.clone_from(sealed);
+            next.masked.clone_from(masked);
+        }
+        if let Some(description) = &self.description {
+            next.description.clone_from(description);
+        }
+        next.updated_at = self.at;
+        next.updated_by.clone_from(&self.by);
+        Some(next)
     }
 }
 

@@ -8,8 +8,8 @@ use common::cluster::RedisCluster;
 use common::redis::RedisServer;
 use scopegate::model::AuditEvent;
 use scopegate::model::{
-    now_unix, utc_date, utc_day_number, App, AppChange, KeyChange, KeyRecord, PageRequest,
-    RateLimit, UsageBatch, UsageCounts, UsageSubject,
+    now_unix, utc_date, utc_day_number, App, AppChange, CredentialChange, CredentialRecord,
+    KeyChange, KeyRecord, PageRequest, RateLimit, UsageBatch, UsageCounts, UsageSubject,
 };
 use scopegate::store::prelude::*;
 use scopegate::store::{
@@ -35,6 +35,7 @@ fn app(id: &str, name: &str, created_at: u64) -> App {
         created_at,
         created_by: "admin".to_owned(),
         version: 0,
+        credentials: Default::default(),
     }
 }
 
@@ -177,6 +178,7 @@ async fn replace_app(store: &dyn KeyStore, app: &App) -> Result<(), StoreError> 
         scopes: Some(app.scopes.clone()),
         rate_limit: Some(app.rate_limit),
         quota: Some(app.quota),
+        credentials: Some(app.credentials.clone()),
     };
     store.update_app(&app.id, &change, None).await.map(drop)
 }
@@ -656,6 +658,7 @@ async fn records_round_trip(store: &dyn KeyStore) {
         created_at: 1_700_000_000,
         created_by: "ops@example.com".to_owned(),
         version: 3,
+        credentials: [("models".to_owned(), "TENANT_A".to_owned())].into(),
     };
     store.create_app(&full_app).await.expect("app");
     assert_eq!(
@@ -909,6 +912,197 @@ async fn usage_retention(store: &dyn KeyStore) {
     assert_eq!(app_usage(store, "a1", &[&too_old]).await, [0]);
 }
 
+fn credential(name: &str, created_at: u64) -> CredentialRecord {
+    CredentialRecord {
+        name: name.to_owned(),
+        description: format!("{name} described"),
+        sealed: format!("sealed-{name}"),
+        masked: "abc******xyz".to_owned(),
+        created_at,
+        created_by: "admin".to_owned(),
+        updated_at: created_at,
+        updated_by: "admin".to_owned(),
+        last_used_at: None,
+    }
+}
+
+fn change_value(sealed: &str, expected: Option<&str>) -> CredentialChange {
+    CredentialChange {
+        value: Some((sealed.to_owned(), "new******new".to_owned())),
+        description: None,
+        at: 2_000,
+        by: "alice".to_owned(),
+        expected_sealed: expected.map(str::to_owned),
+        announce: true,
+    }
+}
+
+/// Credential records: conflicts, listing in pages with a filter, compare-and-set updates,
+/// last-use times, deletes; each write with its audit event and its announcement on the feed.
+async fn credentials_crud(store: &dyn KeyStore) {
+    let mut feed = store.invalidations().expect("feed");
+    let started = Instant::now();
+    while !store.feed_live() && started.elapsed() < HANG {
+        sleep(Duration::from_millis(10)).await;
+    }
+    let made = audit("credential.created", |c: &CredentialRecord| c.name.clone());
+    for (i, name) in ["A_1", "b-2", "C_3", "d-4", "E_5"].iter().enumerate() {
+        let at = 1_000 + u64::try_from(i).expect("small");
+        store
+            .create_credential_audited(&credential(name, at), Some(&made))
+            .await
+            .expect("create");
+    }
+    assert!(matches!(
+        store
+            .create_credential_audited(&credential("A_1", 9), Some(&made))
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    let got = store
+        .get_credential("A_1")
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(got, credential("A_1", 1_000));
+    assert_eq!(store.get_credential("nope").await.expect("get"), None);
+
+    // Pages of two, keeping names with `_`: every match once, in creation order.
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = PageRequest {
+            cursor: cursor.as_deref(),
+            limit: 2,
+        };
+        let found = store
+            .list_credentials(page, &|c: &CredentialRecord| c.name.contains('_'))
+            .await
+            .expect("list");
+        names.extend(found.items.into_iter().map(|c| c.name));
+        match found.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["A_1", "C_3", "E_5"]);
+
+    let updated = audit("credential.updated", |c: &CredentialRecord| c.name.clone());
+    let changed = store
+        .update_credential_audited(
+            "A_1",
+            &change_value("sealed-2", Some("sealed-A_1")),
+            Some(&updated),
+        )
+        .await
+        .expect("update");
+    assert_eq!(
+        (
+            changed.sealed.as_str(),
+            changed.updated_by.as_str(),
+            changed.updated_at
+        ),
+        ("sealed-2", "alice", 2_000)
+    );
+    assert_eq!(changed.description, "A_1 described");
+    assert!(matches!(
+        store
+            .update_credential_audited(
+                "A_1",
+                &change_value("sealed-3", Some("sealed-A_1")),
+                Some(&updated)
+            )
+            .await,
+        Err(StoreError::VersionMismatch)
+    ));
+    assert!(matches!(
+        store
+            .update_credential_audited("nope", &change_value("x", None), Some(&updated))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let stored = store
+        .get_credential("A_1")
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(stored.sealed, "sealed-2");
+    // A rewrap keeps the plaintext: it is not announced.
+    let quiet = CredentialChange {
+        announce: false,
+        ..change_value("sealed-4", Some("sealed-2"))
+    };
+    store
+        .update_credential_audited("C_3", &quiet, Some(&updated))
+        .await
+        .expect_err("C_3 is not at sealed-2");
+    store
+        .update_credential_audited("A_1", &quiet, Some(&updated))
+        .await
+        .expect("quiet update");
+
+    store
+        .touch_credentials(&[("A_1".into(), 50), ("nope".into(), 60)])
+        .await
+        .expect("touch");
+    store
+        .touch_credentials(&[("A_1".into(), 40)])
+        .await
+        .expect("touch");
+    let touched = store
+        .get_credential("A_1")
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(touched.last_used_at, Some(50), "never moves backwards");
+    assert_eq!(store.get_credential("nope").await.expect("get"), None);
+
+    let deleted = audit("credential.deleted", |c: &CredentialRecord| c.name.clone());
+    let old = store
+        .delete_credential_audited("b-2", Some(&deleted))
+        .await
+        .expect("delete");
+    assert_eq!(old.map(|c| c.name), Some("b-2".to_owned()));
+    assert_eq!(
+        store
+            .delete_credential_audited("b-2", Some(&deleted))
+            .await
+            .expect("delete"),
+        None
+    );
+    assert_eq!(store.get_credential("b-2").await.expect("get"), None);
+    let page = PageRequest {
+        cursor: None,
+        limit: 100,
+    };
+    let all = store.list_credentials(page, &|_| true).await.expect("list");
+    assert_eq!(all.items.len(), 4);
+    assert_eq!(all.items[0].last_used_at, Some(50), "listed with last use");
+
+    let log = audit_log(store).await;
+    let count = |action: &str| log.iter().filter(|(a, _)| a == action).count();
+    assert_eq!(
+        (
+            count("credential.created"),
+            count("credential.updated"),
+            count("credential.deleted")
+        ),
+        (5, 2, 1),
+        "{log:?}"
+    );
+
+    // Every write was announced by name (creations too: a miss may be cached).
+    let mut heard = Vec::new();
+    while heard.len() < 7 {
+        match next_event(&mut feed, HANG).await {
+            Invalidation::Credential(name) => heard.push(name),
+            Invalidation::All => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(heard, ["A_1", "b-2", "C_3", "d-4", "E_5", "A_1", "b-2"]);
+}
+
 /// Each suite function becomes one test per store, each with a fresh store.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -960,6 +1154,7 @@ suite!(
     usage_batches_count_once,
     huge_usage_batch_counts_once,
     usage_retention,
+    credentials_crud,
 );
 
 fn embedded_store() -> (tempfile::TempDir, EmbeddedStore) {

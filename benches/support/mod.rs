@@ -15,6 +15,7 @@ pub(crate) async fn seed_key(store: &dyn KeyStore) -> (App, NewKey) {
         created_at: now_unix(),
         created_by: "bench".into(),
         version: 0,
+        credentials: Default::default(),
     };
     let new = key::generate();
     store.create_app(&app).await.expect("app");

@@ -76,6 +76,10 @@ impl Admin {
     }
 
     pub(super) async fn create_app(&self, req: CreateApp, by: &str) -> Result<AppView, AdminError> {
+        let credentials = match req.credentials {
+            Some(map) => self.valid_app_credentials(map).await?,
+            None => Default::default(),
+        };
         let app = App {
             id: key::random_id(),
             name: valid_name(&req.name)?,
@@ -85,6 +89,7 @@ impl Admin {
             created_at: now_unix(),
             created_by: by.to_owned(),
             version: 0,
+            credentials,
         };
         let audit = audit_of(by, "app.created", |app: &App| {
             let details = json!({
@@ -92,6 +97,7 @@ impl Admin {
                 "scopes": app.scopes,
                 "rate_limit": app.rate_limit,
                 "quota": app.quota,
+                "credentials": app.credentials,
             });
             (app_target(&app.id), details)
         });
@@ -133,6 +139,10 @@ impl Admin {
             scopes: req.scopes.map(|s| self.valid_scopes(s)).transpose()?,
             rate_limit: req.rate_limit.map(valid_rate_limit).transpose()?,
             quota: req.quota.map(valid_quota).transpose()?,
+            credentials: match req.credentials {
+                Some(map) => Some(self.valid_app_credentials(map).await?),
+                None => None,
+            },
         };
         let audit = audit_of(by, "app.updated", |(before, app): &(App, App)| {
             let details = json!({
@@ -140,6 +150,7 @@ impl Admin {
                 "scopes": {"before": before.scopes, "after": app.scopes},
                 "rate_limit": {"before": before.rate_limit, "after": app.rate_limit},
                 "quota": {"before": before.quota, "after": app.quota},
+                "credentials": {"before": before.credentials, "after": app.credentials},
                 "version": app.version,
             });
             (app_target(&app.id), details)

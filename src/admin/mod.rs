@@ -1,11 +1,12 @@
-//! The admin API: apps, keys, scopes, routes and upstreams over JSON, behind bearer tokens of
-//! named operators, each limited by its role (see [`role`]).
+//! The admin API: apps, keys, upstream credentials, scopes, routes and upstreams over JSON,
+//! behind bearer tokens of named operators, each limited by its role (see [`role`]).
 //!
 //! Every write goes to the store and drops the matching cache entries here; other instances
 //! learn of it through the store's change feed. The full key appears only in the create answer.
 
 mod audit;
 mod console;
+mod credentials;
 mod export;
 mod handlers;
 mod keys;
@@ -71,6 +72,8 @@ pub(crate) struct Admin {
     pub metrics: Arc<Metrics>,
     /// The proxy's quota counts (the default quota is in `live`).
     pub quotas: crate::budgets::quota::Quotas,
+    /// Seals credential values; `None`: credential calls answer 503 `credentials_unavailable`.
+    pub master_key: Option<Arc<crate::credentials::MasterKey>>,
 }
 
 enum Call<'a> {
@@ -91,6 +94,8 @@ enum Call<'a> {
     KeyEnable(&'a str),
     Audit,
     UsageExport,
+    Credentials,
+    Credential(&'a str),
 }
 
 fn parse_path(path: &str) -> Option<Call<'_>> {
@@ -104,6 +109,8 @@ fn parse_path(path: &str) -> Option<Call<'_>> {
         ["audit"] => Some(Call::Audit),
         ["usage", "export"] => Some(Call::UsageExport),
         ["apps"] => Some(Call::Apps),
+        ["credentials"] => Some(Call::Credentials),
+        ["credentials", name] if !name.is_empty() => Some(Call::Credential(name)),
         ["apps", id] if !id.is_empty() => Some(Call::App(id)),
         ["apps", id, "keys"] if !id.is_empty() => Some(Call::AppKeys(id)),
         ["apps", id, "usage"] if !id.is_empty() => Some(Call::AppUsage(id)),
@@ -190,6 +197,10 @@ impl Admin {
         let method = request.method().clone();
         // After the path is known (an unknown path is 404 for every role), before anything runs.
         role::permit(identity.role, &method, &path)?;
+        // Before any body is read: without a master key every credential call is 503.
+        if matches!(call, Call::Credentials | Call::Credential(_)) {
+            self.master_key()?;
+        }
         match (call, method) {
             (Call::WhoAmI, Method::GET) => Ok(json(
                 StatusCode::OK,
@@ -237,6 +248,34 @@ impl Admin {
                     StatusCode::CREATED,
                     &self.create_app(body, &by).await?,
                 ))
+            }
+            (Call::Credentials, Method::GET) => {
+                let (cursor, limit) = paging::params(query)?;
+                let page = self
+                    .list_credentials(search.as_deref(), paging::request(&cursor, limit))
+                    .await?;
+                Ok(paging::respond(&path, query, page))
+            }
+            (Call::Credentials, Method::POST) => {
+                let body = credentials::parse_body(&read_body(request).await?)?;
+                Ok(json(
+                    StatusCode::CREATED,
+                    &self.create_credential(body, &by).await?,
+                ))
+            }
+            (Call::Credential(name), Method::GET) => {
+                Ok(json(StatusCode::OK, &self.get_credential(name).await?))
+            }
+            (Call::Credential(name), Method::PUT) => {
+                let body = credentials::parse_body(&read_body(request).await?)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &self.replace_credential(name, body, &by).await?,
+                ))
+            }
+            (Call::Credential(name), Method::DELETE) => {
+                self.delete_credential(name, &by).await?;
+                Ok(no_content())
             }
             (Call::App(id), Method::GET) => Ok(app_response(self.get_app(id).await?)),
             (Call::App(id), Method::PATCH) => {

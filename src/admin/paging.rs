@@ -33,17 +33,20 @@ pub(super) fn params(query: Option<&str>) -> Result<(Option<String>, usize), Adm
     Ok((cursor, limit))
 }
 
-/// Cursors are listing positions, `{created_at}.{id}` (digits, a dot, alphanumerics), or an
+/// Cursors are listing positions, `{created_at}.{id}` (digits, a dot, alphanumerics; a
+/// credential's name may also hold `_` and `-`), or an
 /// audit stream's entry ids (`{millis}-{sequence}`).
 fn valid_cursor(cursor: &str) -> bool {
     let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
     cursor.len() <= 128
-        && (cursor
-            .split_once('.')
-            .is_some_and(|(at, id)| digits(at) && id.bytes().all(|b| b.is_ascii_alphanumeric()))
-            || cursor
-                .split_once('-')
-                .is_some_and(|(ms, seq)| digits(ms) && digits(seq)))
+        && (cursor.split_once('.').is_some_and(|(at, id)| {
+            digits(at)
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        }) || cursor
+            .split_once('-')
+            .is_some_and(|(ms, seq)| digits(ms) && digits(seq)))
 }
 
 pub(super) fn request(cursor: &Option<String>, limit: usize) -> PageRequest<'_> {

@@ -48,6 +48,27 @@ pub(super) fn valid_name(name: &str) -> Result<String, AdminError> {
     Ok(name.to_owned())
 }
 
+/// Longest credential description accepted.
+const MAX_DESCRIPTION_LEN: usize = 1000;
+
+/// A description: at most [`MAX_DESCRIPTION_LEN`] bytes, no control characters (as names).
+pub(super) fn valid_description(text: &str) -> Result<String, AdminError> {
+    let text = text.trim();
+    if text.len() > MAX_DESCRIPTION_LEN {
+        return Err(invalid(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_LEN} bytes"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(invalid(
+            "description",
+            "must not contain control characters (ESC, newline, tab, DEL, ...)",
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 /// Whether `name` contains `search`, case-insensitively (no search: everything matches).
 pub(super) fn matches(name: &str, search: Option<&str>) -> bool {
     search.is_none_or(|s| name.to_lowercase().contains(&s.to_lowercase()))

@@ -2,6 +2,7 @@
 
 use crate::model::{App, KeyRecord, Quota, RateLimit, UnixSeconds};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// RFC 3339 UTC, seconds precision.
@@ -20,6 +21,8 @@ pub(crate) struct CreateApp {
     pub scopes: Vec<String>,
     pub rate_limit: Option<RateLimit>,
     pub quota: Option<Quota>,
+    /// Upstream name -> credential name (the app's own credential for that upstream).
+    pub credentials: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,6 +36,8 @@ pub(crate) struct UpdateApp {
     /// Absent: unchanged; `null`: back to the config's default.
     #[serde(default, deserialize_with = "present")]
     pub quota: Option<Option<Quota>>,
+    /// Replaces the whole map (`{}` clears it).
+    pub credentials: Option<BTreeMap<String, String>>,
 }
 
 /// A field given in the body, `null` included (serde maps absent fields to `None` through
@@ -83,6 +88,8 @@ pub(crate) struct AppView {
     pub quota: Option<Quota>,
     pub created_at: String,
     pub created_by: String,
+    /// Upstream name -> credential name; `{}` when the app names none.
+    pub credentials: BTreeMap<String, String>,
 }
 
 impl From<App> for AppView {
@@ -95,6 +102,7 @@ impl From<App> for AppView {
             quota: a.quota,
             created_at: rfc3339(a.created_at),
             created_by: a.created_by,
+            credentials: a.credentials,
         }
     }
 }

@@ -140,6 +140,7 @@ mod tests {
             created_at: 0,
             created_by: "test".into(),
             version: 0,
+            credentials: Default::default(),
         };
         store.create_app(&app).await.expect("app");
         let mut record = key::generate().record("app1", "k", "test", None);

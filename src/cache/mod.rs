@@ -157,6 +157,9 @@ impl KeyCache {
         match what {
             Invalidation::Key(id) => self.keys.invalidate(id).await,
             Invalidation::App(id) => self.apps.invalidate(id).await,
+            // Keys and apps cache no credential values. Hook for the proxy's decrypted
+            // credential cache (issue 23, part B): drop the named credential here.
+            Invalidation::Credential(_) => {}
             Invalidation::All => {
                 self.keys.invalidate_all();
                 self.apps.invalidate_all();

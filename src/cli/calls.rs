@@ -4,8 +4,8 @@
 
 use super::client::encode;
 use super::commands::{
-    AppsCommand, AuditArgs, KeysCommand, RoutesCommand, ScopesCommand, UpstreamsCommand,
-    UsageCommand,
+    AppsCommand, AuditArgs, CredentialsCommand, KeysCommand, RoutesCommand, ScopesCommand,
+    UpstreamsCommand, UsageCommand,
 };
 use http::Method;
 use serde_json::{json, Value};
@@ -47,6 +47,7 @@ pub(super) enum View {
     Upstreams,
     Audit,
     Export,
+    Credentials,
 }
 
 /// A command that cannot be sent as given: each says why and what to do.
@@ -230,6 +231,53 @@ pub(super) fn keys(command: KeysCommand) -> Result<AdminCall, UsageError> {
     })
 }
 
+/// The admin call of a credentials command; `value` is the value read for `add` and `update`
+/// (never from an argument). `rewrap` makes no admin call (`None`; see [`super::rewrap`]).
+pub(super) fn credentials(command: CredentialsCommand, value: Option<&str>) -> Option<AdminCall> {
+    let one = |method: Method, name: String, body: Option<Value>| {
+        let path = format!("/v1/credentials/{}", encode(&name));
+        about(
+            "credential",
+            name,
+            call(method, path, body, Answer::One(View::Credentials)),
+        )
+    };
+    Some(match command {
+        CredentialsCommand::Add {
+            name, description, ..
+        } => {
+            let mut body = json!({"name": name, "value": value.unwrap_or_default()});
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            call(
+                Method::POST,
+                "/v1/credentials".into(),
+                Some(body),
+                Answer::One(View::Credentials),
+            )
+        }
+        CredentialsCommand::List { search } => call(
+            Method::GET,
+            with_query("/v1/credentials", &[("search", search)]),
+            None,
+            Answer::List(View::Credentials),
+        ),
+        CredentialsCommand::Show { name } => one(Method::GET, name, None),
+        CredentialsCommand::Update {
+            name, description, ..
+        } => {
+            let mut body = json!({"value": value.unwrap_or_default()});
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            one(Method::PUT, name, Some(body))
+        }
+        CredentialsCommand::Delete { name } => one(Method::DELETE, name, None),
+        CredentialsCommand::Rewrap { .. } => return None,
+    })
+}
+
 pub(super) fn scopes(ScopesCommand::List: ScopesCommand) -> AdminCall {
     call(
         Method::GET,
@@ -368,6 +416,63 @@ mod tests {
             c.path.clone(),
             c.body.as_ref().map(Value::to_string),
         )
+    }
+
+    #[test]
+    fn credentials_calls_carry_the_value_only_in_the_body() {
+        let add = credentials(
+            CredentialsCommand::Add {
+                name: "MY_API".into(),
+                description: Some("team A".into()),
+                value_file: None,
+            },
+            Some("sk-1"),
+        )
+        .expect("call");
+        assert_eq!(
+            sent(&add),
+            (
+                "POST".into(),
+                "/v1/credentials".into(),
+                Some(r#"{"description":"team A","name":"MY_API","value":"sk-1"}"#.into())
+            )
+        );
+        let update = credentials(
+            CredentialsCommand::Update {
+                name: "MY_API".into(),
+                description: None,
+                value_file: None,
+            },
+            Some("sk-2"),
+        )
+        .expect("call");
+        assert_eq!(
+            sent(&update),
+            (
+                "PUT".into(),
+                "/v1/credentials/MY_API".into(),
+                Some(r#"{"value":"sk-2"}"#.into())
+            )
+        );
+        assert_eq!(update.subject, Some(("credential", "MY_API".into())));
+        let list = credentials(
+            CredentialsCommand::List {
+                search: Some("open ai".into()),
+            },
+            None,
+        )
+        .expect("call");
+        assert_eq!(list.path, "/v1/credentials?search=open+ai");
+        let delete =
+            credentials(CredentialsCommand::Delete { name: "a/b".into() }, None).expect("call");
+        assert_eq!(
+            (delete.method, delete.path.as_str()),
+            (Method::DELETE, "/v1/credentials/a%2Fb")
+        );
+        let rewrap = CredentialsCommand::Rewrap {
+            old_key_env: "OLD".into(),
+        };
+        assert_eq!(credentials(rewrap, None), None);
     }
 
     #[test]

@@ -242,3 +242,71 @@ pub enum UsageCommand {
         format: String,
     },
 }
+
+#[derive(Subcommand, Debug)]
+pub enum CredentialsCommand {
+    /// Store an upstream credential. The value is read from standard input (or --value-file),
+    /// never from an argument, so it stays out of the shell history and the process list; one
+    /// trailing newline is dropped.
+    #[command(
+        after_help = "Examples:\n  printf %s \"$OPENAI_KEY\" | scopegate credentials add MY_OPENAI --description \"OpenAI, team A\"\n  scopegate credentials add MY_OPENAI --value-file /run/secrets/openai"
+    )]
+    Add {
+        /// The credential's name: letters, digits, `_` and `-`, at most 64. E.g. MY_OPENAI
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// What it is for. E.g. --description "OpenAI, team A"
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+        /// Read the value from this file instead of standard input. E.g. --value-file /run/secrets/openai
+        #[arg(long, value_name = "FILE")]
+        value_file: Option<std::path::PathBuf>,
+    },
+    /// List credentials (masked), optionally those whose name contains a text.
+    #[command(after_help = "Example:\n  scopegate credentials list --search openai")]
+    List {
+        /// Case-insensitive part of the name. E.g. --search openai
+        #[arg(long, value_name = "TEXT")]
+        search: Option<String>,
+    },
+    /// Show one credential (masked) and who uses it.
+    #[command(after_help = "Example:\n  scopegate credentials show MY_OPENAI")]
+    Show {
+        /// The credential's name. E.g. MY_OPENAI
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Replace a credential's value (from standard input or --value-file); every instance
+    /// forwards the new one within a second.
+    #[command(
+        after_help = "Example:\n  scopegate credentials update MY_OPENAI --value-file /run/secrets/openai-new"
+    )]
+    Update {
+        /// The credential's name. E.g. MY_OPENAI
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// A new description (unchanged when left out). E.g. --description "rotated 2026-12"
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+        /// Read the value from this file instead of standard input. E.g. --value-file /run/secrets/openai-new
+        #[arg(long, value_name = "FILE")]
+        value_file: Option<std::path::PathBuf>,
+    },
+    /// Delete a credential nobody uses (refused while an upstream or an app names it).
+    #[command(after_help = "Example:\n  scopegate credentials delete MY_OPENAI")]
+    Delete {
+        /// The credential's name. E.g. MY_OPENAI
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Re-encrypt every stored value from an old master key to the one the config names,
+    /// through the store directly (stop the gateway first with the embedded store).
+    #[command(
+        after_help = "Example:\n  OLD_MASTER_KEY=$(cat old.key) SCOPEGATE_MASTER_KEY=$(cat new.key) scopegate credentials rewrap --old-key-env OLD_MASTER_KEY"
+    )]
+    Rewrap {
+        /// The environment variable holding the old master key (base64). E.g. --old-key-env OLD_MASTER_KEY
+        #[arg(long, value_name = "VAR")]
+        old_key_env: String,
+    },
+}

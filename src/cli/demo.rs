@@ -111,6 +111,7 @@ async fn seed(store: &dyn crate::store::KeyStore) -> Result<String, String> {
         created_at: now_unix(),
         created_by: "demo".into(),
         version: 0,
+        credentials: Default::default(),
     };
     store.create_app(&app).await.map_err(|e| e.to_string())?;
     let new = key::generate();

@@ -106,12 +106,33 @@ fn print(value: &Value, answer: Answer, args: &AdminArgs) {
         (Value::Array(upstreams), Answer::List(View::Upstreams)) => {
             print!("{}", upstream_tables(upstreams, args.wide));
         }
+        (Value::Array(rows), Answer::List(View::Credentials)) if !args.wide => {
+            let rows: Vec<Value> = rows.iter().map(short_mask).collect();
+            print!("{}", table::render(&rows, CREDENTIALS, false));
+        }
         (Value::Array(rows), Answer::List(view)) => {
             print!("{}", table::render(rows, columns(view), args.wide));
         }
         (row, _) => print!("{}", table::record(row)),
     }
 }
+
+/// A credential row with its mask's run of `*` cut to [`MASK_STARS`], so the two ends it
+/// shows fit the table (`--wide` and `show` print it whole).
+fn short_mask(row: &Value) -> Value {
+    let mut row = row.clone();
+    if let Some(masked) = row["masked"].as_str() {
+        let stars = masked.chars().filter(|c| *c == '*').count();
+        if stars > MASK_STARS {
+            let short = masked.replacen(&"*".repeat(stars), &"*".repeat(MASK_STARS), 1);
+            row["masked"] = Value::String(short);
+        }
+    }
+    row
+}
+
+/// Stars a credential table shows for the hidden middle of a value.
+const MASK_STARS: usize = 8;
 
 /// `GET /v1/upstreams` as one table of targets per upstream, under a line naming the upstream
 /// and its balancing: nine columns in one table would not fit 100.
@@ -198,6 +219,13 @@ const AUDIT: &[Column] = &[
     c("key_id", ID),
     c("details", 28),
 ];
+const CREDENTIALS: &[Column] = &[
+    c("name", 20),
+    c("masked", 20),
+    c("description", 16),
+    c("updated_at", TIME),
+    c("last_used_at", TIME),
+];
 const EXPORT: &[Column] = &[
     c("date", 10),
     c("app_id", ID),
@@ -216,6 +244,7 @@ fn columns(view: View) -> &'static [Column] {
         View::Upstreams => TARGETS,
         View::Audit => AUDIT,
         View::Export => EXPORT,
+        View::Credentials => CREDENTIALS,
     }
 }
 
@@ -290,6 +319,7 @@ mod tests {
             View::Upstreams,
             View::Audit,
             View::Export,
+            View::Credentials,
         ] {
             let cols = columns(view);
             let width: usize =

@@ -12,11 +12,12 @@ mod demo;
 mod health;
 mod logging;
 mod manage;
+mod rewrap;
 mod table;
 
 use self::commands::{
-    AdminArgs, AppsCommand, AuditArgs, KeysCommand, RoutesCommand, ScopesCommand, UpstreamsCommand,
-    UsageCommand,
+    AdminArgs, AppsCommand, AuditArgs, CredentialsCommand, KeysCommand, RoutesCommand,
+    ScopesCommand, UpstreamsCommand, UsageCommand,
 };
 use crate::config::{self, Config};
 use clap::{Parser, Subcommand};
@@ -119,6 +120,14 @@ pub enum Command {
         #[command(flatten)]
         filter: AuditArgs,
     },
+    /// Upstream credentials: values the gateway sends to upstreams for their callers.
+    #[command(after_help = "Example:\n  scopegate credentials list --search openai")]
+    Credentials {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
     /// Usage counts across apps and keys.
     #[command(
         after_help = "Example:\n  scopegate usage export --from 2026-01-01 --to 2026-01-31 --format csv"
@@ -195,6 +204,37 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Usage { admin, command } => {
             manage::run(&cli.config, &admin, Ok(calls::usage(command))).await
         }
+        Command::Credentials { admin, command } => credentials(&cli.config, &admin, command).await,
+    }
+}
+
+/// A credentials command: `rewrap` works on the store directly; the others read the value
+/// (for `add` and `update`) and call the admin API.
+async fn credentials(
+    config: &std::path::Path,
+    admin: &AdminArgs,
+    command: CredentialsCommand,
+) -> ExitCode {
+    let value_file = match &command {
+        CredentialsCommand::Rewrap { old_key_env } => {
+            return rewrap::run(config, old_key_env).await;
+        }
+        CredentialsCommand::Add { value_file, .. }
+        | CredentialsCommand::Update { value_file, .. } => Some(value_file.clone()),
+        _ => None,
+    };
+    let value = match value_file.map(|file| rewrap::read_value(file.as_deref())) {
+        Some(Ok(value)) => Some(value),
+        Some(Err(e)) => {
+            eprintln!("scopegate: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
+    let value = value.as_ref().map(|v| v.as_str());
+    match calls::credentials(command, value) {
+        Some(call) => manage::run(config, admin, Ok(call)).await,
+        None => ExitCode::FAILURE,
     }
 }
 

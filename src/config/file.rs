@@ -29,6 +29,15 @@ pub(super) struct RawConfig {
     pub log: Option<RawLog>,
     /// DNS servers (`ip:port`) for hostname targets; the system's resolver when absent.
     pub resolver: Option<Vec<String>>,
+    pub credentials: Option<RawCredentials>,
+}
+
+/// `credentials:`: where the master key that seals upstream credential values comes from.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "credentials")]
+pub(super) struct RawCredentials {
+    pub master_key_env: Option<String>,
+    pub master_key_file: Option<String>,
 }
 
 /// `rate_limit:` as written: the app-overridable budget plus the deployment-wide `shared`.

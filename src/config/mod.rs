@@ -106,9 +106,28 @@ pub struct Config {
     /// Time given to in-flight requests on shutdown.
     pub shutdown_grace: Duration,
     pub log: LogConfig,
+    /// `credentials:`: the master key that seals upstream credential values.
+    pub credentials: CredentialsConfig,
 }
 
 opaque_debug!(Config);
+
+/// Where the master key comes from (`credentials.master_key_env` or `master_key_file`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MasterKeySource {
+    Env(String),
+    /// Resolved relative to the config file's directory.
+    File(PathBuf),
+}
+
+/// The `credentials:` block, with the master key read when the config was built (a variable
+/// that is not set leaves `master_key` empty: credential calls then answer 503
+/// `credentials_unavailable`). The key's `Debug` prints nothing of it.
+#[derive(Clone, Debug, Default)]
+pub struct CredentialsConfig {
+    pub source: Option<MasterKeySource>,
+    pub master_key: Option<Arc<crate::credentials::MasterKey>>,
+}
 
 /// The contract's `log:` block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

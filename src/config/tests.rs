@@ -1051,3 +1051,62 @@ fn resolver_servers_are_addresses() {
     let all = problems(&min_plus("resolver: [\"dns.example\"]\n"));
     assert!(all[0].message.contains("resolver[0]"), "{all:#?}");
 }
+
+#[test]
+fn the_master_key_comes_from_a_file_beside_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::credentials::MasterKey::generate();
+    std::fs::write(
+        dir.path().join("master.key"),
+        format!("{}\n", key.to_base64().as_str()),
+    )
+    .unwrap();
+    let yaml = min_plus("credentials:\n  master_key_file: master.key\n");
+    let config = parse(&dir.path().join("gateway.yaml"), &yaml).unwrap();
+    assert!(config.credentials.master_key.is_some());
+    assert_eq!(
+        config.credentials.source,
+        Some(MasterKeySource::File(dir.path().join("master.key")))
+    );
+    assert!(ok(MIN).credentials.master_key.is_none());
+}
+
+#[test]
+fn a_bad_master_key_is_a_problem_naming_its_file_never_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("short.key"), "c2hvcnQga2V5IHRleHQ=\n").unwrap();
+    let yaml = min_plus("credentials:\n  master_key_file: short.key\n");
+    let errors = parse(&dir.path().join("gateway.yaml"), &yaml)
+        .err()
+        .unwrap();
+    assert_eq!(errors.problems.len(), 1, "{errors}");
+    let p = &errors.problems[0];
+    assert_eq!((p.line, p.column), (Some(11), Some(20)), "{p}");
+    assert!(p.message.contains("short.key"), "{p}");
+    assert!(p.message.contains("32"), "{p}");
+    assert!(!p.message.contains("c2hvcnQga2V5IHRleHQ="), "{p}");
+    let missing = min_plus("credentials:\n  master_key_file: nowhere.key\n");
+    assert!(parse(&dir.path().join("gateway.yaml"), &missing).is_err());
+}
+
+#[test]
+fn the_master_key_sources_are_exclusive_and_one_is_needed() {
+    one(
+        &min_plus("credentials:\n  master_key_env: A\n  master_key_file: b\n"),
+        12,
+        20,
+        &["not both"],
+    );
+    one(&min_plus("credentials: {}\n"), 10, 14, &["master_key_env"]);
+    one(
+        &min_plus("credentials:\n  master_key_env: 9BAD\n"),
+        11,
+        19,
+        &["environment variable"],
+    );
+    // A variable that is not set is no problem: the gateway runs without credentials.
+    let c = ok(&min_plus(
+        "credentials:\n  master_key_env: SCOPEGATE_TEST_UNSET_MASTER_KEY\n",
+    ));
+    assert!(c.credentials.master_key.is_none());
+}

@@ -1,9 +1,12 @@
 //! Turns the file as written ([`RawConfig`]) into a [`Config`], collecting every problem on the way.
 
 use super::error::{ConfigErrors, Problem};
-use super::file::{Entries, RawAdmin, RawCache, RawConfig, RawKeys, RawLimits, RawStore};
+use super::file::{
+    Entries, RawAdmin, RawCache, RawConfig, RawCredentials, RawKeys, RawLimits, RawStore,
+};
 use super::position::{at, PositionIndex, YamlPath};
 use super::*;
+use crate::credentials::MasterKey;
 use crate::redact;
 use crate::routing::{RouteProblem, RouteTable};
 use crate::tls::TlsAcceptorSource;
@@ -166,6 +169,10 @@ pub(super) fn validate(
         access: raw_log.access.unwrap_or(DEFAULT_ACCESS_LOG),
     };
 
+    let credentials = credentials(&mut c, dir, raw.credentials);
+    // Hook for upstream `credential:` references (issue 23, part B): a config whose upstream
+    // names a credential while `credentials.master_key` is `None` is a `check` problem.
+
     let table = RouteTable::build(route_specs.clone())
         .map_err(|problems| route_problems(&mut c, problems, &origin));
     match table {
@@ -189,6 +196,7 @@ pub(super) fn validate(
             limits,
             shutdown_grace,
             log,
+            credentials,
         }),
         _ => Err(ConfigErrors {
             problems: c.problems,
@@ -231,6 +239,58 @@ fn distinct_listeners(
         if let Some((name, _, _)) = clash {
             c.at(path, format!("{addr} is already used by `{name}`"));
         }
+    }
+}
+
+/// `credentials:`: exactly one of `master_key_env` and `master_key_file`, read now so a key of
+/// the wrong length or encoding is a `check` problem naming the variable or file (never the
+/// key). A variable that is not set is no problem: the gateway runs without a master key.
+fn credentials(c: &mut Check<'_>, dir: &Path, raw: Option<RawCredentials>) -> CredentialsConfig {
+    let Some(raw) = raw else {
+        return CredentialsConfig::default();
+    };
+    let (source, path) = match (raw.master_key_env, raw.master_key_file) {
+        (Some(_), Some(_)) => {
+            c.at(
+                &at(&["credentials", "master_key_file"]),
+                "give master_key_env or master_key_file, not both",
+            );
+            return CredentialsConfig::default();
+        }
+        (None, None) => {
+            c.at(
+                &at(&["credentials"]),
+                "give master_key_env (a variable holding 32 random bytes, base64) or master_key_file",
+            );
+            return CredentialsConfig::default();
+        }
+        (Some(var), None) => (
+            MasterKeySource::Env(var),
+            at(&["credentials", "master_key_env"]),
+        ),
+        (None, Some(file)) => (
+            MasterKeySource::File(dir.join(file)),
+            at(&["credentials", "master_key_file"]),
+        ),
+    };
+    let master_key = match &source {
+        MasterKeySource::Env(var) => match values::env_name(var) {
+            Err(msg) => {
+                c.at(&path, msg);
+                None
+            }
+            Ok(()) => MasterKey::from_env(var)
+                .map_err(|e| c.at(&path, format!("the master key in ${var} {e}")))
+                .ok()
+                .flatten(),
+        },
+        MasterKeySource::File(file) => MasterKey::from_file(file)
+            .map_err(|e| c.at(&path, format!("the master key in {} {e}", file.display())))
+            .ok(),
+    };
+    CredentialsConfig {
+        source: Some(source),
+        master_key: master_key.map(Arc::new),
     }
 }
 

@@ -10,9 +10,10 @@
 //! # Rooms
 //! This file holds the database, the feed and the role implementations; [`records`] the steps of
 //! each app and key read and write, [`order`] the listing and expiry indexes, [`usage`] and
-//! [`quota`] their tables, [`audit`] the audit table.
+//! [`quota`] their tables, [`audit`] the audit table, [`credentials`] the upstream credentials.
 
 mod audit;
+mod credentials;
 mod order;
 mod quota;
 mod records;
@@ -113,6 +114,7 @@ impl EmbeddedStore {
             tx.open_table(order::REVOKED).map_err(db_error)?;
             tx.open_table(audit::AUDIT).map_err(db_error)?;
             tx.open_table(order::EXPIRING).map_err(db_error)?;
+            credentials::create_tables(tx)?;
             order::build_if_missing(tx)
         })?;
         Ok(EmbeddedStore {
@@ -514,6 +516,7 @@ mod tests {
             created_at: 1,
             created_by: "test".to_owned(),
             version: 0,
+            credentials: Default::default(),
         }
     }
 

@@ -16,13 +16,15 @@ pub use self::redis::{RedisStore, DEFAULT_PREFIX};
 /// `use scopegate::store::prelude::*`.
 pub mod prelude {
     pub use super::{
-        BudgetLeases, ChangeFeed, KeyStore, Ping, Records, UnauditedWrites, Upkeep, UsageSink,
+        BudgetLeases, ChangeFeed, CredentialRecords, KeyStore, Ping, Records, UnauditedWrites,
+        Upkeep, UsageSink,
     };
 }
 
 use crate::model::{
-    utc_date, utc_day_number, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest,
-    QuotaWindows, RateLimit, UnixSeconds, UsageBatch, UsageCounts, UsageSubject,
+    utc_date, utc_day_number, App, AppChange, AuditEvent, CredentialChange, CredentialRecord,
+    KeyChange, KeyRecord, Page, PageRequest, QuotaWindows, RateLimit, UnixSeconds, UsageBatch,
+    UsageCounts, UsageSubject,
 };
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -92,6 +94,8 @@ pub type Audit<T> = std::sync::Arc<dyn Fn(&T) -> AuditEvent + Send + Sync>;
 pub enum Invalidation {
     Key(String),
     App(String),
+    /// An upstream credential (by name) was created, replaced or deleted.
+    Credential(String),
     /// The change feed was interrupted: events may have been missed, so drop everything.
     All,
 }
@@ -187,12 +191,19 @@ pub const QUOTA_SPREAD: u64 = 8;
 /// [`BudgetLeases`], background upkeep [`Upkeep`]), so a test double implements one small
 /// trait, not all of them.
 pub trait KeyStore:
-    Records + Upkeep + UsageSink + BudgetLeases + ChangeFeed + Ping + 'static
+    Records + CredentialRecords + Upkeep + UsageSink + BudgetLeases + ChangeFeed + Ping + 'static
 {
 }
 
 impl<T> KeyStore for T where
-    T: Records + Upkeep + UsageSink + BudgetLeases + ChangeFeed + Ping + 'static
+    T: Records
+        + CredentialRecords
+        + Upkeep
+        + UsageSink
+        + BudgetLeases
+        + ChangeFeed
+        + Ping
+        + 'static
 {
 }
 
@@ -285,6 +296,47 @@ pub trait Records: Send + Sync {
         page: PageRequest<'_>,
         keep: Keep<'_, AuditEvent>,
     ) -> Result<Page<AuditEvent>, StoreError>;
+}
+
+/// Upstream credentials: records whose value is only ever stored sealed (see
+/// [`crate::credentials`]). Each write keeps its audit event in the same step and announces
+/// [`Invalidation::Credential`] (Redis: every instance; embedded: this process) from that step.
+#[async_trait]
+pub trait CredentialRecords: Send + Sync {
+    /// Stores a new credential, with `audit`'s event. `Conflict` when the name is taken.
+    async fn create_credential_audited(
+        &self,
+        credential: &CredentialRecord,
+        audit: Option<&Audit<CredentialRecord>>,
+    ) -> Result<(), StoreError>;
+    /// One credential, with `last_used_at` filled in.
+    async fn get_credential(&self, name: &str) -> Result<Option<CredentialRecord>, StoreError>;
+    /// A page of credentials, oldest first (ties by name), that `keep` accepts, with
+    /// `last_used_at`. Bounded like every listing ([`LIST_CHUNK`] per command).
+    async fn list_credentials(
+        &self,
+        page: PageRequest<'_>,
+        keep: Keep<'_, CredentialRecord>,
+    ) -> Result<Page<CredentialRecord>, StoreError>;
+    /// Applies `change` to the credential as stored now, atomically, with `audit`'s event (made
+    /// from it as changed), announced when `change.announce`. `NotFound`; `VersionMismatch`
+    /// when `change.expected_sealed` no longer matches.
+    async fn update_credential_audited(
+        &self,
+        name: &str,
+        change: &CredentialChange,
+        audit: Option<&Audit<CredentialRecord>>,
+    ) -> Result<CredentialRecord, StoreError>;
+    /// Deletes a credential with `audit`'s event; the record as it was, `Ok(None)` if it did
+    /// not exist (no event then).
+    async fn delete_credential_audited(
+        &self,
+        name: &str,
+        audit: Option<&Audit<CredentialRecord>>,
+    ) -> Result<Option<CredentialRecord>, StoreError>;
+    /// Records last use times of credentials in one batch (unknown names are ignored; a time
+    /// never moves backwards).
+    async fn touch_credentials(&self, uses: &[(String, UnixSeconds)]) -> Result<(), StoreError>;
 }
 
 /// The writes of [`Records`] with no audit event: for seeding (the demo) and tests. The admin

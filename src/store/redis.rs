@@ -14,7 +14,8 @@
 //! This file holds the connection and the roles built on single commands (usage, budget
 //! leases, the feed, ping); [`records`] the apps, keys and audit log ([`super::Records`],
 //! [`super::Upkeep`]) with their scripts in [`scripts`]; [`usage`] and [`limits`] the layouts
-//! and scripts of usage counts and of shared budgets; [`audit`] the audit stream.
+//! and scripts of usage counts and of shared budgets; [`audit`] the audit stream;
+//! [`credentials`] the upstream credentials with their scripts.
 //!
 //! Conditional multi-key writes run as Lua scripts (sent with `EVAL`), not WATCH/MULTI: the
 //! `ConnectionManager` multiplexes every caller over one connection, and WATCH state is per
@@ -32,6 +33,7 @@ use super::{
     StoreError, UsageSink, AUDIT_MAX_EVENTS,
 };
 mod audit;
+mod credentials;
 mod feed;
 mod legacy;
 mod limits;

@@ -53,7 +53,35 @@ impl ServeProcess {
     pub(crate) async fn start_placed(
         dir: &Path,
         yaml: &str,
+        place: impl FnMut(&str) -> PathBuf,
+    ) -> ServeProcess {
+        Self::start_placed_with_env(dir, yaml, place, &[]).await
+    }
+
+    /// Like [`ServeProcess::start`], with `env` set for the process (`RUST_LOG=debug`, say).
+    pub(crate) async fn start_with_env(
+        dir: &Path,
+        yaml: &str,
+        env: &[(&str, &str)],
+    ) -> ServeProcess {
+        let path = dir.join("gateway.yaml");
+        Self::start_placed_with_env(
+            dir,
+            yaml,
+            |text| {
+                std::fs::write(&path, text).expect("write config");
+                path.clone()
+            },
+            env,
+        )
+        .await
+    }
+
+    async fn start_placed_with_env(
+        dir: &Path,
+        yaml: &str,
         mut place: impl FnMut(&str) -> PathBuf,
+        env: &[(&str, &str)],
     ) -> ServeProcess {
         for _ in 0..5 {
             let addrs = free_addrs();
@@ -66,6 +94,7 @@ impl ServeProcess {
                 .arg(&config)
                 .env(TOKEN_ENV, ADMIN_TOKEN)
                 .env_remove("RUST_LOG")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(File::create(dir.join("serve.stdout")).expect("stdout file"))
                 .stderr(File::create(dir.join("serve.log")).expect("log file"))

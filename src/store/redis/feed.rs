@@ -285,6 +285,8 @@ async fn alive(sink: &mut PubSubSink, op_timeout: Duration) -> bool {
 fn parse_invalidation(payload: &str) -> Option<Invalidation> {
     if let Some(id) = payload.strip_prefix("key:") {
         Some(Invalidation::Key(id.to_owned()))
+    } else if let Some(name) = payload.strip_prefix("cred:") {
+        Some(Invalidation::Credential(name.to_owned()))
     } else {
         payload
             .strip_prefix("app:")
@@ -305,6 +307,10 @@ mod tests {
         assert_eq!(
             parse_invalidation("app:a:b"),
             Some(Invalidation::App("a:b".into()))
+        );
+        assert_eq!(
+            parse_invalidation("cred:MY_API"),
+            Some(Invalidation::Credential("MY_API".into()))
         );
         assert_eq!(parse_invalidation("other"), None);
     }

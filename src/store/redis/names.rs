@@ -114,6 +114,21 @@ impl Names {
         self.under("audit")
     }
 
+    /// String: an upstream credential's JSON (its value only sealed).
+    pub(super) fn credential(&self, name: &str) -> String {
+        self.under(&format!("cred:{name}"))
+    }
+
+    /// Sorted set (all scores 0): `{created_at:011}.{name}` of every credential.
+    pub(super) fn credential_index(&self) -> String {
+        self.under("credidx")
+    }
+
+    /// Hash: credential name -> last use, unix seconds.
+    pub(super) fn credential_last_used(&self) -> String {
+        self.under("cred_last_used")
+    }
+
     /// String: the theoretical arrival time (GCRA, microseconds on the Redis clock) of a key's
     /// shared rate budget. Per-key limit names brace the key id (`rate:{id}`): on a standalone
     /// Redis that is the only tag, so one key's rate and quota names share a slot by
@@ -210,6 +225,9 @@ mod tests {
                 names.expiring(),
                 names.last_used(),
                 names.audit(),
+                names.credential("MY_API"),
+                names.credential_index(),
+                names.credential_last_used(),
                 format!("{}usage:key:k:2026-01", names.base()),
                 names.rate("k"),
                 names.quota_day("k", "2026-01-31"),
