@@ -438,7 +438,7 @@ async function main() {
   assert.equal(await page.getByRole('dialog').count(), 0, 'the dialog is gone');
   await assertNoSecret(page, values, 'after the create call');
   const cells = await credRow('MY_OPENAI').getByRole('cell').allTextContents();
-  assert.deepEqual(cells.slice(0, 5), ['MY_OPENAI', 'OpenAI key for the models upstream', short(VALUE_1), 'nothing', 'never']);
+  assert.deepEqual(cells.slice(0, 5), ['MY_OPENAI', 'OpenAI key for the models upstream', short(VALUE_1), 'not in use', 'never']);
   assert.match(cells[5], / by admin$/);
   ok('credentials: added through a password field; the list and the answer show only the mask; the value is nowhere in the page');
 

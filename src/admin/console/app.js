@@ -30,8 +30,9 @@ const nextId = (p) => `${p}-${++uid}`;
 
 function field(label, input, hint) {
   if (!input.id) input.id = nextId('f');
-  return h('div', { class: 'field' }, h('label', { for: input.id }, label), input,
-    hint ? h('small', { class: 'hint' }, hint) : null);
+  const note = hint ? h('small', { class: 'hint', id: `${input.id}-hint` }, hint) : null;
+  if (note) input.setAttribute('aria-describedby', note.id);
+  return h('div', { class: 'field' }, h('label', { for: input.id }, label), input, note);
 }
 
 function toast(message) {
@@ -599,7 +600,7 @@ function usedByChips(u) {
     ...(u && u.upstreams ? u.upstreams : []).map((name) => h('span', { class: 'chip' }, `upstream ${name}`)),
     ...(u && u.apps ? u.apps : []).map((a) => h('span', { class: 'chip', title: `app id ${a.id}` }, `app ${a.name} (${a.upstream})`)),
   ];
-  return items.length ? h('span', { class: 'chips' }, items) : h('span', { class: 'muted' }, 'nothing');
+  return items.length ? h('span', { class: 'chips' }, items) : h('span', { class: 'muted' }, 'not in use');
 }
 
 function usedByText(u) {
