@@ -30,8 +30,9 @@ const nextId = (p) => `${p}-${++uid}`;
 
 function field(label, input, hint) {
   if (!input.id) input.id = nextId('f');
-  return h('div', { class: 'field' }, h('label', { for: input.id }, label), input,
-    hint ? h('small', { class: 'hint' }, hint) : null);
+  const note = hint ? h('small', { class: 'hint', id: `${input.id}-hint` }, hint) : null;
+  if (note) input.setAttribute('aria-describedby', note.id);
+  return h('div', { class: 'field' }, h('label', { for: input.id }, label), input, note);
 }
 
 function toast(message) {
@@ -225,7 +226,7 @@ async function enter() {
   else await route();
 }
 
-const PAGES = { apps: appsPage, keys: keysPage, usage: usagePage, routes: routesPage, audit: auditPage };
+const PAGES = { apps: appsPage, keys: keysPage, usage: usagePage, routes: routesPage, credentials: credentialsPage, audit: auditPage };
 
 async function route() {
   if (!state.role) return;
@@ -585,6 +586,163 @@ async function routesPage(view) {
     h('h2', {}, 'Upstreams'),
     h('p', {}, 'Each upstream\'s targets as they stand now. A target out of rotation (failing its health check, or ejected after failed requests) gets no requests until it is back.'),
     upstreamTables(upstreams));
+}
+
+// ---------- Credentials ----------
+// Upstream credentials: the value is typed into a password field, sent once in the create or
+// replace call and cleared; the API never answers with it, so the page only ever shows the
+// mask (first and last 3 characters).
+const shortMask = (masked) => masked.replace(/\*{4,}/, '••••');
+const maskedCode = (masked) => h('code', { class: 'masked', title: masked }, shortMask(masked));
+
+function usedByChips(u) {
+  const items = [
+    ...(u && u.upstreams ? u.upstreams : []).map((name) => h('span', { class: 'chip' }, `upstream ${name}`)),
+    ...(u && u.apps ? u.apps : []).map((a) => h('span', { class: 'chip', title: `app id ${a.id}` }, `app ${a.name} (${a.upstream})`)),
+  ];
+  return items.length ? h('span', { class: 'chips' }, items) : h('span', { class: 'muted' }, 'not in use');
+}
+
+function usedByText(u) {
+  const parts = [];
+  if (u.upstreams.length) parts.push(`upstream${u.upstreams.length === 1 ? '' : 's'} ${u.upstreams.join(', ')}`);
+  if (u.apps.length) parts.push(`app${u.apps.length === 1 ? '' : 's'} ${u.apps.map((a) => `${a.name} (for upstream ${a.upstream})`).join(', ')}`);
+  return parts.join('; ');
+}
+
+const isUsed = (u) => !!u && (u.upstreams.length + u.apps.length) > 0;
+
+// A password input whose value is wiped when its dialog closes, however it closes.
+function secretInput(dlgHolder) {
+  const input = h('input', {
+    type: 'password', required: true, autocomplete: 'off', spellcheck: 'false',
+  });
+  dlgHolder.push(input);
+  return input;
+}
+
+async function credentialsPage(view) {
+  const search = credentialsPage.search || '';
+  let creds;
+  try {
+    creds = await listAll(`/v1/credentials${qs({ search })}`);
+  } catch (e) {
+    if (e.code !== 'credentials_unavailable') throw e;
+    view.replaceChildren(pageHead('Credentials'),
+      h('div', { class: 'warning notice', role: 'alert' },
+        h('p', {}, h('strong', {}, 'Credentials are unavailable on this gateway: it has no master key.')),
+        h('p', {}, 'Upstream credentials are encrypted under a master key (32 random bytes, base64). Set ',
+          h('code', {}, 'credentials.master_key_env'), ' (or ', h('code', {}, 'master_key_file'),
+          ') in the config, provide the key, and restart the gateway.'),
+        h('p', { class: 'muted' }, `The gateway answered: ${e.message}`)));
+    return;
+  }
+  const add = can('admin') ? h('button', { type: 'button', onclick: () => addCredential() }, 'Add credential') : null;
+  const rows = creds.map((c) => {
+    const cells = [
+      h('strong', {}, c.name),
+      c.description ? c.description : h('span', { class: 'muted' }, '—'),
+      maskedCode(c.masked),
+      usedByChips(c.used_by),
+      c.last_used_at ? when(c.last_used_at) : h('span', { class: 'muted' }, 'never'),
+      `${when(c.updated_at)} by ${c.updated_by || '—'}`,
+    ];
+    if (can('admin')) {
+      cells.push(h('span', { class: 'row-actions' },
+        h('button', { type: 'button', class: 'secondary', onclick: () => replaceCredential(c) }, 'Replace value'),
+        h('button', { type: 'button', class: 'danger', onclick: () => deleteCredential(c) }, 'Delete')));
+    }
+    return cells;
+  });
+  const columns = ['Name', 'Description', 'Value', 'Used by', 'Last used', 'Updated'];
+  if (can('admin')) columns.push('Actions');
+  view.replaceChildren(
+    pageHead('Credentials', add),
+    h('p', {}, 'Secrets the gateway sends to upstreams on the callers\' behalf (an LLM provider\'s API key, a service token). ',
+      'Values are encrypted at rest and never shown again after they are saved: only their first and last 3 characters.'),
+    searchBox('Search credentials by name', search, (s) => { credentialsPage.search = s; route(); }),
+    table('Upstream credentials', columns, rows, search ? 'No credential matches.' : 'No credentials yet.'),
+  );
+}
+
+function addCredential() {
+  const secrets = [];
+  const name = h('input', { type: 'text', required: true, autocomplete: 'off', pattern: '[A-Za-z0-9_\\-]{1,64}', maxlength: 64, spellcheck: 'false' });
+  const description = h('input', { type: 'text', autocomplete: 'off' });
+  const value = secretInput(secrets);
+  const dlg = formDialog('Add credential', [
+    field('Name', name, 'Letters, digits, _ and -, at most 64 (e.g. MY_OPENAI).'),
+    field('Description', description, 'Optional.'),
+    field('Value', value, 'Pasted once; it is encrypted and never shown again.'),
+  ], 'Add credential', async () => {
+    const body = { name: name.value.trim(), value: value.value };
+    if (description.value.trim()) body.description = description.value.trim();
+    try {
+      const { data } = await api('POST', '/v1/credentials', body);
+      toast(`Credential ${data.name} saved: ${shortMask(data.masked)}.`);
+    } finally {
+      body.value = '';
+    }
+    route();
+  });
+  dlg.addEventListener('close', () => { for (const s of secrets) s.value = ''; });
+}
+
+function replaceCredential(c) {
+  const secrets = [];
+  const value = secretInput(secrets);
+  const description = h('input', { type: 'text', autocomplete: 'off', value: c.description || '' });
+  const dlg = formDialog(`Replace value of ${c.name}`, [
+    h('p', {}, 'The new value replaces ', maskedCode(c.masked),
+      ' on every gateway instance within a second. The old value is not kept.'),
+    field('New value', value, 'Pasted once; it is encrypted and never shown again.'),
+    field('Description', description),
+  ], 'Replace value', async () => {
+    const body = { value: value.value };
+    if (description.value.trim() !== (c.description || '')) body.description = description.value.trim();
+    try {
+      const { data } = await api('PUT', `/v1/credentials/${encodeURIComponent(c.name)}`, body);
+      toast(`Credential ${data.name} replaced: ${shortMask(data.masked)}.`);
+    } finally {
+      body.value = '';
+    }
+    route();
+  });
+  dlg.addEventListener('close', () => { for (const s of secrets) s.value = ''; });
+}
+
+function inUseDialog(c, message, usedBy) {
+  const done = h('button', { type: 'button', onclick: () => dlg.close() }, 'Close');
+  const list = usedBy && isUsed(usedBy) ? h('ul', {},
+    usedBy.upstreams.map((u) => h('li', {}, 'upstream ', h('code', {}, u), ' (in the config: remove its ', h('code', {}, 'credential:'), ')')),
+    usedBy.apps.map((a) => h('li', {}, 'app ', h('strong', {}, a.name), ` (id ${a.id}) for upstream `, h('code', {}, a.upstream)))) : null;
+  const dlg = openDialog(`Credential ${c.name} is still in use`, [
+    h('p', { class: 'error', role: 'alert' }, `Not deleted: ${message}.`),
+    list ? h('p', {}, 'Stop naming it in these first:') : null,
+    list,
+  ], [done]);
+  done.focus();
+}
+
+async function deleteCredential(c) {
+  const used = isUsed(c.used_by) ? ` It is still used by ${usedByText(c.used_by)}: the gateway refuses to delete it until they stop naming it.` : '';
+  const ok = await confirmDialog(`Delete credential ${c.name}?`,
+    `The value ${shortMask(c.masked)} is erased. Requests that still need it fail with 502 credential_unavailable. This cannot be undone.${used}`,
+    'Delete credential');
+  if (!ok) return;
+  try {
+    await api('DELETE', `/v1/credentials/${encodeURIComponent(c.name)}`);
+    toast(`Credential ${c.name} deleted.`);
+  } catch (e) {
+    if (e.status === 409) {
+      let usedBy = null;
+      try { usedBy = (await api('GET', `/v1/credentials/${encodeURIComponent(c.name)}`)).data.used_by; } catch { /* shown by the message */ }
+      inUseDialog(c, e.message, usedBy);
+    } else {
+      toast(`Delete failed: ${e.message}`);
+    }
+  }
+  route();
 }
 
 // ---------- Audit ----------
