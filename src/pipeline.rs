@@ -177,12 +177,19 @@ impl Pipeline {
                 unread,
             });
         };
-        let credential = match self.upstream_credential(&upstream.spec, principal).await {
-            Ok(credential) => credential,
-            Err(error) => {
-                let unread = Unread::of(request);
-                return Err(Refusal { error, unread });
-            }
+        // Most routes: two `Option` checks and nothing else.
+        let credential = match credential_use(&upstream.spec, principal) {
+            None => None,
+            Some((name, header, format)) => match self.credentials.header(name, format).await {
+                Ok(value) => Some((header, value)),
+                Err(why) => {
+                    let unread = Unread::of(request);
+                    return Err(Refusal {
+                        error: why.into(),
+                        unread,
+                    });
+                }
+            },
         };
         let out = Outgoing {
             upstream,
@@ -266,25 +273,6 @@ impl Pipeline {
             strip_bearer: presented.bearer,
             grant,
         })
-    }
-
-    /// The header the upstream gets its credential in, and its value: the app's own
-    /// credential for the upstream if it names one, else the upstream's `credential:`. A route
-    /// to an upstream without one, for an app without its own, pays two `Option` checks.
-    async fn upstream_credential<'u>(
-        &self,
-        upstream: &'u Upstream,
-        principal: Option<&Principal>,
-    ) -> Result<Option<(&'u HeaderName, HeaderValue)>, ProxyError> {
-        let own = principal.and_then(|p| p.app.credential_for(&upstream.name));
-        let (name, header, format) = match (own, &upstream.credential) {
-            (None, None) => return Ok(None),
-            (Some(own), Some(u)) => (own, &u.header, &u.format),
-            (None, Some(u)) => (&u.name, &u.header, &u.format),
-            (Some(own), None) => (own, &header::AUTHORIZATION, bearer()),
-        };
-        let value = self.credentials.header(name, format).await?;
-        Ok(Some((header, value)))
     }
 
     /// The config in force now (requests hold it for their whole life).
@@ -434,6 +422,22 @@ fn client_address(headers: &http::HeaderMap, peer: IpAddr, limits: &Limits) -> O
         }
     }
     Some(client)
+}
+
+/// Which credential the upstream gets, in which header and form: the app's own credential
+/// for the upstream if it names one (in the upstream's header and form, else the default
+/// `Authorization: Bearer`), else the upstream's `credential:`.
+fn credential_use<'a>(
+    upstream: &'a Upstream,
+    principal: Option<&'a Principal>,
+) -> Option<(&'a Arc<str>, &'a HeaderName, &'a Arc<CredentialFormat>)> {
+    let own = principal.and_then(|p| p.app.credential_for(&upstream.name));
+    match (own, &upstream.credential) {
+        (None, None) => None,
+        (Some(own), Some(u)) => Some((own, &u.header, &u.format)),
+        (None, Some(u)) => Some((&u.name, &u.header, &u.format)),
+        (Some(own), None) => Some((own, &header::AUTHORIZATION, bearer())),
+    }
 }
 
 /// `Bearer {value}`, for an app's own credential toward an upstream that configures none.

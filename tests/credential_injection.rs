@@ -354,3 +354,76 @@ fn check_refuses_a_credential_without_a_master_key_block() {
     );
     assert!(errors.contains("credentials:"), "{errors}");
 }
+
+#[test]
+fn check_reports_a_bad_credential_use_at_its_field() {
+    let dir = tempfile::tempdir().expect("dir");
+    let base = config_yaml(
+        &Upstreams {
+            tools: "http://127.0.0.1:9".into(),
+        },
+        None,
+        &dir.path().join("data"),
+    ) + "credentials:\n  master_key_env: SCOPEGATE_TEST_UNSET_MASTER_KEY\n";
+    let cases = [
+        (
+            "credential: {name: A, format: \"Bearer\"}",
+            "credential.format",
+            "exactly once",
+        ),
+        (
+            "credential: {name: A, format: \"{value}{value}\"}",
+            "credential.format",
+            "exactly once",
+        ),
+        (
+            "credential: {name: A, header: \"bad header\"}",
+            "credential.header",
+            "not a header name",
+        ),
+        (
+            "credential: {name: A, header: host}",
+            "credential.header",
+            "set by the gateway",
+        ),
+        (
+            "credential: {name: \"a b\"}",
+            "credential.name",
+            "credential name",
+        ),
+        ("credential: \"a.b\"", "tools.credential", "credential name"),
+        (
+            "credential: {name: A, extra: 1}",
+            "credential",
+            "unknown field",
+        ),
+    ];
+    let path = dir.path().join("gateway.yaml");
+    for (entry, field, message) in cases {
+        let text = base.replace(
+            "    timeout: 2s\n",
+            &format!("    timeout: 2s\n    {entry}\n"),
+        );
+        let errors = match scopegate::config::parse(&path, &text) {
+            Ok(_) => panic!("{entry} accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            errors.contains(field) && errors.contains(message),
+            "{entry}: {errors}"
+        );
+    }
+    let fine = base.replace(
+        "    timeout: 2s\n",
+        "    timeout: 2s\n    credential: {name: A, header: x-api-key, format: \"{value}\"}\n",
+    );
+    let config = scopegate::config::parse(&path, &fine).unwrap_or_else(|e| panic!("{e}"));
+    let tools = &config.upstreams[0];
+    let credential = tools.credential.as_ref().expect("credential");
+    assert_eq!(&*credential.name, "A");
+    assert_eq!(credential.header, "x-api-key");
+    assert_eq!(
+        (&*credential.format.prefix, &*credential.format.suffix),
+        ("", "")
+    );
+}
