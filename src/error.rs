@@ -50,6 +50,23 @@ pub enum ProxyError {
     NoHealthyTarget { retry_after: u64 },
     #[error("the upstream did not answer in time")]
     UpstreamTimeout,
+    /// The upstream's credential (or the app's own for it) is missing or does not open; the
+    /// gateway's log names it, the client is told nothing of it.
+    #[error("the credential for this upstream is unavailable")]
+    CredentialUnavailable,
+    /// The store did not answer while the upstream's credential was read.
+    #[error("the key store is unavailable")]
+    CredentialStore,
+}
+
+impl From<crate::credentials::Unavailable> for ProxyError {
+    fn from(why: crate::credentials::Unavailable) -> ProxyError {
+        use crate::credentials::Unavailable as U;
+        match why {
+            U::Missing | U::NoMasterKey | U::Sealed => ProxyError::CredentialUnavailable,
+            U::Store => ProxyError::CredentialStore,
+        }
+    }
 }
 
 /// An admin API call that fails.
@@ -200,6 +217,14 @@ impl ProxyError {
                 (S::SERVICE_UNAVAILABLE, "upstream_unavailable", Nothing)
             }
             ProxyError::UpstreamTimeout => (S::GATEWAY_TIMEOUT, "upstream_timeout", Nothing),
+            ProxyError::CredentialUnavailable => {
+                (S::BAD_GATEWAY, "credential_unavailable", Nothing)
+            }
+            ProxyError::CredentialStore => (
+                S::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                Counted::StoreError,
+            ),
         }
     }
 
@@ -243,6 +268,9 @@ impl ProxyError {
             }
             ProxyError::NoHealthyTarget { retry_after } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            ProxyError::CredentialStore => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::QuotaExceeded(q) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(q.retry_after));
@@ -444,6 +472,12 @@ mod tests {
                 "upstream_unavailable",
             ),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+            (
+                ProxyError::CredentialUnavailable,
+                502,
+                "credential_unavailable",
+            ),
+            (ProxyError::CredentialStore, 503, "store_unavailable"),
         ];
         for (error, status, code) in cases {
             let answer = error.answer();

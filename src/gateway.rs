@@ -10,6 +10,7 @@ use crate::budgets::slice::Fallback;
 use crate::budgets::Budgets;
 use crate::cache::KeyCache;
 use crate::config::{Config, Role, StoreConfig};
+use crate::credentials::CredentialCache;
 use crate::lifecycle;
 use crate::live::LiveConfig;
 use crate::metrics::{Metrics, MetricsEndpoint};
@@ -140,12 +141,17 @@ pub async fn start_with_store(
     let metrics_listener = bind("metrics", config.metrics.listen).await?;
 
     let metrics = Metrics::new();
+    let credentials = Arc::new(CredentialCache::new(
+        store.clone(),
+        config.credentials.master_key.clone(),
+    ));
     let cache = KeyCache::new(
         store.clone(),
         config.cache.ttl,
         config.cache.max_entries,
         metrics.clone(),
-    );
+    )
+    .with_credentials(credentials.clone());
     let mut background = Vec::new();
     background.extend(cache.spawn_invalidation_listener());
     wait_for_feed(&*store, config.store.timeout).await;
@@ -182,6 +188,7 @@ pub async fn start_with_store(
         auth: Authenticator::new(cache.clone()),
         forwarder,
         usage,
+        credentials: credentials.clone(),
         metrics: metrics.clone(),
         proto: if config.tls.is_some() {
             "https"
@@ -190,6 +197,7 @@ pub async fn start_with_store(
         },
     });
     background.push(spawn_rate_limit_upkeep(pipeline.clone()));
+    background.push(spawn_credential_uses(credentials));
     let admin = Arc::new(Admin {
         store: store.clone(),
         cache: cache.clone(),
@@ -368,6 +376,23 @@ fn spawn_rate_limit_upkeep(pipeline: Arc<Pipeline>) -> JoinHandle<()> {
     })
 }
 
+/// How often credential uses are written as `last_used_at`: the admin API's view of them
+/// lags by at most this.
+const CREDENTIAL_USES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes credential uses off the request path (see [`CredentialCache::flush_uses`]).
+fn spawn_credential_uses(credentials: Arc<CredentialCache>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CREDENTIAL_USES_EVERY);
+        loop {
+            tick.tick().await;
+            if let Err(e) = credentials.flush_uses().await {
+                tracing::debug!(error = %e, "credential uses not written yet; retried");
+            }
+        }
+    })
+}
+
 fn spawn_metrics_upkeep(metrics: Arc<Metrics>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(METRICS_UPKEEP);
@@ -392,6 +417,7 @@ impl RunningGateway {
         }
         let _ = self.usage_stop.send(true);
         let _ = self.usage_task.await;
+        let _ = self.pipeline.credentials.flush_uses().await;
         // Unused quota slices go back, so the counts say what was admitted.
         self.pipeline.budgets.quotas.give_back_all().await;
         for task in self.background {

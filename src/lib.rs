@@ -11,6 +11,8 @@
 //! - [`budgets`] counts the request against the key's rate limit (per instance, or shared
 //!   across instances through leased slices) and its day and month quota, in one call;
 //! - [`usage`] notes the key's use for a background task (the request never waits on it);
+//! - [`credentials`] gives the upstream's stored credential (or the app's own), opened once
+//!   and held in memory until an invalidation drops it, for the header the upstream expects;
 //! - [`proxy`] forwards to the upstream over a pooled client and streams the answer back.
 //!
 //! Every stage reads the config in force from one [`live`] snapshot.

@@ -1,4 +1,5 @@
-//! The request pipeline: route → credential → principal → scope → forward.
+//! The request pipeline: route → credential → principal → scope → upstream credential →
+//! forward.
 //!
 //! [`Pipeline::handle`] is the outer function (turns every error into its response, logs);
 //! [`Pipeline::run`] is the inner one and reads top to bottom with `?`. A refused request's
@@ -12,6 +13,7 @@ use self::unread::Unread;
 use crate::auth::{credential, AuthError, Authenticator, Principal};
 use crate::budgets::{Budgets, Grant};
 use crate::config::{cidr_contains, Limits};
+use crate::credentials::CredentialCache;
 use crate::error::{Counted, ProxyError};
 use crate::live::{Live, LiveConfig};
 use crate::metrics::{Metrics, StoreOp};
@@ -19,9 +21,9 @@ use crate::proxy::body::GatewayBody;
 use crate::proxy::headers::Forwarded;
 use crate::proxy::{Forwarder, Outgoing};
 use crate::routing::normalize::normalize;
-use crate::routing::{Access, Route, RouteMatch, RouteTable};
+use crate::routing::{Access, CredentialFormat, Route, RouteMatch, RouteTable, Upstream};
 use crate::usage::UsageRecorder;
-use http::{header, HeaderValue, Method, Request, Response};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -66,6 +68,8 @@ pub struct Pipeline {
     pub forwarder: Forwarder,
     pub budgets: Budgets,
     pub usage: UsageRecorder,
+    /// Opened upstream credentials, injected toward upstreams that need one.
+    pub credentials: Arc<CredentialCache>,
     pub metrics: Arc<Metrics>,
     /// `https` when the listener speaks TLS.
     pub proto: &'static str,
@@ -173,12 +177,27 @@ impl Pipeline {
                 unread,
             });
         };
+        // Most routes: two `Option` checks and nothing else.
+        let credential = match credential_use(&upstream.spec, principal) {
+            None => None,
+            Some((name, header, format)) => match self.credentials.header(name, format).await {
+                Ok(value) => Some((header, value)),
+                Err(why) => {
+                    let unread = Unread::of(request);
+                    return Err(Refusal {
+                        error: why.into(),
+                        unread,
+                    });
+                }
+            },
+        };
         let out = Outgoing {
             upstream,
             rewritten_path: admission.rewritten_path.as_deref(),
             max_body: route.spec.max_body.unwrap_or(live.limits.max_body),
             strip_bearer: admission.strip_bearer,
             forwarded,
+            credential,
         };
         let unread = Unread::after_forwarding(&request);
         // Counted as it is forwarded: a request refused before this point costs its key no
@@ -403,6 +422,28 @@ fn client_address(headers: &http::HeaderMap, peer: IpAddr, limits: &Limits) -> O
         }
     }
     Some(client)
+}
+
+/// Which credential the upstream gets, in which header and form: the app's own credential
+/// for the upstream if it names one (in the upstream's header and form, else the default
+/// `Authorization: Bearer`), else the upstream's `credential:`.
+fn credential_use<'a>(
+    upstream: &'a Upstream,
+    principal: Option<&'a Principal>,
+) -> Option<(&'a Arc<str>, &'a HeaderName, &'a Arc<CredentialFormat>)> {
+    let own = principal.and_then(|p| p.app.credential_for(&upstream.name));
+    match (own, &upstream.credential) {
+        (None, None) => None,
+        (Some(own), Some(u)) => Some((own, &u.header, &u.format)),
+        (None, Some(u)) => Some((&u.name, &u.header, &u.format)),
+        (Some(own), None) => Some((own, &header::AUTHORIZATION, bearer())),
+    }
+}
+
+/// `Bearer {value}`, for an app's own credential toward an upstream that configures none.
+fn bearer() -> &'static Arc<CredentialFormat> {
+    static BEARER: std::sync::OnceLock<Arc<CredentialFormat>> = std::sync::OnceLock::new();
+    BEARER.get_or_init(|| Arc::new(CredentialFormat::bearer()))
 }
 
 static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");

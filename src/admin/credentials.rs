@@ -125,12 +125,13 @@ fn credential_target<'a>() -> Target<'a> {
     Target::default()
 }
 
-/// The upstreams of the config in force that name `name`.
-///
-/// Hook (issue 23, part B): the config's upstreams gain `credential:`; until then no upstream
-/// names a credential and this is empty.
-fn upstreams_naming(_live: &LiveConfig, _name: &str) -> Vec<String> {
-    Vec::new()
+/// The upstreams of the config in force whose `credential:` names `name`.
+fn upstreams_naming(live: &LiveConfig, name: &str) -> Vec<String> {
+    live.upstreams
+        .iter()
+        .filter(|u| u.spec.credential.as_ref().is_some_and(|c| *c.name == *name))
+        .map(|u| u.spec.name.to_string())
+        .collect()
 }
 
 fn valid_name(name: &str) -> Result<(), AdminError> {

@@ -12,6 +12,7 @@ mod tier;
 pub use self::tier::NEGATIVE_TTL;
 
 use self::tier::Tier;
+use crate::credentials::CredentialCache;
 use crate::metrics::Metrics;
 use crate::model::{App, KeyRecord, Quota, RateLimit, UnixSeconds};
 use crate::store::{Invalidation, KeyStore, StoreError};
@@ -67,6 +68,23 @@ pub struct CachedApp {
     pub scopes: Box<[Arc<str>]>,
     pub rate_limit: Option<RateLimit>,
     pub quota: Option<Quota>,
+    /// The app's own credentials, (upstream name, credential name); `None` for the usual app
+    /// that names none, so its requests pay one check.
+    pub credentials: Option<AppCredentials>,
+}
+
+/// An app's own credentials: (upstream name, credential name).
+pub type AppCredentials = Box<[(Box<str>, Arc<str>)]>;
+
+impl CachedApp {
+    /// The credential the app names for `upstream`, if any.
+    pub fn credential_for(&self, upstream: &str) -> Option<&Arc<str>> {
+        self.credentials
+            .as_deref()?
+            .iter()
+            .find(|(u, _)| **u == *upstream)
+            .map(|(_, c)| c)
+    }
 }
 
 type Entry<T> = Option<Arc<T>>;
@@ -79,6 +97,8 @@ pub struct KeyCache {
     store: Arc<dyn KeyStore>,
     metrics: Arc<Metrics>,
     ttl: Arc<AtomicU64>,
+    /// The proxy's opened upstream credentials: dropped by the same invalidations.
+    credentials: Option<Arc<CredentialCache>>,
 }
 
 opaque_debug!(KeyCache);
@@ -97,7 +117,14 @@ impl KeyCache {
             store,
             metrics,
             ttl,
+            credentials: None,
         }
+    }
+
+    /// Passes credential invalidations (and "drop everything") on to `credentials`.
+    pub fn with_credentials(mut self, credentials: Arc<CredentialCache>) -> KeyCache {
+        self.credentials = Some(credentials);
+        self
     }
 
     /// Changes how long entries cached from now on are trusted (config reload).
@@ -157,13 +184,14 @@ impl KeyCache {
         match what {
             Invalidation::Key(id) => self.keys.invalidate(id).await,
             Invalidation::App(id) => self.apps.invalidate(id).await,
-            // Keys and apps cache no credential values. Hook for the proxy's decrypted
-            // credential cache (issue 23, part B): drop the named credential here.
             Invalidation::Credential(_) => {}
             Invalidation::All => {
                 self.keys.invalidate_all();
                 self.apps.invalidate_all();
             }
+        }
+        if let Some(credentials) = &self.credentials {
+            credentials.invalidate(what).await;
         }
     }
 
@@ -244,6 +272,12 @@ fn cached_app(a: App) -> CachedApp {
         scopes: a.scopes.into_iter().map(Arc::from).collect(),
         rate_limit: a.rate_limit,
         quota: a.quota,
+        credentials: (!a.credentials.is_empty()).then(|| {
+            a.credentials
+                .into_iter()
+                .map(|(upstream, credential)| (upstream.into(), Arc::from(credential)))
+                .collect()
+        }),
     }
 }
 

@@ -170,6 +170,62 @@ pub(super) struct RawUpstream {
     pub retry: Option<RawRetry>,
     /// A PEM file of CA certificates trusted for this (https) upstream, besides the webpki roots.
     pub ca: Option<String>,
+    /// A stored credential to put in every forwarded request: `NAME` or `{name, header, format}`.
+    pub credential: Option<RawCredentialUse>,
+}
+
+/// An upstream's `credential:`: `NAME`, or `{name: NAME, header: H, format: F}`.
+#[derive(Debug)]
+pub(super) struct RawCredentialUse {
+    pub name: String,
+    pub header: Option<String>,
+    pub format: Option<String>,
+    /// Written as a mapping, so a problem with the name points at its `name` key.
+    pub mapping: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename = "credential")]
+struct RawCredentialMapping {
+    name: String,
+    header: Option<String>,
+    format: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawCredentialUse {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawCredentialVisitor)
+    }
+}
+
+struct RawCredentialVisitor;
+
+impl<'de> Visitor<'de> for RawCredentialVisitor {
+    type Value = RawCredentialUse;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a credential name, or {name: NAME, header: H, format: \"Bearer {value}\"}")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<RawCredentialUse, E> {
+        Ok(RawCredentialUse {
+            name: name.to_owned(),
+            header: None,
+            format: None,
+            mapping: false,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawCredentialUse, A::Error> {
+        let raw =
+            RawCredentialMapping::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(RawCredentialUse {
+            name: raw.name,
+            header: raw.header,
+            format: raw.format,
+            mapping: true,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]

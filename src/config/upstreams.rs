@@ -1,13 +1,14 @@
 //! `upstreams:` as written to what the proxy uses: targets, balance, timeouts, the connection
 //! bound, health checks, passive ejection and retries, each checked with its own message.
 
-use super::file::{RawHealth, RawPassive, RawRetry, RawTarget, RawUpstream};
+use super::file::{RawCredentialUse, RawHealth, RawPassive, RawRetry, RawTarget, RawUpstream};
 use super::position::{at, YamlPath};
 use super::routes::upstream_url;
 use super::validate::Check;
 use super::{values, DEFAULT_HEADER_TIMEOUT, DEFAULT_UPSTREAM_TIMEOUT};
 use crate::routing::{
-    Balance, HealthCheck, Passive, Retry, TargetSpec, Timeouts, Upstream, DEFAULT_MAX_CONNECTIONS,
+    Balance, CredentialFormat, CredentialUse, HealthCheck, Passive, Retry, TargetSpec, Timeouts,
+    Upstream, DEFAULT_MAX_CONNECTIONS,
 };
 use crate::tls::TrustedCa;
 use std::net::SocketAddr;
@@ -81,6 +82,10 @@ fn upstream(
     };
     let passive = passive(c, &path.key("passive"), up.passive);
     let retry = retry(c, &path.key("retry"), up.retry);
+    let credential = match up.credential {
+        None => Some(None),
+        Some(raw) => credential(c, &path.key("credential"), raw).map(Some),
+    };
     let (targets, path_prefix) = targets?;
     let plain_http = targets.iter().all(|t| t.scheme == http::uri::Scheme::HTTP);
     if plain_http && matches!(ca, Some(Some(_))) {
@@ -98,7 +103,75 @@ fn upstream(
         passive: passive?,
         retry: retry?,
         ca: ca?,
+        credential: credential?,
     })
+}
+
+/// `credential:`: a name per the credential name rule, a header the gateway may set, and a
+/// format holding `{value}` once whose text fits a header value.
+fn credential(c: &mut Check<'_>, path: &YamlPath, raw: RawCredentialUse) -> Option<CredentialUse> {
+    let name_path = if raw.mapping {
+        path.key("name")
+    } else {
+        path.clone()
+    };
+    let name = c
+        .ok(
+            &name_path,
+            crate::credentials::valid_name(&raw.name).map_err(|m| format!("a credential name {m}")),
+        )
+        .map(|()| Arc::<str>::from(raw.name.as_str()));
+    let header = match raw.header.as_deref().map(str::trim) {
+        None => Some(http::header::AUTHORIZATION),
+        Some(text) => c.ok(&path.key("header"), credential_header(text)),
+    };
+    let format = match raw.format.as_deref() {
+        None => Some(CredentialFormat::bearer()),
+        Some(text) => c.ok(
+            &path.key("format"),
+            CredentialFormat::parse(text).and_then(|f| {
+                let sample = format!("{}x{}", f.prefix, f.suffix);
+                match http::HeaderValue::from_str(&sample) {
+                    Ok(_) => Ok(f),
+                    Err(_) => Err("may hold only visible characters and spaces".to_owned()),
+                }
+            }),
+        ),
+    };
+    Some(CredentialUse {
+        name: name?,
+        header: header?,
+        format: Arc::new(format?),
+    })
+}
+
+/// A header name the gateway may set toward the upstream: not one of the headers that frame
+/// the request, route it or carry the caller's identity.
+fn credential_header(text: &str) -> Result<http::HeaderName, String> {
+    let name = http::HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| format!("{text:?} is not a header name"))?;
+    let reserved = [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+        "x-scopegate-app",
+        "x-scopegate-key",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ];
+    if reserved.contains(&name.as_str()) {
+        return Err(format!(
+            "{name} is set by the gateway itself; pick another header"
+        ));
+    }
+    Ok(name)
 }
 
 /// `url:` or `targets:` (exactly one), and the path prefix they share.

@@ -170,8 +170,15 @@ pub(super) fn validate(
     };
 
     let credentials = credentials(&mut c, dir, raw.credentials);
-    // Hook for upstream `credential:` references (issue 23, part B): a config whose upstream
-    // names a credential while `credentials.master_key` is `None` is a `check` problem.
+    if credentials.source.is_none() {
+        for upstream in upstreams.iter().filter(|u| u.credential.is_some()) {
+            c.at(
+                &at(&["upstreams", &upstream.name, "credential"]),
+                "names a stored credential, but the config has no `credentials:` block \
+                 (master_key_env or master_key_file) to open it with",
+            );
+        }
+    }
 
     let table = RouteTable::build(route_specs.clone())
         .map_err(|problems| route_problems(&mut c, problems, &origin));

@@ -33,7 +33,7 @@ use crate::routing::{TargetSpec, Upstream};
 use crate::tls::{upstream_client_config, TlsError, TrustedCa};
 use arc_swap::ArcSwap;
 use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Request, Response, Uri};
+use http::{header, HeaderName, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use rustls::pki_types::ServerName;
 use std::collections::HashMap;
@@ -68,6 +68,8 @@ pub struct Outgoing<'a> {
     pub max_body: u64,
     pub strip_bearer: bool,
     pub forwarded: Forwarded<'a>,
+    /// The upstream's credential: set in this header, replacing any copy the client sent.
+    pub credential: Option<(&'a HeaderName, HeaderValue)>,
 }
 
 opaque_debug!(Outgoing<'_>);
@@ -255,6 +257,10 @@ impl Forwarder {
         };
         parts.version = http::Version::HTTP_11;
         headers::prepare_request(&mut parts.headers, out.strip_bearer, &out.forwarded);
+        if let Some((name, value)) = out.credential {
+            // `insert` drops every value the client sent under the name.
+            parts.headers.insert(name.clone(), value);
+        }
         let timeouts = &upstream.timeouts;
         let now = Instant::now();
         let deadline = now + timeouts.header;

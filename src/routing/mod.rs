@@ -51,6 +51,52 @@ pub struct Upstream {
     pub retry: Retry,
     /// Extra trust anchors for `https` targets (`ca:`), besides the webpki roots.
     pub ca: Option<Arc<TrustedCa>>,
+    /// `credential:`: a stored credential put in a header of every forwarded request.
+    pub credential: Option<CredentialUse>,
+}
+
+/// An upstream's `credential:`: which stored credential, in which header, in which form. An
+/// app naming its own credential for the upstream replaces `name` and keeps the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialUse {
+    pub name: Arc<str>,
+    pub header: http::HeaderName,
+    pub format: Arc<CredentialFormat>,
+}
+
+/// `format:` split around its one `{value}`: the header is `prefix`, the value, `suffix`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialFormat {
+    pub prefix: Box<str>,
+    pub suffix: Box<str>,
+}
+
+impl CredentialFormat {
+    /// The placeholder `format:` holds exactly once.
+    pub const PLACEHOLDER: &'static str = "{value}";
+
+    /// `text` split around its one `{value}`, or why it cannot be.
+    pub fn parse(text: &str) -> Result<CredentialFormat, String> {
+        let mut parts = text.split(Self::PLACEHOLDER);
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(prefix), Some(suffix), None) => Ok(CredentialFormat {
+                prefix: prefix.into(),
+                suffix: suffix.into(),
+            }),
+            _ => Err(format!(
+                "must contain {} exactly once (e.g. \"Bearer {{value}}\")",
+                Self::PLACEHOLDER
+            )),
+        }
+    }
+
+    /// `Bearer {value}`: what an upstream's `Authorization` takes by default.
+    pub fn bearer() -> CredentialFormat {
+        CredentialFormat {
+            prefix: "Bearer ".into(),
+            suffix: "".into(),
+        }
+    }
 }
 
 impl Upstream {
@@ -81,6 +127,7 @@ impl Upstream {
             passive: Some(Passive::default()),
             retry: Retry::default(),
             ca: None,
+            credential: None,
         }
     }
 }
