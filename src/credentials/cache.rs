@@ -354,6 +354,7 @@ mod tests {
             at: 2,
             by: "t".into(),
             expected_sealed: None,
+            announce: true,
         };
         let next = record(&key, "A", "sk-two");
         change.value = Some((next.sealed, next.masked));
