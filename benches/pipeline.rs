@@ -175,7 +175,11 @@ fn bench_cache_hit(c: &mut Criterion) {
 
 fn bench_metrics(c: &mut Criterion) {
     let metrics = Metrics::new();
-    let route = metrics.route(&Arc::from("/api/v1/tools/{tool_id}/deploy"), Some("tools"));
+    let route = metrics.route(
+        &Arc::from("/api/v1/tools/{tool_id}/deploy"),
+        Some("tools"),
+        false,
+    );
     let app: Arc<str> = Arc::from("AppId0123456");
     // The first call registers the label set; the loop measures the steady state.
     metrics.record_request(

@@ -3,8 +3,9 @@
 
 use crate::auth::credential::CredentialError;
 use crate::auth::AuthError;
-use crate::budgets::headers::{quota_headers, rate_limit_headers};
+use crate::budgets::headers::{quota_headers, rate_limit_headers, token_quota_headers};
 use crate::budgets::quota::{QuotaExceeded, QuotaStatus};
+use crate::budgets::tokens::{TokenQuotaExceeded, TokenQuotaStatus};
 use crate::budgets::Refused;
 use crate::config::Role;
 use crate::metrics::AuthFailure;
@@ -42,6 +43,8 @@ pub enum ProxyError {
     },
     #[error(transparent)]
     QuotaExceeded(#[from] QuotaExceeded),
+    #[error(transparent)]
+    TokenQuotaExceeded(#[from] TokenQuotaExceeded),
     #[error("the request body exceeds {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("the upstream could not be reached")]
@@ -121,6 +124,7 @@ impl From<Refused> for ProxyError {
                 reset,
             },
             Refused::Quota(exceeded) => ProxyError::QuotaExceeded(exceeded),
+            Refused::Tokens(exceeded) => ProxyError::TokenQuotaExceeded(exceeded),
         }
     }
 }
@@ -157,6 +161,8 @@ pub enum Counted {
     RateLimited,
     /// `scopegate_quota_exceeded_total{app}`.
     QuotaExceeded,
+    /// `scopegate_token_quota_exceeded_total{app}`.
+    TokenQuotaExceeded,
     Nothing,
 }
 
@@ -210,6 +216,11 @@ impl ProxyError {
                 S::TOO_MANY_REQUESTS,
                 "quota_exceeded",
                 Counted::QuotaExceeded,
+            ),
+            ProxyError::TokenQuotaExceeded(_) => (
+                S::TOO_MANY_REQUESTS,
+                "token_quota_exceeded",
+                Counted::TokenQuotaExceeded,
             ),
             ProxyError::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "body_too_large", Nothing),
             ProxyError::UpstreamUnavailable => (S::BAD_GATEWAY, "upstream_unavailable", Nothing),
@@ -277,6 +288,17 @@ impl ProxyError {
                 quota_headers(
                     headers,
                     QuotaStatus {
+                        limit: q.limit,
+                        remaining: 0,
+                        reset: q.retry_after,
+                    },
+                );
+            }
+            ProxyError::TokenQuotaExceeded(q) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(q.retry_after));
+                token_quota_headers(
+                    headers,
+                    TokenQuotaStatus {
                         limit: q.limit,
                         remaining: 0,
                         reset: q.retry_after,

@@ -7,6 +7,7 @@ use crate::budgets::local::RateLimits;
 use crate::budgets::quota::Quotas;
 use crate::budgets::shared::SharedRateLimits;
 use crate::budgets::slice::Fallback;
+use crate::budgets::tokens::{self, TokenQuotas};
 use crate::budgets::Budgets;
 use crate::cache::KeyCache;
 use crate::config::{Config, Role, StoreConfig};
@@ -175,6 +176,7 @@ pub async fn start_with_store(
     }
     let quotas = Quotas::new(store.clone(), fallback);
     let admin_quotas = quotas.clone();
+    let tokens = Arc::new(TokenQuotas::new(store.clone()));
     let forwarder = Forwarder::new(&config.resolver, metrics.clone())?;
     let upstreams = forwarder.prepare(&config.upstreams, &[]).await?;
     let live = LiveConfig::shared(&mut config, &metrics, upstreams);
@@ -184,6 +186,7 @@ pub async fn start_with_store(
             local: RateLimits::new(config.cache.max_entries),
             shared: shared_rate_limits,
             quotas,
+            tokens: tokens.clone(),
         },
         auth: Authenticator::new(cache.clone()),
         forwarder,
@@ -198,6 +201,7 @@ pub async fn start_with_store(
     });
     background.push(spawn_rate_limit_upkeep(pipeline.clone()));
     background.push(spawn_credential_uses(credentials));
+    background.push(spawn_token_flush(tokens.clone()));
     let admin = Arc::new(Admin {
         store: store.clone(),
         cache: cache.clone(),
@@ -205,6 +209,7 @@ pub async fn start_with_store(
         identities,
         metrics: metrics.clone(),
         quotas: admin_quotas,
+        tokens: tokens.clone(),
         master_key: config.credentials.master_key.clone(),
     });
     background.push(spawn_lifecycle_upkeep(admin.clone()));
@@ -376,6 +381,19 @@ fn spawn_rate_limit_upkeep(pipeline: Arc<Pipeline>) -> JoinHandle<()> {
     })
 }
 
+/// Sends tokens spent on token quotas and reads back every instance's totals (see
+/// [`TokenQuotas::flush`]).
+fn spawn_token_flush(tokens: Arc<TokenQuotas>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(tokens::FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            tokens.flush().await;
+        }
+    })
+}
+
 /// How often credential uses are written as `last_used_at`: the admin API's view of them
 /// lags by at most this.
 const CREDENTIAL_USES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -420,6 +438,8 @@ impl RunningGateway {
         let _ = self.pipeline.credentials.flush_uses().await;
         // Unused quota slices go back, so the counts say what was admitted.
         self.pipeline.budgets.quotas.give_back_all().await;
+        // Tokens of the last responses, so no instance's spending is lost with it.
+        self.pipeline.budgets.tokens.flush().await;
         for task in self.background {
             task.abort();
         }

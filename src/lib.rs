@@ -46,6 +46,7 @@ mod error;
 pub mod gateway;
 pub mod lifecycle;
 mod live;
+pub mod meter;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

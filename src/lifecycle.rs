@@ -132,6 +132,7 @@ mod tests {
             scopes: Vec::new(),
             rate_limit: None,
             quota: None,
+            token_quota: None,
             created_at: 1,
             created_by: "t".into(),
             version: 0,

@@ -6,7 +6,7 @@
 
 use crate::config::{Config, KeyPolicy, Limits};
 use crate::metrics::{Metrics, RouteMetrics, UNMATCHED};
-use crate::model::{Quota, RateLimit};
+use crate::model::{Quota, RateLimit, TokenQuota};
 use crate::proxy::UpstreamSet;
 use crate::routing::{RouteSpec, RouteTable};
 use arc_swap::ArcSwap;
@@ -26,6 +26,8 @@ pub struct LiveConfig {
     pub shared_rate_limits: bool,
     /// `quota:`, for keys whose app sets none.
     pub default_quota: Option<Quota>,
+    /// `token_quota:`, for keys whose app sets none.
+    pub default_token_quota: Option<TokenQuota>,
     /// `log.access`: one line per proxied request.
     pub access_log: bool,
     /// The config's scopes (name, description), for the admin API.
@@ -55,15 +57,19 @@ impl LiveConfig {
         let route_metrics = routes
             .routes()
             .iter()
-            .map(|r| metrics.route(&r.pattern, Some(&r.spec.upstream.name)))
+            .map(|r| {
+                let metered = r.spec.meter.is_some();
+                metrics.route(&r.pattern, Some(&r.spec.upstream.name), metered)
+            })
             .collect();
-        let unmatched = metrics.route(&Arc::from(UNMATCHED), None);
+        let unmatched = metrics.route(&Arc::from(UNMATCHED), None, false);
         LiveConfig {
             routes,
             limits: config.limits.clone(),
             default_rate_limit: config.rate_limit,
             shared_rate_limits: config.shared_rate_limit && config.store.redis.is_some(),
             default_quota: config.quota,
+            default_token_quota: config.token_quota,
             access_log: config.log.access,
             scopes: config.scopes.clone(),
             route_specs: config.route_specs.clone(),

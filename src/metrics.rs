@@ -91,6 +91,7 @@ pub struct Metrics {
     keys_expiring_soon: metrics::Gauge,
     rate_limited: DashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
     quota_exceeded: DashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
+    token_quota_exceeded: DashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
     /// 1 while shared limits fall back to per-instance ones (the store is unreachable).
     shared_limits_fallback: metrics::Gauge,
 }
@@ -105,6 +106,13 @@ pub struct RouteMetrics {
     /// Labels of authenticated requests only (app ids, bounded methods and statuses), so a
     /// fast (seeded) hash is safe here.
     requests: DashMap<RequestLabels, Counter, foldhash::fast::RandomState>,
+    /// On a metered route: tokens by app (input, output), and responses without usage.
+    tokens: Option<RouteTokens>,
+}
+
+struct RouteTokens {
+    by_app: DashMap<Arc<str>, [Counter; 2], foldhash::fast::RandomState>,
+    missing: Counter,
 }
 
 opaque_debug!(RouteMetrics);
@@ -161,6 +169,7 @@ impl Metrics {
             usage_dropped: counter("scopegate_usage_dropped_total", &[]),
             rate_limited: DashMap::default(),
             quota_exceeded: DashMap::default(),
+            token_quota_exceeded: DashMap::default(),
             shared_limits_fallback: recorder
                 .register_gauge(&key("scopegate_rate_limit_fallback", &[]), &METADATA),
             process,
@@ -170,8 +179,9 @@ impl Metrics {
         Arc::new(metrics)
     }
 
-    /// Handles for a route pattern (or [`UNMATCHED`]) and the upstream it forwards to.
-    pub fn route(&self, pattern: &Arc<str>, upstream: Option<&str>) -> RouteMetrics {
+    /// Handles for a route pattern (or [`UNMATCHED`]) and the upstream it forwards to; a
+    /// `metered` route's token counters too (its missing-usage counter exported at 0).
+    pub fn route(&self, pattern: &Arc<str>, upstream: Option<&str>, metered: bool) -> RouteMetrics {
         let route = Label::new("route", pattern.to_string());
         let duration = self.recorder.register_histogram(
             &Key::from_parts("scopegate_request_duration_seconds", vec![route]),
@@ -184,11 +194,58 @@ impl Metrics {
                 &METADATA,
             )
         });
+        let tokens = metered.then(|| RouteTokens {
+            by_app: DashMap::default(),
+            missing: self.recorder.register_counter(
+                &Key::from_parts(
+                    "scopegate_token_usage_missing_total",
+                    vec![Label::new("route", pattern.to_string())],
+                ),
+                &METADATA,
+            ),
+        });
         RouteMetrics {
             pattern: pattern.clone(),
             duration,
             upstream_duration,
             requests: DashMap::default(),
+            tokens,
+        }
+    }
+
+    /// Counts a metered response's tokens on its route, by app (`none` without a key).
+    pub fn record_tokens(
+        &self,
+        route: &RouteMetrics,
+        app: Option<&Arc<str>>,
+        input: u64,
+        output: u64,
+    ) {
+        let Some(tokens) = &route.tokens else { return };
+        let app: Arc<str> = app.cloned().unwrap_or_else(|| Arc::from(NO_APP));
+        let counters = tokens.by_app.entry(app.clone()).or_insert_with(|| {
+            ["input", "output"].map(|direction| {
+                self.recorder.register_counter(
+                    &Key::from_parts(
+                        "scopegate_tokens_total",
+                        vec![
+                            Label::new("route", route.pattern.to_string()),
+                            Label::new("app", app.to_string()),
+                            Label::new("direction", direction),
+                        ],
+                    ),
+                    &METADATA,
+                )
+            })
+        });
+        counters[0].increment(input);
+        counters[1].increment(output);
+    }
+
+    /// A metered response ended without (complete) usage.
+    pub fn token_usage_missing(&self, route: &RouteMetrics) {
+        if let Some(tokens) = &route.tokens {
+            tokens.missing.increment(1);
         }
     }
 
@@ -316,6 +373,14 @@ impl Metrics {
         self.count_by_app(&self.rate_limited, "scopegate_rate_limited_total", app);
     }
 
+    pub fn token_quota_exceeded(&self, app: &Arc<str>) {
+        self.count_by_app(
+            &self.token_quota_exceeded,
+            "scopegate_token_quota_exceeded_total",
+            app,
+        );
+    }
+
     pub fn quota_exceeded(&self, app: &Arc<str>) {
         self.count_by_app(&self.quota_exceeded, "scopegate_quota_exceeded_total", app);
     }
@@ -408,6 +473,21 @@ const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
         "scopegate_quota_exceeded_total",
         None,
         "Requests refused with 429 quota_exceeded (a day or month quota used up), by app id.",
+    ),
+    (
+        "scopegate_token_quota_exceeded_total",
+        None,
+        "Metered requests refused with 429 token_quota_exceeded, by app id.",
+    ),
+    (
+        "scopegate_tokens_total",
+        None,
+        "Tokens read from metered responses, by route pattern, app id and direction (input, output).",
+    ),
+    (
+        "scopegate_token_usage_missing_total",
+        None,
+        "Metered responses that ended without complete usage (an error, a hang-up, a cut stream), by route pattern.",
     ),
     (
         "scopegate_rate_limit_fallback",
@@ -616,7 +696,7 @@ mod tests {
     fn records_requests_by_route_method_status_and_app() {
         let metrics = Metrics::new();
         let pattern: Arc<str> = Arc::from("/api/v1/jobs/{job_id}");
-        let route = metrics.route(&pattern, Some("tools"));
+        let route = metrics.route(&pattern, Some("tools"), false);
         let app: Arc<str> = Arc::from("app1");
         for _ in 0..3 {
             metrics.record_request(

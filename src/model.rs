@@ -42,6 +42,35 @@ impl Quota {
     }
 }
 
+/// A per-key token allowance (input plus output tokens of metered routes) over UTC calendar
+/// windows; a window left out is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenQuota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_month: Option<u64>,
+}
+
+impl TokenQuota {
+    /// Whether it limits anything (every window unset: no token quota).
+    pub fn is_limited(&self) -> bool {
+        self.per_minute.is_some() || self.per_day.is_some() || self.per_month.is_some()
+    }
+
+    /// Each window's name and limit, tightest span first.
+    pub fn windows(&self) -> [(&'static str, Option<u64>); 3] {
+        [
+            ("minute", self.per_minute),
+            ("day", self.per_day),
+            ("month", self.per_month),
+        ]
+    }
+}
+
 /// An application: the holder of scopes. Keys belong to apps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct App {
@@ -54,6 +83,10 @@ pub struct App {
     /// JSON when unset, so records written before quotas existed read the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<Quota>,
+    /// Overrides the config's default token quota for every key of this app; left out of the
+    /// stored JSON when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_quota: Option<TokenQuota>,
     pub created_at: UnixSeconds,
     pub created_by: String,
     /// Bumped by every change; the admin API's `ETag`. Records written before versions existed
@@ -76,6 +109,8 @@ pub struct AppChange {
     pub rate_limit: Option<Option<RateLimit>>,
     /// `Some(None)` returns the app to the config's default quota.
     pub quota: Option<Option<Quota>>,
+    /// `Some(None)` returns the app to the config's default token quota.
+    pub token_quota: Option<Option<TokenQuota>>,
     /// Replaces the whole upstream -> credential map.
     pub credentials: Option<BTreeMap<String, String>>,
 }
@@ -95,6 +130,9 @@ impl AppChange {
         }
         if let Some(quota) = self.quota {
             next.quota = quota;
+        }
+        if let Some(quota) = self.token_quota {
+            next.token_quota = quota;
         }
         if let Some(credentials) = &self.credentials {
             next.credentials.clone_from(credentials);
@@ -402,6 +440,32 @@ impl QuotaWindows {
     }
 }
 
+/// The token-quota windows a moment falls in: its UTC minute, day and month, each as a number
+/// that only grows (minutes and days since the epoch; months since year 0), and when each ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenWindows {
+    /// Minute, day, month numbers, in [`TokenQuota::windows`] order.
+    pub ids: [u64; 3],
+    /// When each window ends (unix seconds), same order.
+    pub ends: [UnixSeconds; 3],
+}
+
+impl TokenWindows {
+    pub fn at(now: UnixSeconds) -> TokenWindows {
+        let date = utc_date(now);
+        let year: u64 = date[..4].parse().unwrap_or(1970);
+        let month: u64 = date[5..7].parse().unwrap_or(1);
+        TokenWindows {
+            ids: [now / 60, now / 86_400, year * 12 + month - 1],
+            ends: [
+                (now / 60 + 1) * 60,
+                (now / 86_400 + 1) * 86_400,
+                month_end(&date),
+            ],
+        }
+    }
+}
+
 /// The first second of the month after the one `date` (`YYYY-MM-DD`) falls in.
 fn month_end(date: &str) -> UnixSeconds {
     let year: u64 = date[..4].parse().unwrap_or(1970);
@@ -414,12 +478,63 @@ fn month_end(date: &str) -> UnixSeconds {
     utc_day_number(&format!("{year:04}-{month:02}-01")).map_or(u64::MAX, |d| d * 86_400)
 }
 
-/// Request counts to add, one batch: per key per day and per app per day.
-/// Each entry is `(id, date, count)`, the date as [`utc_date`] writes it.
+/// Counts to add, one batch: per key per day and per app per day.
+/// Each entry is `(id, field, count)`, the field a [`usage_field`]: the date as [`utc_date`]
+/// writes it for requests, with a suffix for tokens.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UsageCounts {
     pub keys: Vec<(String, String, u64)>,
     pub apps: Vec<(String, String, u64)>,
+}
+
+/// What a usage count counts. Stores keep each under its own field of a subject's day, so a
+/// store that knew only requests reads tokens as 0 and nothing is migrated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Measure {
+    Requests,
+    InputTokens,
+    OutputTokens,
+}
+
+impl Measure {
+    pub const ALL: [Measure; 3] = [
+        Measure::Requests,
+        Measure::InputTokens,
+        Measure::OutputTokens,
+    ];
+
+    /// What follows the date in the measure's field.
+    fn suffix(self) -> &'static str {
+        match self {
+            Measure::Requests => "",
+            Measure::InputTokens => ":in",
+            Measure::OutputTokens => ":out",
+        }
+    }
+}
+
+/// The stored field of `measure` on `date` (`YYYY-MM-DD`): the date itself for requests (as
+/// before tokens were counted), `YYYY-MM-DD:in` / `:out` for tokens. Sorts with its date, so
+/// retention by date applies to every measure alike.
+pub fn usage_field(date: &str, measure: Measure) -> String {
+    format!("{date}{}", measure.suffix())
+}
+
+/// The date of a [`usage_field`], if it is one.
+pub fn usage_field_date(field: &str) -> Option<&str> {
+    let (date, suffix) = field.split_at_checked(10)?;
+    Measure::ALL
+        .iter()
+        .any(|m| m.suffix() == suffix)
+        .then_some(date)
+}
+
+/// One subject's counts on one day.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DayUsage {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
 }
 
 /// Counts under an id that names them for good: a store applies a given id at most once, so a

@@ -7,8 +7,10 @@
 //! either carries the client's next request or says it will not.
 
 pub mod access;
+mod metering;
 mod unread;
 
+use self::metering::{ReportTo, TokenReport};
 use self::unread::Unread;
 use crate::auth::{credential, AuthError, Authenticator, Principal};
 use crate::budgets::{Budgets, Grant};
@@ -150,7 +152,7 @@ impl Pipeline {
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
-        live: &LiveConfig,
+        live: &Arc<LiveConfig>,
         seen: &mut Seen,
     ) -> Result<Response<GatewayBody>, Refusal> {
         let admission = match self.admit(&request, peer.ip(), live, seen).await {
@@ -198,6 +200,7 @@ impl Pipeline {
             strip_bearer: admission.strip_bearer,
             forwarded,
             credential,
+            meter: route.spec.meter,
         };
         let unread = Unread::after_forwarding(&request);
         // Counted as it is forwarded: a request refused before this point costs its key no
@@ -215,6 +218,23 @@ impl Pipeline {
         seen.upstream_status = Some(response.status().as_u16());
         if let Some(grant) = &admission.grant {
             grant.write_headers(response.headers_mut());
+        }
+        if let Some(provider) = route.spec.meter {
+            let to = ReportTo {
+                live: live.clone(),
+                route: route.index,
+                app: seen.app.clone(),
+                uses: principal.map(|p| p.key.uses.clone()),
+                usage: self.usage.clone(),
+                quota: admission
+                    .grant
+                    .as_ref()
+                    .and_then(|g| g.tokens.as_ref())
+                    .map(|(key, _)| (self.budgets.tokens.clone(), key.clone())),
+                metrics: self.metrics.clone(),
+            };
+            let report = TokenReport::new(provider, response.headers(), to);
+            response = response.map(|body| body.tapped(Box::new(report)));
         }
         Ok(response)
     }
@@ -259,7 +279,11 @@ impl Pipeline {
             return Err(ProxyError::BodyTooLarge { limit: max_body });
         }
         let grant = match &principal {
-            Some(p) => Some(self.budgets.check(p, live).await?),
+            Some(p) => Some(
+                self.budgets
+                    .check(p, live, route.spec.meter.is_some())
+                    .await?,
+            ),
             None => None,
         };
         let rewritten_path = match path {
@@ -292,6 +316,11 @@ impl Pipeline {
             Counted::QuotaExceeded => {
                 if let Some(app) = &seen.app {
                     self.metrics.quota_exceeded(app);
+                }
+            }
+            Counted::TokenQuotaExceeded => {
+                if let Some(app) = &seen.app {
+                    self.metrics.token_quota_exceeded(app);
                 }
             }
             Counted::Nothing => {}

@@ -1,5 +1,5 @@
-//! Usage bookkeeping, off the request path: last-used times and request counts per key per day
-//! and per app per day (UTC).
+//! Usage bookkeeping, off the request path: last-used times, and request and token counts per
+//! key per day and per app per day (UTC).
 //!
 //! A request adds one to its key's [`UseCell`] (an atomic on the cached key) and moves on: it
 //! never waits, never blocks and sends nothing, except that the first use of a key since the
@@ -16,7 +16,9 @@
 //! batch is confirmed, so no new count ever joins a batch that may already be stored.
 
 use crate::metrics::{Metrics, StoreOp};
-use crate::model::{now_unix, utc_date, UnixSeconds, UsageBatch, UsageCounts};
+use crate::model::{
+    now_unix, usage_field, utc_date, Measure, UnixSeconds, UsageBatch, UsageCounts,
+};
 use crate::store::{UsageSink, USAGE_CHUNK};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +50,9 @@ pub struct UseCell {
     key: Arc<str>,
     app: Arc<str>,
     uses: AtomicU64,
+    /// Tokens of metered responses, reported when each response ends.
+    input_tokens: AtomicU64,
+    output_tokens: AtomicU64,
     /// Whether the task holds this cell for its next sweep.
     handed: AtomicBool,
 }
@@ -58,24 +63,30 @@ impl UseCell {
             key,
             app,
             uses: AtomicU64::new(0),
+            input_tokens: AtomicU64::new(0),
+            output_tokens: AtomicU64::new(0),
             handed: AtomicBool::new(false),
         })
     }
 
-    /// Takes the uses counted so far. The cell is released first, so a use counted after the
-    /// take hands the cell over again and none is missed.
-    fn take(&self) -> u64 {
+    /// Takes the counts so far: uses, input and output tokens. The cell is released first, so
+    /// a count added after the take hands the cell over again and none is missed.
+    fn take(&self) -> [u64; 3] {
         self.handed.store(false, Ordering::SeqCst);
-        self.uses.swap(0, Ordering::SeqCst)
+        [
+            self.uses.swap(0, Ordering::SeqCst),
+            self.input_tokens.swap(0, Ordering::SeqCst),
+            self.output_tokens.swap(0, Ordering::SeqCst),
+        ]
     }
 }
 
-/// Uses of one key, as swept.
+/// Counts of one key, as swept: uses, input and output tokens.
 struct Use {
     key: Arc<str>,
     app: Arc<str>,
     at: UnixSeconds,
-    n: u64,
+    n: [u64; 3],
 }
 
 /// The request path's handle.
@@ -92,15 +103,35 @@ impl UsageRecorder {
     /// dropped and counted.
     pub fn record(&self, cell: &Arc<UseCell>) {
         cell.uses.fetch_add(1, Ordering::SeqCst);
-        if cell.handed.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        if self.tx.try_send(cell.clone()).is_err() {
+        if !self.hand(cell) {
             // Not handed: the next use tries again; this one is given up.
-            cell.handed.store(false, Ordering::SeqCst);
             cell.uses.fetch_sub(1, Ordering::SeqCst);
             self.metrics.usage_dropped(1);
         }
+    }
+
+    /// Notes the tokens of one metered response of the cell's key. Never blocks; if the task's
+    /// queue is full they are dropped and counted.
+    pub fn record_tokens(&self, cell: &Arc<UseCell>, input: u64, output: u64) {
+        cell.input_tokens.fetch_add(input, Ordering::SeqCst);
+        cell.output_tokens.fetch_add(output, Ordering::SeqCst);
+        if !self.hand(cell) {
+            cell.input_tokens.fetch_sub(input, Ordering::SeqCst);
+            cell.output_tokens.fetch_sub(output, Ordering::SeqCst);
+            self.metrics.usage_dropped(input + output);
+        }
+    }
+
+    /// Hands the cell to the task unless it holds it already; `false` if the queue was full.
+    fn hand(&self, cell: &Arc<UseCell>) -> bool {
+        if cell.handed.swap(true, Ordering::SeqCst) {
+            return true;
+        }
+        if self.tx.try_send(cell.clone()).is_err() {
+            cell.handed.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 }
 
@@ -118,8 +149,8 @@ pub(crate) fn spawn(
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Counter {
-    Key(Arc<str>, u64),
-    App(Arc<str>, u64),
+    Key(Arc<str>, u64, Measure),
+    App(Arc<str>, u64, Measure),
 }
 
 /// Uses not yet in the store.
@@ -153,8 +184,16 @@ impl Pending {
 
     fn add(&mut self, u: Use) {
         let day = u.at / DAY;
-        self.count(Counter::Key(u.key.clone(), day), u.n);
-        self.count(Counter::App(u.app, day), u.n);
+        for (measure, n) in Measure::ALL.into_iter().zip(u.n) {
+            if n > 0 {
+                self.count(Counter::Key(u.key.clone(), day, measure), n);
+                self.count(Counter::App(u.app.clone(), day, measure), n);
+            }
+        }
+        if u.n[0] == 0 {
+            // Tokens alone: the request's use was noted when it was forwarded.
+            return;
+        }
         if self.last_used.len() < self.capacity || self.last_used.contains_key(&u.key) {
             let at = self.last_used.entry(u.key).or_insert(u.at);
             *at = (*at).max(u.at);
@@ -205,8 +244,8 @@ impl Pending {
                 continue;
             };
             match counter {
-                Counter::Key(id, day) => batch.keys.push((id.to_string(), utc_date(day * DAY), n)),
-                Counter::App(id, day) => batch.apps.push((id.to_string(), utc_date(day * DAY), n)),
+                Counter::Key(id, day, m) => batch.keys.push((id.to_string(), field(day, m), n)),
+                Counter::App(id, day, m) => batch.apps.push((id.to_string(), field(day, m), n)),
             }
             if batch.keys.len() + batch.apps.len() == BATCH_COUNTERS {
                 self.push_sealed(std::mem::take(&mut batch));
@@ -282,7 +321,7 @@ fn sweep(
     let at = now_unix();
     for cell in cells.drain(..) {
         let n = cell.take();
-        if n > 0 {
+        if n != [0; 3] {
             pending.add(Use {
                 key: cell.key.clone(),
                 app: cell.app.clone(),
@@ -291,6 +330,11 @@ fn sweep(
             });
         }
     }
+}
+
+/// The stored field of `measure` on day number `day`.
+fn field(day: u64, measure: Measure) -> String {
+    usage_field(&utc_date(day * DAY), measure)
 }
 
 async fn flush(store: &dyn UsageSink, pending: &mut Pending) {
@@ -352,14 +396,14 @@ mod tests {
             key: Arc::from(key),
             app: Arc::from(app),
             at,
-            n: 1,
+            n: [1, 0, 0],
         }
     }
 
     fn key_total(p: &Pending, key: &str) -> u64 {
         p.counts
             .iter()
-            .filter(|(c, _)| matches!(c, Counter::Key(k, _) if &**k == key))
+            .filter(|(c, _)| matches!(c, Counter::Key(k, _, _) if &**k == key))
             .map(|(_, n)| n)
             .sum()
     }
@@ -449,9 +493,12 @@ mod tests {
             p.add(use_of(&format!("k{i}"), &format!("a{i}"), 1_000));
         }
         assert_eq!(p.counts.len(), 4);
-        assert!(p.counts.contains_key(&Counter::Key(Arc::from("k3"), 0)));
+        assert!(p
+            .counts
+            .contains_key(&Counter::Key(Arc::from("k3"), 0, Measure::Requests)));
         assert!(
-            !p.counts.contains_key(&Counter::Key(Arc::from("k0"), 0)),
+            !p.counts
+                .contains_key(&Counter::Key(Arc::from("k0"), 0, Measure::Requests)),
             "oldest dropped"
         );
         assert!(
@@ -474,8 +521,14 @@ mod tests {
         p.add(use_of("k1", "a", 1_002));
         p.add(use_of("k2", "a", 1_003));
         assert_eq!(p.sealed, sealed, "same id, same counts");
-        assert_eq!(p.counts[&Counter::Key(Arc::from("k1"), 0)], 1);
-        assert_eq!(p.counts[&Counter::App(Arc::from("a"), 0)], 2);
+        assert_eq!(
+            p.counts[&Counter::Key(Arc::from("k1"), 0, Measure::Requests)],
+            1
+        );
+        assert_eq!(
+            p.counts[&Counter::App(Arc::from("a"), 0, Measure::Requests)],
+            2
+        );
         assert_eq!(p.counters(), 2 + 3);
     }
 

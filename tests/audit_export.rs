@@ -171,11 +171,14 @@ async fn usage_export(g: &TestGateway) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let mut lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines.remove(0), "date,app_id,key_id,requests");
+    assert_eq!(
+        lines.remove(0),
+        "date,app_id,key_id,requests,input_tokens,output_tokens"
+    );
     lines.sort();
     let mut want = vec![
-        format!("{today},{app},{k1},3"),
-        format!("{today},{app},{k2},2"),
+        format!("{today},{app},{k1},3,0,0"),
+        format!("{today},{app},{k2},2,0,0"),
     ];
     want.sort();
     assert_eq!(lines, want, "{csv}");

@@ -32,6 +32,7 @@ fn app(id: &str, name: &str, created_at: u64) -> App {
         scopes: vec!["read".to_owned()],
         rate_limit: None,
         quota: None,
+        token_quota: None,
         created_at,
         created_by: "admin".to_owned(),
         version: 0,
@@ -178,6 +179,7 @@ async fn replace_app(store: &dyn KeyStore, app: &App) -> Result<(), StoreError> 
         scopes: Some(app.scopes.clone()),
         rate_limit: Some(app.rate_limit),
         quota: Some(app.quota),
+        token_quota: Some(app.token_quota),
         credentials: Some(app.credentials.clone()),
     };
     store.update_app(&app.id, &change, None).await.map(drop)
@@ -654,6 +656,11 @@ async fn records_round_trip(store: &dyn KeyStore) {
         quota: Some(scopegate::model::Quota {
             per_day: Some(1_000),
             per_month: None,
+        }),
+        token_quota: Some(scopegate::model::TokenQuota {
+            per_minute: Some(50_000),
+            per_day: None,
+            per_month: Some(9_000_000),
         }),
         created_at: 1_700_000_000,
         created_by: "ops@example.com".to_owned(),

@@ -7,7 +7,7 @@
 use super::validate::{invalid, DAY_SECONDS};
 use super::AdminBody;
 use crate::error::AdminError;
-use crate::model::{utc_date, utc_day_number, KeyRecord, PageRequest, UsageSubject};
+use crate::model::{utc_date, utc_day_number, DayUsage, KeyRecord, PageRequest, UsageSubject};
 use crate::store::{KeyStore, StoreError};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -91,7 +91,10 @@ impl Export {
 
     async fn run(&self, store: &dyn KeyStore, tx: &Sender) -> Result<(), StoreError> {
         let (open, close) = match self.format {
-            Format::Csv => ("date,app_id,key_id,requests\n", ""),
+            Format::Csv => (
+                "date,app_id,key_id,requests,input_tokens,output_tokens\n",
+                "",
+            ),
             Format::Json => ("[", "]\n"),
         };
         send(tx, open.to_owned()).await;
@@ -127,18 +130,29 @@ impl Export {
         out: &mut String,
         first: &mut bool,
     ) -> Result<(), StoreError> {
-        let counts = store.usage(UsageSubject::Key(&key.id), &self.dates).await?;
-        for (date, requests) in self.dates.iter().zip(counts) {
-            if requests == 0 {
+        let counts = store
+            .day_usage(UsageSubject::Key(&key.id), &self.dates)
+            .await?;
+        for (date, day) in self.dates.iter().zip(counts) {
+            if day == DayUsage::default() {
                 continue;
             }
+            let DayUsage {
+                requests,
+                input_tokens,
+                output_tokens,
+            } = day;
             match self.format {
                 Format::Csv => {
-                    out.push_str(&format!("{date},{},{},{requests}\n", key.app_id, key.id));
+                    out.push_str(&format!(
+                        "{date},{},{},{requests},{input_tokens},{output_tokens}\n",
+                        key.app_id, key.id
+                    ));
                 }
                 Format::Json => {
                     let row = serde_json::json!({
                         "date": date, "app_id": key.app_id, "key_id": key.id, "requests": requests,
+                        "input_tokens": input_tokens, "output_tokens": output_tokens,
                     });
                     if !*first {
                         out.push(',');

@@ -5,12 +5,13 @@
 use super::audit::{audit_of, log_write};
 use super::validate::{invalid, matches, valid_name, whole_number, DAY_SECONDS};
 use super::views::{AppView, CreateApp, ScopeView, UpdateApp, UsageView};
-use super::views::{QuotaView, QuotaWindowView};
+use super::views::{QuotaView, QuotaWindowView, TokenQuotaView};
 use super::Admin;
 use crate::auth::key;
 use crate::error::AdminError;
 use crate::model::{
-    now_unix, utc_date, App, AppChange, Page, PageRequest, Quota, RateLimit, UsageSubject,
+    now_unix, utc_date, App, AppChange, Page, PageRequest, Quota, RateLimit, TokenQuota,
+    UsageSubject,
 };
 use crate::store::Invalidation;
 use serde_json::json;
@@ -44,6 +45,21 @@ fn valid_quota(quota: Option<Quota>) -> Result<Option<Quota>, AdminError> {
         Some(q) if q.per_day == Some(0) || q.per_month == Some(0) => Err(invalid(
             "quota",
             "per_day and per_month must be at least 1 (leave one out for no limit)",
+        )),
+        other => Ok(other),
+    }
+}
+
+/// As [`valid_quota`], for token quotas; an empty one (no window) is refused too.
+fn valid_token_quota(quota: Option<TokenQuota>) -> Result<Option<TokenQuota>, AdminError> {
+    match quota {
+        Some(q) if q.windows().iter().any(|(_, limit)| *limit == Some(0)) => Err(invalid(
+            "token_quota",
+            "per_minute, per_day and per_month must be at least 1 (leave one out for no limit)",
+        )),
+        Some(q) if !q.is_limited() => Err(invalid(
+            "token_quota",
+            "give per_minute, per_day or per_month (or null for the config's default)",
         )),
         other => Ok(other),
     }
@@ -86,6 +102,7 @@ impl Admin {
             scopes: self.valid_scopes(req.scopes)?,
             rate_limit: valid_rate_limit(req.rate_limit)?,
             quota: valid_quota(req.quota)?,
+            token_quota: valid_token_quota(req.token_quota)?,
             created_at: now_unix(),
             created_by: by.to_owned(),
             version: 0,
@@ -97,6 +114,7 @@ impl Admin {
                 "scopes": app.scopes,
                 "rate_limit": app.rate_limit,
                 "quota": app.quota,
+                "token_quota": app.token_quota,
                 "credentials": app.credentials,
             });
             (app_target(&app.id), details)
@@ -139,6 +157,7 @@ impl Admin {
             scopes: req.scopes.map(|s| self.valid_scopes(s)).transpose()?,
             rate_limit: req.rate_limit.map(valid_rate_limit).transpose()?,
             quota: req.quota.map(valid_quota).transpose()?,
+            token_quota: req.token_quota.map(valid_token_quota).transpose()?,
             credentials: match req.credentials {
                 Some(map) => Some(self.valid_app_credentials(map).await?),
                 None => None,
@@ -150,6 +169,7 @@ impl Admin {
                 "scopes": {"before": before.scopes, "after": app.scopes},
                 "rate_limit": {"before": before.rate_limit, "after": app.rate_limit},
                 "quota": {"before": before.quota, "after": app.quota},
+                "token_quota": {"before": before.token_quota, "after": app.token_quota},
                 "credentials": {"before": before.credentials, "after": app.credentials},
                 "version": app.version,
             });
@@ -216,11 +236,16 @@ impl Admin {
             .rev()
             .map(|back| utc_date((today - back.min(today)) * DAY_SECONDS))
             .collect();
-        let counts = self.store.usage(subject, &dates).await?;
+        let counts = self.store.day_usage(subject, &dates).await?;
         Ok(dates
             .into_iter()
             .zip(counts)
-            .map(|(date, requests)| UsageView { date, requests })
+            .map(|(date, day)| UsageView {
+                date,
+                requests: day.requests,
+                input_tokens: day.input_tokens,
+                output_tokens: day.output_tokens,
+            })
             .collect())
     }
 
@@ -229,10 +254,21 @@ impl Admin {
     pub(super) async fn key_quota(&self, id: &str) -> Result<QuotaView, AdminError> {
         let key = self.store.get_key(id).await?.ok_or(AdminError::NotFound)?;
         let app = self.store.get_app(&key.app_id).await?;
-        let default = self.live.load().default_quota;
-        let Some(quota) = crate::budgets::quota::effective(app.and_then(|a| a.quota), default)
-        else {
-            return Ok(QuotaView::default());
+        let live = self.live.load();
+        let token_quota = crate::budgets::tokens::effective(
+            app.as_ref().and_then(|a| a.token_quota),
+            live.default_token_quota,
+        );
+        let tokens = match token_quota {
+            Some(q) => Some(self.token_windows(id, q).await?),
+            None => None,
+        };
+        let quota = crate::budgets::quota::effective(app.and_then(|a| a.quota), live.default_quota);
+        let Some(quota) = quota else {
+            return Ok(QuotaView {
+                tokens,
+                ..QuotaView::default()
+            });
         };
         let windows = crate::budgets::quota::windows_now(quota);
         let (day, month) = self.quotas.used(id, &windows).await?;
@@ -243,6 +279,25 @@ impl Admin {
             per_month: quota
                 .per_month
                 .map(|limit| QuotaWindowView::new(limit, month, windows.month_ends)),
+            tokens,
         })
+    }
+
+    /// The key's token windows now (store totals plus what this instance has not sent).
+    async fn token_windows(
+        &self,
+        id: &str,
+        quota: TokenQuota,
+    ) -> Result<TokenQuotaView, AdminError> {
+        let mut view = TokenQuotaView::default();
+        for w in self.tokens.usage(id, quota).await? {
+            let window = Some(QuotaWindowView::new(w.limit, w.used, w.ends));
+            match w.window {
+                "minute" => view.per_minute = window,
+                "day" => view.per_day = window,
+                _ => view.per_month = window,
+            }
+        }
+        Ok(view)
     }
 }

@@ -72,6 +72,8 @@ pub(crate) struct Admin {
     pub metrics: Arc<Metrics>,
     /// The proxy's quota counts (the default quota is in `live`).
     pub quotas: crate::budgets::quota::Quotas,
+    /// The proxy's token-quota state (the default token quota is in `live`).
+    pub tokens: Arc<crate::budgets::tokens::TokenQuotas>,
     /// Seals credential values; `None`: credential calls answer 503 `credentials_unavailable`.
     pub master_key: Option<Arc<crate::credentials::MasterKey>>,
 }

@@ -1,6 +1,6 @@
 //! The admin API's JSON shapes: what callers send and what they get back.
 
-use crate::model::{App, KeyRecord, Quota, RateLimit, UnixSeconds};
+use crate::model::{App, KeyRecord, Quota, RateLimit, TokenQuota, UnixSeconds};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -21,6 +21,7 @@ pub(crate) struct CreateApp {
     pub scopes: Vec<String>,
     pub rate_limit: Option<RateLimit>,
     pub quota: Option<Quota>,
+    pub token_quota: Option<TokenQuota>,
     /// Upstream name -> credential name (the app's own credential for that upstream).
     pub credentials: Option<BTreeMap<String, String>>,
 }
@@ -36,6 +37,9 @@ pub(crate) struct UpdateApp {
     /// Absent: unchanged; `null`: back to the config's default.
     #[serde(default, deserialize_with = "present")]
     pub quota: Option<Option<Quota>>,
+    /// Absent: unchanged; `null`: back to the config's default.
+    #[serde(default, deserialize_with = "present")]
+    pub token_quota: Option<Option<TokenQuota>>,
     /// Replaces the whole map (`{}` clears it).
     pub credentials: Option<BTreeMap<String, String>>,
 }
@@ -86,6 +90,8 @@ pub(crate) struct AppView {
     pub rate_limit: Option<RateLimit>,
     /// The app's own quota; `null` means the config's default applies.
     pub quota: Option<Quota>,
+    /// The app's own token quota; `null` means the config's default applies.
+    pub token_quota: Option<TokenQuota>,
     pub created_at: String,
     pub created_by: String,
     /// Upstream name -> credential name; `{}` when the app names none.
@@ -100,6 +106,7 @@ impl From<App> for AppView {
             scopes: a.scopes,
             rate_limit: a.rate_limit,
             quota: a.quota,
+            token_quota: a.token_quota,
             created_at: rfc3339(a.created_at),
             created_by: a.created_by,
             credentials: a.credentials,
@@ -107,9 +114,19 @@ impl From<App> for AppView {
     }
 }
 
-/// `GET /v1/keys/{id}/quota`: each window of the key's quota; `null` when it has none.
+/// `GET /v1/keys/{id}/quota`: each window of the key's quota; `null` when it has none. Its
+/// token quota's windows under `tokens` (`null` without a token quota).
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct QuotaView {
+    pub per_day: Option<QuotaWindowView>,
+    pub per_month: Option<QuotaWindowView>,
+    pub tokens: Option<TokenQuotaView>,
+}
+
+/// The windows of a key's token quota, in tokens (input plus output); `null` when unlimited.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct TokenQuotaView {
+    pub per_minute: Option<QuotaWindowView>,
     pub per_day: Option<QuotaWindowView>,
     pub per_month: Option<QuotaWindowView>,
 }
@@ -154,6 +171,9 @@ impl QuotaView {
 pub(crate) struct UsageView {
     pub date: String,
     pub requests: u64,
+    /// Tokens of metered routes' responses (0 elsewhere).
+    pub input_tokens: u64,
+    pub output_tokens: u64,
 }
 
 #[derive(Debug, Serialize)]

@@ -137,6 +137,7 @@ mod tests {
             scopes: vec![],
             rate_limit: None,
             quota: None,
+            token_quota: None,
             created_at: 0,
             created_by: "test".into(),
             version: 0,

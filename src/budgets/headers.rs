@@ -1,7 +1,8 @@
 //! The headers a grant (or a refusal) of a budget carries: the IETF draft `RateLimit-*` fields
-//! and `X-Quota-*`. Written here only; the error module uses them for 429 answers.
+//! `X-Quota-*` and `X-Token-Quota-*`. Written here only; the error module uses them for 429 answers.
 
 use super::quota::QuotaStatus;
+use super::tokens::TokenQuotaStatus;
 use http::HeaderValue;
 
 /// The IETF draft `RateLimit-*` fields: the burst, what is left of it, and whole seconds until
@@ -24,6 +25,19 @@ pub(crate) fn quota_headers(headers: &mut http::HeaderMap, status: QuotaStatus) 
     headers.insert(&QUOTA_REMAINING, HeaderValue::from(status.remaining));
     headers.insert(&QUOTA_RESET, HeaderValue::from(status.reset));
 }
+
+/// `X-Token-Quota-Limit`, `-Remaining`, `-Reset`: the tightest token-quota window (the one with
+/// the fewest tokens left), its tokens left, and whole seconds until it ends.
+pub(crate) fn token_quota_headers(headers: &mut http::HeaderMap, status: TokenQuotaStatus) {
+    headers.insert(&TOKEN_QUOTA_LIMIT, HeaderValue::from(status.limit));
+    headers.insert(&TOKEN_QUOTA_REMAINING, HeaderValue::from(status.remaining));
+    headers.insert(&TOKEN_QUOTA_RESET, HeaderValue::from(status.reset));
+}
+
+static TOKEN_QUOTA_LIMIT: http::HeaderName = http::HeaderName::from_static("x-token-quota-limit");
+static TOKEN_QUOTA_REMAINING: http::HeaderName =
+    http::HeaderName::from_static("x-token-quota-remaining");
+static TOKEN_QUOTA_RESET: http::HeaderName = http::HeaderName::from_static("x-token-quota-reset");
 
 static QUOTA_LIMIT: http::HeaderName = http::HeaderName::from_static("x-quota-limit");
 static QUOTA_REMAINING: http::HeaderName = http::HeaderName::from_static("x-quota-remaining");

@@ -14,7 +14,7 @@ pub use self::tier::NEGATIVE_TTL;
 use self::tier::Tier;
 use crate::credentials::CredentialCache;
 use crate::metrics::Metrics;
-use crate::model::{App, KeyRecord, Quota, RateLimit, UnixSeconds};
+use crate::model::{App, KeyRecord, Quota, RateLimit, TokenQuota, UnixSeconds};
 use crate::store::{Invalidation, KeyStore, StoreError};
 use crate::usage::UseCell;
 use arc_swap::ArcSwapOption;
@@ -68,6 +68,7 @@ pub struct CachedApp {
     pub scopes: Box<[Arc<str>]>,
     pub rate_limit: Option<RateLimit>,
     pub quota: Option<Quota>,
+    pub token_quota: Option<TokenQuota>,
     /// The app's own credentials, (upstream name, credential name); `None` for the usual app
     /// that names none, so its requests pay one check.
     pub credentials: Option<AppCredentials>,
@@ -272,6 +273,7 @@ fn cached_app(a: App) -> CachedApp {
         scopes: a.scopes.into_iter().map(Arc::from).collect(),
         rate_limit: a.rate_limit,
         quota: a.quota,
+        token_quota: a.token_quota,
         credentials: (!a.credentials.is_empty()).then(|| {
             a.credentials
                 .into_iter()

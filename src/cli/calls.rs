@@ -57,7 +57,7 @@ pub(super) enum UsageError {
         "an app needs at least one scope: pass --scopes a,b (`scopegate scopes list` shows them)"
     )]
     NoScopes,
-    #[error("nothing to change: pass --name, --scopes, --rate-limit PER_SECOND/BURST, --default-rate-limit, --quota PER_DAY/PER_MONTH or --default-quota")]
+    #[error("nothing to change: pass --name, --scopes, --rate-limit PER_SECOND/BURST, --default-rate-limit, --quota PER_DAY/PER_MONTH, --default-quota, --token-quota PER_MINUTE/PER_DAY/PER_MONTH or --default-token-quota")]
     NothingToChange,
     #[error(
         "--rate-limit {0:?}: write PER_SECOND/BURST with whole numbers of at least 1, e.g. 50/100"
@@ -65,6 +65,8 @@ pub(super) enum UsageError {
     BadRateLimit(String),
     #[error("--quota {0:?}: write PER_DAY/PER_MONTH with whole numbers of at least 1, or - for no limit on that window, e.g. 10000/- (not -/-)")]
     BadQuota(String),
+    #[error("--token-quota {0:?}: write PER_MINUTE/PER_DAY/PER_MONTH with whole numbers of at least 1, or - for no limit on that window, e.g. 20000/-/5000000 (not -/-/-)")]
+    BadTokenQuota(String),
 }
 
 pub(super) fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
@@ -74,6 +76,7 @@ pub(super) fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
             scopes,
             rate_limit,
             quota,
+            token_quota,
         } => {
             let scopes = trimmed(scopes);
             if scopes.is_empty() {
@@ -85,6 +88,9 @@ pub(super) fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
             }
             if let Some(quota) = quota {
                 body["quota"] = parse_quota(&quota)?;
+            }
+            if let Some(quota) = token_quota {
+                body["token_quota"] = parse_token_quota(&quota)?;
             }
             call(
                 Method::POST,
@@ -107,6 +113,8 @@ pub(super) fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
             default_rate_limit,
             quota,
             default_quota,
+            token_quota,
+            default_token_quota,
         } => {
             let mut body = serde_json::Map::new();
             if let Some(n) = name {
@@ -128,6 +136,11 @@ pub(super) fn apps(command: AppsCommand) -> Result<AdminCall, UsageError> {
                 body.insert("quota".into(), parse_quota(&quota)?);
             } else if default_quota {
                 body.insert("quota".into(), Value::Null);
+            }
+            if let Some(quota) = token_quota {
+                body.insert("token_quota".into(), parse_token_quota(&quota)?);
+            } else if default_token_quota {
+                body.insert("token_quota".into(), Value::Null);
             }
             if body.is_empty() {
                 return Err(UsageError::NothingToChange);
@@ -368,6 +381,34 @@ fn parse_quota(text: &str) -> Result<Value, UsageError> {
     Ok(Value::Object(quota))
 }
 
+/// `PER_MINUTE/PER_DAY/PER_MONTH` (`-`: that window unlimited) as the admin API's
+/// `{"per_minute", "per_day", "per_month"}`.
+fn parse_token_quota(text: &str) -> Result<Value, UsageError> {
+    let bad = || UsageError::BadTokenQuota(text.to_owned());
+    let parts: Vec<&str> = text.split('/').collect();
+    let [minute, day, month] = parts[..] else {
+        return Err(bad());
+    };
+    let mut quota = serde_json::Map::new();
+    for (name, part) in [
+        ("per_minute", minute),
+        ("per_day", day),
+        ("per_month", month),
+    ] {
+        match part.trim() {
+            "-" => {}
+            n => {
+                let n = n.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(bad)?;
+                quota.insert(name.into(), json!(n));
+            }
+        }
+    }
+    if quota.is_empty() {
+        return Err(bad());
+    }
+    Ok(Value::Object(quota))
+}
+
 /// `a, b,,c` → `[a, b, c]`: spaces around names and empty items are dropped.
 fn trimmed(items: Vec<String>) -> Vec<String> {
     items
@@ -486,6 +527,7 @@ mod tests {
             ],
             rate_limit: Some("5/10".into()),
             quota: None,
+            token_quota: None,
         })
         .expect("call");
         assert_eq!(
@@ -501,6 +543,7 @@ mod tests {
             scopes: vec![" ".into()],
             rate_limit: None,
             quota: None,
+            token_quota: None,
         });
         assert_eq!(none, Err(UsageError::NoScopes));
     }
@@ -516,6 +559,8 @@ mod tests {
                 default_rate_limit: false,
                 quota: quota.map(str::to_owned),
                 default_quota,
+                token_quota: None,
+                default_token_quota: false,
             })
         };
         let c = update(Some("1000/-"), false).expect("call");
@@ -536,6 +581,38 @@ mod tests {
     }
 
     #[test]
+    fn apps_update_sends_a_token_quota_or_returns_to_the_default() {
+        let update = |quota: Option<&str>, default_token_quota: bool| {
+            apps(AppsCommand::Update {
+                id: "A1".into(),
+                name: None,
+                scopes: None,
+                rate_limit: None,
+                default_rate_limit: false,
+                quota: None,
+                default_quota: false,
+                token_quota: quota.map(str::to_owned),
+                default_token_quota,
+            })
+        };
+        let c = update(Some("20000/-/5000000"), false).expect("call");
+        assert_eq!(
+            c.body,
+            Some(json!({"token_quota": {"per_minute": 20000, "per_month": 5000000}}))
+        );
+        let c = update(Some("-/7/-"), false).expect("call");
+        assert_eq!(c.body, Some(json!({"token_quota": {"per_day": 7}})));
+        let c = update(None, true).expect("call");
+        assert_eq!(c.body, Some(json!({"token_quota": null})));
+        for bad in ["-/-/-", "0/5/5", "5/5", "1/2/3/4", "a/b/c"] {
+            assert_eq!(
+                update(Some(bad), false),
+                Err(UsageError::BadTokenQuota(bad.into()))
+            );
+        }
+    }
+
+    #[test]
     fn apps_update_sends_only_what_changes() {
         let update = |rate_limit: Option<&str>, default_rate_limit: bool| {
             apps(AppsCommand::Update {
@@ -546,6 +623,8 @@ mod tests {
                 default_rate_limit,
                 quota: None,
                 default_quota: false,
+                token_quota: None,
+                default_token_quota: false,
             })
         };
         assert_eq!(update(None, false), Err(UsageError::NothingToChange));

@@ -46,6 +46,11 @@ pub enum AppsCommand {
         /// unlimited. E.g. --quota 10000/200000 or --quota -/200000
         #[arg(long, value_name = "PER_DAY/PER_MONTH")]
         quota: Option<String>,
+        /// Token quota of the app's keys on metered routes (input plus output tokens), instead
+        /// of the config's default; `-` leaves a window unlimited.
+        /// E.g. --token-quota 20000/-/5000000
+        #[arg(long, value_name = "PER_MINUTE/PER_DAY/PER_MONTH")]
+        token_quota: Option<String>,
     },
     /// List apps, optionally those whose name contains a text.
     #[command(after_help = "Example:\n  scopegate apps list --search billing")]
@@ -54,7 +59,7 @@ pub enum AppsCommand {
         #[arg(long, value_name = "TEXT")]
         search: Option<String>,
     },
-    /// Change an app's name, scopes, rate limit or quota (at least one of them).
+    /// Change an app's name, scopes, rate limit, quota or token quota (at least one of them).
     #[command(
         after_help = "Examples:\n  scopegate apps update 3fZk9QpLm2Xa --scopes deploy_tool\n  scopegate apps update 3fZk9QpLm2Xa --rate-limit 100/200\n  scopegate apps update 3fZk9QpLm2Xa --default-rate-limit"
     )]
@@ -89,6 +94,17 @@ pub enum AppsCommand {
         /// E.g. --default-quota
         #[arg(long)]
         default_quota: bool,
+        /// A token quota of the app's own; `-` leaves a window unlimited.
+        /// E.g. --token-quota -/1000000/-
+        #[arg(
+            long,
+            value_name = "PER_MINUTE/PER_DAY/PER_MONTH",
+            conflicts_with = "default_token_quota"
+        )]
+        token_quota: Option<String>,
+        /// Drop the app's own token quota: its keys get the config's `token_quota` again.
+        #[arg(long)]
+        default_token_quota: bool,
     },
     /// Delete an app; its keys are revoked.
     #[command(after_help = "Example:\n  scopegate apps delete 3fZk9QpLm2Xa")]
@@ -237,7 +253,7 @@ pub enum UsageCommand {
         /// Last day, included (YYYY-MM-DD, UTC). E.g. --to 2026-01-31
         #[arg(long, value_name = "DATE")]
         to: String,
-        /// csv (date,app_id,key_id,requests) or json. E.g. --format csv
+        /// csv (date,app_id,key_id,requests,input_tokens,output_tokens) or json. E.g. --format csv
         #[arg(long, default_value = "json", value_parser = ["csv", "json"], value_name = "FORMAT")]
         format: String,
     },

@@ -108,6 +108,7 @@ async fn seed(store: &dyn crate::store::KeyStore) -> Result<String, String> {
         scopes: DEMO_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
         rate_limit: None,
         quota: None,
+        token_quota: None,
         created_at: now_unix(),
         created_by: "demo".into(),
         version: 0,

@@ -3,7 +3,7 @@
 //! Everything is strings or plain numbers here; [`super::validate`] turns it into [`super::Config`].
 //! Unknown keys are refused everywhere (they are usually typos).
 
-use crate::model::Quota;
+use crate::model::{Quota, TokenQuota};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     pub keys: Option<RawKeys>,
     pub rate_limit: Option<RawRateLimit>,
     pub quota: Option<Quota>,
+    pub token_quota: Option<TokenQuota>,
     pub scopes: Option<Entries<String>>,
     pub upstreams: Entries<RawUpstream>,
     pub routes: Vec<RawRoute>,
@@ -273,6 +274,8 @@ pub(super) struct RawRoute {
     pub max_body: Option<serde_yaml::Value>,
     /// Let paths carrying `;` parameters through (refused with 400 otherwise).
     pub allow_semicolons: Option<bool>,
+    /// `openai` or `anthropic`: count the tokens of each response; checked by validation.
+    pub meter: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -20,7 +20,7 @@ mod tests;
 pub use self::error::{ConfigErrors, Problem};
 pub use self::values::cidr_contains;
 
-use crate::model::{Quota, RateLimit};
+use crate::model::{Quota, RateLimit, TokenQuota};
 use crate::routing::{RouteSpec, RouteTable, Upstream};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -93,6 +93,8 @@ pub struct Config {
     pub shared_rate_limit: bool,
     /// Default quota for every key; an app may override it. `None`: no quota.
     pub quota: Option<Quota>,
+    /// Default token quota for every key; an app may override it. `None`: no token quota.
+    pub token_quota: Option<TokenQuota>,
     /// `(name, description)` in file order.
     pub scopes: Vec<(String, String)>,
     /// In file order.

@@ -4,6 +4,7 @@ use super::file::RawRoute;
 use super::position::{at, YamlPath};
 use super::validate::Check;
 use super::values;
+use crate::meter::Provider;
 use crate::routing::{Access, MethodSet, RouteSpec, Upstream};
 use http::uri::{Authority, Scheme};
 use http::{Method, Uri};
@@ -65,8 +66,28 @@ pub(super) fn routes(
             Some(v) => c.ok(&path.key("max_body"), size_value(v)).map(Some),
             None => Some(None),
         };
-        if let (Some(methods), Some(()), Some(access), Some(upstream), Some(max_body)) =
-            (methods, pattern, access, upstream, max_body)
+        let meter = match r.meter.as_deref() {
+            None => Some(None),
+            Some("openai") => Some(Some(Provider::OpenAi)),
+            Some("anthropic") => Some(Some(Provider::Anthropic)),
+            Some(other) => {
+                c.at(
+                    &path.key("meter"),
+                    format!(
+                        "{other:?} is not a provider the gateway meters: use openai or anthropic"
+                    ),
+                );
+                None
+            }
+        };
+        if let (
+            Some(methods),
+            Some(()),
+            Some(access),
+            Some(upstream),
+            Some(max_body),
+            Some(meter),
+        ) = (methods, pattern, access, upstream, max_body, meter)
         {
             specs.push(RouteSpec {
                 methods,
@@ -75,6 +96,7 @@ pub(super) fn routes(
                 upstream: Arc::clone(upstream),
                 max_body,
                 allow_semicolons,
+                meter,
             });
             origin.push(i);
         }

@@ -147,6 +147,7 @@ pub(super) fn validate(
         }
     }
     let quota = raw.quota.filter(|q| valid_quota(&mut c, q));
+    let token_quota = raw.token_quota.filter(|q| valid_token_quota(&mut c, q));
     let scopes = c.entries(&at(&["scopes"]), raw.scopes);
     let scopes = self::scopes(&mut c, scopes);
     let raw_upstreams = c.entries(&at(&["upstreams"]), Some(raw.upstreams));
@@ -195,6 +196,7 @@ pub(super) fn validate(
             rate_limit,
             shared_rate_limit,
             quota,
+            token_quota,
             scopes,
             upstreams,
             resolver,
@@ -465,6 +467,29 @@ fn valid_quota(c: &mut Check<'_>, quota: &Quota) -> bool {
     }
     if !quota.is_limited() {
         c.at(&at(&["quota"]), "give per_day, per_month or both");
+        ok = false;
+    }
+    ok
+}
+
+/// Whether the top-level `token_quota:` can be used; each problem is reported at its window.
+fn valid_token_quota(c: &mut Check<'_>, quota: &TokenQuota) -> bool {
+    let mut ok = true;
+    for (window, value) in quota.windows() {
+        if value == Some(0) {
+            let key = format!("per_{window}");
+            c.at(
+                &at(&["token_quota", &key]),
+                "must be at least 1 (leave it out for no limit)",
+            );
+            ok = false;
+        }
+    }
+    if !quota.is_limited() {
+        c.at(
+            &at(&["token_quota"]),
+            "give per_minute, per_day, per_month or any of them",
+        );
         ok = false;
     }
     ok

@@ -38,8 +38,17 @@ fn next_deadline(ends: Option<Instant>, read_timeout: Option<Duration>) -> Insta
     }
 }
 
+/// Sees each data frame of a response as it passes, in order, and when it ended whole. What it
+/// does with them is its own (token metering reports on drop); it never holds a frame back.
+pub trait BodyTap: Send + Sync {
+    fn data(&mut self, data: &[u8]);
+    /// The body reached its end (no error, nothing cut).
+    fn ended(&mut self);
+}
+
 pin_project! {
-    /// A response body from the gateway itself or streamed from an upstream.
+    /// A response body from the gateway itself or streamed from an upstream, or such a body
+    /// with a [`BodyTap`] watching it.
     #[project = GatewayBodyProj]
     pub enum GatewayBody {
         Local { #[pin] body: Full<Bytes> },
@@ -51,6 +60,10 @@ pin_project! {
             read_timeout: Option<Duration>,
             // The connection, given back to its pool when the body is complete.
             lease: Option<Lease>,
+        },
+        Tapped {
+            body: Pin<Box<GatewayBody>>,
+            tap: Box<dyn BodyTap>,
         },
     }
 }
@@ -77,6 +90,16 @@ impl GatewayBody {
             ends,
             read_timeout,
             lease,
+        }
+    }
+}
+
+impl GatewayBody {
+    /// This body, with `tap` watching every frame that passes.
+    pub(crate) fn tapped(self, tap: Box<dyn BodyTap>) -> GatewayBody {
+        GatewayBody::Tapped {
+            body: Box::pin(self),
+            tap,
         }
     }
 }
@@ -141,6 +164,22 @@ impl Body for GatewayBody {
                     Poll::Pending => Poll::Pending,
                 }
             }
+            GatewayBodyProj::Tapped { body, tap } => {
+                let frame = body.as_mut().poll_frame(cx);
+                match &frame {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(data) = f.data_ref() {
+                            tap.data(data);
+                        }
+                        if body.is_end_stream() {
+                            tap.ended();
+                        }
+                    }
+                    Poll::Ready(None) => tap.ended(),
+                    _ => {}
+                }
+                frame
+            }
         }
     }
 
@@ -148,6 +187,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Local { body } => body.is_end_stream(),
             GatewayBody::Upstream { body, .. } => body.is_end_stream(),
+            GatewayBody::Tapped { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -155,6 +195,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Local { body } => body.size_hint(),
             GatewayBody::Upstream { body, .. } => body.size_hint(),
+            GatewayBody::Tapped { body, .. } => body.size_hint(),
         }
     }
 }

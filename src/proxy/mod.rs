@@ -12,6 +12,7 @@
 
 pub(crate) mod body;
 pub(crate) mod headers;
+mod metering;
 pub(crate) mod pool;
 mod replay;
 pub(crate) mod request_body;
@@ -28,6 +29,7 @@ use self::targets::dns::{self, Resolver};
 use self::targets::pick::Tried;
 use self::targets::{Endpoint, TargetList};
 use crate::error::ProxyError;
+use crate::meter::Provider;
 use crate::metrics::{Metrics, Outcome};
 use crate::routing::{TargetSpec, Upstream};
 use crate::tls::{upstream_client_config, TlsError, TrustedCa};
@@ -70,6 +72,9 @@ pub struct Outgoing<'a> {
     pub forwarded: Forwarded<'a>,
     /// The upstream's credential: set in this header, replacing any copy the client sent.
     pub credential: Option<(&'a HeaderName, HeaderValue)>,
+    /// A metered route's provider: its response comes uncompressed (so its usage can be read)
+    /// and an OpenAI streaming request asks for usage.
+    pub meter: Option<Provider>,
 }
 
 opaque_debug!(Outgoing<'_>);
@@ -261,17 +266,24 @@ impl Forwarder {
             // `insert` drops every value the client sent under the name.
             parts.headers.insert(name.clone(), value);
         }
+        if out.meter.is_some() {
+            // Usage is read from the body as it passes: it must come uncompressed.
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
         let timeouts = &upstream.timeouts;
         let now = Instant::now();
         let deadline = now + timeouts.header;
         // A second attempt after reaching an upstream needs a copy, made only where another
         // target exists to take it.
-        let (request, replay) = if upstream.retry.attempts > 0 && list.len() > 1 {
-            replay::prepare(parts, body, out.max_body, deadline).await?
-        } else {
-            let body = request_body::LimitedBody::new(body, out.max_body);
-            (Request::from_parts(parts, body), None)
-        };
+        let (request, replay) =
+            if out.meter == Some(Provider::OpenAi) && metering::asks_for_json(&parts) {
+                metering::with_usage_requested(parts, body, out.max_body, deadline).await?
+            } else if upstream.retry.attempts > 0 && list.len() > 1 {
+                replay::prepare(parts, body, out.max_body, deadline).await?
+            } else {
+                let body = request_body::LimitedBody::new(body, out.max_body);
+                (Request::from_parts(parts, body), None)
+            };
         let mut next = Some(request);
         loop {
             tried.push(index);

@@ -263,4 +263,6 @@ pub struct RouteSpec {
     /// Whether paths with `;` parameters may use this route (`allow_semicolons: true`); see
     /// [`Route::check_parameters`].
     pub allow_semicolons: bool,
+    /// `meter:`: read the token counts of each response, in this provider's shape.
+    pub meter: Option<crate::meter::Provider>,
 }

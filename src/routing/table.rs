@@ -279,6 +279,7 @@ mod tests {
             )),
             max_body: None,
             allow_semicolons: false,
+            meter: None,
         }
     }
 

@@ -9,21 +9,22 @@
 //!
 //! # Rooms
 //! This file holds the database, the feed and the role implementations; [`records`] the steps of
-//! each app and key read and write, [`order`] the listing and expiry indexes, [`usage`] and
-//! [`quota`] their tables, [`audit`] the audit table, [`credentials`] the upstream credentials.
+//! each app and key read and write, [`order`] the listing and expiry indexes, [`usage`],
+//! [`quota`] and [`tokens`] their tables, [`audit`] the audit table, [`credentials`] the upstream credentials.
 
 mod audit;
 mod credentials;
 mod order;
 mod quota;
 mod records;
+mod tokens;
 mod usage;
 
 use self::records::*;
 
 use super::{
     Audit, BudgetLeases, ChangeFeed, Invalidation, Keep, Ping, QuotaAsk, QuotaLease, Records,
-    StoreError, Upkeep, UsageSink, PURGE_CHUNK,
+    StoreError, TokenBatch, TokenLedger, TokenTotals, Upkeep, UsageSink, PURGE_CHUNK,
 };
 use crate::model::{
     now_unix, App, AppChange, AuditEvent, KeyChange, KeyRecord, Page, PageRequest, QuotaWindows,
@@ -107,6 +108,7 @@ impl EmbeddedStore {
             // Added after the first release: opening an older file adds them here.
             usage::create_tables(tx)?;
             quota::create_tables(tx)?;
+            tokens::create_tables(tx)?;
             tx.open_table(order::APP_ORDER).map_err(db_error)?;
             tx.open_table(order::KEY_ORDER).map_err(db_error)?;
             tx.open_table(order::APP_KEY_ORDER).map_err(db_error)?;
@@ -430,6 +432,21 @@ impl BudgetLeases for EmbeddedStore {
     }
 }
 
+#[async_trait]
+impl TokenLedger for EmbeddedStore {
+    /// One write transaction: the totals survive a restart.
+    async fn add_tokens(
+        &self,
+        batch: &TokenBatch,
+        read: &[Arc<str>],
+    ) -> Result<Vec<TokenTotals>, StoreError> {
+        let (batch, read) = (batch.clone(), read.to_vec());
+        let now = now_unix();
+        self.blocking(move |db| write(db, |tx| tokens::add(tx, &batch, &read, now)))
+            .await
+    }
+}
+
 impl ChangeFeed for EmbeddedStore {
     /// One process owns the file, so the feed carries only this process's own writes: each
     /// announced as it commits, also when its caller is gone (see [`Feed`]). A second call
@@ -513,6 +530,7 @@ mod tests {
             scopes: Vec::new(),
             rate_limit: None,
             quota: None,
+            token_quota: None,
             created_at: 1,
             created_by: "test".to_owned(),
             version: 0,

@@ -16,17 +16,18 @@ pub use self::redis::{RedisStore, DEFAULT_PREFIX};
 /// `use scopegate::store::prelude::*`.
 pub mod prelude {
     pub use super::{
-        BudgetLeases, ChangeFeed, CredentialRecords, KeyStore, Ping, Records, UnauditedWrites,
-        Upkeep, UsageSink,
+        BudgetLeases, ChangeFeed, CredentialRecords, KeyStore, Ping, Records, TokenLedger,
+        UnauditedWrites, Upkeep, UsageSink,
     };
 }
 
 use crate::model::{
-    utc_date, utc_day_number, App, AppChange, AuditEvent, CredentialChange, CredentialRecord,
-    KeyChange, KeyRecord, Page, PageRequest, QuotaWindows, RateLimit, UnixSeconds, UsageBatch,
-    UsageCounts, UsageSubject,
+    usage_field, usage_field_date, utc_date, utc_day_number, App, AppChange, AuditEvent,
+    CredentialChange, CredentialRecord, DayUsage, KeyChange, KeyRecord, Measure, Page, PageRequest,
+    QuotaWindows, RateLimit, TokenWindows, UnixSeconds, UsageBatch, UsageCounts, UsageSubject,
 };
 use async_trait::async_trait;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Days a day's usage count is kept at least: more than the admin API's longest read (366
@@ -191,7 +192,15 @@ pub const QUOTA_SPREAD: u64 = 8;
 /// [`BudgetLeases`], background upkeep [`Upkeep`]), so a test double implements one small
 /// trait, not all of them.
 pub trait KeyStore:
-    Records + CredentialRecords + Upkeep + UsageSink + BudgetLeases + ChangeFeed + Ping + 'static
+    Records
+    + CredentialRecords
+    + Upkeep
+    + UsageSink
+    + BudgetLeases
+    + TokenLedger
+    + ChangeFeed
+    + Ping
+    + 'static
 {
 }
 
@@ -201,6 +210,7 @@ impl<T> KeyStore for T where
         + Upkeep
         + UsageSink
         + BudgetLeases
+        + TokenLedger
         + ChangeFeed
         + Ping
         + 'static
@@ -418,16 +428,75 @@ pub trait UsageSink: Send + Sync {
     /// flush; what it would save is a few small counters per deleted id, never read by mistake
     /// since ids are random and not reused. Entries with a count of 0 are skipped.
     async fn add_usage(&self, batches: &[UsageBatch]) -> Result<(), StoreError>;
-    /// Counts for the given dates, in the same order (0 where nothing was recorded, including
-    /// for an id never seen).
+    /// Counts for the given [`usage_field`]s, in the same order (0 where nothing was recorded,
+    /// including for an id never seen).
     async fn usage(
         &self,
         subject: UsageSubject<'_>,
-        dates: &[String],
+        fields: &[String],
     ) -> Result<Vec<u64>, StoreError>;
+
+    /// Requests and tokens on each of `dates` (`YYYY-MM-DD`), in the same order: one read of
+    /// every measure's field.
+    async fn day_usage(
+        &self,
+        subject: UsageSubject<'_>,
+        dates: &[String],
+    ) -> Result<Vec<DayUsage>, StoreError> {
+        let fields: Vec<String> = dates
+            .iter()
+            .flat_map(|date| Measure::ALL.map(|m| usage_field(date, m)))
+            .collect();
+        let counts = self.usage(subject, &fields).await?;
+        if counts.len() != fields.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} usage counts for {} fields",
+                counts.len(),
+                fields.len()
+            )));
+        }
+        Ok(counts
+            .chunks(Measure::ALL.len())
+            .map(|c| DayUsage {
+                requests: c[0],
+                input_tokens: c[1],
+                output_tokens: c[2],
+            })
+            .collect())
+    }
 }
 
 /// Slices of shared budgets: rate limits shared across instances and quota counts.
+/// Tokens spent by keys, per key in minute, day and month windows: what token quotas count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenBatch {
+    /// Unique for good: the store applies a batch once, however often it is sent.
+    pub id: String,
+    /// The windows the tokens count in (those of the moment the batch was sealed).
+    pub windows: TokenWindows,
+    /// (key id, tokens), each key at most once.
+    pub spent: Vec<(Arc<str>, u64)>,
+}
+
+/// A key's tokens in each window of a [`TokenWindows`] (minute, day, month).
+pub type TokenTotals = [u64; 3];
+
+/// Keys per store step of [`TokenLedger::add_tokens`]: bounds one script's keys (three each).
+pub const TOKEN_CHUNK: usize = 256;
+
+#[async_trait]
+pub trait TokenLedger: Send + Sync {
+    /// Adds the batch's tokens to each key's windows, at most once per batch id (a batch sent
+    /// again after a write that timed out is not counted twice), and answers the totals in
+    /// the batch's windows of every key of the batch, then of every key of `read`, in order.
+    /// Windows past their end are forgotten by the store.
+    async fn add_tokens(
+        &self,
+        batch: &TokenBatch,
+        read: &[Arc<str>],
+    ) -> Result<Vec<TokenTotals>, StoreError>;
+}
+
 #[async_trait]
 pub trait BudgetLeases: Send + Sync {
     /// Leases up to `want` requests of `key_id`'s shared rate budget (GCRA: `limit`), atomically
@@ -560,7 +629,7 @@ fn check_increment(entry: Increment<'_>) -> Result<Increment<'_>, StoreError> {
             entry.2
         )));
     }
-    if utc_day_number(entry.1).is_none() {
+    if usage_field_date(entry.1).and_then(utc_day_number).is_none() {
         return Err(StoreError::Corrupt(format!(
             "usage date {:?} is not a YYYY-MM-DD day",
             entry.1

@@ -30,7 +30,7 @@
 
 use super::{
     Audit, BudgetLeases, ChangeFeed, Invalidation, Ping, QuotaAsk, QuotaLease, RateLease,
-    StoreError, UsageSink, AUDIT_MAX_EVENTS,
+    StoreError, TokenBatch, TokenLedger, TokenTotals, UsageSink, AUDIT_MAX_EVENTS,
 };
 mod audit;
 mod credentials;
@@ -41,6 +41,7 @@ mod link;
 mod names;
 mod records;
 mod scripts;
+mod tokens;
 mod usage;
 
 use self::link::Link;
@@ -293,6 +294,24 @@ impl UsageSink for RedisStore {
             Some(pipe) => read.counts(self.read_pipe(&pipe).await?),
             None => Ok(vec![0; dates.len()]),
         }
+    }
+}
+
+#[async_trait]
+impl TokenLedger for RedisStore {
+    /// One pipelined round trip of scripts, each over at most [`crate::store::TOKEN_CHUNK`] keys.
+    async fn add_tokens(
+        &self,
+        batch: &TokenBatch,
+        read: &[Arc<str>],
+    ) -> Result<Vec<TokenTotals>, StoreError> {
+        let keys = batch.spent.len() + read.len();
+        if keys == 0 {
+            return Ok(Vec::new());
+        }
+        self.linked().await?;
+        let pipe = tokens::add_pipeline(self.names(), batch, read);
+        tokens::totals(self.query_pipe(&pipe).await?, keys)
     }
 }
 

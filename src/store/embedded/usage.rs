@@ -77,7 +77,11 @@ pub(super) fn add_batches(
 }
 
 /// Records `id` as applied at `now`; `false` if it already was.
-fn remember_batch(tx: &WriteTransaction, id: &str, now: UnixSeconds) -> Result<bool, StoreError> {
+pub(super) fn remember_batch(
+    tx: &WriteTransaction,
+    id: &str,
+    now: UnixSeconds,
+) -> Result<bool, StoreError> {
     let mut ids = tx.open_table(BATCHES).map_err(db_error)?;
     if ids.get(id).map_err(db_error)?.is_some() {
         return Ok(false);
@@ -106,7 +110,10 @@ fn add_counts(tx: &WriteTransaction, rows: &[(String, u64)]) -> Result<(), Store
 
 /// Forgets batch ids applied more than [`USAGE_BATCH_MEMORY_SECS`] ago, oldest first, a
 /// bounded number per call.
-fn forget_old_batches(tx: &WriteTransaction, now: UnixSeconds) -> Result<(), StoreError> {
+pub(super) fn forget_old_batches(
+    tx: &WriteTransaction,
+    now: UnixSeconds,
+) -> Result<(), StoreError> {
     let before = now.saturating_sub(USAGE_BATCH_MEMORY_SECS);
     let mut ages = tx.open_table(BATCH_AGES).map_err(db_error)?;
     let mut old = Vec::new();

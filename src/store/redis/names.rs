@@ -149,6 +149,17 @@ impl Names {
         self.under(&format!("quota:{{{key_id}}}:m:{month}"))
     }
 
+    /// String: a key's tokens in one token-quota window (`kind`: 0 minute, 1 day, 2 month;
+    /// `window`: its number, see [`crate::model::TokenWindows`]); hash-tagged like [`Self::rate`].
+    pub(super) fn tokens(&self, key_id: &str, kind: usize, window: u64) -> String {
+        self.under(&format!("tokens:{{{key_id}}}:{kind}:{window}"))
+    }
+
+    /// String: set when one chunk of a token batch was added, so it is added once.
+    pub(super) fn tokens_batch(&self, batch_id: &str, chunk: usize) -> String {
+        self.under(&format!("tokens:batch:{batch_id}:{chunk}"))
+    }
+
     /// Sorted set: which instances hold leased requests of a key's quota for one UTC day
     /// (member: the holder, score: until when, milliseconds on the Redis clock); hash-tagged
     /// like [`Self::rate`].
