@@ -11,10 +11,11 @@ use scopegate::model::{
     now_unix, utc_date, utc_day_number, App, AppChange, CredentialChange, CredentialRecord,
     KeyChange, KeyRecord, PageRequest, RateLimit, UsageBatch, UsageCounts, UsageSubject,
 };
+use scopegate::model::{usage_field, DayUsage, Measure, TokenWindows};
 use scopegate::store::prelude::*;
 use scopegate::store::{
-    Audit, EmbeddedStore, Invalidation, KeyStore, RedisStore, StoreError, USAGE_BATCH_MEMORY_SECS,
-    USAGE_CHUNK, USAGE_RETENTION_DAYS,
+    Audit, EmbeddedStore, Invalidation, KeyStore, RedisStore, StoreError, TokenBatch, TOKEN_CHUNK,
+    USAGE_BATCH_MEMORY_SECS, USAGE_CHUNK, USAGE_RETENTION_DAYS,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -763,6 +764,90 @@ async fn usage_adds_up(store: &dyn KeyStore) {
     assert_eq!(app_usage(store, "a1", &[d1()]).await, [8]);
 }
 
+/// Tokens are counted under their own fields of a day: read apart from requests, deleted with
+/// the key, and a field that is not a measure of a day is refused.
+async fn token_usage_is_kept_per_measure(store: &dyn KeyStore) {
+    store.create_app(&app("a1", "one", 1)).await.expect("app");
+    store.create_key(&key("k1", "a1", 1)).await.expect("key");
+    let field = |d: &str, m: Measure| usage_field(d, m);
+    let batch = UsageCounts {
+        keys: vec![
+            ("k1".into(), field(d1(), Measure::Requests), 2),
+            ("k1".into(), field(d1(), Measure::InputTokens), 120),
+            ("k1".into(), field(d1(), Measure::OutputTokens), 45),
+            ("k1".into(), field(d3(), Measure::OutputTokens), 9),
+        ],
+        apps: vec![("a1".into(), field(d1(), Measure::InputTokens), 120)],
+    };
+    store.add_usage(&[fresh(&batch)]).await.expect("usage");
+    let days = store
+        .day_usage(UsageSubject::Key("k1"), &dates(&[d1(), d2(), d3()]))
+        .await
+        .expect("read");
+    let day = |requests, input_tokens, output_tokens| DayUsage {
+        requests,
+        input_tokens,
+        output_tokens,
+    };
+    assert_eq!(days, [day(2, 120, 45), day(0, 0, 0), day(0, 0, 9)]);
+    let app_days = store
+        .day_usage(UsageSubject::App("a1"), &dates(&[d1()]))
+        .await
+        .expect("read");
+    assert_eq!(app_days, [day(0, 120, 0)]);
+    let bad = UsageCounts {
+        keys: vec![("k1".into(), format!("{}:tokens", d1()), 1)],
+        apps: vec![],
+    };
+    assert!(store.add_usage(&[fresh(&bad)]).await.is_err());
+    assert!(store.delete_key("k1").await.expect("delete"));
+    let gone = store
+        .day_usage(UsageSubject::Key("k1"), &dates(&[d1(), d3()]))
+        .await
+        .expect("read");
+    assert_eq!(gone, [day(0, 0, 0), day(0, 0, 0)]);
+}
+
+/// Token-quota totals: each batch counted once however often it is sent, keys apart, reads
+/// that add nothing, a new window starting from zero, chunks past [`TOKEN_CHUNK`] keys.
+async fn token_ledger_counts_each_batch_once(store: &dyn KeyStore) {
+    let now = now_unix();
+    let windows = TokenWindows::at(now);
+    let batch = |id: &str, windows: TokenWindows, spent: &[(&str, u64)]| TokenBatch {
+        id: id.to_owned(),
+        windows,
+        spent: spent.iter().map(|(k, n)| (Arc::from(*k), *n)).collect(),
+    };
+    let first = batch("b1", windows, &[("k1", 100), ("k2", 7)]);
+    let totals = store.add_tokens(&first, &[]).await.expect("first");
+    assert_eq!(totals, [[100; 3], [7; 3]]);
+    // Sent again (its answer was lost): nothing added, the totals answered all the same.
+    let again = store.add_tokens(&first, &[]).await.expect("again");
+    assert_eq!(again, [[100; 3], [7; 3]]);
+    let second = batch("b2", windows, &[("k1", 50)]);
+    let read: Vec<Arc<str>> = vec![Arc::from("k2"), Arc::from("ghost")];
+    let totals = store.add_tokens(&second, &read).await.expect("second");
+    assert_eq!(totals, [[150; 3], [7; 3], [0; 3]]);
+    // The next minute of the same day and month: the minute starts from zero.
+    let mut next_minute = windows;
+    next_minute.ids[0] += 1;
+    next_minute.ends[0] += 60;
+    let third = batch("b3", next_minute, &[("k1", 5)]);
+    let totals = store.add_tokens(&third, &[]).await.expect("third");
+    assert_eq!(totals, [[5, 155, 155]]);
+    // Many keys: more than one store step, each counted once.
+    let many: Vec<(String, u64)> = (0..TOKEN_CHUNK * 2 + 3)
+        .map(|i| (format!("m{i}"), i as u64 + 1))
+        .collect();
+    let spent: Vec<(&str, u64)> = many.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    let big = batch("b4", windows, &spent);
+    for _ in 0..2 {
+        let totals = store.add_tokens(&big, &[]).await.expect("many");
+        let want: Vec<[u64; 3]> = many.iter().map(|(_, n)| [*n; 3]).collect();
+        assert_eq!(totals, want);
+    }
+}
+
 /// A count the Redis counter (signed 64-bit) cannot take refuses the whole batch, in both stores.
 async fn usage_rejects_out_of_range_counts(store: &dyn KeyStore) {
     let batch = UsageCounts {
@@ -1162,6 +1247,8 @@ suite!(
     huge_usage_batch_counts_once,
     usage_retention,
     credentials_crud,
+    token_usage_is_kept_per_measure,
+    token_ledger_counts_each_batch_once,
 );
 
 fn embedded_store() -> (tempfile::TempDir, EmbeddedStore) {

@@ -103,6 +103,7 @@ pub enum AppsCommand {
         )]
         token_quota: Option<String>,
         /// Drop the app's own token quota: its keys get the config's `token_quota` again.
+        /// E.g. --default-token-quota
         #[arg(long)]
         default_token_quota: bool,
     },

@@ -12,7 +12,9 @@
 //! - `key:{id}` and `app:{id}` (no month): the one hash per subject of earlier versions. Never
 //!   written now; still read (added to the monthly counts) and deleted with its subject.
 
-use crate::model::{utc_date, utc_day_number, UnixSeconds, UsageBatch, UsageSubject};
+use crate::model::{
+    usage_field_date, utc_date, utc_day_number, UnixSeconds, UsageBatch, UsageSubject,
+};
 use crate::store::{
     usage_cutoff, usage_increments, Increment, StoreError, USAGE_BATCH_MEMORY_SECS, USAGE_CHUNK,
     USAGE_RETENTION_DAYS,
@@ -131,13 +133,13 @@ pub(super) struct UsageRead {
 }
 
 impl UsageRead {
-    /// Groups `dates` by month; the hash of earlier versions is asked for every date. Strings
-    /// that are not dates read as 0 without asking.
+    /// Groups `fields` ([`crate::model::usage_field`]s) by month; the hash of earlier versions
+    /// is asked for every field. Strings that are not fields read as 0 without asking.
     pub(super) fn new(prefix: &str, subject: UsageSubject<'_>, dates: &[String]) -> UsageRead {
         let mut by_month: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         let mut valid = Vec::new();
         for (i, date) in dates.iter().enumerate() {
-            if utc_day_number(date).is_some() {
+            if usage_field_date(date).and_then(utc_day_number).is_some() {
                 by_month.entry(month_of(date)).or_default().push(i);
                 valid.push(i);
             }
