@@ -857,6 +857,57 @@ fn shared_rate_limit_and_quota() {
 }
 
 #[test]
+fn token_quota_and_meter() {
+    let c = ok(&min_plus(
+        "token_quota:\n  per_minute: 20000\n  per_month: 5000000\n",
+    ));
+    let q = c.token_quota.expect("token quota");
+    assert_eq!(
+        (q.per_minute, q.per_day, q.per_month),
+        (Some(20_000), None, Some(5_000_000))
+    );
+    assert_eq!(ok(MIN).token_quota, None);
+    one(
+        &min_plus("token_quota:\n  per_minute: 0\n"),
+        11,
+        15,
+        &["token_quota.per_minute: must be at least 1"],
+    );
+    one(
+        &min_plus("token_quota: {}\n"),
+        10,
+        14,
+        &["token_quota:", "per_minute, per_day, per_month"],
+    );
+    one(
+        &min_plus("token_quota:\n  per_hour: 10\n"),
+        11,
+        3,
+        &["per_hour"],
+    );
+    let route = |meter: &str| {
+        with_route(&format!(
+            "  - method: POST\n    path: /v1/chat/completions\n    scope: deploy_tool\n    upstream: tools\n{meter}"
+        ))
+    };
+    assert_eq!(ok(&route("")).route_specs[0].meter, None);
+    assert_eq!(
+        ok(&route("    meter: openai\n")).route_specs[0].meter,
+        Some(crate::meter::Provider::OpenAi)
+    );
+    assert_eq!(
+        ok(&route("    meter: anthropic\n")).route_specs[0].meter,
+        Some(crate::meter::Provider::Anthropic)
+    );
+    one(
+        &route("    meter: gemini\n"),
+        12,
+        12,
+        &["routes[0].meter:", "\"gemini\"", "openai or anthropic"],
+    );
+}
+
+#[test]
 fn upstream_timeouts_default_follow_timeout_and_may_be_none() {
     let with = |lines: &str| {
         MIN.replace(
