@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: real parts, started per test.
 //!
+//! - [`credentials`]: the upstream-credential tests' secrets, config and leak check;
 //! - [`redis`]: a real `redis-server` on an ephemeral port;
 //! - [`cluster`]: a real three-master, three-replica Redis Cluster on free ports;
 //! - [`upstream`]: a recording HTTP upstream on an ephemeral port;
@@ -14,6 +15,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod cluster;
+pub(crate) mod credentials;
 pub(crate) mod delay_proxy;
 pub(crate) mod dns;
 pub(crate) mod gateway;
