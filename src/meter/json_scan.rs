@@ -187,3 +187,72 @@ impl TopLevelUsage {
 fn is_whitespace(byte: u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// Keys and strings full of what could fool a scanner: quotes, backslashes, brackets, "usage".
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("usage".to_owned()),
+            Just("usage\"".to_owned()),
+            "[\"\\\\a-z{}\\[\\],: ]{0,10}",
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            text().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 40, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((text(), inner), 0..4)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// The values the scanner reports for `body` fed as frames cut at `cuts`.
+    fn scanned(body: &[u8], cuts: [usize; 2]) -> Vec<Value> {
+        let (first, second) = (cuts[0].min(cuts[1]), cuts[0].max(cuts[1]));
+        let mut scanner = TopLevelUsage::default();
+        let mut found = Vec::new();
+        for frame in [&body[..first], &body[first..second], &body[second..]] {
+            scanner.feed(frame, |raw| {
+                found.push(serde_json::from_slice(raw).expect("a captured value is JSON"));
+            });
+        }
+        found
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        /// Whatever the body, framing and layout, the scanner finds the root's `usage` exactly
+        /// as a parser of the whole body does, and nothing else.
+        #[test]
+        fn finds_what_a_parser_finds(
+            members in prop::collection::vec((text(), value()), 0..5),
+            pretty in any::<bool>(),
+            cuts in any::<[prop::sample::Index; 2]>(),
+        ) {
+            let root = Value::Object(members.into_iter().collect());
+            let body = if pretty {
+                serde_json::to_vec_pretty(&root)
+            } else {
+                serde_json::to_vec(&root)
+            }
+            .expect("serialise");
+            let cuts = cuts.map(|cut| cut.index(body.len() + 1));
+            let expected: Vec<Value> = root.get("usage").cloned().into_iter().collect();
+            prop_assert_eq!(scanned(&body, cuts), expected);
+        }
+    }
+}
