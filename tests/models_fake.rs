@@ -22,20 +22,25 @@ fn tokens(input: u64, output: u64) -> Option<Tokens> {
     Some(Tokens { input, output })
 }
 
-/// Reads the rest of `answer` into `meter`, frame by frame; the bytes read and whether the
-/// body ended cleanly.
+/// Reads the rest of `answer` into `meter`, frame by frame, and finishes the meter as the
+/// gateway will; the bytes read and whether the body ended cleanly.
 async fn drain(answer: &mut Streamed, meter: &mut ResponseMeter) -> (String, bool) {
     let mut seen = Vec::new();
+    let mut clean = true;
     while let Some(frame) = answer.next().await {
         match frame {
             Ok(data) => {
                 meter.observe(&data);
                 seen.extend_from_slice(&data);
             }
-            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), false),
+            Err(_) => {
+                clean = false;
+                break;
+            }
         }
     }
-    (String::from_utf8_lossy(&seen).into_owned(), true)
+    meter.finish();
+    (String::from_utf8_lossy(&seen).into_owned(), clean)
 }
 
 /// Reads frames into `meter` until the bytes read so far contain `needle`.

@@ -118,6 +118,17 @@ impl TopLevelUsage {
         }
     }
 
+    /// The body ended: a value still being captured is handed over as it is (the parser
+    /// refuses it unless it was whole); nothing is looked at afterwards.
+    pub(super) fn finish(&mut self, mut on_value: impl FnMut(&[u8])) {
+        if self.capturing {
+            self.capturing = false;
+            on_value(&self.captured);
+        }
+        self.captured = Vec::new();
+        self.phase = Phase::Done;
+    }
+
     /// Reads string bytes from `i` up to and including the next unescaped `"` (or to the
     /// frame's end); returns where scanning resumes.
     fn scan_string(&mut self, data: &[u8], mut i: usize) -> usize {

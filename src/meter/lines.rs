@@ -67,6 +67,15 @@ impl LineSplitter {
             self.partial.extend_from_slice(rest);
         }
     }
+
+    /// The stream ended: the held partial line, if any, is emitted as a last line.
+    pub(super) fn finish(&mut self, mut on_line: impl FnMut(&[u8])) {
+        if !self.skipping && !self.partial.is_empty() {
+            emit(&mut self.started, &self.partial, &mut on_line);
+        }
+        self.partial = Vec::new();
+        self.skipping = false;
+    }
 }
 
 fn emit(started: &mut bool, line: &[u8], on_line: &mut impl FnMut(&[u8])) {
@@ -146,6 +155,23 @@ mod tests {
     #[test]
     fn an_unfinished_line_is_not_emitted() {
         assert_eq!(lines_of(&[b"a\nbc"]), expected(&["a"]));
+    }
+
+    #[test]
+    fn finish_emits_the_unterminated_last_line_once() {
+        let mut splitter = LineSplitter::default();
+        let mut out = Vec::new();
+        splitter.feed(b"a\nb", |line| out.push(line.to_vec()));
+        splitter.finish(|line| out.push(line.to_vec()));
+        splitter.finish(|line| out.push(line.to_vec()));
+        assert_eq!(out, expected(&["a", "b"]));
+        // Not after a line end, nor for a line being skipped.
+        let mut out = Vec::new();
+        let mut splitter = LineSplitter::default();
+        splitter.feed(b"a\r", |line| out.push(line.to_vec()));
+        splitter.feed(&vec![b'x'; MAX_LINE + 1], |line| out.push(line.to_vec()));
+        splitter.finish(|line| out.push(line.to_vec()));
+        assert_eq!(out, expected(&["a"]));
     }
 
     #[test]

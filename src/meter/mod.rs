@@ -35,11 +35,28 @@ pub enum Provider {
     Anthropic,
 }
 
+impl Provider {
+    /// The name as written in the config (`openai`, `anthropic`), e.g. for a label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "openai",
+            Provider::Anthropic => "anthropic",
+        }
+    }
+}
+
 /// Tokens one response used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tokens {
     pub input: u64,
     pub output: u64,
+}
+
+impl Tokens {
+    /// Input plus output: what a token quota counts.
+    pub fn total(self) -> u64 {
+        self.input.saturating_add(self.output)
+    }
 }
 
 /// State of one response's metering. Cheap to create; does nothing for a body it cannot read.
@@ -97,6 +114,24 @@ impl ResponseMeter {
             }
             Reader::Sse(splitter) => {
                 splitter.feed(data, |line| counts.read_sse_line(provider, line));
+            }
+        }
+    }
+
+    /// The body ended (its last frame was observed, or it was cut): a last event-stream line
+    /// that came without its line end is read as if it had one (the SSE grammar would drop it,
+    /// but the upstream did send that usage), and a JSON body cut after its whole `usage`
+    /// value but before the value's end (`,` or `}`) is read too. Calling it again does nothing.
+    pub fn finish(&mut self) {
+        let provider = self.provider;
+        let counts = &mut self.counts;
+        match &mut self.reader {
+            Reader::Off => {}
+            Reader::Json(scanner) => {
+                scanner.finish(|value| counts.read_json_usage(provider, value));
+            }
+            Reader::Sse(splitter) => {
+                splitter.finish(|line| counts.read_sse_line(provider, line));
             }
         }
     }

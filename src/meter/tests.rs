@@ -332,3 +332,58 @@ fn provider_names_in_config() {
     assert_eq!((openai, anthropic), (Provider::OpenAi, Provider::Anthropic));
     assert!(serde_json::from_str::<Provider>("\"open_ai\"").is_err());
 }
+
+#[test]
+fn finish_reads_a_last_usage_line_without_its_line_end() {
+    let body = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3}}";
+    for cut in 0..=body.len() {
+        let mut meter = meter(Provider::OpenAi, SSE);
+        meter.observe(&body.as_bytes()[..cut]);
+        meter.observe(&body.as_bytes()[cut..]);
+        assert_eq!(meter.tokens(), None, "cut at {cut}");
+        meter.finish();
+        assert_eq!(meter.tokens(), tokens(2, 3), "cut at {cut}");
+        assert!(meter.complete());
+    }
+}
+
+#[test]
+fn finish_reads_a_whole_json_usage_of_a_cut_body_and_nothing_partial() {
+    let whole = br#"{"usage":{"prompt_tokens":2,"completion_tokens":3} "#;
+    let mut cut_after_usage = meter(Provider::OpenAi, JSON);
+    cut_after_usage.observe(whole);
+    assert_eq!(cut_after_usage.tokens(), None);
+    cut_after_usage.finish();
+    assert_eq!(cut_after_usage.tokens(), tokens(2, 3));
+    cut_after_usage.finish();
+    assert_eq!(cut_after_usage.tokens(), tokens(2, 3));
+    // Cut inside the usage value (up to just before its closing brace): nothing.
+    for cut in 10..whole.len() - 1 {
+        let mut meter = meter(Provider::OpenAi, JSON);
+        meter.observe(&whole[..cut]);
+        meter.finish();
+        assert_eq!(meter.tokens(), None, "cut at {cut}");
+    }
+}
+
+#[test]
+fn names_and_totals() {
+    assert_eq!(Provider::OpenAi.as_str(), "openai");
+    assert_eq!(Provider::Anthropic.as_str(), "anthropic");
+    assert_eq!(
+        Tokens {
+            input: 3,
+            output: 4
+        }
+        .total(),
+        7
+    );
+    assert_eq!(
+        Tokens {
+            input: u64::MAX,
+            output: 4
+        }
+        .total(),
+        u64::MAX
+    );
+}
