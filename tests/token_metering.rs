@@ -138,7 +138,7 @@ async fn wait_for_usage(gw: &TestGateway, subject: &str, want: (u64, u64, u64)) 
 
 async fn scrape(gw: &TestGateway) -> Vec<prom::Sample> {
     let text = common::http::get(&format!("http://{}/metrics", gw.metrics), &[]).await;
-    prom::parse(&String::from_utf8(text.body.to_vec()).expect("utf-8"))
+    prom::parse(std::str::from_utf8(&text.body).expect("utf-8"))
 }
 
 fn tokens_metric(samples: &[prom::Sample], route: &str, app: &str, direction: &str) -> f64 {
@@ -210,27 +210,17 @@ async fn json_and_streamed_answers_are_counted_exactly_on_both_providers() {
 
     // Metrics: exact per route and direction; no response went without usage.
     let samples = scrape(&gw).await;
-    let sum = |route: &str,
-               filter: &dyn Fn(&&(&str, u64, u64, bool)) -> bool,
-               pick: fn(&(&str, u64, u64, bool)) -> u64|
-     -> f64 {
-        traffic
-            .iter()
-            .filter(|t| t.0 == route)
-            .filter(filter)
-            .map(pick)
-            .sum::<u64>() as f64
-    };
     for route in [OPENAI_PATH, ANTHROPIC_PATH] {
-        let all = |_: &&(&str, u64, u64, bool)| true;
+        let on_route = traffic.iter().filter(|t| t.0 == route);
+        let (input, output) = on_route.fold((0, 0), |(i, o), t| (i + t.1, o + t.2));
         assert_eq!(
             tokens_metric(&samples, route, &app, "input"),
-            sum(route, &all, |t| t.1),
+            input as f64,
             "{route} input"
         );
         assert_eq!(
             tokens_metric(&samples, route, &app, "output"),
-            sum(route, &all, |t| t.2),
+            output as f64,
             "{route} output"
         );
         assert_eq!(missing_metric(&samples, route), 0.0, "{route}");

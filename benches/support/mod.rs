@@ -12,6 +12,7 @@ pub(crate) async fn seed_key(store: &dyn KeyStore) -> (App, NewKey) {
         scopes: vec!["deploy_tool".into()],
         rate_limit: None,
         quota: None,
+        token_quota: None,
         created_at: now_unix(),
         created_by: "bench".into(),
         version: 0,

@@ -111,9 +111,9 @@ impl KeyTokens {
 
     /// Takes the store's totals for the windows `at`, unless newer ones are held.
     fn learn(&self, at: &TokenWindows, totals: TokenTotals) {
-        for kind in 0..3 {
+        for (kind, total) in totals.into_iter().enumerate() {
             if self.windows[kind].load(Ordering::SeqCst) <= at.ids[kind] {
-                self.totals[kind].store(totals[kind], Ordering::SeqCst);
+                self.totals[kind].store(total, Ordering::SeqCst);
                 self.windows[kind].store(at.ids[kind], Ordering::SeqCst);
             }
         }
@@ -228,7 +228,11 @@ impl TokenQuotas {
             windows: at,
             spent: Vec::new(),
         };
-        match self.store.add_tokens(&batch, &[cell.key.clone()]).await {
+        match self
+            .store
+            .add_tokens(&batch, std::slice::from_ref(&cell.key))
+            .await
+        {
             Ok(totals) => {
                 if let Some(t) = totals.first() {
                     cell.learn(&at, *t);

@@ -1,5 +1,7 @@
 //! The bench's upstream: answers every request with `200 {"ok":true}` after reading and
 //! discarding the request body. HTTP/1.1 and h2c (prior knowledge) on one port, one thread.
+//! With `BENCH_MODEL_KIB=N` it answers an OpenAI chat completion of about N KiB instead (its
+//! `usage` last, as the API writes it), for a metered route's cost.
 //!
 //! Usage: `bench-upstream 127.0.0.1:PORT` (prints `listening on ADDR` once bound).
 
@@ -15,6 +17,22 @@ use std::sync::Arc;
 
 static BODY: &[u8] = b"{\"ok\":true}";
 
+/// The answer's body: `{"ok":true}`, or a chat completion of about `BENCH_MODEL_KIB` KiB.
+fn body() -> Bytes {
+    let Some(kib) = std::env::var("BENCH_MODEL_KIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return Bytes::from_static(BODY);
+    };
+    let text = "lorem ipsum ".repeat(kib * 1024 / 12);
+    Bytes::from(format!(
+        "{{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion\",\"created\":1733500000,\"model\":\"bench\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{text}\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":12,\"completion_tokens\":30,\"total_tokens\":42}}}}"
+    ))
+}
+
+static ANSWER: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+
 async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     // Read the whole body and drop it, so the client's upload is fully consumed.
     let mut body = request.into_body();
@@ -23,7 +41,7 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
             break;
         }
     }
-    let mut response = Response::new(Full::new(Bytes::from_static(BODY)));
+    let mut response = Response::new(Full::new(ANSWER.get_or_init(body).clone()));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
