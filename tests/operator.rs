@@ -278,10 +278,27 @@ async fn access_lines_can_be_turned_off() {
 }
 
 /// The scrape after mixed traffic, and the names of the metric families in it.
+/// A public route with `meter: openai` in front of the recording upstream, which answers its
+/// path with an OpenAI usage (so the scrape carries the token families).
+const METERED_ROUTE: &str = "  - method: POST
+    path: /v1/chat/completions
+    scope: public
+    upstream: tools
+    meter: openai
+";
+
 async fn scrape_after_traffic(dir: &Path) -> (String, BTreeSet<String>) {
     let upstream = Upstream::start().await;
-    let mut gw = serve(dir, &upstream, "").await;
+    let mut gw = serve(dir, &upstream, METERED_ROUTE).await;
     mixed_traffic(&gw).await;
+    let metered = send(
+        Method::POST,
+        &gw.url("/v1/chat/completions"),
+        &[("content-type", "application/json")],
+        r#"{"model":"m","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(metered.status, 200, "{:?}", metered.body);
     let scrape = get(&format!("http://{}/metrics", gw.metrics), &[]).await;
     gw.stop().await;
     assert_eq!(scrape.status, 200);
@@ -313,6 +330,10 @@ async fn every_series_has_help_and_a_405_names_its_route() {
         r#"scopegate_build_info{version=""#,
         r#"scopegate_requests_total{route="/api/v1/jobs/{job_id}",method="DELETE",status="405""#,
         r#"scopegate_auth_failures_total{reason="expired_key"} 0"#,
+        // The one metered answer: 12 input and 30 output tokens, its usage complete.
+        r#"scopegate_tokens_total{route="/v1/chat/completions",app="none",direction="input"} 12"#,
+        r#"scopegate_tokens_total{route="/v1/chat/completions",app="none",direction="output"} 30"#,
+        r#"scopegate_token_usage_missing_total{route="/v1/chat/completions"} 0"#,
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "process_open_fds",
