@@ -406,12 +406,25 @@ async function main() {
   const today = new Date().toISOString().slice(0, 10);
   assert.deepEqual(await page.locator('svg.chart rect.bar').evaluateAll((rs, d) => rs.map((r) => r.textContent).filter((t) => t.startsWith(d)), today),
     [`${today}: ${TOKENS_IN} input tokens`, `${today}: ${TOKENS_OUT} output tokens`]);
+  // Today's bars: output stacked on input, heights in the counts' ratio, the output's hatch a
+  // pattern that is really in the chart (a fill pointing nowhere draws nothing).
+  const bars = await page.locator('svg.chart').evaluate((svg, d) => {
+    const [input, output] = [...svg.querySelectorAll('rect.bar')].filter((r) => r.textContent.startsWith(d));
+    const box = (r) => ({ y: Number(r.getAttribute('y')), h: Number(r.getAttribute('height')) });
+    const ref = (output.getAttribute('fill') || '').match(/^url\(#([^)]+)\)$/);
+    const pattern = ref && svg.querySelector(`pattern#${ref[1]}`);
+    return { input: box(input), output: box(output), pattern: pattern ? pattern.querySelectorAll('rect, line').length : 0 };
+  }, today);
+  assert.ok(Math.abs(bars.output.y + bars.output.h - bars.input.y) < 1e-6, `output on top of input: ${JSON.stringify(bars)}`);
+  assert.ok(Math.abs(bars.output.h / bars.input.h - FAKE_USAGE.completion_tokens / FAKE_USAGE.prompt_tokens) < 1e-6, JSON.stringify(bars));
+  assert.equal(bars.pattern, 2, 'the output bars are filled with the hatch pattern');
   assert.deepEqual(await page.locator('ul.legend li').allTextContents(),
     ['Input tokens (solid, below)', 'Output tokens (hatched, on top)']);
   assert.match(await page.locator('svg.chart > title').textContent(), new RegExp(`: ${TOKENS} tokens over 30 days`));
   await capture(page, 'usage-tokens');
   // The key's own usage: the same tokens (the app has no other metered key); the choice stays.
-  await page.getByLabel('App or key').selectOption({ label: new RegExp('^ci-deployer') });
+  const keyOption = await page.getByLabel('App or key').locator('option', { hasText: /^ci-deployer / }).getAttribute('value');
+  await page.getByLabel('App or key').selectOption(keyOption);
   await waitFor(async () => (await page.locator('figcaption').textContent()).includes('key ci-deployer'), 'the key chart');
   assert.match(await page.locator('figcaption').textContent(), new RegExp(`: ${TOKENS_IN} input and ${TOKENS_OUT} output, ${TOKENS} in total\\.$`));
   assert.deepEqual([await total('Input tokens'), await total('Output tokens'), await total('Tokens')], [TOKENS_IN, TOKENS_OUT, TOKENS]);
@@ -731,8 +744,9 @@ async function main() {
   await page.getByText('That token was not accepted.').waitFor();
   ok('a wrong token is refused');
 
-  // 401: the wrong token; 409: the refused name and delete; 503: the gateway without a master key.
-  const unexpected = problems.filter((p) => !['401 (Unauthorized)', '409 (Conflict)', '503 (Service Unavailable)'].some((s) => p.includes(s)));
+  // 401: the wrong token; 409: the refused name and delete; 422: the token quota with no window;
+  // 503: the gateway without a master key.
+  const unexpected = problems.filter((p) => !['401 (Unauthorized)', '409 (Conflict)', '422 (Unprocessable Entity)', '503 (Service Unavailable)'].some((s) => p.includes(s)));
   assert.deepEqual(unexpected, [], 'no page errors, CSP violations or third-party requests');
   ok('no script error, CSP violation or third-party request');
 }

@@ -540,7 +540,9 @@ function barChart(title, series, measure) {
   // Diagonal stripes over the part's fill: the stacked parts differ in shape as well as colour.
   const hatch = s('pattern', { id: 'chart-hatch', patternUnits: 'userSpaceOnUse', width: 6, height: 6, patternTransform: 'rotate(45)' });
   hatch.append(s('rect', { width: 6, height: 6, class: 'hatch-fill' }), s('line', { x1: 0, y1: 0, x2: 0, y2: 6, class: 'hatch-line' }));
-  svg.append(s('defs', {}, hatch));
+  const defs = s('defs', {});
+  defs.append(hatch);
+  svg.append(defs);
   for (const frac of [0, 0.5, 1]) {
     const y = pad.t + (H - pad.t - pad.b) * (1 - frac);
     svg.append(s('line', { x1: pad.l, x2: W - pad.r, y1: y, y2: y, class: 'grid' }));
@@ -552,6 +554,8 @@ function barChart(title, series, measure) {
       const bh = (H - pad.t - pad.b) * (d[part.field] / max);
       base -= bh;
       const rect = s('rect', { x: pad.l + i * bw + 1, y: base, width: Math.max(1, bw - 2), height: bh, class: part.cls });
+      // An attribute, not the stylesheet: a stylesheet's url(#id) would point into the stylesheet.
+      if (part.hatch) rect.setAttribute('fill', 'url(#chart-hatch)');
       rect.append(s('title', {}, `${d.date}: ${count(d[part.field])} ${part.label.toLowerCase()}`));
       svg.append(rect);
     }
