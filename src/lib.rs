@@ -21,7 +21,8 @@
 //! [`config`] (the YAML file, validated), [`tls`] (the listener's certificate, upstream CAs),
 //! [`gateway`] (wiring and shutdown), [`lifecycle`] (key upkeep off the request path: revoking
 //! deleted apps' keys, purging revoked ones, the expiring-keys gauge), [`cli`] (with `demo`); [`redact`] keeps credentials in
-//! URLs out of everything printed; [`throttle`] bounds log lines a client can cause.
+//! URLs out of everything printed; [`throttle`] bounds log lines a client can cause; [`meter`] reads
+//! the token usage of model responses on metered routes.
 
 /// A `Debug` that names the type and nothing more, for handles whose fields are shared state
 /// with nothing useful to print, or secrets that must never be printed.

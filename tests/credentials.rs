@@ -1,23 +1,19 @@
 //! Upstream credentials through the admin API over real sockets, on the embedded store and on
 //! a real Redis: create, list with search and pagination, show, replace, delete; validation,
 //! roles, audit, the 503 without a master key, apps naming their own credential (and the 409 it
-//! causes on delete), and a full scenario after which neither Redis, nor the embedded store's
-//! files, nor the gateway's log holds the plaintext or its base64.
+//! causes on delete), the CLI and `rewrap`. The leak tests are in `credential_leaks.rs`.
 
 mod common;
 
-use base64::Engine;
+use common::credentials::{
+    assert_clean, create, middle, process_yaml, with_master_key, NEW_VALUE, VALUE,
+};
 use common::gateway::{config_yaml, TestGateway, Upstreams, ADMIN_TOKEN};
-use common::instances::redis_conn;
 use common::process::ServeProcess;
 use common::redis::RedisServer;
 use http::Method;
 use scopegate::credentials::MasterKey;
 use serde_json::{json, Value};
-
-/// The plaintext every scenario stores: long, with a middle no mask shows.
-const VALUE: &str = "sk-live-7Hq2ZpXw9Lm4Rt8Vb1Nc6Yd3Kf5Gj0Ue";
-const NEW_VALUE: &str = "sk-next-Qa9Wz2Sx7Ed3Rf5Tg1Yh8Uj4Ik6Ol0Pm";
 
 const TOKENS: &str = concat!(
     "  tokens:\n",
@@ -34,16 +30,13 @@ fn yaml(dir: &std::path::Path, redis: Option<&str>, master_key: bool) -> String 
         tools: "http://127.0.0.1:9".into(),
     };
     let marker = "  token_env: SCOPEGATE_TEST_UNUSED_TOKEN\n";
-    let mut yaml = config_yaml(&upstreams, redis, &dir.join("data"))
+    let yaml = config_yaml(&upstreams, redis, &dir.join("data"))
         .replace(marker, &format!("{marker}{TOKENS}"));
     if master_key {
-        let key = MasterKey::generate();
-        std::fs::write(dir.join("master.key"), key.to_base64().as_str()).expect("key file");
-        yaml.push_str("credentials:\n  master_key_file: master.key\n");
+        with_master_key(yaml, dir)
     } else {
-        yaml.push_str("credentials:\n  master_key_env: SCOPEGATE_TEST_UNSET_MASTER_KEY\n");
+        yaml + "credentials:\n  master_key_env: SCOPEGATE_TEST_UNSET_MASTER_KEY\n"
     }
-    yaml
 }
 
 async fn gateway(redis: Option<&RedisServer>, master_key: bool) -> TestGateway {
@@ -76,15 +69,6 @@ async fn call_as(
         answer.json()
     };
     (answer.status.as_u16(), json)
-}
-
-/// The part of a value no mask shows.
-fn middle(value: &str) -> &str {
-    &value[3..value.len() - 3]
-}
-
-fn create(name: &str, value: &str) -> Value {
-    json!({"name": name, "value": value, "description": format!("{name} for tests")})
 }
 
 async fn crud_validation_and_audit(gw: &TestGateway) {
@@ -517,269 +501,6 @@ async fn apps_name_their_own_credentials_on_redis() {
     let redis = RedisServer::start();
     let gw = gateway(Some(&redis), true).await;
     apps_name_their_own_credentials(&gw).await;
-}
-
-/// Every form of the secrets a leak could take: the plaintext's hidden middle, and the inner
-/// part of its base64 at each of the three alignments it could have inside a longer base64.
-fn needles() -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for value in [VALUE, NEW_VALUE] {
-        out.push(middle(value).as_bytes().to_vec());
-        for pad in 0..3 {
-            let mut bytes = vec![b'x'; pad];
-            bytes.extend_from_slice(value.as_bytes());
-            for engine in [
-                base64::engine::general_purpose::STANDARD,
-                base64::engine::general_purpose::URL_SAFE,
-            ] {
-                let encoded = engine.encode(&bytes);
-                // Skip the characters that mix in the padding before and the end after.
-                out.push(encoded.as_bytes()[4..encoded.len() - 4].to_vec());
-            }
-        }
-    }
-    out
-}
-
-fn assert_clean(what: &str, haystack: &[u8]) {
-    for needle in needles() {
-        assert!(
-            !haystack
-                .windows(needle.len())
-                .any(|w| w == needle.as_slice()),
-            "{what} holds {:?}",
-            String::from_utf8_lossy(&needle)
-        );
-    }
-}
-
-/// Every key's value, whatever its type, plus its DUMP.
-async fn redis_contents(url: &str) -> Vec<(String, Vec<u8>)> {
-    let mut conn = redis_conn(url).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut conn)
-        .await
-        .expect("keys");
-    let mut out = Vec::new();
-    for key in keys {
-        let kind: String = redis::cmd("TYPE")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .expect("type");
-        let mut read = match kind.as_str() {
-            "string" => redis::cmd("GET"),
-            "hash" => redis::cmd("HGETALL"),
-            "zset" => redis::cmd("ZRANGE"),
-            "set" => redis::cmd("SMEMBERS"),
-            "list" => redis::cmd("LRANGE"),
-            "stream" => redis::cmd("XRANGE"),
-            other => panic!("{key} is a {other}"),
-        };
-        read.arg(&key);
-        match kind.as_str() {
-            "zset" | "list" => {
-                read.arg(0).arg(-1);
-            }
-            "stream" => {
-                read.arg("-").arg("+");
-            }
-            _ => {}
-        }
-        let value: redis::Value = read.query_async(&mut conn).await.expect("read");
-        out.push((key.clone(), format!("{value:?}").into_bytes()));
-        let dump: Vec<u8> = redis::cmd("DUMP")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .expect("dump");
-        out.push((format!("DUMP {key}"), dump));
-    }
-    out
-}
-
-/// The scenario of the leak test: every write and read there is, a rejected value that holds
-/// the secret, and an app naming the credential.
-async fn full_scenario(admin: std::net::SocketAddr) {
-    let send = |method: Method, path: &str, body: Option<Value>| {
-        let url = format!("http://{admin}{path}");
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        async move {
-            common::http::send(
-                method,
-                &url,
-                &[
-                    ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
-                    ("content-type", "application/json"),
-                ],
-                body,
-            )
-            .await
-        }
-    };
-    assert_eq!(
-        send(
-            Method::POST,
-            "/v1/credentials",
-            Some(create("MY_API", VALUE))
-        )
-        .await
-        .status,
-        201
-    );
-    let bad = json!({"name": "BAD", "value": format!("{VALUE}\r\nX-Evil: 1")});
-    assert_eq!(
-        send(Method::POST, "/v1/credentials", Some(bad))
-            .await
-            .status,
-        422
-    );
-    let bad_type = json!({"name": "BAD", "value": VALUE, "description": [VALUE]});
-    assert_eq!(
-        send(Method::POST, "/v1/credentials", Some(bad_type))
-            .await
-            .status,
-        422
-    );
-    assert_eq!(
-        send(
-            Method::POST,
-            "/v1/credentials",
-            Some(create("MY_API", VALUE))
-        )
-        .await
-        .status,
-        409
-    );
-    let app = json!({"name": "tenant", "scopes": [], "credentials": {"tools": "MY_API"}});
-    assert_eq!(send(Method::POST, "/v1/apps", Some(app)).await.status, 201);
-    assert_eq!(send(Method::GET, "/v1/credentials", None).await.status, 200);
-    assert_eq!(
-        send(Method::GET, "/v1/credentials/MY_API", None)
-            .await
-            .status,
-        200
-    );
-    let replace = json!({"value": NEW_VALUE, "description": "rotated"});
-    assert_eq!(
-        send(Method::PUT, "/v1/credentials/MY_API", Some(replace))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        send(Method::POST, "/v1/credentials", Some(create("GONE", VALUE)))
-            .await
-            .status,
-        201
-    );
-    assert_eq!(
-        send(Method::DELETE, "/v1/credentials/GONE", None)
-            .await
-            .status,
-        204
-    );
-    assert_eq!(
-        send(Method::DELETE, "/v1/credentials/MY_API", None)
-            .await
-            .status,
-        409
-    );
-    let audit = send(Method::GET, "/v1/audit", None).await;
-    assert_clean("the audit answer", &audit.body);
-}
-
-/// The leak tests read the most talkative log there is short of tracing every byte.
-const DEBUG_LOG: &[(&str, &str)] = &[("RUST_LOG", "debug")];
-
-fn process_yaml(dir: &std::path::Path, redis: Option<&str>) -> String {
-    yaml(dir, redis, true).replace(TOKENS, "")
-}
-
-#[tokio::test]
-async fn no_plaintext_in_the_embedded_store_files_or_the_log() {
-    let dir = tempfile::tempdir().expect("dir");
-    let yaml = process_yaml(dir.path(), None);
-    let mut serve = ServeProcess::start_with_env(dir.path(), &yaml, DEBUG_LOG).await;
-    full_scenario(serve.admin).await;
-    serve.stop().await;
-    let mut files = 0;
-    let mut pending = vec![dir.path().join("data")];
-    while let Some(folder) = pending.pop() {
-        for entry in std::fs::read_dir(&folder).expect("data folder") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                assert_clean(
-                    &path.display().to_string(),
-                    &std::fs::read(&path).expect("file"),
-                );
-                files += 1;
-            }
-        }
-    }
-    assert!(files > 0, "the store wrote its file");
-    let log = serve.output();
-    assert!(
-        log.contains("credential.created"),
-        "the log is the gateway's: {log}"
-    );
-    assert!(
-        log.contains("admin call refused"),
-        "debug lines, refusals included: {log}"
-    );
-    assert_clean("the log", log.as_bytes());
-}
-
-#[tokio::test]
-async fn no_plaintext_in_redis_or_the_log() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().expect("dir");
-    let mut serve = ServeProcess::start_with_env(
-        dir.path(),
-        &process_yaml(dir.path(), Some(&redis.url())),
-        DEBUG_LOG,
-    )
-    .await;
-    full_scenario(serve.admin).await;
-    serve.stop().await;
-    let contents = redis_contents(&redis.url()).await;
-    assert!(
-        contents.iter().any(|(k, _)| k == "sg:cred:MY_API"),
-        "the credential is stored: {:?}",
-        contents.iter().map(|(k, _)| k).collect::<Vec<_>>()
-    );
-    for (key, value) in &contents {
-        assert_clean(key, value);
-    }
-    let log = serve.output();
-    assert!(
-        log.contains("credential.updated"),
-        "the log is the gateway's: {log}"
-    );
-    assert!(
-        log.contains("admin call refused"),
-        "debug lines, refusals included: {log}"
-    );
-    assert_clean("the log", log.as_bytes());
-}
-
-/// The leak check itself finds the plaintext, and its base64 inside a longer base64.
-#[test]
-fn the_leak_check_finds_a_leak() {
-    let mut sealed_like = b"prefix".to_vec();
-    sealed_like.extend_from_slice(VALUE.as_bytes());
-    let encoded = base64::engine::general_purpose::STANDARD.encode(&sealed_like);
-    for dirty in [
-        format!("log line value={VALUE} end"),
-        format!("{{\"v\":\"{encoded}\"}}"),
-    ] {
-        let caught = std::panic::catch_unwind(|| assert_clean("dirty", dirty.as_bytes()));
-        assert!(caught.is_err(), "{dirty}");
-    }
-    assert_clean("clean", b"sk-****************************************0Ue");
 }
 
 /// `scopegate ARGS -c CONFIG` with the admin token, `env` and `stdin` fed to it.

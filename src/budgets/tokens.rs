@@ -354,3 +354,160 @@ fn batch_id() -> String {
 pub fn effective(app: Option<TokenQuota>, default: Option<TokenQuota>) -> Option<TokenQuota> {
     app.or(default).filter(TokenQuota::is_limited)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EmbeddedStore;
+    use std::sync::atomic::AtomicUsize;
+
+    fn quota(per_minute: u64, per_day: Option<u64>) -> TokenQuota {
+        TokenQuota {
+            per_minute: Some(per_minute),
+            per_day,
+            per_month: None,
+        }
+    }
+
+    fn embedded() -> (tempfile::TempDir, Arc<EmbeddedStore>) {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = EmbeddedStore::open(&dir.path().join("data")).expect("open");
+        (dir, Arc::new(store))
+    }
+
+    #[tokio::test]
+    async fn admits_below_the_limit_and_refuses_once_a_response_crossed_it() {
+        let (_dir, store) = embedded();
+        let quotas = TokenQuotas::new(store.clone());
+        let key: Arc<str> = Arc::from("k1");
+        let (cell, status) = quotas
+            .check(&key, quota(100, Some(1000)))
+            .await
+            .expect("ok");
+        assert_eq!((status.limit, status.remaining), (100, 100));
+        // Two requests admitted at 60 used; both complete and cross together.
+        quotas.spend(&cell, 60);
+        let (second, status) = quotas
+            .check(&key, quota(100, Some(1000)))
+            .await
+            .expect("ok");
+        assert_eq!(status.remaining, 40);
+        quotas.spend(&second, 70);
+        let refused = quotas
+            .check(&key, quota(100, Some(1000)))
+            .await
+            .expect_err("over the minute");
+        assert_eq!((refused.window, refused.limit), ("minute", 100));
+        assert!((1..=60).contains(&refused.retry_after), "{refused:?}");
+        // Sent and read back: the store holds 130, and the key stays refused.
+        quotas.flush().await;
+        let other = TokenQuotas::new(store.clone());
+        let seen = other
+            .check(&key, quota(100, Some(1000)))
+            .await
+            .expect_err("another instance sees the crossing");
+        assert_eq!(seen.window, "minute");
+        let windows = quotas
+            .usage("k1", quota(100, Some(1000)))
+            .await
+            .expect("usage");
+        assert_eq!(
+            windows
+                .iter()
+                .map(|w| (w.window, w.used))
+                .collect::<Vec<_>>(),
+            [("minute", 130), ("day", 130)]
+        );
+        // A higher limit admits again, with what is left of it.
+        let (_, status) = quotas.check(&key, quota(500, None)).await.expect("ok");
+        assert_eq!(status.remaining, 370);
+    }
+
+    #[tokio::test]
+    async fn the_window_that_ends_last_says_when_to_come_back() {
+        let (_dir, store) = embedded();
+        let quotas = TokenQuotas::new(store);
+        let key: Arc<str> = Arc::from("k1");
+        let (cell, _) = quotas.check(&key, quota(10, Some(10))).await.expect("ok");
+        quotas.spend(&cell, 10);
+        let refused = quotas
+            .check(&key, quota(10, Some(10)))
+            .await
+            .expect_err("both used up");
+        assert_eq!(refused.window, "day");
+        assert!(refused.retry_after > 60, "{refused:?}");
+    }
+
+    /// Fails its first `failures` calls after applying them (a write whose answer was lost),
+    /// then answers; records every batch id it was sent.
+    struct LostAnswers {
+        inner: Arc<EmbeddedStore>,
+        failures: AtomicUsize,
+        ids: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl TokenLedger for LostAnswers {
+        async fn add_tokens(
+            &self,
+            batch: &TokenBatch,
+            read: &[Arc<str>],
+        ) -> Result<Vec<TokenTotals>, StoreError> {
+            self.ids.lock().expect("ids").push(batch.id.clone());
+            let answer = self.inner.add_tokens(batch, read).await;
+            if !batch.spent.is_empty() && self.failures.load(Ordering::SeqCst) > 0 {
+                self.failures.fetch_sub(1, Ordering::SeqCst);
+                return Err(StoreError::Unavailable("answer lost".into()));
+            }
+            answer
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_answer_was_lost_is_sent_again_unchanged_and_counted_once() {
+        let (_dir, store) = embedded();
+        let ledger = Arc::new(LostAnswers {
+            inner: store.clone(),
+            failures: AtomicUsize::new(2),
+            ids: Mutex::new(Vec::new()),
+        });
+        let quotas = TokenQuotas::new(ledger.clone());
+        let key: Arc<str> = Arc::from("k1");
+        let (cell, _) = quotas.check(&key, quota(1000, None)).await.expect("ok");
+        quotas.spend(&cell, 40);
+        quotas.flush().await;
+        // Spent while the first batch is unconfirmed: waits for the next one.
+        quotas.spend(&cell, 2);
+        quotas.flush().await;
+        quotas.flush().await;
+        quotas.flush().await;
+        let ids = ledger.ids.lock().expect("ids").clone();
+        // load, then the 40-token batch three times under one id, then the 2-token batch.
+        assert_eq!(ids.len(), 5, "{ids:?}");
+        assert!(
+            ids[1] == ids[2] && ids[2] == ids[3] && ids[3] != ids[4],
+            "{ids:?}"
+        );
+        let windows = quotas.usage("k1", quota(1000, None)).await.expect("usage");
+        assert_eq!(windows[0].used, 42);
+        // Meanwhile the instance counted what it spent: nothing was lost or doubled.
+        let (_, status) = quotas.check(&key, quota(1000, None)).await.expect("ok");
+        assert_eq!(status.remaining, 958);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_key_state_is_taken_back_when_its_response_ends() {
+        let (_dir, store) = embedded();
+        let quotas = TokenQuotas::new(store);
+        let key: Arc<str> = Arc::from("k1");
+        let (cell, _) = quotas.check(&key, quota(1000, None)).await.expect("ok");
+        // Idle long enough to be forgotten while a long stream was still running.
+        cell.checked.store(0, Ordering::SeqCst);
+        quotas.flush().await;
+        assert!(quotas.keys.is_empty());
+        quotas.spend(&cell, 25);
+        quotas.flush().await;
+        let windows = quotas.usage("k1", quota(1000, None)).await.expect("usage");
+        assert_eq!(windows[0].used, 25);
+    }
+}

@@ -193,7 +193,12 @@ const KEYS: &[Column] = &[
     c("expires_at", TIME),
     c("last_used_at", TIME),
 ];
-const USAGE: &[Column] = &[c("date", 10), c("requests", 12)];
+const USAGE: &[Column] = &[
+    c("date", 10),
+    c("requests", 12),
+    c("input_tokens", 14),
+    c("output_tokens", 14),
+];
 const SCOPES: &[Column] = &[c("name", 24), c("description", 72)];
 const ROUTES: &[Column] = &[
     c("methods", 16),

@@ -74,6 +74,7 @@ impl BodyTap for TokenReport {
 impl Drop for TokenReport {
     /// The response is over, however it ended: what was seen is counted now, once.
     fn drop(&mut self) {
+        self.meter.finish();
         let route = self.live.route_metrics.get(self.route);
         let seen = self.meter.tokens();
         if let Some(t) = seen {
