@@ -6,6 +6,7 @@ mod common;
 
 use common::gateway::{config_yaml, Upstreams, ADMIN_TOKEN};
 use common::http::{get, send, Answer};
+use common::models::{FakeModel, OPENAI_PATH};
 use common::process::ServeProcess;
 use common::upstream::Upstream;
 use http::Method;
@@ -278,24 +279,38 @@ async fn access_lines_can_be_turned_off() {
 }
 
 /// The scrape after mixed traffic, and the names of the metric families in it.
-/// A public route with `meter: openai` in front of the recording upstream, which answers its
-/// path with an OpenAI usage (so the scrape carries the token families).
+/// A public route with `meter: openai`, to the upstream `models` (a fake OpenAI).
 const METERED_ROUTE: &str = "  - method: POST
     path: /v1/chat/completions
     scope: public
-    upstream: tools
+    upstream: models
     meter: openai
 ";
 
 async fn scrape_after_traffic(dir: &Path) -> (String, BTreeSet<String>) {
     let upstream = Upstream::start().await;
-    let mut gw = serve(dir, &upstream, METERED_ROUTE).await;
+    let model = FakeModel::start().await;
+    // The test config, with the fake model as upstream `models` and the metered route last.
+    let yaml = config_yaml(
+        &Upstreams {
+            tools: upstream.url(),
+        },
+        None,
+        &dir.join("data"),
+    )
+    .replacen(
+        "\nupstreams:\n",
+        &format!("\nupstreams:\n  models:\n    url: {}\n", model.url()),
+        1,
+    );
+    let mut gw = ServeProcess::start(dir, &format!("{yaml}{METERED_ROUTE}")).await;
     mixed_traffic(&gw).await;
+    // 12 input tokens (the fake reads them from `metadata`), 30 output (`max_tokens`).
     let metered = send(
         Method::POST,
-        &gw.url("/v1/chat/completions"),
+        &gw.url(OPENAI_PATH),
         &[("content-type", "application/json")],
-        r#"{"model":"m","messages":[]}"#,
+        r#"{"model":"m","messages":[],"max_tokens":30,"metadata":{"input_tokens":12}}"#,
     )
     .await;
     assert_eq!(metered.status, 200, "{:?}", metered.body);

@@ -173,12 +173,7 @@ async fn handle(
     if path.ends_with("/sleep") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    // A model provider's path gets its answer's shape: a metered route reads this usage.
-    let json = if path.ends_with("/chat/completions") {
-        OPENAI_ANSWER.to_owned()
-    } else {
-        serde_json::json!({"ok": true, "target": target, "received": len}).to_string()
-    };
+    let json = serde_json::json!({"ok": true, "target": target, "received": len}).to_string();
     let mut response = Response::new(Full::new(Bytes::from(json)).boxed());
     response.headers_mut().insert(
         "content-type",
@@ -208,9 +203,6 @@ fn drip() -> Response<UpstreamBody> {
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     Response::new(BodyExt::boxed(StreamBody::new(stream)))
 }
-
-/// The answer to a path ending in `/chat/completions`: OpenAI's shape, 12 input and 30 output tokens.
-const OPENAI_ANSWER: &str = r#"{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}"#;
 
 /// Events a `/drip` answer carries.
 pub(crate) const DRIP_EVENTS: usize = 30;
