@@ -128,7 +128,10 @@ async fn wait_for_usage(gw: &TestGateway, subject: &str, want: (u64, u64, u64)) 
         if got == want {
             return;
         }
-        assert!(Instant::now() < deadline, "{subject}: {got:?}, want {want:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{subject}: {got:?}, want {want:?}"
+        );
         sleep(Duration::from_millis(50)).await;
     }
 }
@@ -207,7 +210,10 @@ async fn json_and_streamed_answers_are_counted_exactly_on_both_providers() {
 
     // Metrics: exact per route and direction; no response went without usage.
     let samples = scrape(&gw).await;
-    let sum = |route: &str, filter: &dyn Fn(&&(&str, u64, u64, bool)) -> bool, pick: fn(&(&str, u64, u64, bool)) -> u64| -> f64 {
+    let sum = |route: &str,
+               filter: &dyn Fn(&&(&str, u64, u64, bool)) -> bool,
+               pick: fn(&(&str, u64, u64, bool)) -> u64|
+     -> f64 {
         traffic
             .iter()
             .filter(|t| t.0 == route)
@@ -243,7 +249,10 @@ async fn a_streaming_openai_request_gets_include_usage_and_keeps_the_rest() {
     let answer = call(&gw, OPENAI_PATH, &key, &body, &[]).await;
     assert_eq!(answer.status, 200);
     let text = String::from_utf8(answer.body.to_vec()).expect("utf-8");
-    assert!(text.contains(r#""usage":{"#), "the usage chunk reached the client: {text}");
+    assert!(
+        text.contains(r#""usage":{"#),
+        "the usage chunk reached the client: {text}"
+    );
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     let sent = model.last();
     let sent_json = sent.json();
@@ -256,7 +265,14 @@ async fn a_streaming_openai_request_gets_include_usage_and_keeps_the_rest() {
         sent.body.len().to_string()
     );
     // The answer came uncompressed: the gateway asked for no encoding.
-    let compressed = call(&gw, OPENAI_PATH, &key, &chat(1, 1, false), &[("accept-encoding", "gzip")]).await;
+    let compressed = call(
+        &gw,
+        OPENAI_PATH,
+        &key,
+        &chat(1, 1, false),
+        &[("accept-encoding", "gzip")],
+    )
+    .await;
     assert_eq!(compressed.status, 200);
     assert!(model.last().headers.get("accept-encoding").is_none());
     // A non-streaming request goes out byte for byte.
@@ -264,7 +280,10 @@ async fn a_streaming_openai_request_gets_include_usage_and_keeps_the_rest() {
     let answer = send(
         Method::POST,
         &gw.url(OPENAI_PATH),
-        &[("x-api-key", key.as_str()), ("content-type", "application/json")],
+        &[
+            ("x-api-key", key.as_str()),
+            ("content-type", "application/json"),
+        ],
         Bytes::from(plain.clone()),
     )
     .await;
@@ -303,7 +322,11 @@ async fn chunks_flow_unbuffered_and_a_hang_up_or_a_cut_counts_what_was_seen() {
         let frame = held.next().await.expect("a frame").expect("data");
         seen.push_str(&String::from_utf8_lossy(&frame));
     }
-    assert_eq!(model.finished(), 0, "the first chunks came before the last was sent");
+    assert_eq!(
+        model.finished(),
+        0,
+        "the first chunks came before the last was sent"
+    );
     model.release();
     while let Some(frame) = held.next().await {
         seen.push_str(&String::from_utf8_lossy(&frame.expect("data")));
@@ -327,18 +350,33 @@ async fn chunks_flow_unbuffered_and_a_hang_up_or_a_cut_counts_what_was_seen() {
     let mut cut = post(chat(70, 9, true), cut_headers).await;
     while let Some(Ok(_)) = cut.next().await {}
     // An error answer: no usage at all.
-    let refused = call(&gw, OPENAI_PATH, &key, &chat(5, 5, false), &[("x-fake-status", "429")]).await;
+    let refused = call(
+        &gw,
+        OPENAI_PATH,
+        &key,
+        &chat(5, 5, false),
+        &[("x-fake-status", "429")],
+    )
+    .await;
     assert_eq!(refused.status, 429);
 
     // message_start says output 1 until the deltas' usage arrives.
-    wait_for_usage(&gw, &format!("keys/{key_id}"), (4, 40 + 500 + 70, 6 + 1 + 1)).await;
+    wait_for_usage(
+        &gw,
+        &format!("keys/{key_id}"),
+        (4, 40 + 500 + 70, 6 + 1 + 1),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let samples = scrape(&gw).await;
         let missing =
             missing_metric(&samples, ANTHROPIC_PATH) + missing_metric(&samples, OPENAI_PATH);
         if missing == 3.0 {
-            assert_eq!(tokens_metric(&samples, ANTHROPIC_PATH, &app, "input"), 610.0);
+            assert_eq!(
+                tokens_metric(&samples, ANTHROPIC_PATH, &app, "input"),
+                610.0
+            );
             break;
         }
         assert!(Instant::now() < deadline, "missing: {missing}");
@@ -348,15 +386,18 @@ async fn chunks_flow_unbuffered_and_a_hang_up_or_a_cut_counts_what_was_seen() {
 }
 
 /// Waits (bounded) until `gw` refuses a metered request of `key` with 429
-/// token_quota_exceeded; the answer.
-async fn wait_refused(gw: &TestGateway, key: &str) -> common::http::Answer {
+/// token_quota_exceeded, probing with requests of 2 tokens each; the refusal and how many
+/// probes were admitted before it (an instance admits until it has seen the crossing).
+async fn wait_refused(gw: &TestGateway, key: &str) -> (common::http::Answer, u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let mut admitted = 0;
     loop {
         let answer = call(gw, ANTHROPIC_PATH, key, &chat(1, 1, false), &[]).await;
         if answer.status == 429 {
-            return answer;
+            return (answer, admitted);
         }
         assert_eq!(answer.status, 200);
+        admitted += 1;
         assert!(Instant::now() < deadline, "never refused");
         sleep(Duration::from_millis(20)).await;
     }
@@ -377,7 +418,7 @@ async fn a_token_quota_crossing_is_refused_on_both_instances_and_apps_override_i
         assert_eq!(answer.status, 200, "{:?}", answer.body);
         assert_eq!(answer.headers["x-token-quota-limit"], "1000");
     }
-    let refused = wait_refused(&b, &key).await;
+    let (refused, probes_b) = wait_refused(&b, &key).await;
     assert_eq!(refused.error_code(), "token_quota_exceeded");
     assert_eq!(refused.headers["x-token-quota-limit"], "1000");
     assert_eq!(refused.headers["x-token-quota-remaining"], "0");
@@ -387,21 +428,33 @@ async fn a_token_quota_crossing_is_refused_on_both_instances_and_apps_override_i
         .parse()
         .expect("seconds");
     assert!((1..=86_400).contains(&retry), "{retry}");
-    assert_eq!(refused.headers["x-token-quota-reset"], refused.headers["retry-after"]);
+    assert_eq!(
+        refused.headers["x-token-quota-reset"],
+        refused.headers["retry-after"]
+    );
     // The instance that did not count the crossing refuses too, within the flush interval.
     let started = Instant::now();
-    let on_a = wait_refused(&a, &key).await;
-    eprintln!("instance A refused {:?} after B", started.elapsed());
+    let (on_a, probes_a) = wait_refused(&a, &key).await;
+    eprintln!(
+        "instance A refused {:?} after B; probes admitted before the crossing was seen: {probes_b} on B, {probes_a} on A",
+        started.elapsed()
+    );
     assert_eq!(on_a.error_code(), "token_quota_exceeded");
-    // Unmetered routes pay nothing for the token quota.
+    // Unmetered routes pay nothing for the token quota: forwarded (the fake has no such path).
     let free = call(&a, "/v1/unmetered/messages", &key, &chat(1, 1, false), &[]).await;
-    assert_eq!(free.status, 200);
+    assert_eq!(free.status, 404);
+    assert_eq!(model.last().path, "/v1/unmetered/messages");
     let view = a
         .admin(Method::GET, &format!("/v1/keys/{key_id}/quota"), None)
         .await
         .json();
     assert_eq!(view["tokens"]["per_day"]["limit"], 1000);
-    assert_eq!(view["tokens"]["per_day"]["used"], 1200);
+    // What passed the limit: the crossing request's 200 over, plus the probes each instance
+    // admitted before it had seen the crossing (2 tokens each), counted exactly.
+    assert_eq!(
+        view["tokens"]["per_day"]["used"],
+        1200 + 2 * (probes_a + probes_b)
+    );
     assert_eq!(view["tokens"]["per_day"]["remaining"], 0);
     assert_eq!(view["tokens"]["per_minute"], Value::Null);
 
@@ -411,7 +464,7 @@ async fn a_token_quota_crossing_is_refused_on_both_instances_and_apps_override_i
     let first = call(&a, ANTHROPIC_PATH, &tight, &chat(60, 10, false), &[]).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.headers["x-token-quota-limit"], "50");
-    let refused = wait_refused(&b, &tight).await;
+    let (refused, _) = wait_refused(&b, &tight).await;
     assert_eq!(refused.headers["x-token-quota-limit"], "50");
     let reset: u64 = refused.headers["retry-after"]
         .to_str()
@@ -436,7 +489,11 @@ async fn a_token_quota_crossing_is_refused_on_both_instances_and_apps_override_i
             assert_eq!(answer.headers["x-token-quota-limit"], "1000");
             break;
         }
-        assert!(Instant::now() < deadline, "still refused: {:?}", answer.body);
+        assert!(
+            Instant::now() < deadline,
+            "still refused: {:?}",
+            answer.body
+        );
         sleep(Duration::from_millis(20)).await;
     }
     // Validation: a window of 0 and an empty quota are refused.
@@ -478,8 +535,10 @@ async fn the_overshoot_is_at_most_what_was_in_flight_at_the_crossing() {
             frame.expect("data");
         }
     }
-    let refused = wait_refused(&gw, &key).await;
+    let (refused, probes) = wait_refused(&gw, &key).await;
     assert_eq!(refused.error_code(), "token_quota_exceeded");
+    // One instance knows at once what it counted.
+    assert_eq!(probes, 0);
     let view = gw
         .admin(Method::GET, &format!("/v1/keys/{key_id}/quota"), None)
         .await

@@ -31,7 +31,7 @@ pub enum Provider {
     /// (`input_tokens`/`output_tokens`, `response.completed` events).
     OpenAi,
     /// `anthropic`: messages (`input_tokens`/`output_tokens`; `message_start`/`message_delta`
-    /// events).
+    /// events). Input counts `cache_creation_input_tokens` and `cache_read_input_tokens` too.
     Anthropic,
 }
 
@@ -48,7 +48,9 @@ impl Provider {
 /// Tokens one response used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tokens {
+    /// Prompt tokens (anthropic: with cache creation and cache reads added, see [`Provider`]).
     pub input: u64,
+    /// Generated tokens.
     pub output: u64,
 }
 
