@@ -6,6 +6,7 @@ mod common;
 
 use common::gateway::{config_yaml, Upstreams, ADMIN_TOKEN};
 use common::http::{get, send, Answer};
+use common::models::{FakeModel, OPENAI_PATH};
 use common::process::ServeProcess;
 use common::upstream::Upstream;
 use http::Method;
@@ -278,10 +279,41 @@ async fn access_lines_can_be_turned_off() {
 }
 
 /// The scrape after mixed traffic, and the names of the metric families in it.
+/// A public route with `meter: openai`, to the upstream `models` (a fake OpenAI).
+const METERED_ROUTE: &str = "  - method: POST
+    path: /v1/chat/completions
+    scope: public
+    upstream: models
+    meter: openai
+";
+
 async fn scrape_after_traffic(dir: &Path) -> (String, BTreeSet<String>) {
     let upstream = Upstream::start().await;
-    let mut gw = serve(dir, &upstream, "").await;
+    let model = FakeModel::start().await;
+    // The test config, with the fake model as upstream `models` and the metered route last.
+    let yaml = config_yaml(
+        &Upstreams {
+            tools: upstream.url(),
+        },
+        None,
+        &dir.join("data"),
+    )
+    .replacen(
+        "\nupstreams:\n",
+        &format!("\nupstreams:\n  models:\n    url: {}\n", model.url()),
+        1,
+    );
+    let mut gw = ServeProcess::start(dir, &format!("{yaml}{METERED_ROUTE}")).await;
     mixed_traffic(&gw).await;
+    // 12 input tokens (the fake reads them from `metadata`), 30 output (`max_tokens`).
+    let metered = send(
+        Method::POST,
+        &gw.url(OPENAI_PATH),
+        &[("content-type", "application/json")],
+        r#"{"model":"m","messages":[],"max_tokens":30,"metadata":{"input_tokens":12}}"#,
+    )
+    .await;
+    assert_eq!(metered.status, 200, "{:?}", metered.body);
     let scrape = get(&format!("http://{}/metrics", gw.metrics), &[]).await;
     gw.stop().await;
     assert_eq!(scrape.status, 200);
@@ -313,6 +345,10 @@ async fn every_series_has_help_and_a_405_names_its_route() {
         r#"scopegate_build_info{version=""#,
         r#"scopegate_requests_total{route="/api/v1/jobs/{job_id}",method="DELETE",status="405""#,
         r#"scopegate_auth_failures_total{reason="expired_key"} 0"#,
+        // The one metered answer: 12 input and 30 output tokens, its usage complete.
+        r#"scopegate_tokens_total{route="/v1/chat/completions",app="none",direction="input"} 12"#,
+        r#"scopegate_tokens_total{route="/v1/chat/completions",app="none",direction="output"} 30"#,
+        r#"scopegate_token_usage_missing_total{route="/v1/chat/completions"} 0"#,
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "process_open_fds",

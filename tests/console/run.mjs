@@ -3,7 +3,8 @@
 // Run with `node tests/console/run.mjs` after `cargo build` (tests/run does both). The Routes
 // check needs an upstream of several targets, one of them dead, behind a health check. The
 // gateway has a master key (32 random bytes, base64, in an environment variable) for the
-// Credentials page; a second gateway without one shows the page's 503 notice.
+// Credentials page; a second gateway without one shows the page's 503 notice. A fake OpenAI
+// endpoint behind a route with `meter: openai` gives the Usage page real token counts.
 // Screenshots of each page at 1280 and 390 px go to $CONSOLE_SCREENSHOTS (default
 // target/console-screenshots); the folder is printed.
 import { chromium } from 'playwright-core';
@@ -60,10 +61,32 @@ async function startUpstream() {
   return `http://127.0.0.1:${server.address().port}`;
 }
 
+// A fake OpenAI chat completions endpoint: every answer reports the same usage, so the tokens
+// the console shows are exact multiples of it.
+const FAKE_USAGE = { prompt_tokens: 12, completion_tokens: 30, total_tokens: 42 };
+
+async function startOpenAi() {
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      if (req.method !== 'POST' || req.url !== '/v1/chat/completions') {
+        res.writeHead(404, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ error: { message: `no ${req.method} ${req.url}` } }));
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ id: 'x', object: 'chat.completion', choices: [], usage: FAKE_USAGE }));
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  cleanup.push(() => server.close());
+  return `http://127.0.0.1:${server.address().port}`;
+}
+
 // A target with nothing listening: it fails its health check.
 const DEAD_TARGET = 'http://127.0.0.1:1';
 
-async function startGateway(upstream, otherUpstream, { masterKey = true } = {}) {
+async function startGateway(upstream, otherUpstream, openai, { masterKey = true } = {}) {
   if (!existsSync(BIN)) {
     const built = spawnSync('cargo', ['build', '--locked'], { cwd: ROOT, stdio: 'inherit' });
     assert.equal(built.status, 0, 'cargo build');
@@ -89,6 +112,8 @@ scopes:
 upstreams:
   tools:
     url: ${upstream}
+  llm:
+    url: ${openai}
   models:
     targets:
       - url: ${upstream}
@@ -119,6 +144,11 @@ routes:
     path: /api/v1/models/{model_id}
     scope: public
     upstream: models
+  - method: POST
+    path: /v1/chat/completions
+    scope: deploy_tool
+    upstream: llm
+    meter: openai
 `);
   const child = spawn(BIN, ['serve', '-c', config], {
     env: {
@@ -199,12 +229,25 @@ async function proxyStatus(proxyUrl, key) {
   return res.status;
 }
 
+// One metered call through the gateway; the fake's answer comes back unchanged.
+async function chatCompletion(proxyUrl, key) {
+  const res = await fetch(`${proxyUrl}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'X-API-Key': key, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model: 'fake', messages: [{ role: 'user', content: 'hello' }] }),
+  });
+  const body = await res.json();
+  assert.equal(res.status, 200, JSON.stringify(body));
+  assert.deepEqual(body.usage, FAKE_USAGE);
+}
+
 async function main() {
   mkdirSync(SHOTS, { recursive: true });
   const upstream = await startUpstream();
   const otherUpstream = await startUpstream();
+  const openai = await startOpenAi();
   const [{ adminUrl, proxyUrl }, { adminUrl: noKeyUrl }] = await Promise.all([
-    startGateway(upstream, otherUpstream), startGateway(upstream, otherUpstream, { masterKey: false })]);
+    startGateway(upstream, otherUpstream, openai), startGateway(upstream, otherUpstream, openai, { masterKey: false })]);
   const origins = [adminUrl, noKeyUrl];
   const profile = mkdtempSync(join(tmpdir(), 'scopegate-chromium-'));
   cleanup.push(() => rmSync(profile, { recursive: true, force: true }));
@@ -315,23 +358,79 @@ async function main() {
   await waitFor(async () => (await proxyStatus(proxyUrl, key)) === 200, 'the enabled key to work again');
   ok('disable then enable: the badge follows and the proxy answers 401 then 200');
 
-  // Usage shows the traffic as a chart.
+  // Metered traffic: three chat completions with the key, 12 input and 30 output tokens each.
+  const METERED = 3;
+  for (let i = 0; i < METERED; i++) await chatCompletion(proxyUrl, key);
+  ok(`${METERED} metered chat completions through the gateway (meter: openai) answer 200 with the fake's usage`);
+
+  // Usage shows the traffic as a chart, with the 30 days' totals written out.
   await go(page, 'Usage', 'Usage');
   await page.getByLabel('App or key').selectOption({ label: 'console-app' });
   await waitFor(async () => (await page.locator('figcaption').textContent()).includes('console-app'), 'the app chart');
+  const total = (label) => page.locator('dl.totals div').filter({ has: page.getByText(label, { exact: true }) }).locator('dd').textContent();
+  const TOKENS_IN = String(METERED * FAKE_USAGE.prompt_tokens);
+  const TOKENS_OUT = String(METERED * FAKE_USAGE.completion_tokens);
+  const TOKENS = String(METERED * (FAKE_USAGE.prompt_tokens + FAKE_USAGE.completion_tokens));
   await waitFor(async () => {
     await page.reload();
     await page.getByRole('heading', { level: 1, name: 'Usage' }).waitFor();
-    return !(await page.locator('figcaption').textContent()).includes(': 0 in total');
-  }, 'usage to be counted');
+    return !(await page.locator('figcaption').textContent()).includes(': 0 in total')
+      && (await total('Output tokens')) === TOKENS_OUT;
+  }, 'usage and tokens to be counted');
+  const consoleAppId = (await adminApi(adminUrl, 'GET', '/v1/apps?search=console-app')).find((a) => a.name === 'console-app').id;
+  const appUsage = await adminApi(adminUrl, 'GET', `/v1/apps/${consoleAppId}/usage?days=30`);
+  const apiRequests = appUsage.reduce((a, d) => a + d.requests, 0);
+  assert.deepEqual([await total('Requests'), await total('Input tokens'), await total('Output tokens'), await total('Tokens')],
+    [String(apiRequests), TOKENS_IN, TOKENS_OUT, TOKENS], 'the totals');
+  assert.deepEqual(appUsage.reduce((a, d) => [a[0] + d.input_tokens, a[1] + d.output_tokens], [0, 0]),
+    [Number(TOKENS_IN), Number(TOKENS_OUT)], 'the API counts the same tokens');
+  assert.equal(await page.locator('figcaption').textContent(),
+    `Requests per day (UTC), last 30 days, app console-app: ${apiRequests} in total.`);
   assert.ok(await page.locator('svg.chart rect.bar').count() === 30, '30 bars');
   const download = page.waitForEvent('download');
   await page.getByRole('button', { name: 'Download CSV' }).click();
   const csv = readFileSync(await (await download).path(), 'utf8');
-  assert.ok(csv.startsWith('date,app_id,key_id,requests'), csv);
+  assert.ok(csv.startsWith('date,app_id,key_id,requests,input_tokens,output_tokens\n'), csv);
   assert.ok(csv.split('\n').filter(Boolean).length >= 2, csv);
+  assert.ok(csv.split('\n').some((l) => l.startsWith(`${new Date().toISOString().slice(0, 10)},${consoleAppId},`) && l.endsWith(`,${TOKENS_IN},${TOKENS_OUT}`)), csv);
   await capture(page, 'usage');
-  ok('usage: a 30-day bar chart with the requests, and the CSV export downloads');
+  ok(`usage: a 30-day bar chart of the requests, totals ${apiRequests} requests, ${TOKENS_IN} + ${TOKENS_OUT} = ${TOKENS} tokens; the CSV export carries the tokens`);
+
+  // The tokens chart: input and output stacked, told apart by a legend in words.
+  await page.getByRole('radio', { name: /Tokens/ }).check();
+  await waitFor(async () => (await page.locator('figcaption').textContent()).startsWith('Tokens'), 'the tokens chart');
+  assert.equal(await page.locator('figcaption').textContent(),
+    `Tokens per day (UTC), last 30 days, app console-app: ${TOKENS_IN} input and ${TOKENS_OUT} output, ${TOKENS} in total.`);
+  assert.equal(await page.locator('svg.chart rect.bar-input').count(), 30, '30 input bars');
+  assert.equal(await page.locator('svg.chart rect.bar-output').count(), 30, '30 output bars');
+  const today = new Date().toISOString().slice(0, 10);
+  assert.deepEqual(await page.locator('svg.chart rect.bar').evaluateAll((rs, d) => rs.map((r) => r.textContent).filter((t) => t.startsWith(d)), today),
+    [`${today}: ${TOKENS_IN} input tokens`, `${today}: ${TOKENS_OUT} output tokens`]);
+  // Today's bars: output stacked on input, heights in the counts' ratio, the output's hatch a
+  // pattern that is really in the chart (a fill pointing nowhere draws nothing).
+  const bars = await page.locator('svg.chart').evaluate((svg, d) => {
+    const [input, output] = [...svg.querySelectorAll('rect.bar')].filter((r) => r.textContent.startsWith(d));
+    const box = (r) => ({ y: Number(r.getAttribute('y')), h: Number(r.getAttribute('height')) });
+    const ref = (output.getAttribute('fill') || '').match(/^url\(#([^)]+)\)$/);
+    const pattern = ref && svg.querySelector(`pattern#${ref[1]}`);
+    return { input: box(input), output: box(output), pattern: pattern ? pattern.querySelectorAll('rect, line').length : 0 };
+  }, today);
+  assert.ok(Math.abs(bars.output.y + bars.output.h - bars.input.y) < 1e-6, `output on top of input: ${JSON.stringify(bars)}`);
+  assert.ok(Math.abs(bars.output.h / bars.input.h - FAKE_USAGE.completion_tokens / FAKE_USAGE.prompt_tokens) < 1e-6, JSON.stringify(bars));
+  assert.equal(bars.pattern, 2, 'the output bars are filled with the hatch pattern');
+  assert.deepEqual(await page.locator('ul.legend li').allTextContents(),
+    ['Input tokens (solid, below)', 'Output tokens (hatched, on top)']);
+  assert.match(await page.locator('svg.chart > title').textContent(), new RegExp(`: ${TOKENS} tokens over 30 days`));
+  await capture(page, 'usage-tokens');
+  // The key's own usage: the same tokens (the app has no other metered key); the choice stays.
+  const keyOption = await page.getByLabel('App or key').locator('option', { hasText: /^ci-deployer / }).getAttribute('value');
+  await page.getByLabel('App or key').selectOption(keyOption);
+  await waitFor(async () => (await page.locator('figcaption').textContent()).includes('key ci-deployer'), 'the key chart');
+  assert.match(await page.locator('figcaption').textContent(), new RegExp(`: ${TOKENS_IN} input and ${TOKENS_OUT} output, ${TOKENS} in total\\.$`));
+  assert.deepEqual([await total('Input tokens'), await total('Output tokens'), await total('Tokens')], [TOKENS_IN, TOKENS_OUT, TOKENS]);
+  await page.getByRole('radio', { name: 'Requests' }).check();
+  await waitFor(async () => (await page.locator('figcaption').textContent()).startsWith('Requests per day'), 'back to requests');
+  ok(`usage: the tokens chart stacks input and output (${TOKENS_IN} + ${TOKENS_OUT}), with a worded legend, for the app and for its key`);
 
   // Revoke the first key: the proxy refuses it and the list shows it revoked.
   await go(page, 'Keys', 'Keys');
@@ -366,9 +465,35 @@ async function main() {
   await edit.getByLabel('Override the default rate limit').check();
   await edit.getByLabel('Requests per second').fill('20');
   await edit.getByLabel('Burst').fill('40');
+  // Token quota: an override with no window is refused by the API, and the dialog says why.
+  assert.equal(await edit.getByLabel('Tokens per minute').isVisible(), false, 'windows hidden without the override');
+  await edit.getByLabel('Override the default token quota').check();
+  await edit.getByRole('button', { name: 'Save' }).click();
+  await edit.getByRole('alert').filter({ hasText: 'token_quota' }).waitFor();
+  await edit.getByLabel('Tokens per minute').fill('5000');
+  await edit.getByLabel('Tokens per month').fill('2000000');
   await capture(page, 'app-edit');
   await edit.getByRole('button', { name: 'Save' }).click();
   await page.getByRole('row', { name: /console-app/ }).getByText('20/s, burst 40').waitFor();
+  const consoleAppRow = page.getByRole('row', { name: /console-app/ });
+  await consoleAppRow.getByText('5,000/minute, 2,000,000/month').waitFor();
+  let saved = await adminApi(adminUrl, 'GET', `/v1/apps/${consoleAppId}`);
+  assert.deepEqual(saved.rate_limit, { per_second: 20, burst: 40 });
+  assert.deepEqual(saved.token_quota, { per_minute: 5000, per_month: 2000000 });
+  assert.ok(saved.scopes.includes('view_job_status'));
+  // Edit again: the dialog shows the saved windows; a day window is added.
+  await consoleAppRow.getByRole('button', { name: 'Edit' }).click();
+  const edit2 = page.getByRole('dialog', { name: 'Edit app console-app' });
+  assert.equal(await edit2.getByLabel('Override the default token quota').isChecked(), true);
+  assert.deepEqual([await edit2.getByLabel('Tokens per minute').inputValue(), await edit2.getByLabel('Tokens per day').inputValue(),
+    await edit2.getByLabel('Tokens per month').inputValue()], ['5000', '', '2000000']);
+  await edit2.getByLabel('Tokens per day').fill('100000');
+  await edit2.getByRole('button', { name: 'Save' }).click();
+  await consoleAppRow.getByText('5,000/minute, 100,000/day, 2,000,000/month').waitFor();
+  saved = await adminApi(adminUrl, 'GET', `/v1/apps/${consoleAppId}`);
+  assert.deepEqual(saved.token_quota, { per_minute: 5000, per_day: 100000, per_month: 2000000 });
+  assert.deepEqual(saved.rate_limit, { per_second: 20, burst: 40 }, 'the rate limit is kept');
+  assert.equal(await page.getByRole('row', { name: /reporting/ }).getByRole('cell').nth(4).textContent(), 'default');
   await page.getByLabel('Search apps by name').fill('REPORT');
   await page.getByRole('button', { name: 'Search' }).click();
   await waitFor(async () => (await page.getByRole('row').count()) === 2, 'search finds one app');
@@ -376,7 +501,7 @@ async function main() {
   await page.getByRole('button', { name: 'Search' }).click();
   await waitFor(async () => (await page.getByRole('row').count()) === 3, 'both apps');
   await capture(page, 'apps');
-  ok('apps: scope edit names the keys it affects, rate-limit override saved, search');
+  ok('apps: scope edit names the keys it affects, rate-limit and token-quota overrides saved (exact values through the API), search');
 
   // Routes: route → scope → upstream and the apps allowed.
   await go(page, 'Routes', 'Routes');
@@ -619,8 +744,9 @@ async function main() {
   await page.getByText('That token was not accepted.').waitFor();
   ok('a wrong token is refused');
 
-  // 401: the wrong token; 409: the refused name and delete; 503: the gateway without a master key.
-  const unexpected = problems.filter((p) => !['401 (Unauthorized)', '409 (Conflict)', '503 (Service Unavailable)'].some((s) => p.includes(s)));
+  // 401: the wrong token; 409: the refused name and delete; 422: the token quota with no window;
+  // 503: the gateway without a master key.
+  const unexpected = problems.filter((p) => !['401 (Unauthorized)', '409 (Conflict)', '422 (Unprocessable Entity)', '503 (Service Unavailable)'].some((s) => p.includes(s)));
   assert.deepEqual(unexpected, [], 'no page errors, CSP violations or third-party requests');
   ok('no script error, CSP violation or third-party request');
 }

@@ -43,6 +43,9 @@ function toast(message) {
   toast.timer = setTimeout(() => t.classList.remove('show'), 4000);
 }
 
+// A whole number with thousands separators, the same in every locale (tests read it).
+const count = (n) => Number(n).toLocaleString('en-US');
+
 function when(iso) {
   if (!iso) return '—';
   return iso.replace('T', ' ').replace('Z', ' UTC');
@@ -275,6 +278,7 @@ async function appsPage(view) {
     h('code', {}, app.id),
     h('span', { class: 'chips' }, app.scopes.length ? app.scopes.map((s) => h('span', { class: 'chip' }, s)) : h('span', { class: 'muted' }, 'none')),
     app.rate_limit ? `${app.rate_limit.per_second}/s, burst ${app.rate_limit.burst}` : h('span', { class: 'muted' }, 'default'),
+    tokenQuotaText(app.token_quota),
     when(app.created_at),
     app.created_by || '—',
     h('span', { class: 'row-actions' },
@@ -285,7 +289,7 @@ async function appsPage(view) {
   view.replaceChildren(
     pageHead('Apps', create),
     searchBox('Search apps by name', search, (s) => { appsPage.search = s; route(); }),
-    table('Apps', ['Name', 'ID', 'Scopes', 'Rate limit', 'Created', 'Created by', 'Actions'], rows,
+    table('Apps', ['Name', 'ID', 'Scopes', 'Rate limit', 'Token quota', 'Created', 'Created by', 'Actions'], rows,
       search ? 'No app matches.' : 'No apps yet.'),
   );
 }
@@ -317,6 +321,7 @@ async function editApp(app) {
   const sync = () => { limits.hidden = !custom.checked; };
   custom.addEventListener('change', sync);
   sync();
+  const tokenQuota = tokenQuotaFields(app);
   const notice = app ? h('p', { class: 'warning', role: 'note' },
     h('strong', {}, 'Scope changes apply platform-wide at once: '),
     `they affect all ${impact.all} key${impact.all === 1 ? '' : 's'} of this app (${impact.active} active) on every gateway instance within a second.`) : null;
@@ -326,22 +331,57 @@ async function editApp(app) {
     notice,
     h('fieldset', {}, h('legend', {}, 'Rate limit'),
       h('div', { class: 'check' }, custom, h('label', { for: custom.id }, 'Override the default rate limit')), limits),
+    tokenQuota.el,
   ], app ? 'Save' : 'Create', async () => {
     const body = {
       name: name.value.trim(),
       scopes: boxes.filter((b) => b.box.checked).map((b) => b.box.value),
       rate_limit: custom.checked ? { per_second: Number(perSecond.value), burst: Number(burst.value) } : null,
+      token_quota: tokenQuota.value(),
     };
     if (app) {
       await api('PATCH', `/v1/apps/${encodeURIComponent(app.id)}`, body, etag ? { 'If-Match': etag } : {});
       toast(`App ${body.name} saved.`);
     } else {
       if (!body.rate_limit) delete body.rate_limit;
+      if (!body.token_quota) delete body.token_quota;
       await api('POST', '/v1/apps', body);
       toast(`App ${body.name} created.`);
     }
     route();
   });
+}
+
+// An app's token quota: input plus output tokens of metered routes, counted per key in UTC
+// windows. `null` (no override) means the config's default; a window left out has no limit.
+const TOKEN_WINDOWS = [['per_minute', 'minute'], ['per_day', 'day'], ['per_month', 'month']];
+
+function tokenQuotaText(quota) {
+  if (!quota) return h('span', { class: 'muted' }, 'default');
+  const set = TOKEN_WINDOWS.filter(([k]) => quota[k] != null);
+  return set.length ? set.map(([k, w]) => `${count(quota[k])}/${w}`).join(', ') : 'no limit';
+}
+
+// The dialog's token-quota fieldset and the `token_quota` it stands for (`null`: the default).
+function tokenQuotaFields(app) {
+  const quota = app ? app.token_quota : null;
+  const custom = h('input', { type: 'checkbox', id: nextId('tq'), checked: !!quota });
+  const inputs = TOKEN_WINDOWS.map(([k, w]) => ({
+    k, w, input: h('input', { type: 'number', min: 1, step: 1, inputmode: 'numeric', value: quota && quota[k] != null ? quota[k] : '' }),
+  }));
+  const windows = h('div', {},
+    h('p', { class: 'hint' }, 'Input plus output tokens of metered routes, for each key of the app. Leave a window empty for no limit in it.'),
+    h('div', { class: 'inline' }, inputs.map(({ w, input }) => field(`Tokens per ${w}`, input))));
+  const sync = () => { windows.hidden = !custom.checked; };
+  custom.addEventListener('change', sync);
+  sync();
+  return {
+    el: h('fieldset', {}, h('legend', {}, 'Token quota'),
+      h('div', { class: 'check' }, custom, h('label', { for: custom.id }, 'Override the default token quota')), windows),
+    value: () => (custom.checked
+      ? Object.fromEntries(inputs.filter(({ input }) => input.value !== '').map(({ k, input }) => [k, Number(input.value)]))
+      : null),
+  };
 }
 
 async function deleteApp(app) {
@@ -463,9 +503,26 @@ async function revokeKey(k) {
 // ---------- Usage ----------
 function isoDay(d) { return d.toISOString().slice(0, 10); }
 
-function barChart(title, series) {
-  const W = 640; const H = 220; const pad = { l: 44, r: 8, t: 12, b: 28 };
-  const max = Math.max(1, ...series.map((s) => s.requests));
+// What the usage chart can show: one series of bars, or a stack of them (bottom first). Each
+// part is told apart by its fill and, for the second, a hatch, never by colour alone; its
+// totals are written out beside the chart.
+const CHART_MEASURES = {
+  requests: { unit: 'requests', parts: [{ field: 'requests', label: 'Requests', cls: 'bar' }] },
+  tokens: {
+    unit: 'tokens',
+    parts: [
+      { field: 'input_tokens', label: 'Input tokens', cls: 'bar bar-input' },
+      { field: 'output_tokens', label: 'Output tokens', cls: 'bar bar-output', hatch: true },
+    ],
+  },
+};
+
+const dayTotal = (d, parts) => parts.reduce((a, p) => a + d[p.field], 0);
+
+function barChart(title, series, measure) {
+  const { unit, parts } = measure;
+  const W = 640; const H = 220; const pad = { l: 52, r: 8, t: 12, b: 28 };
+  const max = Math.max(1, ...series.map((d) => dayTotal(d, parts)));
   const bw = (W - pad.l - pad.r) / Math.max(1, series.length);
   const ns = 'http://www.w3.org/2000/svg';
   const svg = document.createElementNS(ns, 'svg');
@@ -478,18 +535,30 @@ function barChart(title, series) {
   svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
   svg.setAttribute('role', 'img');
   svg.setAttribute('class', 'chart');
-  const total = series.reduce((a, b) => a + b.requests, 0);
-  svg.append(s('title', {}, `${title}: ${total} requests over ${series.length} days, at most ${max} in a day`));
+  const total = series.reduce((a, d) => a + dayTotal(d, parts), 0);
+  svg.append(s('title', {}, `${title}: ${count(total)} ${unit} over ${series.length} days, at most ${count(max)} in a day`));
+  // Diagonal stripes over the part's fill: the stacked parts differ in shape as well as colour.
+  const hatch = s('pattern', { id: 'chart-hatch', patternUnits: 'userSpaceOnUse', width: 6, height: 6, patternTransform: 'rotate(45)' });
+  hatch.append(s('rect', { width: 6, height: 6, class: 'hatch-fill' }), s('line', { x1: 0, y1: 0, x2: 0, y2: 6, class: 'hatch-line' }));
+  const defs = s('defs', {});
+  defs.append(hatch);
+  svg.append(defs);
   for (const frac of [0, 0.5, 1]) {
     const y = pad.t + (H - pad.t - pad.b) * (1 - frac);
     svg.append(s('line', { x1: pad.l, x2: W - pad.r, y1: y, y2: y, class: 'grid' }));
-    svg.append(s('text', { x: pad.l - 6, y: y + 4, 'text-anchor': 'end', class: 'axis' }, String(Math.round(max * frac))));
+    svg.append(s('text', { x: pad.l - 6, y: y + 4, 'text-anchor': 'end', class: 'axis' }, count(Math.round(max * frac))));
   }
   series.forEach((d, i) => {
-    const bh = (H - pad.t - pad.b) * (d.requests / max);
-    const rect = s('rect', { x: pad.l + i * bw + 1, y: H - pad.b - bh, width: Math.max(1, bw - 2), height: bh, class: 'bar' });
-    rect.append(s('title', {}, `${d.date}: ${d.requests}`));
-    svg.append(rect);
+    let base = H - pad.b;
+    for (const part of parts) {
+      const bh = (H - pad.t - pad.b) * (d[part.field] / max);
+      base -= bh;
+      const rect = s('rect', { x: pad.l + i * bw + 1, y: base, width: Math.max(1, bw - 2), height: bh, class: part.cls });
+      // An attribute, not the stylesheet: a stylesheet's url(#id) would point into the stylesheet.
+      if (part.hatch) rect.setAttribute('fill', 'url(#chart-hatch)');
+      rect.append(s('title', {}, `${d.date}: ${count(d[part.field])} ${part.label.toLowerCase()}`));
+      svg.append(rect);
+    }
     if ((series.length - 1 - i) % 7 === 0) { // weekly, ending today
       svg.append(s('text', { x: pad.l + i * bw + bw / 2, y: H - 8, 'text-anchor': 'middle', class: 'axis' }, d.date.slice(5)));
     }
@@ -499,15 +568,42 @@ function barChart(title, series) {
 
 // 30 days, oldest first, days without traffic at 0.
 function fillDays(rows, days) {
-  const by = Object.fromEntries(rows.map((r) => [r.date, r.requests]));
+  const by = Object.fromEntries(rows.map((r) => [r.date, r]));
   const out = [];
   const today = new Date();
   for (let i = days - 1; i >= 0; i--) {
     const d = new Date(Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate() - i));
     const date = isoDay(d);
-    out.push({ date, requests: by[date] || 0 });
+    const row = by[date] || {};
+    out.push({ date, requests: row.requests || 0, input_tokens: row.input_tokens || 0, output_tokens: row.output_tokens || 0 });
   }
   return out;
+}
+
+// The 30 days' totals as text, whichever measure the chart shows.
+function usageTotals(series) {
+  const sum = (f) => series.reduce((a, d) => a + d[f], 0);
+  const input = sum('input_tokens');
+  const output = sum('output_tokens');
+  const item = (label, value) => h('div', {}, h('dt', {}, label), h('dd', {}, count(value)));
+  return h('dl', { class: 'totals' },
+    item('Requests', sum('requests')), item('Input tokens', input), item('Output tokens', output), item('Tokens', input + output));
+}
+
+// The chart of one measure with its caption and, for a stack, a legend naming each part.
+function usageChart(series, measureName, what) {
+  const measure = CHART_MEASURES[measureName];
+  const { parts } = measure;
+  const total = series.reduce((a, d) => a + dayTotal(d, parts), 0);
+  const heading = measureName === 'tokens' ? 'Tokens' : 'Requests';
+  const split = parts.length > 1
+    ? `${parts.map((p) => `${count(series.reduce((a, d) => a + d[p.field], 0))} ${p.label.toLowerCase().replace(' tokens', '')}`).join(' and ')}, `
+    : '';
+  const legend = parts.length > 1 ? h('ul', { class: 'legend' }, parts.map((p) => h('li', {},
+    h('span', { class: `swatch swatch-${p.field}`, 'aria-hidden': 'true' }),
+    `${p.label} (${p.hatch ? 'hatched, on top' : 'solid, below'})`))) : null;
+  return h('figure', { class: 'chart-box' }, barChart(`${heading} per day for ${what}`, series, measure), legend,
+    h('figcaption', {}, `${heading} per day (UTC), last 30 days, ${what}: ${split}${count(total)} in total.`));
 }
 
 async function usagePage(view, arg) {
@@ -523,9 +619,22 @@ async function usagePage(view, arg) {
     const rows = (await api('GET', `/v1/${kind === 'app' ? 'apps' : 'keys'}/${encodeURIComponent(id)}/usage?days=30`)).data;
     const label = pick.selectedOptions[0] ? pick.selectedOptions[0].textContent : id;
     const series = fillDays(rows, 30);
-    const total = series.reduce((a, b) => a + b.requests, 0);
-    chart = h('figure', { class: 'chart-box' }, barChart(`Requests per day for ${label}`, series),
-      h('figcaption', {}, `Requests per day (UTC), last 30 days, ${kind} ${label}: ${total} in total.`));
+    const what = `${kind} ${label}`;
+    // Requests or tokens: a switch between two charts of the same days, kept while the tab lives.
+    const shown = usagePage.measure || 'requests';
+    const holder = h('div', {}, usageChart(series, shown, what));
+    const choices = h('fieldset', { class: 'switch' }, h('legend', {}, 'Chart'),
+      ['requests', 'tokens'].map((m) => {
+        const id = nextId('measure');
+        const radio = h('input', { type: 'radio', name: 'measure', id, value: m, checked: m === shown });
+        radio.addEventListener('change', () => {
+          usagePage.measure = m;
+          holder.replaceChildren(usageChart(series, m, what));
+        });
+        return h('span', { class: 'check' }, radio,
+          h('label', { for: id }, m === 'tokens' ? 'Tokens (input and output, stacked)' : 'Requests'));
+      }));
+    chart = h('section', { 'aria-label': `Usage of ${what}` }, usageTotals(series), choices, holder);
   }
   const today = new Date();
   const from = h('input', { type: 'date', value: isoDay(new Date(today.getTime() - 29 * 864e5)) });
@@ -545,7 +654,7 @@ async function usagePage(view, arg) {
     } catch (e) { toast(`Export failed: ${e.message}`); }
   });
   view.replaceChildren(pageHead('Usage'), h('form', { class: 'inline' }, field('App or key', pick)), chart,
-    h('h2', {}, 'Export'), h('p', {}, 'Requests per app, key and day as CSV (date, app_id, key_id, requests).'), exportForm);
+    h('h2', {}, 'Export'), h('p', {}, 'Requests and tokens per app, key and day as CSV (date, app_id, key_id, requests, input_tokens, output_tokens).'), exportForm);
 }
 
 // ---------- Routes ----------
