@@ -4,6 +4,10 @@
 //! [`Invalidation::All`] for everything; Redis: every instance's writes, embedded: this
 //! process's, as each commits).
 //!
+//! A warm request reads a snapshot map of the values opened so far (one pointer load and one
+//! hash of the name, no lock, no cache bookkeeping); the snapshot is rebuilt only when a value
+//! is opened, and an entry in it serves only while no invalidation came after its fill.
+//!
 //! Concurrent misses for one name cost one store read (moka's `try_get_with`). A fill that
 //! raced an invalidation is never kept: fills note the generation they started at, and an
 //! entry from an older generation is read again. While the change feed is down nothing is
@@ -69,9 +73,14 @@ struct Entry {
     generation: u64,
 }
 
+/// Opened values by name, each with the generation its fill started at: what a warm request
+/// reads. Replaced whole when a value is opened (a handful of names, rarely).
+type Hot = std::collections::HashMap<Arc<str>, (u64, Arc<Opened>), foldhash::fast::RandomState>;
+
 /// The opened values, by credential name.
 pub struct CredentialCache {
     entries: moka::future::Cache<Arc<str>, Entry>,
+    hot: ArcSwap<Hot>,
     store: Arc<dyn KeyStore>,
     master_key: Option<Arc<MasterKey>>,
     /// Bumped by every invalidation: fills that started before it are not kept.
@@ -88,6 +97,7 @@ impl CredentialCache {
             entries: moka::future::Cache::builder()
                 .max_capacity(MAX_ENTRIES)
                 .build(),
+            hot: ArcSwap::from_pointee(Hot::default()),
             store,
             master_key,
             generation: AtomicU64::new(0),
@@ -101,21 +111,17 @@ impl CredentialCache {
         name: &Arc<str>,
         format: &Arc<CredentialFormat>,
     ) -> Result<HeaderValue, Unavailable> {
-        let opened = self
+        if let Some(value) = self.warm(name, format) {
+            return Ok(value);
+        }
+        let (opened, generation) = self
             .opened(name)
             .await
             .inspect_err(|why| self.log(name, why))?;
-        if !opened.used.load(Ordering::Relaxed) {
-            opened.used.store(true, Ordering::Relaxed);
+        self.keep_warm(name, generation, &opened);
+        if let Some(value) = ready_value(&opened, format) {
+            return Ok(value);
         }
-        let ready = opened.ready.load();
-        if let Some((_, value)) = ready
-            .iter()
-            .find(|(f, _)| Arc::ptr_eq(f, format) || f == format)
-        {
-            return Ok(value.clone());
-        }
-        drop(ready);
         let value = header_value(&opened.secret, format).ok_or(Unavailable::Sealed)?;
         opened.ready.rcu(|ready| {
             let mut next = (**ready).clone();
@@ -125,13 +131,45 @@ impl CredentialCache {
         Ok(value)
     }
 
-    /// The opened value, from memory or (once, however many ask) the store.
-    async fn opened(&self, name: &Arc<str>) -> Found {
+    /// The header value from the warm snapshot, if it holds the name from a fill no
+    /// invalidation came after (and the feed that would announce one is up).
+    fn warm(&self, name: &Arc<str>, format: &Arc<CredentialFormat>) -> Option<HeaderValue> {
+        let hot = self.hot.load();
+        let (generation, opened) = hot.get(name)?;
+        let current = *generation == self.generation.load(Ordering::SeqCst);
+        if !(current && self.store.feed_live()) {
+            return None;
+        }
+        ready_value(opened, format)
+    }
+
+    /// Puts an opened value in the warm snapshot under the generation its fill started at.
+    fn keep_warm(&self, name: &Arc<str>, generation: u64, opened: &Arc<Opened>) {
+        if !self.store.feed_live() || generation != self.generation.load(Ordering::SeqCst) {
+            return;
+        }
+        let held = self.hot.load();
+        if held
+            .get(name)
+            .is_some_and(|(g, o)| *g == generation && Arc::ptr_eq(o, opened))
+        {
+            return;
+        }
+        self.hot.rcu(|hot| {
+            let mut next = (**hot).clone();
+            next.insert(name.clone(), (generation, opened.clone()));
+            next
+        });
+    }
+
+    /// The opened value, from memory or (once, however many ask) the store, with the
+    /// generation its fill started at (`u64::MAX`: kept nowhere).
+    async fn opened(&self, name: &Arc<str>) -> Result<(Arc<Opened>, u64), Unavailable> {
         for _ in 0..FILL_ATTEMPTS {
             let started = self.generation.load(Ordering::SeqCst);
             if !self.store.feed_live() {
                 // Changes by other instances may not reach us: read, keep nothing.
-                return self.fill(name).await;
+                return self.fill(name).await.map(|o| (o, u64::MAX));
             }
             let entry = match self.entries.get(&**name).await {
                 Some(entry) => entry,
@@ -153,12 +191,12 @@ impl CredentialCache {
                 }
             };
             if entry.generation == self.generation.load(Ordering::SeqCst) {
-                return entry.found;
+                return entry.found.map(|o| (o, entry.generation));
             }
             // Filled before an invalidation that arrived since: read it again.
             self.entries.invalidate(&**name).await;
         }
-        self.fill(name).await
+        self.fill(name).await.map(|o| (o, u64::MAX))
     }
 
     /// One store read and decryption.
@@ -187,11 +225,14 @@ impl CredentialCache {
         match what {
             Invalidation::Credential(name) => {
                 self.generation.fetch_add(1, Ordering::SeqCst);
+                // Stale already (older generation); dropped so the snapshot stays small.
+                self.hot.store(Arc::new(Hot::default()));
                 self.entries.invalidate(name.as_str()).await;
                 self.forget_logged(Some(name));
             }
             Invalidation::All => {
                 self.generation.fetch_add(1, Ordering::SeqCst);
+                self.hot.store(Arc::new(Hot::default()));
                 self.entries.invalidate_all();
                 self.forget_logged(None);
             }
@@ -286,6 +327,19 @@ impl AsRef<[u8]> for ZeroizedBytes {
     fn as_ref(&self) -> &[u8] {
         &self.0
     }
+}
+
+/// Marks the value used and gives its header value in `format`, if one was made already.
+fn ready_value(opened: &Opened, format: &Arc<CredentialFormat>) -> Option<HeaderValue> {
+    if !opened.used.load(Ordering::Relaxed) {
+        opened.used.store(true, Ordering::Relaxed);
+    }
+    opened
+        .ready
+        .load()
+        .iter()
+        .find(|(f, _)| Arc::ptr_eq(f, format) || f == format)
+        .map(|(_, value)| value.clone())
 }
 
 #[cfg(test)]
