@@ -158,10 +158,26 @@ fn missing_metric(samples: &[prom::Sample], route: &str) -> f64 {
 }
 
 #[tokio::test]
-async fn json_and_streamed_answers_are_counted_exactly_on_both_providers() {
+async fn json_and_streamed_answers_are_counted_exactly_on_the_embedded_store() {
     let model = FakeModel::start().await;
     let gw = embedded_gateway(&model, "").await;
-    let (app, key_id, key) = chat_key(&gw, app("metered")).await;
+    counted_exactly(&[&gw]).await;
+}
+
+#[tokio::test]
+async fn json_and_streamed_answers_are_counted_exactly_through_two_instances_on_redis() {
+    let model = FakeModel::start().await;
+    let redis = RedisServer::start();
+    let a = redis_gateway(&model, &redis, "").await;
+    let b = redis_gateway(&model, &redis, "").await;
+    counted_exactly(&[&a, &b]).await;
+}
+
+/// Mixed traffic of both providers, JSON and streamed, spread over `gws` (one store): exact
+/// sums in usage, the export and the metrics (added up over the instances).
+async fn counted_exactly(gws: &[&TestGateway]) {
+    let gw = gws[0];
+    let (app, key_id, key) = chat_key(gw, app("metered")).await;
 
     // Mixed traffic: (path, input, output, stream).
     let traffic = [
@@ -172,8 +188,9 @@ async fn json_and_streamed_answers_are_counted_exactly_on_both_providers() {
         (OPENAI_PATH, 1000, 1, true),
         (ANTHROPIC_PATH, 2, 2, false),
     ];
-    for (path, input, output, stream) in traffic {
-        let answer = call(&gw, path, &key, &chat(input, output, stream), &[]).await;
+    for (i, (path, input, output, stream)) in traffic.into_iter().enumerate() {
+        let on = gws[i % gws.len()];
+        let answer = call(on, path, &key, &chat(input, output, stream), &[]).await;
         assert_eq!(answer.status, 200, "{path}: {:?}", answer.body);
         let text = String::from_utf8(answer.body.to_vec()).expect("utf-8");
         if stream {
@@ -185,8 +202,8 @@ async fn json_and_streamed_answers_are_counted_exactly_on_both_providers() {
     }
     let input: u64 = traffic.iter().map(|t| t.1).sum();
     let output: u64 = traffic.iter().map(|t| t.2).sum();
-    wait_for_usage(&gw, &format!("keys/{key_id}"), (6, input, output)).await;
-    wait_for_usage(&gw, &format!("apps/{app}"), (6, input, output)).await;
+    wait_for_usage(gw, &format!("keys/{key_id}"), (6, input, output)).await;
+    wait_for_usage(gw, &format!("apps/{app}"), (6, input, output)).await;
 
     // The export's token columns.
     let today = scopegate::model::utc_date(scopegate::model::now_unix());
@@ -209,7 +226,10 @@ async fn json_and_streamed_answers_are_counted_exactly_on_both_providers() {
     );
 
     // Metrics: exact per route and direction; no response went without usage.
-    let samples = scrape(&gw).await;
+    let mut samples = Vec::new();
+    for on in gws {
+        samples.extend(scrape(on).await);
+    }
     for route in [OPENAI_PATH, ANTHROPIC_PATH] {
         let on_route = traffic.iter().filter(|t| t.0 == route);
         let (input, output) = on_route.fold((0, 0), |(i, o), t| (i + t.1, o + t.2));
