@@ -18,7 +18,7 @@ use std::sync::Arc;
 static BODY: &[u8] = b"{\"ok\":true}";
 
 /// The answer's body: `{"ok":true}`, or a chat completion of about `BENCH_MODEL_KIB` KiB.
-fn body() -> Bytes {
+fn answer_body() -> Bytes {
     let Some(kib) = std::env::var("BENCH_MODEL_KIB")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -41,7 +41,7 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
             break;
         }
     }
-    let mut response = Response::new(Full::new(ANSWER.get_or_init(body).clone()));
+    let mut response = Response::new(Full::new(ANSWER.get_or_init(answer_body).clone()));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
