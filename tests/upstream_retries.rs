@@ -228,8 +228,10 @@ async fn retries_stay_within_the_budget_when_every_target_fails() {
     let received = a.received() + b.received();
     assert!(received >= SENT, "{received} receipts for {SENT} requests");
     let retried = received - SENT;
-    // 20 % of the requests, plus 3 per second over the (10 s, or longer) window.
-    let allowed = 0.2 * SENT as f64 + 3.0 * window;
+    // 20 % of the requests, plus 3 per second over the (10 s, or longer) window, plus one per
+    // client in flight: tower checks the balance and withdraws in two steps, so concurrent
+    // retries may each pass the check for the last retry's worth.
+    let allowed = 0.2 * SENT as f64 + 3.0 * window + 4.0;
     assert!(
         retried as f64 <= allowed,
         "{retried} retries for {SENT} requests; the budget allows {allowed:.0}"

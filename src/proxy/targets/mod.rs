@@ -108,10 +108,12 @@ impl UpstreamSet {
             }
         }
         let budget = (spec.retry.attempts > 0).then(|| {
+            // tower prices a retry at `(1.0 / ratio) as isize` deposits; 0.2f32 is a hair
+            // above 0.2, so 20 % would cost 4 deposits (25 %). One step down keeps 5.
             TpsBudget::new(
                 BUDGET_WINDOW,
                 spec.retry.min_per_second,
-                spec.retry.budget_ratio,
+                spec.retry.budget_ratio.next_down(),
             )
         });
         let set = UpstreamSet {
