@@ -358,8 +358,15 @@ pub struct AuditEvent {
 /// <https://howardhinnant.github.io/date_algorithms.html>), on the proleptic Gregorian calendar.
 /// Unsigned throughout, since `at` is never before 1970.
 pub fn utc_date(at: UnixSeconds) -> String {
+    let (year, month, day) = civil_from_days(at / 86_400);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// (year, month, day) of day number `days` since 1970-01-01, UTC. No strings: the hot path's
+/// windows come from it.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
     // Days since 0000-03-01: starting the year in March puts the leap day last.
-    let days = at / 86_400 + 719_468;
+    let days = days + 719_468;
     let era = days / 146_097;
     let day_of_era = days % 146_097; // [0, 146096]
     let year_of_era =
@@ -373,7 +380,19 @@ pub fn utc_date(at: UnixSeconds) -> String {
         march_month - 9
     };
     let year = era * 400 + year_of_era + u64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    (year, month, day)
+}
+
+/// Day number since 1970-01-01 of a valid (year ≥ 1970, month, day).
+fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
+    // Years start in March, so the leap day is the last day of the (shifted) year.
+    let year = year - u64::from(month <= 2);
+    let era = year / 400;
+    let year_of_era = year % 400;
+    let shifted_month = if month > 2 { month - 3 } else { month + 9 };
+    let day_of_year = (153 * shifted_month + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    (era * 146_097 + day_of_era).checked_sub(719_468)
 }
 
 /// The day number (days since 1970-01-01) of a `YYYY-MM-DD` date as [`utc_date`] writes it;
@@ -392,14 +411,7 @@ pub fn utc_day_number(date: &str) -> Option<u64> {
     if year < 1970 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
         return None;
     }
-    // Years start in March, so the leap day is the last day of the (shifted) year.
-    let year = year - u64::from(month <= 2);
-    let era = year / 400;
-    let year_of_era = year % 400;
-    let shifted_month = if month > 2 { month - 3 } else { month + 9 };
-    let day_of_year = (153 * shifted_month + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let number = (era * 146_097 + day_of_era).checked_sub(719_468)?;
+    let number = days_from_civil(year, month, day)?;
     // 02-30 and the like come back as another date: refuse them.
     (utc_date(number * 86_400) == date).then_some(number)
 }
@@ -451,17 +463,19 @@ pub struct TokenWindows {
 }
 
 impl TokenWindows {
+    /// Arithmetic only (it runs on every metered request): no date string is made.
     pub fn at(now: UnixSeconds) -> TokenWindows {
-        let date = utc_date(now);
-        let year: u64 = date[..4].parse().unwrap_or(1970);
-        let month: u64 = date[5..7].parse().unwrap_or(1);
+        let day = now / 86_400;
+        let (year, month, _) = civil_from_days(day);
+        let (next_year, next_month) = if month == 12 {
+            (year + 1, 1)
+        } else {
+            (year, month + 1)
+        };
+        let month_ends = days_from_civil(next_year, next_month, 1).map_or(u64::MAX, |d| d * 86_400);
         TokenWindows {
-            ids: [now / 60, now / 86_400, year * 12 + month - 1],
-            ends: [
-                (now / 60 + 1) * 60,
-                (now / 86_400 + 1) * 86_400,
-                month_end(&date),
-            ],
+            ids: [now / 60, day, year * 12 + month - 1],
+            ends: [(now / 60 + 1) * 60, (day + 1) * 86_400, month_ends],
         }
     }
 }
@@ -574,6 +588,26 @@ pub enum UsageSubject<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn token_windows_agree_with_the_calendar_strings() {
+        // Every week of 1970..2100 around midnight, plus leap days and year ends.
+        let days = (0..47_482u64)
+            .step_by(7)
+            .chain([11_016, 11_017, 19_782, 20_088, 20_089]);
+        for day in days {
+            for now in [day * 86_400, day * 86_400 + 86_399] {
+                let w = TokenWindows::at(now);
+                let date = utc_date(now);
+                let year: u64 = date[..4].parse().expect("year");
+                let month: u64 = date[5..7].parse().expect("month");
+                assert_eq!(w.ids[2], year * 12 + month - 1, "{date}");
+                assert_eq!(w.ends[2], month_end(&date), "{date}");
+                assert_eq!(w.ends[1], (day + 1) * 86_400);
+                assert_eq!(w.ends[0] - 60, now / 60 * 60);
+            }
+        }
+    }
+
     #[test]
     fn quota_windows_follow_the_utc_calendar() {
         let quota = Quota {

@@ -23,21 +23,54 @@ const OPTIONS: &[u8] = br#"{"include_usage":true}"#;
 /// Keys are compared as written: a body that spells `stream_options` with escapes is left
 /// alone rather than given a second member.
 pub fn include_usage(body: &[u8]) -> Option<Vec<u8>> {
-    let value: Value = serde_json::from_slice(body).ok()?;
-    let request = value.as_object()?;
-    if request.get("stream") != Some(&Value::Bool(true)) {
+    // Most requests do not stream: a body that never names `stream` is not parsed at all.
+    memchr::memmem::find(body, b"\"stream\"")?;
+    let root = body.iter().position(|b| !is_whitespace(*b))?;
+    if body[root] != b'{' {
         return None;
     }
-    let root = body.iter().position(|b| !is_whitespace(*b))?;
-    match request.get("stream_options") {
+    // Only the two members that matter are kept; the rest (the messages) is skipped unbuilt.
+    let request = match serde_json::from_slice::<Probe>(body) {
+        Ok(probe) => probe,
+        // A repeated member (which a derived struct refuses): read whole, the last one wins.
+        Err(_) => Probe::of(serde_json::from_slice::<Value>(body).ok()?)?,
+    };
+    if request.stream != Some(Value::Bool(true)) {
+        return None;
+    }
+    match request.stream_options {
         None => Some(splice(body, root + 1..root + 1, MEMBER)),
         Some(Value::Null) => {
             let span = member_value(body, root, b"stream_options")?;
             Some(splice(body, span, OPTIONS))
         }
-        Some(Value::Object(options)) => set_include_usage(body, root, options),
+        Some(Value::Object(options)) => set_include_usage(body, root, &options),
         Some(_) => None,
     }
+}
+
+/// What `include_usage` reads of a request; other members are skipped without being built.
+#[derive(serde::Deserialize)]
+struct Probe {
+    #[serde(default)]
+    stream: Option<Value>,
+    /// `Some(Value::Null)` for an explicit `null`, `None` when absent.
+    #[serde(default, deserialize_with = "present")]
+    stream_options: Option<Value>,
+}
+
+impl Probe {
+    fn of(value: Value) -> Option<Probe> {
+        let object = value.as_object()?;
+        Some(Probe {
+            stream: object.get("stream").cloned(),
+            stream_options: object.get("stream_options").cloned(),
+        })
+    }
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    <Value as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// `stream_options` is an object: sets its `include_usage` (unless already `true`), keeping

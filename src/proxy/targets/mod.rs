@@ -113,7 +113,7 @@ impl UpstreamSet {
             TpsBudget::new(
                 BUDGET_WINDOW,
                 spec.retry.min_per_second,
-                spec.retry.budget_ratio.next_down(),
+                just_below(spec.retry.budget_ratio),
             )
         });
         let set = UpstreamSet {
@@ -303,5 +303,15 @@ impl TargetList {
 
     pub(crate) fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
         self.targets.iter().map(|(t, _)| t)
+    }
+}
+
+/// The `f32` just below a positive `ratio` (0 stays 0): a whole `1 / ratio` stays whole when
+/// tower truncates it.
+fn just_below(ratio: f32) -> f32 {
+    if ratio > 0.0 {
+        f32::from_bits(ratio.to_bits() - 1)
+    } else {
+        ratio
     }
 }
