@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-targets=(normalize_route credential config)
+targets=(normalize_route credential config meter)
 seconds=${FUZZ_SECONDS:-15}
 # A dev build compiles in a fraction of a release build's time, which matters more than
 # execution speed for a 15 s smoke; FUZZ_RELEASE=1 builds optimised, as for real fuzzing.
