@@ -9,7 +9,7 @@
 //! ([`KeyTokens::spend`]: two atomic adds) and the response that crosses a limit completes.
 //! A background task ([`TokenQuotas::flush`], every [`FLUSH_INTERVAL`]) sends what was spent as
 //! one batch under an id (retried unchanged until the store confirms it, so nothing counts
-//! twice), and reads back the totals of every key it saw lately, so a crossing counted by one
+//! twice), and reads back the totals of every key in use, so a crossing counted by one
 //! instance reaches every other within two intervals plus a round trip.
 //!
 //! # The bound
@@ -20,9 +20,10 @@
 //! spending is kept and added once the store answers.
 //!
 //! # What it never does
-//! A route without `meter` never reaches this module. A key's first metered request on an
-//! instance reads its totals from the store once (single flight); after that the request path
-//! never waits on the store here.
+//! A route without `meter` never reaches this module. A key in use (checked within the last
+//! [`ACTIVE_SECS`]) has its totals read back by every flush, so its requests never wait on the
+//! store; a key idle here for longer than [`STALE_MS`] reads its totals once before its next
+//! request is admitted (so a crossing counted elsewhere while it was idle is never missed).
 
 use crate::model::{now_unix, TokenQuota, TokenWindows, UnixSeconds};
 use crate::store::{StoreError, TokenBatch, TokenLedger, TokenTotals};
@@ -30,13 +31,18 @@ use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::OnceCell;
 
 /// How often spending is sent and totals read back: a crossing reaches every instance within
 /// two of these plus a store round trip, well inside the contract's second.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Keys not checked for this long, with nothing left to send, are forgotten.
 const IDLE_SECS: UnixSeconds = 120;
+/// The flush reads back the totals of keys checked this recently: the keys in use, so the
+/// store's work follows the traffic, not every key seen in the last minutes.
+const ACTIVE_SECS: UnixSeconds = 5;
+/// A key whose totals are older than this (idle here for a while) reads them before its
+/// request is admitted, so a crossing counted elsewhere meanwhile is never missed.
+const STALE_MS: u64 = 1_000;
 
 /// A metered request refused because a window of its key's token quota is used up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -79,8 +85,8 @@ pub struct KeyTokens {
     sending: AtomicU64,
     /// When a request last checked it (unix seconds).
     checked: AtomicU64,
-    /// The store's totals read once, before the first check trusts anything.
-    loaded: OnceCell<()>,
+    /// When the store's totals were last learnt (unix milliseconds; 0: never).
+    learnt: AtomicU64,
 }
 
 impl KeyTokens {
@@ -92,7 +98,7 @@ impl KeyTokens {
             unsent: AtomicU64::new(0),
             sending: AtomicU64::new(0),
             checked: AtomicU64::new(now_unix()),
-            loaded: OnceCell::new(),
+            learnt: AtomicU64::new(0),
         }
     }
 
@@ -111,6 +117,7 @@ impl KeyTokens {
 
     /// Takes the store's totals for the windows `at`, unless newer ones are held.
     fn learn(&self, at: &TokenWindows, totals: TokenTotals) {
+        self.learnt.store(now_ms(), Ordering::SeqCst);
         for (kind, total) in totals.into_iter().enumerate() {
             if self.windows[kind].load(Ordering::SeqCst) <= at.ids[kind] {
                 self.totals[kind].store(total, Ordering::SeqCst);
@@ -152,7 +159,9 @@ impl TokenQuotas {
         quota: TokenQuota,
     ) -> Result<(Arc<KeyTokens>, TokenQuotaStatus), TokenQuotaExceeded> {
         let cell = self.cell(key_id);
-        cell.loaded.get_or_init(|| self.load(&cell)).await;
+        if now_ms().saturating_sub(cell.learnt.load(Ordering::SeqCst)) > STALE_MS {
+            self.load(&cell).await;
+        }
         let now = now_unix();
         cell.checked.store(now, Ordering::Relaxed);
         let at = TokenWindows::at(now);
@@ -219,8 +228,9 @@ impl TokenQuotas {
             .clone()
     }
 
-    /// Reads the key's totals once; on a store error it starts from what it spends here (the
-    /// next flush reads them again).
+    /// Reads the key's totals; on a store error it goes on from what it knew and spent here
+    /// (marked learnt, so an outage costs each idle key one failed read a second, not one per
+    /// request).
     async fn load(&self, cell: &KeyTokens) {
         let at = TokenWindows::at(now_unix());
         let batch = TokenBatch {
@@ -238,7 +248,10 @@ impl TokenQuotas {
                     cell.learn(&at, *t);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "token quota totals not read; counting locally"),
+            Err(e) => {
+                cell.learnt.store(now_ms(), Ordering::SeqCst);
+                tracing::warn!(error = %e, "token quota totals not read; counting locally");
+            }
         }
     }
 
@@ -283,7 +296,7 @@ impl TokenQuotas {
         let read: Vec<Arc<KeyTokens>> = self
             .keys
             .iter()
-            .filter(|c| now.saturating_sub(c.checked.load(Ordering::Relaxed)) < IDLE_SECS)
+            .filter(|c| now.saturating_sub(c.checked.load(Ordering::Relaxed)) < ACTIVE_SECS)
             .filter(|c| !batch.spent.iter().any(|(k, _)| *k == c.key))
             .map(|c| c.clone())
             .collect();
@@ -348,6 +361,12 @@ impl TokenQuotas {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Sending>> {
         self.sending.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn batch_id() -> String {
@@ -425,6 +444,30 @@ mod tests {
         // A higher limit admits again, with what is left of it.
         let (_, status) = quotas.check(&key, quota(500, None)).await.expect("ok");
         assert_eq!(status.remaining, 370);
+    }
+
+    #[tokio::test]
+    async fn a_key_idle_here_reads_its_totals_before_it_is_admitted_again() {
+        let (_dir, store) = embedded();
+        let here = TokenQuotas::new(store.clone());
+        let elsewhere = TokenQuotas::new(store);
+        let key: Arc<str> = Arc::from("k1");
+        let (cell, _) = here.check(&key, quota(100, None)).await.expect("ok");
+        // Another instance crosses the limit and sends it.
+        let (theirs, _) = elsewhere.check(&key, quota(100, None)).await.expect("ok");
+        elsewhere.spend(&theirs, 150);
+        elsewhere.flush().await;
+        // Just read: this instance goes on what it knew (its flush would read the crossing).
+        here.check(&key, quota(100, None))
+            .await
+            .expect("not seen yet");
+        // Idle longer than STALE_MS: the totals are read before admitting.
+        cell.learnt.store(0, Ordering::SeqCst);
+        let refused = here
+            .check(&key, quota(100, None))
+            .await
+            .expect_err("read before admitting");
+        assert_eq!(refused.window, "minute");
     }
 
     #[tokio::test]
