@@ -127,7 +127,10 @@ function confirmDialog(title, message, confirmLabel) {
 function formDialog(title, fields, submitLabel, submit) {
   const error = h('p', { class: 'error', role: 'alert' });
   const form = h('form', { method: 'dialog' }, fields, error);
-  const cancel = h('button', { type: 'button', class: 'secondary', onclick: () => dlg.close() }, 'Cancel');
+  // Out of the page at once: `close` fires a task later, and a secret typed in the form
+  // must not stay in the document until then (its listeners clear the fields after).
+  const dismiss = () => { dlg.close(); dlg.remove(); };
+  const cancel = h('button', { type: 'button', class: 'secondary', onclick: dismiss }, 'Cancel');
   const ok = h('button', { type: 'submit' }, submitLabel);
   form.append(h('div', { class: 'actions' }, cancel, ok));
   const titleId = nextId('dlg');
@@ -139,7 +142,7 @@ function formDialog(title, fields, submitLabel, submit) {
     ok.disabled = true;
     try {
       await submit(form);
-      dlg.close();
+      dismiss();
     } catch (e) {
       error.textContent = e.message;
     } finally {
