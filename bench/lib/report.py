@@ -5,6 +5,7 @@
   report.py h2load OUTFILE LOGFILE           -> same from h2load's summary and its --log-file
   report.py table RESULTS.tsv                -> markdown table + median ratios per variant
   report.py cmdstats FILE MISSES             -> Redis commands ("cmd calls" lines) per cache miss
+  report.py scaling SCALING.tsv              -> req/s on 1 core vs 2 cores per target (bench/run scaling)
 RESULTS.tsv columns: variant round target requests seconds p50_us p99_us errors proxy_ticks redis_ticks clk_tck
 """
 import re
@@ -124,6 +125,43 @@ def cmdstats(path, misses):
         print("| %s | %d | %.3f | %s |" % (cmd, calls, calls / misses if misses else 0, SOURCES.get(cmd, "")))
 
 
+def scaling(path):
+    """SCALING.tsv: cores round, then the RESULTS.tsv columns of that run (one round each)."""
+    rows = []
+    for line in open(path):
+        f = line.rstrip("\n").split("\t")
+        if len(f) < 13 or f[0] == "cores":
+            continue
+        cores, rnd, tgt = int(f[0]), int(f[1]), f[4]
+        req, secs = int(f[5]), float(f[6])
+        p99, err, pt, tck = int(f[8]), int(f[9]), int(f[10]), int(f[12])
+        rows.append(dict(cores=cores, round=rnd, target=tgt, req=req, rps=req / secs if secs else 0,
+                         p99=p99 / 1000.0, err=err, cpu=(pt / tck * 1e6 / req) if req else 0))
+    by = {}
+    for r in rows:
+        by.setdefault(r["target"], {}).setdefault(r["cores"], {})[r["round"]] = r
+    print("| target | req/s 1 core | req/s 2 cores | scaling |")
+    print("| --- | ---: | ---: | ---: |")
+    for tgt in ("nginx", "haproxy", "scopegate", "direct"):
+        if tgt not in by or 1 not in by[tgt] or 2 not in by[tgt]:
+            continue
+        one, two = by[tgt][1], by[tgt][2]
+        ratios = [two[r]["rps"] / one[r]["rps"] for r in sorted(one) if r in two and one[r]["rps"]]
+        name = tgt if tgt != "direct" else "direct (the upstream alone, for reference)"
+        print("| %s | %.0f | %.0f | %s |" % (
+            name, statistics.median(x["rps"] for x in one.values()),
+            statistics.median(x["rps"] for x in two.values()),
+            ("%.2f×" % statistics.median(ratios)) if ratios else "n/a"))
+    print()
+    print("scaling: median over rounds of (2-core req/s / 1-core req/s), each round's two runs back to back.")
+    print()
+    print("| round | cores | target | requests | req/s | p99 ms | proxy CPU µs/req | errors |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in sorted(rows, key=lambda r: (r["round"], r["cores"], r["target"])):
+        print("| %d | %d | %s | %d | %.0f | %.3f | %.1f | %d |" % (
+            r["round"], r["cores"], r["target"], r["req"], r["rps"], r["p99"], r["cpu"], r["err"]))
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "wrk":
@@ -134,6 +172,8 @@ def main():
         cmdstats(sys.argv[2], int(sys.argv[3]))
     elif cmd == "table":
         table(sys.argv[2])
+    elif cmd == "scaling":
+        scaling(sys.argv[2])
     else:
         raise SystemExit("unknown command " + cmd)
 
