@@ -19,6 +19,7 @@ use crate::pipeline::Pipeline;
 use crate::proxy::Forwarder;
 use crate::redact;
 use crate::reload::{self, FixedSettings, Reloader};
+use crate::server::workers::{self, Workers};
 use crate::server::{serve, serve_with_tls, ConnectionSettings};
 use crate::store::{EmbeddedStore, KeyStore, Ping, RedisStore, StoreError};
 use crate::throttle::Throttle;
@@ -60,6 +61,8 @@ pub struct RunningGateway {
     pub pipeline: Arc<Pipeline>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
+    /// The proxy's workers when there are several (one serves on this runtime).
+    workers: Option<Workers>,
     usage_stop: watch::Sender<bool>,
     usage_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -107,6 +110,37 @@ fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
     listener.local_addr().unwrap_or(fallback)
 }
 
+/// The proxy's listener: one, served on the caller's runtime, or one per worker.
+enum ProxyListener {
+    One(TcpListener),
+    PerWorker(Vec<std::net::TcpListener>),
+}
+
+impl ProxyListener {
+    async fn bind(addr: SocketAddr, workers: usize) -> Result<ProxyListener, StartError> {
+        if workers <= 1 {
+            return Ok(ProxyListener::One(bind("proxy", addr).await?));
+        }
+        workers::bind_reuseport(addr, workers)
+            .map(ProxyListener::PerWorker)
+            .map_err(|source| StartError::Bind {
+                what: "proxy",
+                addr,
+                source,
+            })
+    }
+
+    fn local_addr(&self, fallback: SocketAddr) -> SocketAddr {
+        match self {
+            ProxyListener::One(listener) => local_addr(listener, fallback),
+            ProxyListener::PerWorker(listeners) => listeners
+                .first()
+                .and_then(|l| l.local_addr().ok())
+                .unwrap_or(fallback),
+        }
+    }
+}
+
 /// Starts a gateway. `admin_tokens` are (identity name, token) pairs, already read from the
 /// environment by the caller; each identity's role is the one `admin.tokens` gives that name
 /// (`admin` for a name the config does not list, as for a bare `name: VAR` entry).
@@ -137,7 +171,7 @@ pub async fn start_with_store(
         Some(t) => Some(Arc::new(TlsAcceptorSource::from_files(&t.cert, &t.key)?)),
         None => None,
     };
-    let proxy_listener = bind("proxy", config.listen).await?;
+    let proxy_listener = ProxyListener::bind(config.listen, config.workers).await?;
     let admin_listener = bind("admin", config.admin.listen).await?;
     let metrics_listener = bind("metrics", config.metrics.listen).await?;
 
@@ -168,6 +202,8 @@ pub async fn start_with_store(
         send_timeout: config.limits.send_timeout,
         max_header_bytes: config.limits.max_header_bytes,
         grace: config.shutdown_grace,
+        slots: None,
+        accepted: None,
     };
     let fallback = Arc::new(Fallback::new(metrics.clone()));
     let shared_rate_limits = SharedRateLimits::new(store.clone(), fallback.clone());
@@ -235,23 +271,51 @@ pub async fn start_with_store(
     ));
 
     let addrs = (
-        local_addr(&proxy_listener, config.listen),
+        proxy_listener.local_addr(config.listen),
         local_addr(&admin_listener, config.admin.listen),
         local_addr(&metrics_listener, config.metrics.listen),
     );
     let proxy_pipeline = pipeline.clone();
     let failed_logins = Arc::new(Throttle::new(FAILED_LOGIN_LINES, FAILED_LOGIN_WINDOW));
+    let proxy_settings = ConnectionSettings {
+        slots: Some(Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_connections,
+        ))),
+        ..settings.clone()
+    };
+    let serve_proxy = {
+        let (tls, stop_rx, metrics) = (tls.clone(), stop_rx.clone(), metrics.clone());
+        move |listener: TcpListener, worker: usize| {
+            let pipeline = proxy_pipeline.clone();
+            let settings = ConnectionSettings {
+                accepted: Some(metrics.worker_connections(worker)),
+                ..proxy_settings.clone()
+            };
+            serve_with_tls(
+                listener,
+                settings,
+                tls.clone(),
+                move |request, peer| {
+                    let pipeline = pipeline.clone();
+                    async move { pipeline.handle(request, peer).await }
+                },
+                stop_rx.clone(),
+            )
+        }
+    };
+    let (proxy_server, workers) = match proxy_listener {
+        ProxyListener::One(listener) => (Some(tokio::spawn(serve_proxy(listener, 0))), None),
+        ProxyListener::PerWorker(listeners) => {
+            let workers =
+                Workers::start(listeners, serve_proxy).map_err(|source| StartError::Bind {
+                    what: "proxy",
+                    addr: addrs.0,
+                    source,
+                })?;
+            (None, Some(workers))
+        }
+    };
     let servers = vec![
-        tokio::spawn(serve_with_tls(
-            proxy_listener,
-            settings.clone(),
-            tls.clone(),
-            move |request, peer| {
-                let pipeline = proxy_pipeline.clone();
-                async move { pipeline.handle(request, peer).await }
-            },
-            stop_rx.clone(),
-        )),
         tokio::spawn(serve(
             admin_listener,
             settings.clone(),
@@ -288,6 +352,7 @@ pub async fn start_with_store(
         version = env!("CARGO_PKG_VERSION"),
         "scopegate listening"
     );
+    let servers = servers.into_iter().chain(proxy_server).collect();
     Ok(RunningGateway {
         proxy_addr: addrs.0,
         admin_addr: addrs.1,
@@ -297,6 +362,7 @@ pub async fn start_with_store(
         pipeline,
         stop,
         servers,
+        workers,
         usage_stop,
         usage_task,
         background,
@@ -428,10 +494,13 @@ impl RunningGateway {
     }
 
     /// Stops accepting, drains in-flight requests, then flushes bookkeeping to the store.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         for server in self.servers {
             let _ = server.await;
+        }
+        if let Some(workers) = &mut self.workers {
+            workers.drain().await;
         }
         let _ = self.usage_stop.send(true);
         let _ = self.usage_task.await;
@@ -442,6 +511,9 @@ impl RunningGateway {
         self.pipeline.budgets.tokens.flush().await;
         for task in self.background {
             task.abort();
+        }
+        if let Some(workers) = self.workers {
+            workers.finish().await;
         }
         tracing::info!("scopegate stopped");
     }

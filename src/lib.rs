@@ -21,7 +21,7 @@
 //! [`config`] (the YAML file, validated), [`tls`] (the listener's certificate, upstream CAs),
 //! [`gateway`] (wiring and shutdown), [`lifecycle`] (key upkeep off the request path: revoking
 //! deleted apps' keys, purging revoked ones, the expiring-keys gauge), [`cli`] (with `demo`); [`redact`] keeps credentials in
-//! URLs out of everything printed; [`throttle`] bounds log lines a client can cause; [`meter`] reads
+//! URLs out of everything printed; [`throttle`] bounds log lines a client can cause; [`log`] writes every log line from one thread; [`meter`] reads
 //! the token usage of model responses on metered routes.
 
 /// A `Debug` that names the type and nothing more, for handles whose fields are shared state
@@ -47,6 +47,7 @@ mod error;
 pub mod gateway;
 pub mod lifecycle;
 mod live;
+pub mod log;
 pub mod meter;
 pub mod metrics;
 pub mod model;

@@ -179,6 +179,15 @@ impl Metrics {
         Arc::new(metrics)
     }
 
+    /// The counter of connections proxy worker `index` accepted.
+    pub fn worker_connections(&self, index: usize) -> Counter {
+        let label = Label::new("worker", index.to_string());
+        self.recorder.register_counter(
+            &Key::from_parts("scopegate_worker_connections_total", vec![label]),
+            &METADATA,
+        )
+    }
+
     /// Handles for a route pattern (or [`UNMATCHED`]) and the upstream it forwards to; a
     /// `metered` route's token counters too (its missing-usage counter exported at 0).
     pub fn route(&self, pattern: &Arc<str>, upstream: Option<&str>, metered: bool) -> RouteMetrics {
@@ -424,6 +433,11 @@ impl Metrics {
 
 /// HELP text of every scopegate family: (name, unit, text).
 const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
+    (
+        "scopegate_worker_connections_total",
+        None,
+        "Proxy connections accepted by each worker (its share of SO_REUSEPORT's spread).",
+    ),
     (
         "scopegate_upstream_target_up",
         None,

@@ -364,7 +364,7 @@ pub fn utc_date(at: UnixSeconds) -> String {
 
 /// (year, month, day) of day number `days` since 1970-01-01, UTC. No strings: the hot path's
 /// windows come from it.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     // Days since 0000-03-01: starting the year in March puts the leap day last.
     let days = days + 719_468;
     let era = days / 146_097;

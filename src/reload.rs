@@ -44,6 +44,7 @@ pub(crate) struct FixedSettings {
     idle_timeout: Duration,
     send_timeout: Duration,
     shutdown_grace: Duration,
+    workers: usize,
     log_format: config::LogFormat,
 }
 
@@ -62,13 +63,14 @@ impl FixedSettings {
             idle_timeout: c.limits.idle_timeout,
             send_timeout: c.limits.send_timeout,
             shutdown_grace: c.shutdown_grace,
+            workers: c.workers,
             log_format: c.log.format,
         }
     }
 
     /// The names of settings that differ.
     fn changed(&self, new: &FixedSettings) -> Vec<&'static str> {
-        let checks: [(&'static str, bool); 13] = [
+        let checks: [(&'static str, bool); 14] = [
             ("log.format", self.log_format != new.log_format),
             ("listen", self.listen != new.listen),
             ("tls (on/off)", self.tls != new.tls),
@@ -91,6 +93,7 @@ impl FixedSettings {
             ("limits.idle_timeout", self.idle_timeout != new.idle_timeout),
             ("limits.send_timeout", self.send_timeout != new.send_timeout),
             ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
+            ("workers", self.workers != new.workers),
         ];
         checks
             .iter()

@@ -10,6 +10,7 @@
 //! or one stuck in the h2c preface, which no HTTP builder times).
 
 mod socket;
+pub(crate) mod workers;
 
 use self::socket::ClientSocket;
 use crate::tls::TlsAcceptorSource;
@@ -24,7 +25,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -44,6 +45,11 @@ pub(crate) struct ConnectionSettings {
     pub max_header_bytes: usize,
     /// How long in-flight requests may run after shutdown begins.
     pub grace: Duration,
+    /// Connection slots shared by the listeners of one address (the proxy's workers), so
+    /// `max_connections` bounds them all; `None`: the listener has its own.
+    pub slots: Option<Arc<Semaphore>>,
+    /// Counts the connections this listener accepted (a worker's share).
+    pub accepted: Option<metrics::Counter>,
 }
 
 /// HTTP/2 streams per connection: enough for any real client, bounded against floods.
@@ -97,7 +103,10 @@ pub(crate) async fn serve_with_tls<F, Fut, B>(
 {
     let protocols = Arc::new(Protocols::new(&settings));
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let permits = settings
+        .slots
+        .clone()
+        .unwrap_or_else(|| Arc::new(Semaphore::new(settings.max_connections)));
     let mut at_capacity = false;
 
     loop {
@@ -124,6 +133,9 @@ pub(crate) async fn serve_with_tls<F, Fut, B>(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
+        if let Some(accepted) = &settings.accepted {
+            accepted.increment(1);
+        }
         let handler = handler.clone();
         let activity = Arc::new(Activity::new());
         let tracked = activity.clone();
@@ -133,6 +145,7 @@ pub(crate) async fn serve_with_tls<F, Fut, B>(
             async move {
                 let response = handler(request, peer).await;
                 busy.answered = true;
+                busy.activity.note_close(&response);
                 Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _busy: busy }))
             }
         });
@@ -366,6 +379,10 @@ struct Activity {
     flood: Notify,
     /// The connection's task, for its watchdog to abort.
     connection: OnceLock<tokio::task::AbortHandle>,
+    /// An error answer said `Connection: close`: the gateway refused a request whose body it
+    /// did not read, so the client may still be sending it (its next bytes may not have
+    /// arrived yet when the connection closes).
+    client_may_send: AtomicBool,
 }
 
 impl Activity {
@@ -379,8 +396,23 @@ impl Activity {
             started: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             flood: Notify::new(),
+            client_may_send: AtomicBool::new(false),
             connection: OnceLock::new(),
         }
+    }
+
+    /// Notes an error answer that closes the connection (two loads for any other answer).
+    fn note_close<B>(&self, response: &Response<B>) {
+        if response.status().as_u16() >= 400
+            && response.headers().contains_key(http::header::CONNECTION)
+        {
+            self.client_may_send.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// See [`Activity::client_may_send`].
+    fn client_may_send(&self) -> bool {
+        self.client_may_send.load(Ordering::Relaxed)
     }
 
     fn begin(self: &Arc<Self>) -> Busy {

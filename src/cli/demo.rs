@@ -162,6 +162,8 @@ async fn start_sample_upstream(
         send_timeout: Duration::from_secs(30),
         max_header_bytes: 32 * 1024,
         grace: Duration::from_secs(1),
+        slots: None,
+        accepted: None,
     };
     let name: Arc<str> = Arc::from(name);
     tokio::spawn(serve(

@@ -143,7 +143,7 @@ pub enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match runtime_builder().enable_all().build() {
+    let runtime = match runtime_builder(&cli.command).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("scopegate: cannot start the runtime: {e}");
@@ -153,12 +153,14 @@ pub fn main() -> ExitCode {
     runtime.block_on(run(cli))
 }
 
-/// The work-stealing scheduler on several cores; on one core (a 1-CPU container, or pinned
-/// with `taskset`) it could only add cost, so one thread runs everything (about 18% less CPU
-/// per proxied request, measured with bench/run's setup).
-fn runtime_builder() -> tokio::runtime::Builder {
+/// `serve` and `demo` run the admin and metrics listeners and the background tasks on one
+/// thread, and the proxy on its workers (`workers:`, each a single-threaded runtime of its own;
+/// with one worker, this thread serves the proxy too). Other commands take the work-stealing
+/// scheduler on several cores; on one core (a 1-CPU container, or pinned with `taskset`) it
+/// could only add cost.
+fn runtime_builder(command: &Command) -> tokio::runtime::Builder {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores == 1 {
+    if cores == 1 || matches!(command, Command::Serve | Command::Demo) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()

@@ -27,6 +27,8 @@ pub(super) struct RawConfig {
     pub routes: Vec<RawRoute>,
     pub limits: Option<RawLimits>,
     pub shutdown_grace: Option<String>,
+    /// Proxy workers: one single-threaded runtime and `SO_REUSEPORT` listener each.
+    pub workers: Option<u64>,
     pub log: Option<RawLog>,
     /// DNS servers (`ip:port`) for hostname targets; the system's resolver when absent.
     pub resolver: Option<Vec<String>>,

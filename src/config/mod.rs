@@ -57,6 +57,8 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time given to in-flight requests after SIGTERM before the process exits anyway.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// The most proxy workers a config may ask for.
+pub const MAX_WORKERS: u64 = 1024;
 /// Contract default: connections held at once before new ones wait.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Contract default: longer request targets get 414.
@@ -107,6 +109,9 @@ pub struct Config {
     pub limits: Limits,
     /// Time given to in-flight requests on shutdown.
     pub shutdown_grace: Duration,
+    /// Proxy workers (`workers:`, default the CPU count): each a single-threaded runtime with
+    /// its own `SO_REUSEPORT` listener on `listen`.
+    pub workers: usize,
     pub log: LogConfig,
     /// `credentials:`: the master key that seals upstream credential values.
     pub credentials: CredentialsConfig,

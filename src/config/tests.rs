@@ -506,6 +506,19 @@ fn numeric_limits() {
         17,
         &["shutdown_grace:"],
     );
+    one(
+        &min_plus("workers: 0\n"),
+        10,
+        10,
+        &["workers: must be between 1 and 1024"],
+    );
+}
+
+#[test]
+fn workers_default_to_the_cpu_count() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(ok(&min_plus("")).workers, cpus);
+    assert_eq!(ok(&min_plus("workers: 3\n")).workers, 3);
 }
 
 #[test]

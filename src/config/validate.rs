@@ -164,6 +164,8 @@ pub(super) fn validate(
         None => DEFAULT_SHUTDOWN_GRACE,
     };
 
+    let workers = workers(&mut c, raw.workers);
+
     let raw_log = raw.log.unwrap_or_default();
     let log = LogConfig {
         format: raw_log.format.unwrap_or_default(),
@@ -204,6 +206,7 @@ pub(super) fn validate(
             route_specs,
             limits,
             shutdown_grace,
+            workers,
             log,
             credentials,
         }),
@@ -576,4 +579,19 @@ fn limits(c: &mut Check<'_>, raw: RawLimits) -> Limits {
         send_timeout,
         trusted_proxies,
     }
+}
+
+/// `workers:`, or one per CPU the process may run on.
+fn workers(c: &mut Check<'_>, raw: Option<u64>) -> usize {
+    let Some(n) = raw else {
+        return std::thread::available_parallelism().map_or(1, |n| n.get());
+    };
+    if !(1..=super::MAX_WORKERS).contains(&n) {
+        c.at(
+            &at(&["workers"]),
+            format!("must be between 1 and {}", super::MAX_WORKERS),
+        );
+        return 1;
+    }
+    usize::try_from(n).unwrap_or(1)
 }

@@ -15,7 +15,9 @@
 //!   yet read). So a close (hyper's shutdown) first ends the sending side, so the client sees
 //!   the answer then end of stream, then reads and discards what the client still sends until
 //!   it closes too, for at most [`LINGER`]. A client with nothing left to send is closed at
-//!   once, and no timer is armed for it.
+//!   once, and no timer is armed for it; one whose request was refused with its body unread
+//!   (the answer said `Connection: close`) is lingered for even when none of the rest has
+//!   arrived yet, since it may be on its way.
 
 use super::Activity;
 use std::future::Future;
@@ -145,6 +147,9 @@ impl AsyncWrite for ClientSocket {
                     this.closing = Closing::Lingering(None);
                 }
                 Closing::Lingering(deadline) => {
+                    if deadline.is_none() && this.activity.client_may_send() {
+                        *deadline = Some(Box::pin(tokio::time::sleep(LINGER)));
+                    }
                     ready!(discard(&mut this.stream, deadline, cx));
                     this.closing = Closing::Closed;
                 }
