@@ -853,3 +853,87 @@ async fn broken_edits_are_logged_with_file_line_and_column_and_sighup_reloads() 
     assert!(gw.log().contains("config reloaded"));
     assert_eq!(gw.stop_gracefully().await.code(), Some(0));
 }
+
+/// Connections accepted by each proxy worker so far, from `/metrics`.
+async fn worker_connections(gw: &GatewayProcess, workers: usize) -> Vec<u64> {
+    let scrape = get(&format!("http://{}/metrics", gw.metrics), &[]).await;
+    let text = String::from_utf8_lossy(&scrape.body).into_owned();
+    (0..workers)
+        .map(|i| {
+            let series = format!("scopegate_worker_connections_total{{worker=\"{i}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .map_or(0, |v| v.trim().parse().expect("a count"))
+        })
+        .collect()
+}
+
+/// `workers: 2`: each worker accepts on its own `SO_REUSEPORT` listener; on SIGTERM both stop
+/// accepting and finish what they hold before the process exits.
+#[tokio::test]
+async fn every_worker_accepts_and_drains_its_requests_on_sigterm() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const WORKERS: usize = 2;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let yaml = format!(
+        "{}workers: {WORKERS}\n",
+        serve_yaml(&upstream, &dir.path().join("data"))
+    );
+    let mut gw = GatewayProcess::serve(dir.path(), &yaml).await;
+    let (_, _, key) = gw
+        .app_and_key(&format!("workers-{}", rand_suffix()), &["view_job_status"])
+        .await;
+
+    // Slow requests (the upstream sleeps 3 s), one connection each, until every worker holds
+    // one: each connection's worker is read off the per-worker counters as it is accepted.
+    let mut held = Vec::new();
+    let mut holding = [false; WORKERS];
+    let mut before = worker_connections(&gw, WORKERS).await;
+    for n in 0..64 {
+        let mut stream = tokio::net::TcpStream::connect(gw.proxy)
+            .await
+            .expect("connect");
+        let request =
+            format!("GET /api/v1/jobs/{n}/sleep HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let now = loop {
+            let now = worker_connections(&gw, WORKERS).await;
+            if now.iter().sum::<u64>() > before.iter().sum::<u64>() {
+                break now;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        for (worker, (a, b)) in now.iter().zip(&before).enumerate() {
+            holding[worker] |= a > b;
+        }
+        before = now;
+        held.push(stream);
+        if holding.iter().all(|h| *h) {
+            break;
+        }
+    }
+    assert!(
+        holding.iter().all(|h| *h),
+        "a worker accepted nothing: {before:?}"
+    );
+
+    gw.sigterm().await;
+    for mut stream in held {
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(EXIT_WITHIN, stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 "),
+            "{answer}\nlog:\n{}",
+            gw.log()
+        );
+    }
+    let status = gw.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "log:\n{}", gw.log());
+    assert!(
+        tokio::net::TcpStream::connect(gw.proxy).await.is_err(),
+        "the proxy address still accepts after exit"
+    );
+    assert!(gw.log().contains("scopegate stopped"), "{}", gw.log());
+}
