@@ -286,6 +286,8 @@ pub async fn start_with_store(
     let serve_proxy = {
         let (tls, stop_rx, metrics) = (tls.clone(), stop_rx.clone(), metrics.clone());
         move |listener: TcpListener, worker: usize| {
+            // On the worker's own thread: the upstream connections it opens are kept for it.
+            crate::proxy::pool::set_worker(worker);
             let pipeline = proxy_pipeline.clone();
             let settings = ConnectionSettings {
                 accepted: Some(metrics.worker_connections(worker)),

@@ -89,8 +89,10 @@ impl LogSink {
         }
         state.pending.extend_from_slice(lines);
         state.high_water = state.high_water.max(state.pending.len());
-        if state.writer_waiting {
-            state.writer_waiting = false;
+        let wake = std::mem::take(&mut state.writer_waiting);
+        drop(state);
+        // After unlocking, so the woken writer does not find the lock still held.
+        if wake {
             shared.ready.notify_one();
         }
     }

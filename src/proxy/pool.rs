@@ -14,6 +14,11 @@
 //! never waits on a busy connection: it takes the newest idle one, dropping the few that closed
 //! or aged out meanwhile, or connects.
 //!
+//! Idle connections are listed per proxy worker: a connection is driven by a task on the
+//! worker (runtime, thread) that opened it, so a request served on that worker uses it without
+//! waking another thread, twice per exchange. A worker with none idle takes another worker's
+//! before it opens one (the bound is the target's, not the worker's).
+//!
 //! Every open connection holds one of the target's `max_connections` slots until it closes
 //! (its driving task owns the permit), so HTTP/2 clients multiplexing many streams cannot open
 //! connections without bound: past the bound a request waits for an idle connection or a free
@@ -25,6 +30,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -57,10 +63,30 @@ pub(crate) enum Failed {
     Sent(hyper::Error),
 }
 
+/// Idle lists per target: worker `i` keeps its connections in list `i % HOMES`.
+const HOMES: usize = 16;
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as proxy worker `index`: connections opened on it are listed for
+/// it, and it looks in its own list first.
+pub(crate) fn set_worker(index: usize) {
+    WORKER.set(index % HOMES);
+}
+
+fn home() -> usize {
+    WORKER.get()
+}
+
 /// One target's open connections.
 #[derive(Debug)]
 pub(crate) struct Connections {
-    idle: Mutex<VecDeque<Idle>>,
+    idle: [Mutex<VecDeque<Idle>>; HOMES],
+    /// Connections in all the idle lists, so a worker with none skips the others' when they
+    /// are empty too.
+    idle_count: AtomicUsize,
     slots: Arc<Semaphore>,
     max: usize,
     /// Requests waiting for a connection; checkins wake one only when there are some.
@@ -78,13 +104,16 @@ struct Idle {
 /// also counts its request as in flight on the target until dropped.
 pub struct Lease {
     sender: Option<Sender>,
+    /// The idle list the connection belongs to (its worker's).
+    home: usize,
     target: Arc<Target>,
 }
 
 impl Connections {
     pub(crate) fn new(max: usize) -> Connections {
         Connections {
-            idle: Mutex::new(VecDeque::new()),
+            idle: std::array::from_fn(|_| Mutex::new(VecDeque::new())),
+            idle_count: AtomicUsize::new(0),
             slots: Arc::new(Semaphore::new(max)),
             max,
             waiting: AtomicUsize::new(0),
@@ -101,45 +130,63 @@ impl Connections {
         self.max.saturating_sub(self.slots.available_permits())
     }
 
-    /// The most recently used idle connection that is still open and fresh. Only connections
-    /// that were ready when checked in are listed, so one not ready now is closing: dropped.
-    fn checkout(&self) -> Option<Sender> {
-        loop {
-            let idle = self.lock().pop_back()?;
-            if idle.sender.is_ready() && idle.since.elapsed() < IDLE_TIMEOUT {
-                return Some(idle.sender);
-            }
+    /// The most recently used idle connection that is still open and fresh, this worker's
+    /// first, and its list. Only connections that were ready when checked in are listed, so
+    /// one not ready now is closing: dropped.
+    fn checkout(&self) -> Option<(Sender, usize)> {
+        let own = home();
+        if let Some(sender) = self.checkout_from(own) {
+            return Some((sender, own));
         }
+        if self.idle_count.load(Relaxed) == 0 {
+            return None;
+        }
+        (0..HOMES)
+            .filter(|h| *h != own)
+            .find_map(|h| self.checkout_from(h).map(|sender| (sender, h)))
     }
 
-    fn checkin(&self, sender: Sender) {
+    fn checkout_from(&self, home: usize) -> Option<Sender> {
+        let mut idle = self.lock(home);
+        while let Some(found) = idle.pop_back() {
+            self.idle_count.fetch_sub(1, Relaxed);
+            if found.sender.is_ready() && found.since.elapsed() < IDLE_TIMEOUT {
+                return Some(found.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: Sender, home: usize) {
         let now = Instant::now();
         {
-            let mut idle = self.lock();
+            let mut idle = self.lock(home);
             // The oldest are at the front: drop those past their time (closing them).
             while idle
                 .front()
                 .is_some_and(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
             {
                 idle.pop_front();
+                self.idle_count.fetch_sub(1, Relaxed);
             }
             idle.push_back(Idle { sender, since: now });
+            self.idle_count.fetch_add(1, Relaxed);
         }
         if self.waiting.load(Relaxed) != 0 {
             self.returned.notify_one();
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+    fn lock(&self, home: usize) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
         // A panic while holding it leaves a valid list: keep using it.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        self.idle[home].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// An idle connection, or a slot to open one; waits (for the caller's deadline) while
     /// every slot is taken.
-    async fn idle_or_slot(&self) -> Result<Sender, OwnedSemaphorePermit> {
-        if let Some(sender) = self.checkout() {
-            return Ok(sender);
+    async fn idle_or_slot(&self) -> Result<(Sender, usize), OwnedSemaphorePermit> {
+        if let Some(found) = self.checkout() {
+            return Ok(found);
         }
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Err(permit);
@@ -150,8 +197,8 @@ impl Connections {
             let returned = self.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some(sender) = self.checkout() {
-                return Ok(sender);
+            if let Some(found) = self.checkout() {
+                return Ok(found);
             }
             tokio::select! {
                 permit = self.slots.clone().acquire_owned() => {
@@ -183,16 +230,17 @@ pub(crate) async fn send(
 ) -> Result<(Response<Incoming>, Lease), Failed> {
     let lease = Lease::new(target.clone());
     loop {
-        let (mut sender, fresh) = match target.connections.idle_or_slot().await {
-            Ok(sender) => (sender, false),
-            // Boxed: connecting (TCP, TLS, handshake) is rare, and its state is large.
+        let (mut sender, home, fresh) = match target.connections.idle_or_slot().await {
+            Ok((sender, home)) => (sender, home, false),
+            // Boxed: connecting (TCP, TLS, handshake) is rare, and its state is large. Its
+            // task runs on this worker, whose list it then belongs to.
             Err(slot) => match Box::pin(connect(target, connect_timeout, Some(slot))).await {
-                Ok(sender) => (sender, true),
+                Ok(sender) => (sender, self::home(), true),
                 Err(e) => return Err(Failed::NotSent(e, Box::new(request))),
             },
         };
         match sender.try_send_request(request).await {
-            Ok(response) => return Ok((response, lease.with(sender))),
+            Ok(response) => return Ok((response, lease.with(sender, home))),
             Err(mut refused) => match refused.take_message() {
                 // Not sent: a pooled connection was closing. Nothing reached the upstream:
                 // try another connection. A fresh one that closes at once is the target's
@@ -257,12 +305,14 @@ impl Lease {
         target.start_request();
         Lease {
             sender: None,
+            home: 0,
             target,
         }
     }
 
-    fn with(mut self, sender: Sender) -> Lease {
+    fn with(mut self, sender: Sender, home: usize) -> Lease {
         self.sender = Some(sender);
+        self.home = home;
         self
     }
 
@@ -276,8 +326,9 @@ impl Lease {
         let Some(mut sender) = self.sender.take() else {
             return;
         };
+        let home = self.home;
         if sender.is_ready() {
-            self.target.connections.checkin(sender);
+            self.target.connections.checkin(sender, home);
             return;
         }
         if sender.is_closed() {
@@ -289,7 +340,7 @@ impl Lease {
             runtime.spawn(async move {
                 // An error: the connection closed, and is dropped with the sender.
                 if sender.ready().await.is_ok() {
-                    target.connections.checkin(sender);
+                    target.connections.checkin(sender, home);
                 }
             });
         }
