@@ -79,11 +79,7 @@ pub fn write(entry: &Entry<'_>) {
     }
     LINE.with_borrow_mut(|line| {
         line.clear();
-        if access.json {
-            json_line(line, entry);
-        } else {
-            text_line(line, entry);
-        }
+        access_line(line, entry, if access.json { &JSON } else { &TEXT });
         access.sink.append(line.as_bytes());
     });
 }
@@ -95,85 +91,104 @@ fn route_and_upstream<'a>(entry: &Entry<'a>) -> (&'a str, Option<&'a str>) {
     (route, entry.route.map(|r| &*r.spec.upstream.name))
 }
 
-/// `2026-12-07T00:47:07.123456Z  INFO scopegate::access: access method=GET route="/x" ...`,
-/// as `tracing-subscriber`'s text format writes the same event (strings quoted).
-fn text_line(line: &mut LineBuf, entry: &Entry<'_>) {
-    let (route, upstream) = route_and_upstream(entry);
-    line.push_now();
-    line.push("  INFO scopegate::access: access method=");
-    line.push(entry.method.as_str());
-    line.push(" route=");
-    line.push_quoted(route);
-    line.push(" path=");
-    line.push_quoted(entry.path);
-    line.push(" status=");
-    line.push_u64(entry.status.into());
-    if let Some(app) = entry.app {
-        line.push(" app=");
-        line.push_quoted(app);
-    }
-    if let Some(key) = entry.key {
-        line.push(" key=");
-        line.push_quoted(key);
-    }
-    line.push(" client=");
-    line.push_socket_addr(entry.client);
-    if let Some(upstream) = upstream {
-        line.push(" upstream=");
-        line.push_quoted(upstream);
-    }
-    if let Some(status) = entry.upstream_status {
-        line.push(" upstream_status=");
-        line.push_u64(status.into());
-    }
-    line.push(" duration_ms=");
-    line.push_thousandths(micros(entry.elapsed));
-    if let Some(bytes) = entry.bytes {
-        line.push(" bytes=");
-        line.push_u64(bytes);
-    }
-    line.push("\n");
+/// How one format writes an access line: the text before each field's value, and whether the
+/// values `tracing` writes bare in text (the method, the client address) are JSON strings.
+struct Shape {
+    /// Before the timestamp, and from it to the method's value.
+    open: &'static str,
+    to_method: &'static str,
+    quote_bare: bool,
+    route: &'static str,
+    path: &'static str,
+    status: &'static str,
+    app: &'static str,
+    key: &'static str,
+    client: &'static str,
+    upstream: &'static str,
+    upstream_status: &'static str,
+    duration_ms: &'static str,
+    bytes: &'static str,
+    close: &'static str,
 }
 
+/// `2026-12-07T00:47:07.123456Z  INFO scopegate::access: access method=GET route="/x" ...`,
+/// as `tracing-subscriber`'s text format writes the same event (strings quoted).
+const TEXT: Shape = Shape {
+    open: "",
+    to_method: "  INFO scopegate::access: access method=",
+    quote_bare: false,
+    route: " route=",
+    path: " path=",
+    status: " status=",
+    app: " app=",
+    key: " key=",
+    client: " client=",
+    upstream: " upstream=",
+    upstream_status: " upstream_status=",
+    duration_ms: " duration_ms=",
+    bytes: " bytes=",
+    close: "\n",
+};
+
 /// One JSON object, fields at the top level, as `log.format: json` writes every line.
-fn json_line(line: &mut LineBuf, entry: &Entry<'_>) {
+const JSON: Shape = Shape {
+    open: "{\"timestamp\":\"",
+    to_method: "\",\"level\":\"INFO\",\"message\":\"access\",\"method\":",
+    quote_bare: true,
+    route: ",\"route\":",
+    path: ",\"path\":",
+    status: ",\"status\":",
+    app: ",\"app\":",
+    key: ",\"key\":",
+    client: ",\"client\":",
+    upstream: ",\"upstream\":",
+    upstream_status: ",\"upstream_status\":",
+    duration_ms: ",\"duration_ms\":",
+    bytes: ",\"bytes\":",
+    close: ",\"target\":\"scopegate::access\"}\n",
+};
+
+fn access_line(line: &mut LineBuf, entry: &Entry<'_>, shape: &Shape) {
     let (route, upstream) = route_and_upstream(entry);
-    line.push("{\"timestamp\":\"");
+    let bare_quote = if shape.quote_bare { "\"" } else { "" };
+    line.push(shape.open);
     line.push_now();
-    line.push("\",\"level\":\"INFO\",\"message\":\"access\",\"method\":");
-    line.push_quoted(entry.method.as_str());
-    line.push(",\"route\":");
+    line.push(shape.to_method);
+    // A method is a token: nothing in it to escape.
+    line.push(bare_quote);
+    line.push(entry.method.as_str());
+    line.push(bare_quote);
+    line.push(shape.route);
     line.push_quoted(route);
-    line.push(",\"path\":");
+    line.push(shape.path);
     line.push_quoted(entry.path);
-    line.push(",\"status\":");
+    line.push(shape.status);
     line.push_u64(entry.status.into());
-    if let Some(app) = entry.app {
-        line.push(",\"app\":");
-        line.push_quoted(app);
+    for (name, value) in [(shape.app, entry.app), (shape.key, entry.key)] {
+        if let Some(value) = value {
+            line.push(name);
+            line.push_quoted(value);
+        }
     }
-    if let Some(key) = entry.key {
-        line.push(",\"key\":");
-        line.push_quoted(key);
-    }
-    line.push(",\"client\":\"");
+    line.push(shape.client);
+    line.push(bare_quote);
     line.push_socket_addr(entry.client);
-    line.push("\"");
+    line.push(bare_quote);
     if let Some(upstream) = upstream {
-        line.push(",\"upstream\":");
+        line.push(shape.upstream);
         line.push_quoted(upstream);
     }
     if let Some(status) = entry.upstream_status {
-        line.push(",\"upstream_status\":");
+        line.push(shape.upstream_status);
         line.push_u64(status.into());
     }
-    line.push(",\"duration_ms\":");
+    line.push(shape.duration_ms);
     line.push_thousandths(micros(entry.elapsed));
     if let Some(bytes) = entry.bytes {
-        line.push(",\"bytes\":");
+        line.push(shape.bytes);
         line.push_u64(bytes);
     }
-    line.push(",\"target\":\"scopegate::access\"}\n");
+    line.push(shape.close);
 }
 
 fn micros(elapsed: Duration) -> u64 {
@@ -281,11 +296,7 @@ mod tests {
 
     fn ours(entry: &Entry<'_>, json: bool) -> String {
         let mut line = LineBuf::default();
-        if json {
-            json_line(&mut line, entry);
-        } else {
-            text_line(&mut line, entry);
-        }
+        access_line(&mut line, entry, if json { &JSON } else { &TEXT });
         String::from_utf8(line.as_bytes().to_vec()).expect("utf-8")
     }
 

@@ -358,3 +358,45 @@ impl std::fmt::Debug for Lease {
         f.debug_struct("Lease").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real HTTP/1 connection's sender, and the server's end of it (kept open).
+    async fn sender(listener: &tokio::net::TcpListener) -> (Sender, TcpStream) {
+        let addr = listener.local_addr().expect("addr");
+        let (tcp, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut sender = handshake(TokioIo::new(tcp.expect("connect")), None)
+            .await
+            .expect("handshake");
+        // Idle only once its connection's task has said it wants a request.
+        sender.ready().await.expect("ready");
+        (sender, accepted.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn a_worker_takes_its_own_idle_connection_first_then_another_workers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let connections = Connections::new(4);
+        let ((a, _a), (b, _b)) = (sender(&listener).await, sender(&listener).await);
+        // Worker 2's goes in first: a single most-recent-first list would hand out worker 1's.
+        connections.checkin(b, 2);
+        connections.checkin(a, 1);
+
+        set_worker(2);
+        let (_, home) = connections.checkout().expect("its own");
+        assert_eq!(home, 2);
+        set_worker(0);
+        let (taken, home) = connections.checkout().expect("another worker's");
+        assert_eq!(home, 1);
+        assert!(connections.checkout().is_none());
+        assert_eq!(connections.idle_count.load(Relaxed), 0);
+        // Given back, it goes home to its worker's list.
+        connections.checkin(taken, home);
+        set_worker(1);
+        assert_eq!(connections.checkout().map(|(_, h)| h), Some(1));
+    }
+}
