@@ -150,30 +150,33 @@ const JSON: Shape = Shape {
 
 fn access_line(line: &mut LineBuf, entry: &Entry<'_>, shape: &Shape) {
     let (route, upstream) = route_and_upstream(entry);
-    let bare_quote = if shape.quote_bare { "\"" } else { "" };
     line.push(shape.open);
     line.push_now();
     line.push(shape.to_method);
     // A method is a token: nothing in it to escape.
-    line.push(bare_quote);
-    line.push(entry.method.as_str());
-    line.push(bare_quote);
+    push_bare(line, shape, entry.method.as_str());
     line.push(shape.route);
     line.push_quoted(route);
     line.push(shape.path);
     line.push_quoted(entry.path);
     line.push(shape.status);
     line.push_u64(entry.status.into());
-    for (name, value) in [(shape.app, entry.app), (shape.key, entry.key)] {
-        if let Some(value) = value {
-            line.push(name);
-            line.push_quoted(value);
-        }
+    if let Some(app) = entry.app {
+        line.push(shape.app);
+        line.push_quoted(app);
+    }
+    if let Some(key) = entry.key {
+        line.push(shape.key);
+        line.push_quoted(key);
     }
     line.push(shape.client);
-    line.push(bare_quote);
-    line.push_socket_addr(entry.client);
-    line.push(bare_quote);
+    if shape.quote_bare {
+        line.push("\"");
+        line.push_socket_addr(entry.client);
+        line.push("\"");
+    } else {
+        line.push_socket_addr(entry.client);
+    }
     if let Some(upstream) = upstream {
         line.push(shape.upstream);
         line.push_quoted(upstream);
@@ -189,6 +192,17 @@ fn access_line(line: &mut LineBuf, entry: &Entry<'_>, shape: &Shape) {
         line.push_u64(bytes);
     }
     line.push(shape.close);
+}
+
+/// `text` as it is (text), or between quotes (JSON); for text that needs no escaping.
+fn push_bare(line: &mut LineBuf, shape: &Shape, text: &str) {
+    if shape.quote_bare {
+        line.push("\"");
+        line.push(text);
+        line.push("\"");
+    } else {
+        line.push(text);
+    }
 }
 
 fn micros(elapsed: Duration) -> u64 {
