@@ -110,17 +110,11 @@ pub(crate) async fn serve_with_tls<F, Fut, B>(
     let mut at_capacity = false;
 
     loop {
-        if permits.available_permits() == 0 && !at_capacity {
-            tracing::warn!(
-                limit = settings.max_connections,
-                "connection limit reached; new connections wait"
-            );
-        }
-        at_capacity = permits.available_permits() == 0;
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stopped(&mut shutdown) => break,
-        };
+        // Accepted first, then given a slot: with several workers' listeners on one address, a
+        // worker holding a slot while it waits to accept could serve a later connection while
+        // an earlier one waits in another worker's queue. This way slots go in the order
+        // connections were accepted (the semaphore is fair), and past the bound each listener
+        // holds at most one accepted connection waiting for a slot.
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -130,6 +124,17 @@ pub(crate) async fn serve_with_tls<F, Fut, B>(
                     continue;
                 }
             },
+            _ = stopped(&mut shutdown) => break,
+        };
+        if permits.available_permits() == 0 && !at_capacity {
+            tracing::warn!(
+                limit = settings.max_connections,
+                "connection limit reached; new connections wait"
+            );
+        }
+        at_capacity = permits.available_permits() == 0;
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
