@@ -2,7 +2,8 @@
 //! on its own `SO_REUSEPORT` listener bound to the same address, so the kernel spreads new
 //! connections across them and a connection's requests, upstream calls and responses stay on
 //! one thread (no work-stealing, no wake-ups across cores). What the workers share (key cache,
-//! limiters, upstream pools, metrics) is `Sync` and read without a lock on the hot path.
+//! limiters, metrics) is `Sync` and read without a lock on the hot path; upstream connections
+//! are listed per worker (`proxy::pool`), each list behind its own, uncontended, lock.
 //!
 //! Shutdown comes in two steps: [`Workers::drain`] waits until every worker stopped accepting
 //! and finished its connections; [`Workers::finish`] then ends their runtimes. In between, the
