@@ -55,20 +55,25 @@ def parse_h2load(out_path, log_path):
     print(done, secs, percentile(lat, 50), percentile(lat, 99), errors)
 
 
+def result_row(f):
+    """One RESULTS.tsv row (variant round target requests secs p50 p99 errors ticks...) as a dict."""
+    v, rnd, tgt = f[0], int(f[1]), f[2]
+    req, secs = int(f[3]), float(f[4])
+    p50, p99, err = int(f[5]), int(f[6]), int(f[7])
+    pt, rt, tck = int(f[8]), int(f[9]), int(f[10])
+    return dict(variant=v, round=rnd, target=tgt, req=req, rps=req / secs if secs else 0,
+                p50=p50 / 1000.0, p99=p99 / 1000.0, err=err,
+                cpu=(pt / tck * 1e6 / req) if req else 0,
+                rcpu=(rt / tck * 1e6 / req) if req else 0)
+
+
 def table(path):
     rows = []
     for line in open(path):
         f = line.rstrip("\n").split("\t")
         if len(f) < 11 or f[0] == "variant":
             continue
-        v, rnd, tgt = f[0], int(f[1]), f[2]
-        req, secs = int(f[3]), float(f[4])
-        p50, p99, err = int(f[5]), int(f[6]), int(f[7])
-        pt, rt, tck = int(f[8]), int(f[9]), int(f[10])
-        rows.append(dict(variant=v, round=rnd, target=tgt, req=req, rps=req / secs if secs else 0,
-                         p50=p50 / 1000.0, p99=p99 / 1000.0, err=err,
-                         cpu=(pt / tck * 1e6 / req) if req else 0,
-                         rcpu=(rt / tck * 1e6 / req) if req else 0))
+        rows.append(result_row(f))
     for variant in dict.fromkeys(r["variant"] for r in rows):
         vr = [r for r in rows if r["variant"] == variant]
         print()
@@ -132,11 +137,8 @@ def scaling(path):
         f = line.rstrip("\n").split("\t")
         if len(f) < 13 or f[0] == "cores":
             continue
-        cores, rnd, tgt = int(f[0]), int(f[1]), f[4]
-        req, secs = int(f[5]), float(f[6])
-        p99, err, pt, tck = int(f[8]), int(f[9]), int(f[10]), int(f[12])
-        rows.append(dict(cores=cores, round=rnd, target=tgt, req=req, rps=req / secs if secs else 0,
-                         p99=p99 / 1000.0, err=err, cpu=(pt / tck * 1e6 / req) if req else 0))
+        # The run's own round (always 1) gives way to the scaling round.
+        rows.append(dict(result_row(f[2:]), cores=int(f[0]), round=int(f[1])))
     by = {}
     for r in rows:
         by.setdefault(r["target"], {}).setdefault(r["cores"], {})[r["round"]] = r
